@@ -1,0 +1,59 @@
+"""The ``diffusion-accel`` command line.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; :data:`COMMANDS` maps the sub-command name to that module, so a new
+command is one line here.
+
+Example:
+    $ diffusion-accel --help
+    $ diffusion-accel demo --out demo-output
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+#: sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("diffusion_accel.demo", "generate with and without acceleration on the bundled model"),
+    "info": ("diffusion_accel.info", "list supported models and registered techniques"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusion-accel",
+        description="Training-free acceleration for diffusers pipelines: caching, quantization, "
+        "sparse attention, and honest quality/latency evaluation.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"diffusion-accel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"diffusion-accel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

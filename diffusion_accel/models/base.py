@@ -1,0 +1,178 @@
+"""What a model adapter declares: block lists, addressable components, how data flows.
+
+A denoiser (transformer or UNet) is described by a :class:`ModelAdapter`: an ordered tuple of
+:class:`BlockGroup` (e.g. Flux's ``transformer_blocks`` then ``single_transformer_blocks``),
+each naming the :class:`Component` submodules inside one of its blocks that techniques can
+address (self-attention, cross-attention, feed-forward, ...). Blocks are numbered across groups
+in execution order; that numbering is the ``block`` axis of a cache schedule.
+
+Example (describing a custom DiT whose blocks hold ``attn`` and ``mlp``):
+
+    >>> from diffusion_accel.models import BlockGroup, Component, ModelAdapter
+    >>> adapter = ModelAdapter(
+    ...     family="my-dit",
+    ...     groups=(BlockGroup("blocks", "blocks", (
+    ...         Component("attn", "attn", "self_attn"),
+    ...         Component("mlp", "mlp", "ffn"),
+    ...     )),),
+    ... )
+    >>> adapter.component_names
+    ('attn', 'mlp')
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..utils import get_submodule_or_none
+
+__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter"]
+
+#: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
+#: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
+COMPONENT_KINDS = ("self_attn", "cross_attn", "joint_attn", "ffn", "ffn_context", "mlp", "block")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A submodule of a block whose output a technique may compute, reuse or replace.
+
+    Args:
+        name: stable name used in schedules and reports (``"attn1"``, ``"ff"``...).
+        path: attribute path inside the block (``""`` is the block itself).
+        kind: one of :data:`COMPONENT_KINDS`.
+    """
+
+    name: str
+    path: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in COMPONENT_KINDS:
+            raise ValueError(f"Component {self.name!r}: kind must be one of {COMPONENT_KINDS}, got {self.kind!r}.")
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    """How hidden states enter and leave a block (used to skip whole blocks).
+
+    ``output_hidden_states_index=None`` means the block returns the hidden-states tensor itself;
+    otherwise it returns a tuple and the indices say where the image and text streams are.
+    """
+
+    hidden_states_arg: str = "hidden_states"
+    encoder_hidden_states_arg: str | None = None
+    output_hidden_states_index: int | None = None
+    output_encoder_hidden_states_index: int | None = None
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """A list of same-shaped blocks on the denoiser.
+
+    Args:
+        name: group name used in reports (``"transformer_blocks"``).
+        path: attribute path of a ``ModuleList`` (or of a single block, e.g. ``"mid_block"``).
+        components: the addressable components inside each block.
+        io: block input/output contract, or ``None`` if blocks cannot be skipped as a unit.
+    """
+
+    name: str
+    path: str
+    components: tuple[Component, ...]
+    io: BlockIO | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a concrete model: global ``index``, its group and the module."""
+
+    index: int
+    group: BlockGroup
+    name: str
+    module: torch.nn.Module
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """Components present in this block (e.g. SD3's last block has no ``ff_context``)."""
+        out = {}
+        for comp in self.group.components:
+            sub = get_submodule_or_none(self.module, comp.path)
+            if sub is not None:
+                out[comp.name] = sub
+        return out
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """Declaration of a denoiser family for all techniques.
+
+    Args:
+        family: short family name (``"pixart"``, ``"sd3"``, ``"flux"``...).
+        groups: block groups in execution order.
+        timestep_arg: name of the forward argument carrying the timestep.
+        text_tokens_first: in joint attention, whether text tokens precede image tokens in the
+            concatenated sequence (Flux, CogVideoX) or follow them (SD3).
+    """
+
+    family: str
+    groups: tuple[BlockGroup, ...]
+    timestep_arg: str = "timestep"
+    text_tokens_first: bool = True
+    notes: str = field(default="", compare=False)
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """Union of component names over groups, in declaration order."""
+        names: list[str] = []
+        for group in self.groups:
+            for comp in group.components:
+                if comp.name not in names:
+                    names.append(comp.name)
+        return tuple(names)
+
+    def component_kinds(self) -> dict[str, str]:
+        return {c.name: c.kind for g in self.groups for c in g.components}
+
+    def blocks(self, model: torch.nn.Module) -> list[Block]:
+        """The model's blocks, numbered across groups in execution order."""
+        blocks: list[Block] = []
+        for group in self.groups:
+            container = get_submodule_or_none(model, group.path)
+            if container is None:
+                continue
+            if isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+                members = [(f"{group.path}.{i}", m) for i, m in enumerate(container)]
+            else:
+                members = [(group.path, container)]
+            for name, module in members:
+                blocks.append(Block(len(blocks), group, name, module))
+        return blocks
+
+    def applicable(self, model: torch.nn.Module) -> list[tuple[bool, ...]]:
+        """``[block][component]`` mask of which components exist in which block."""
+        names = self.component_names
+        return [tuple(n in block.components() for n in names) for block in self.blocks(model)]
+
+    def timestep_value(self, model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> float | None:
+        """The call's timestep as a Python float (the max over a per-token/batch tensor)."""
+        value = kwargs.get(self.timestep_arg)
+        if value is None:
+            position = _positional_index(type(model), self.timestep_arg)
+            if position is not None and position < len(args):
+                value = args[position]
+        if value is None:
+            return None
+        if torch.is_tensor(value):
+            return float(value.detach().max()) if value.numel() else None
+        return float(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _positional_index(model_class: type, arg: str) -> int | None:
+    params = list(inspect.signature(model_class.forward).parameters)[1:]  # drop self
+    return params.index(arg) if arg in params else None

@@ -1,0 +1,46 @@
+"""FLUX.1 (``FluxTransformer2DModel``): double-stream MMDiT blocks, then single-stream blocks.
+
+Double-stream blocks: joint attention ``attn`` (text tokens first), image FFN ``ff``, text FFN
+``ff_context``. Single-stream blocks run attention and an MLP in parallel on the concatenated
+sequence: ``attn`` and ``mlp`` (the MLP's input projection ``proj_mlp``, the bulk of its cost;
+the shared output projection mixes both and is always computed).
+"""
+
+from diffusers import FluxTransformer2DModel
+
+from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .registry import register_model_adapter
+
+_STREAMS = BlockIO(
+    encoder_hidden_states_arg="encoder_hidden_states",
+    output_hidden_states_index=1,
+    output_encoder_hidden_states_index=0,
+)
+
+FLUX_ADAPTER = ModelAdapter(
+    family="flux",
+    groups=(
+        BlockGroup(
+            "transformer_blocks",
+            "transformer_blocks",
+            (
+                Component("attn", "attn", "joint_attn"),
+                Component("ff", "ff", "ffn"),
+                Component("ff_context", "ff_context", "ffn_context"),
+            ),
+            _STREAMS,
+        ),
+        BlockGroup(
+            "single_transformer_blocks",
+            "single_transformer_blocks",
+            (
+                Component("attn", "attn", "joint_attn"),
+                Component("mlp", "proj_mlp", "mlp"),
+            ),
+            _STREAMS,
+        ),
+    ),
+    text_tokens_first=True,
+)
+
+register_model_adapter(FluxTransformer2DModel, FLUX_ADAPTER)

@@ -1,0 +1,35 @@
+"""Stable Diffusion 3 / 3.5 (``SD3Transformer2DModel``): MMDiT joint blocks.
+
+``attn`` is joint attention over image then text tokens (it returns both streams); ``attn2``
+is SD3.5's extra image self-attention (absent in SD3); ``ff_context`` is the text stream's
+FFN (absent in the last, context-pre-only block).
+"""
+
+from diffusers import SD3Transformer2DModel
+
+from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .registry import register_model_adapter
+
+SD3_ADAPTER = ModelAdapter(
+    family="sd3",
+    groups=(
+        BlockGroup(
+            "transformer_blocks",
+            "transformer_blocks",
+            (
+                Component("attn", "attn", "joint_attn"),
+                Component("attn2", "attn2", "self_attn"),
+                Component("ff", "ff", "ffn"),
+                Component("ff_context", "ff_context", "ffn_context"),
+            ),
+            BlockIO(
+                encoder_hidden_states_arg="encoder_hidden_states",
+                output_hidden_states_index=1,
+                output_encoder_hidden_states_index=0,
+            ),
+        ),
+    ),
+    text_tokens_first=False,
+)
+
+register_model_adapter(SD3Transformer2DModel, SD3_ADAPTER)
