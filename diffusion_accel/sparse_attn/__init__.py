@@ -1,1 +1,38 @@
-"""(work in progress)"""
+"""Sparse and linear attention for diffusion transformers (training-free, plus SLA fine-tuning).
+
+* :func:`block_sparse_attention` — the op: predicted block masks, backends reference/torch/triton.
+* :func:`linear_attention`, :func:`sla_attention` — linear and sparse+linear attention ops.
+* :class:`SparseAttentionConfig` — ``AccelerationConfig(attention=SparseAttentionConfig(...))``:
+  block-sparse (+ PARO reordering), SLA, Re-ttention, linear attention, through diffusers
+  attention processors for PixArt, SD3, Flux, CogVideoX, Wan and SD1.5.
+* :func:`sla_parameters`, :func:`fit_sla_projections` — SLA's fine-tuning hooks.
+
+Example:
+    >>> import torch
+    >>> from diffusion_accel.sparse_attn import block_sparse_attention
+    >>> q = k = v = torch.randn(1, 2, 512, 64)
+    >>> out = block_sparse_attention(q, k, v, density=1.0)
+    >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    True
+
+See ``docs/sparse_attn.md``.
+"""
+
+from .config import METHODS, SparseAttentionConfig
+from .linear import linear_attention
+from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
+from .technique import apply_sparse_attention, sparse_layers
+from .training import fit_sla_projections, sla_parameters
+
+__all__ = [
+    "METHODS",
+    "SparseAttentionConfig",
+    "SparseAttentionOutput",
+    "block_sparse_attention",
+    "linear_attention",
+    "sla_attention",
+    "apply_sparse_attention",
+    "sparse_layers",
+    "sla_parameters",
+    "fit_sla_projections",
+]

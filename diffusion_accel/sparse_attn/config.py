@@ -1,0 +1,123 @@
+"""``SparseAttentionConfig``: which sparse/linear attention to run in which layers (frozen data).
+
+Example:
+    >>> from diffusion_accel import AccelerationConfig
+    >>> from diffusion_accel.sparse_attn import SparseAttentionConfig
+    >>> cfg = AccelerationConfig(attention=SparseAttentionConfig(method="block_sparse", density=0.25))
+    >>> AccelerationConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..techniques import TechniqueConfig
+from ._validate import check_block_size, check_fraction, check_selection
+from .features import FEATURE_MAPS
+
+__all__ = ["SparseAttentionConfig", "METHODS", "REORDERS", "BACKEND_NAMES"]
+
+#: ``block_sparse``: predicted block masks (SpargeAttn-style), optionally PARO-reordered.
+#: ``sla``: critical blocks exact + marginal blocks linear (+ zero-initialised projection).
+#: ``rettention``: sparse attention rescaled with statistics cached at the last dense step.
+#: ``linear``: linear attention in the chosen layers (``blocks``).
+METHODS = ("block_sparse", "sla", "rettention", "linear")
+REORDERS = ("none", "paro")
+BACKEND_NAMES = ("auto", "torch", "triton", "reference")
+
+
+def _check_int_tuple(name: str, value) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise ValueError(f"{name} must be a tuple of non-negative block indices; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig(TechniqueConfig):
+    """Sparse / linear attention for the self- and joint-attention layers of a denoiser.
+
+    Cross-attention always stays dense; in joint attention (SD3, Flux, CogVideoX) text tokens stay
+    dense as queries and as keys: only image-image blocks are sparsified.
+
+    Args:
+        method: one of :data:`METHODS`.
+        density: fraction of key blocks each query block computes (SLA: the critical blocks).
+            Default 0.25 when none of ``density``/``topk``/``cdf_threshold`` is given.
+        topk: key blocks per query block, instead of ``density``.
+        cdf_threshold: keep the fewest blocks holding this much predicted attention mass.
+        block_q, block_k: block sizes in tokens (powers of two; 128x64 is fastest on CPU).
+        similarity_threshold: self-similarity guard (blocks whose tokens' mean cosine similarity is
+            below it are always computed); ``None`` = off.
+        reorder: ``"paro"`` permutes video/image tokens per head into the best of the axis orders
+            (frames/height/width), chosen by calibrating on each layer's first sparse call.
+        dense_steps: the first ``dense_steps`` denoising steps run dense attention.
+        dense_every: also run a dense step every ``dense_every`` steps (0 = never); Re-ttention
+            refreshes its statistics at dense steps.
+        dense_blocks: block indices (adapter numbering) that stay dense.
+        blocks: block indices the method applies to (``None`` = all); e.g. the layers chosen for
+            ``method="linear"``.
+        min_tokens: attention calls with fewer tokens stay dense.
+        skip_fraction: SLA: fraction of key blocks skipped entirely (the rest beyond ``density`` are
+            computed with linear attention).
+        feature_map: linear-attention feature map (``"elu"``, ``"relu"``, ``"softmax"``).
+        backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"torch"``, ``"triton"``, ``"reference"``.
+    """
+
+    field_name = "attention"
+
+    method: str = "block_sparse"
+    density: float | None = None
+    topk: int | None = None
+    cdf_threshold: float | None = None
+    block_q: int = 128
+    block_k: int = 64
+    similarity_threshold: float | None = None
+    reorder: str = "none"
+    dense_steps: int = 0
+    dense_every: int = 0
+    dense_blocks: tuple[int, ...] = ()
+    blocks: tuple[int, ...] | None = None
+    min_tokens: int = 0
+    skip_fraction: float = 0.0
+    feature_map: str = "softmax"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"SparseAttentionConfig.method must be one of {METHODS}; got {self.method!r}.")
+        if self.density is None and self.topk is None and self.cdf_threshold is None:
+            object.__setattr__(self, "density", 0.25)
+        check_selection(self.density, self.topk, self.cdf_threshold)
+        check_block_size("block_q", self.block_q)
+        check_block_size("block_k", self.block_k)
+        if self.similarity_threshold is not None and (
+            not isinstance(self.similarity_threshold, (int, float)) or not -1 <= self.similarity_threshold <= 1
+        ):
+            raise ValueError(f"similarity_threshold must be None or in [-1, 1]; got {self.similarity_threshold!r}.")
+        if self.reorder not in REORDERS:
+            raise ValueError(f"reorder must be one of {REORDERS}; got {self.reorder!r}.")
+        for name in ("dense_steps", "dense_every", "min_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int; got {value!r}.")
+        if isinstance(self.dense_blocks, list):
+            object.__setattr__(self, "dense_blocks", tuple(self.dense_blocks))
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        _check_int_tuple("dense_blocks", self.dense_blocks)
+        if self.blocks is not None:
+            _check_int_tuple("blocks", self.blocks)
+        check_fraction("skip_fraction", self.skip_fraction, allow_zero=True)
+        if self.method == "sla" and self.density is None:
+            raise ValueError("method='sla' selects its critical blocks by density; pass density=..., not topk/cdf_threshold.")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {sorted(FEATURE_MAPS)}; got {self.feature_map!r}.")
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {BACKEND_NAMES}; got {self.backend!r}.")
+
+    def selection(self) -> dict:
+        """The block-selection keyword (``density``, ``topk`` or ``cdf_threshold``) as a dict."""
+        for name in ("density", "topk", "cdf_threshold"):
+            if getattr(self, name) is not None:
+                return {name: getattr(self, name)}
+        raise AssertionError("unreachable: __post_init__ guarantees one selection rule")  # pragma: no cover

@@ -1,0 +1,10 @@
+"""Triton kernels for block-sparse and sparse+linear (SLA) attention (forward only).
+
+Importing this package imports Triton and defines the kernels. On machines without a GPU,
+Triton only runs with ``TRITON_INTERPRET=1`` set *before* this import (tests do that); the
+public op selects the Triton backend automatically only for CUDA tensors.
+"""
+
+from .block_sparse import block_sparse_attention_triton, sla_attention_triton
+
+__all__ = ["block_sparse_attention_triton", "sla_attention_triton"]

@@ -1,0 +1,240 @@
+"""``SparseLayer``: what one attention layer computes in each denoiser call, and its state.
+
+The model-specific processors (``processors.py``) compute q, k, v exactly as the model does and
+hand them to :meth:`SparseLayer.attend` with a :class:`TokenLayout` (which token ranges are text,
+which are the image/video tokens). The layer decides, from the config and the step tracker,
+whether the call is dense, applies PARO reordering, and runs the configured method (a registry):
+
+* ``block_sparse``: predicted block map -> block-sparse attention;
+* ``sla``: critical blocks exact, marginal blocks linear attention through a per-layer projection
+  ``proj`` (``Linear(head_dim, head_dim)``, zero-initialised: untrained SLA == block-sparse);
+* ``rettention``: at a dense step, computes dense attention and caches, per guidance branch, the
+  block map, the softmax-denominator ratio ``r = sum_sparse exp / sum_all exp`` per query and the
+  residual ``o_dense - r * o_sparse``; at sparse steps returns ``r * o_sparse + residual``
+  (exactly dense when q, k, v did not change);
+* ``linear``: linear attention.
+
+Example:
+    >>> import torch
+    >>> from diffusion_accel.sparse_attn import SparseAttentionConfig
+    >>> from diffusion_accel.sparse_attn.layer import SparseLayer, TokenLayout
+    >>> layer = SparseLayer("blocks.0.attn1", 0, SparseAttentionConfig(density=1.0, block_q=64), head_dim=64)
+    >>> q = k = v = torch.randn(1, 2, 256, 64)
+    >>> out = layer.attend(q, k, v, TokenLayout())
+    >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import SparseAttentionConfig
+from .context import CallContext, grid_for_tokens
+from .cpu import attention_with_lse
+from .linear import linear_attention
+from .masks import block_density, block_scores, forced_masks, predict_block_map, select_blocks
+from .ops import run_block_sparse, sla_block_maps, sla_branches
+from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
+
+__all__ = ["TokenLayout", "SparseLayer", "LAYER_METHODS", "dense_with_lse"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Token roles in one attention call's sequence.
+
+    ``dense_tokens``: ``(start, stop)`` ranges always computed (text tokens of joint attention);
+    ``span``: the ``(start, stop)`` range of image/video tokens (PARO reorders only these);
+    ``None`` = the whole sequence.
+    """
+
+    dense_tokens: tuple[tuple[int, int], ...] = ()
+    span: tuple[int, int] | None = None
+
+
+def dense_with_lse(q, k, v, backend: str):
+    """Dense attention with its log-sum-exp, memory-efficiently on every device."""
+    if q.device.type == "cpu":
+        return attention_with_lse(q, k, v)
+    from .masks import num_blocks
+
+    full = torch.ones(q.shape[0], q.shape[1], num_blocks(q.shape[2], 64), num_blocks(k.shape[2], 64),
+                      dtype=torch.bool, device=q.device)
+    return run_block_sparse(q, k, v, full, 64, 64, backend=backend, need_lse=True)
+
+
+class _RidgeFit:
+    """Accumulates normal equations of ``target ~ [x, 1] @ W`` for SLA's projection."""
+
+    def __init__(self, dim: int, device) -> None:
+        self.xtx = torch.zeros(dim + 1, dim + 1, dtype=torch.float64, device=device)
+        self.xty = torch.zeros(dim + 1, dim, dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor, target: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+        t = target.reshape(-1, target.shape[-1]).double()
+        self.xtx += x.T @ x
+        self.xty += x.T @ t
+        self.rows += x.shape[0]
+
+    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+        eye = torch.eye(self.xtx.shape[0], dtype=self.xtx.dtype, device=self.xtx.device)
+        scale = self.xtx.diagonal().mean().clamp_min(1e-12)
+        w = torch.linalg.solve(self.xtx + ridge * scale * eye, self.xty)  # (D+1, D)
+        return w[:-1].T.float(), w[-1].float()  # Linear weight (out, in), bias
+
+
+class SparseLayer:
+    """Policy and state of one sparsified attention layer (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        block_index: int,
+        config: SparseAttentionConfig,
+        *,
+        head_dim: int,
+        tracker=None,
+        context: Callable[[], CallContext] | None = None,
+        device=None,
+    ) -> None:
+        self.name = name
+        self.block_index = block_index
+        self.config = config
+        self.tracker = tracker
+        self._context = context
+        self.proj: torch.nn.Linear | None = None
+        if config.method == "sla":
+            self.proj = torch.nn.Linear(head_dim, head_dim, device=device)
+            torch.nn.init.zeros_(self.proj.weight)
+            torch.nn.init.zeros_(self.proj.bias)
+        self.paro_orders: dict[tuple, torch.Tensor] = {}
+        self.sla_fit: _RidgeFit | None = None
+        self.stats = {"sparse_calls": 0, "dense_calls": 0, "density_sum": 0.0}
+        self.cache: dict[str, tuple] = {}
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Drop per-pipeline-call state (Re-ttention statistics); calibration is kept."""
+        self.cache = {}
+
+    def _call(self) -> tuple[int, str]:
+        current = None if self.tracker is None else self.tracker.current
+        return (0, "default") if current is None else (current.step, current.branch)
+
+    def _dense_step(self, step: int) -> bool:
+        cfg = self.config
+        return step < cfg.dense_steps or (cfg.dense_every > 0 and step % cfg.dense_every == 0)
+
+    def use_original(self) -> bool:
+        """True when this call is plain dense attention (the model's own processor runs it)."""
+        if self.config.blocks is not None and self.block_index not in self.config.blocks:
+            return True
+        if self.block_index in self.config.dense_blocks:
+            return True
+        return self.config.method != "rettention" and self._dense_step(self._call()[0])
+
+    # ----------------------------------------------------------------- compute
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Attention over q ``(B, H, Sq, D)``, k/v ``(B, H, Sk, D)``; returns ``(B, H, Sq, D)``."""
+        if k.shape[2] < self.config.min_tokens:
+            self.stats["dense_calls"] += 1
+            return F.scaled_dot_product_attention(q, k, v)
+        perm = None
+        if self.config.reorder == "paro" and self.config.method != "linear":
+            perm = self._paro_permutation(q, k, layout)
+            q, k, v = permute_heads(q, perm), permute_heads(k, perm), permute_heads(v, perm)
+        out = LAYER_METHODS[self.config.method](self, q, k, v, layout)
+        return out if perm is None else unpermute_heads(out, perm)
+
+    def predict(self, q, k, layout: TokenLayout) -> torch.Tensor:
+        cfg = self.config
+        return predict_block_map(
+            q, k, **cfg.selection(), block_q=cfg.block_q, block_k=cfg.block_k,
+            similarity_threshold=cfg.similarity_threshold, dense_tokens=layout.dense_tokens,
+        )
+
+    def sparse(self, q, k, v, block_map, need_lse=False):
+        cfg = self.config
+        self.stats["sparse_calls"] += 1
+        self.stats["density_sum"] += block_density(block_map)
+        return run_block_sparse(q, k, v, block_map, cfg.block_q, cfg.block_k, backend=cfg.backend, need_lse=need_lse)
+
+    def _paro_permutation(self, q, k, layout: TokenLayout) -> torch.Tensor:
+        seq = q.shape[2]
+        span = layout.span or (0, seq)
+        context = self._context() if self._context is not None else CallContext()
+        grid = grid_for_tokens(context.grid, span[1] - span[0])
+        if grid is None:
+            raise ValueError(
+                f"{self.name}: reorder='paro' needs the token grid of the {span[1] - span[0]} image/video "
+                f"tokens, but the model call gave {context.grid}. Register a grid reader with "
+                "diffusion_accel.sparse_attn.context.register_grid_reader(family, fn) or use reorder='none'."
+            )
+        key = (grid, span, q.shape[1])
+        if key not in self.paro_orders:
+            cfg = self.config
+            self.paro_orders[key] = calibrate_orders(
+                q, k, grid, span, block_q=cfg.block_q, block_k=cfg.block_k, density=cfg.density or 0.25
+            ).cpu()
+        return head_permutation(self.paro_orders[key], grid, seq, span, q.device)
+
+
+def _block_sparse(layer: SparseLayer, q, k, v, layout):
+    out, _ = layer.sparse(q, k, v, layer.predict(q, k, layout))
+    return out
+
+
+def _sla(layer: SparseLayer, q, k, v, layout):
+    cfg = layer.config
+    scores = block_scores(q, k, cfg.block_q, cfg.block_k)
+    rows, cols = forced_masks(q, k, cfg.block_q, cfg.block_k, layout.dense_tokens, cfg.similarity_threshold)
+    critical, marginal = sla_block_maps(scores, cfg.density, cfg.skip_fraction, rows, cols)
+    layer.stats["sparse_calls"] += 1
+    layer.stats["density_sum"] += block_density(critical)
+    o_s, o_l = sla_branches(q, k, v, critical, marginal, cfg.block_q, cfg.block_k, cfg.feature_map, None, cfg.backend)
+    if layer.sla_fit is not None:
+        dense, _ = dense_with_lse(q, k, v, cfg.backend)
+        layer.sla_fit.add(o_l, dense.float() - o_s.float())
+    proj = layer.proj.to(device=o_l.device)
+    return (o_s.float() + proj(o_l)).to(q.dtype)
+
+
+def _rettention(layer: SparseLayer, q, k, v, layout):
+    step, branch = layer._call()
+    cached = layer.cache.get(branch)
+    stale = cached is None or cached[1].shape != q.shape[:3] or cached[2].shape != q.shape
+    if layer._dense_step(step) or stale:
+        out, lse = dense_with_lse(q, k, v, layer.config.backend)
+        block_map = layer.predict(q, k, layout)
+        o_s, lse_s = run_block_sparse(q, k, v, block_map, layer.config.block_q, layer.config.block_k,
+                                      backend=layer.config.backend, need_lse=True)
+        ratio = torch.exp(lse_s - lse)  # sparse / full softmax denominator, per query
+        residual = out.float() - ratio[..., None] * o_s.float()
+        layer.cache[branch] = (block_map, ratio, residual)
+        layer.stats["dense_calls"] += 1
+        return out
+    block_map, ratio, residual = cached
+    o_s, _ = layer.sparse(q, k, v, block_map)
+    return (ratio[..., None] * o_s.float() + residual).to(q.dtype)
+
+
+def _linear(layer: SparseLayer, q, k, v, layout):
+    layer.stats["sparse_calls"] += 1
+    return linear_attention(q, k, v, feature_map=layer.config.feature_map)
+
+
+#: method name -> fn(layer, q, k, v, layout) -> out
+LAYER_METHODS: dict[str, Callable] = {
+    "block_sparse": _block_sparse,
+    "sla": _sla,
+    "rettention": _rettention,
+    "linear": _linear,
+}

@@ -1,0 +1,195 @@
+"""Block-mask prediction: mean-pooled Q/K block scores, top-k / CDF selection, guards.
+
+A *block map* is a bool tensor ``(batch, heads, n_q_blocks, n_k_blocks)``: ``True`` where a
+query block attends to a key block. Prediction is training-free (SpargeAttn-style):
+
+1. mean-pool Q over each query block and K over each key block;
+2. score ``softmax(pool(Q) @ pool(K)^T * scale)`` over key blocks, per query block;
+3. keep the best blocks: a fixed fraction (``density``), a fixed count (``topk``) or the
+   fewest blocks whose scores sum to ``cdf_threshold``;
+4. guards: a query block whose tokens are not alike (mean pairwise cosine similarity below
+   ``similarity_threshold``) is pooled badly, so its row is computed in full; such a key block
+   is kept for every query. Token ranges given in ``dense_tokens`` (e.g. text tokens of joint
+   attention) are always computed, as queries and as keys.
+
+Example:
+    >>> import torch
+    >>> from diffusion_accel.sparse_attn.masks import predict_block_map
+    >>> q, k = torch.randn(1, 2, 256, 64), torch.randn(1, 2, 256, 64)
+    >>> m = predict_block_map(q, k, density=0.5, block_q=64, block_k=64)
+    >>> m.shape, m.sum(-1).unique().tolist()
+    (torch.Size([1, 2, 4, 4]), [2])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "num_blocks",
+    "pool_blocks",
+    "block_scores",
+    "block_self_similarity",
+    "select_blocks",
+    "forced_blocks",
+    "forced_masks",
+    "predict_block_map",
+    "block_density",
+]
+
+
+def num_blocks(seq: int, block: int) -> int:
+    """Number of blocks of size ``block`` covering ``seq`` tokens (last one may be partial)."""
+    return -(-seq // block)
+
+
+def _pad_seq(x: torch.Tensor, block: int) -> torch.Tensor:
+    pad = num_blocks(x.shape[-2], block) * block - x.shape[-2]
+    return F.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+def _block_counts(seq: int, block: int, device) -> torch.Tensor:
+    n = num_blocks(seq, block)
+    counts = torch.full((n,), float(block), device=device)
+    counts[-1] = seq - (n - 1) * block
+    return counts
+
+
+def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean over the tokens of each block: ``(B, H, S, D) -> (B, H, ceil(S/block), D)`` in fp32.
+
+    The last, partial block is averaged over its real tokens only.
+    """
+    seq = x.shape[-2]
+    xp = _pad_seq(x.float(), block)
+    sums = xp.unflatten(-2, (-1, block)).sum(-2)
+    return sums / _block_counts(seq, block, x.device)[:, None]
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, scale: float | None = None) -> torch.Tensor:
+    """Predicted attention between blocks: ``softmax_k(pool(q) pool(k)^T * scale)``.
+
+    Shapes: q ``(B, H, Sq, D)``, k ``(B, H, Sk, D)`` -> ``(B, H, nq, nk)`` fp32, rows sum to 1.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = pool_blocks(q, block_q) @ pool_blocks(k, block_k).transpose(-1, -2) * scale
+    return logits.softmax(-1)
+
+
+def block_self_similarity(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean pairwise cosine similarity of the tokens inside each block: ``(B, H, n)`` in [-1, 1].
+
+    Uses ``mean_ij <x_i, x_j> / |x_i||x_j| = |sum_i x_i/|x_i||^2 / n^2`` (pairs include i = j).
+    """
+    seq = x.shape[-2]
+    unit = F.normalize(x.float(), dim=-1)
+    sums = _pad_seq(unit, block).unflatten(-2, (-1, block)).sum(-2)
+    n = _block_counts(seq, block, x.device)
+    return sums.square().sum(-1) / n.square()
+
+
+def select_blocks(
+    scores: torch.Tensor,
+    *,
+    density: float | None = None,
+    topk: int | None = None,
+    cdf_threshold: float | None = None,
+    forced_rows: torch.Tensor | None = None,
+    forced_cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool block map from scores ``(B, H, nq, nk)`` (one selection rule must be given).
+
+    ``density``: each query block keeps ``max(1, round(density * nk))`` blocks; ``topk``: keeps
+    ``min(topk, nk)``; ``cdf_threshold``: keeps the fewest best blocks whose scores sum to at
+    least the threshold. Forced key blocks (``forced_cols``, bool broadcastable to
+    ``(B, H, 1, nk)``) count toward the budget and are kept first; forced rows
+    (``forced_rows``, broadcastable to ``(B, H, nq, 1)``) keep every block.
+    """
+    nk = scores.shape[-1]
+    ranked = scores
+    if forced_cols is not None:
+        forced_cols = forced_cols.expand(scores.shape)
+        ranked = torch.where(forced_cols, torch.full_like(scores, 2.0), scores)
+    if cdf_threshold is not None:
+        order = ranked.argsort(-1, descending=True)
+        mass = scores.gather(-1, order)  # real predicted mass, forced blocks first
+        mass_before = mass.cumsum(-1) - mass
+        keep_sorted = mass_before < cdf_threshold
+        keep_sorted[..., 0] = True
+        block_map = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    else:
+        count = min(topk, nk) if topk is not None else max(1, min(nk, int(density * nk + 0.5)))
+        idx = ranked.topk(count, dim=-1).indices
+        block_map = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter(-1, idx, True)
+    if forced_cols is not None:
+        block_map = block_map | forced_cols
+    if forced_rows is not None:
+        block_map = block_map | forced_rows
+    return block_map
+
+
+def forced_blocks(seq: int, block: int, token_ranges, device) -> torch.Tensor | None:
+    """Bool ``(n_blocks,)``: blocks that contain a token of any ``(start, stop)`` range."""
+    if not token_ranges:
+        return None
+    n = num_blocks(seq, block)
+    out = torch.zeros(n, dtype=torch.bool, device=device)
+    for start, stop in token_ranges:
+        start, stop = max(0, int(start)), min(seq, int(stop))
+        if stop > start:
+            out[start // block : num_blocks(stop, block)] = True
+    return out
+
+
+def predict_block_map(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    density: float | None = None,
+    topk: int | None = None,
+    cdf_threshold: float | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    scale: float | None = None,
+    similarity_threshold: float | None = None,
+    dense_tokens=(),
+) -> torch.Tensor:
+    """Predict the bool block map ``(B, H, nq, nk)`` for q ``(B, H, Sq, D)``, k ``(B, H, Sk, D)``.
+
+    ``dense_tokens``: ``(start, stop)`` token ranges always computed as queries and as keys
+    (e.g. the text tokens of joint attention). ``similarity_threshold``: the self-similarity
+    guard (``None`` disables it; SpargeAttn-like values are 0.3-0.6).
+    """
+    scores = block_scores(q, k, block_q, block_k, scale)
+    forced_rows, forced_cols = forced_masks(q, k, block_q, block_k, dense_tokens, similarity_threshold)
+    return select_blocks(
+        scores, density=density, topk=topk, cdf_threshold=cdf_threshold,
+        forced_rows=forced_rows, forced_cols=forced_cols,
+    )
+
+
+def forced_masks(q, k, block_q: int, block_k: int, dense_tokens=(), similarity_threshold: float | None = None):
+    """``(forced_rows, forced_cols)``: bool ``(B, H, nq, 1)`` / ``(B, H, 1, nk)`` or ``None``.
+
+    Rows: query blocks touching ``dense_tokens`` or failing the self-similarity guard; columns:
+    the same for key blocks.
+    """
+    B, H = q.shape[:2]
+    rows = forced_blocks(q.shape[-2], block_q, dense_tokens, q.device)
+    cols = forced_blocks(k.shape[-2], block_k, dense_tokens, k.device)
+    rows = None if rows is None else rows[:, None].expand(B, H, -1, 1)
+    cols = None if cols is None else cols[None, :].expand(B, H, 1, -1)
+    if similarity_threshold is not None:
+        bad_q = (block_self_similarity(q, block_q) < similarity_threshold)[..., :, None]
+        bad_k = (block_self_similarity(k, block_k) < similarity_threshold)[..., None, :]
+        rows = bad_q if rows is None else rows | bad_q
+        cols = bad_k if cols is None else cols | bad_k
+    return rows, cols
+
+
+def block_density(block_map: torch.Tensor) -> float:
+    """Realised density: the fraction of (query block, key block) pairs computed."""
+    return float(block_map.float().mean())
