@@ -1,0 +1,321 @@
+"""``QuantLinear``: a linear layer holding packed int8 / int4 weights, run by a real integer GEMM.
+
+Storage (all real tensors, counted by :meth:`QuantLinear.memory_bytes`):
+
+========================  =====================  =================================================
+buffer                    8-bit weights          4-bit weights (group-wise, see ``quantizers``)
+========================  =====================  =================================================
+``qweight``               int8 ``(N, K)``        uint8 ``(N, ceil(K/2))``, two values per byte
+``group_scale``           --                     uint8 ``(N, ceil(K/group_size))`` in ``[1, 15]``
+``weight_scale``          float32 ``(N,)``       float32 ``(N,)``
+``bias``                  original dtype ``(N,)`` or absent
+``inv_smooth``            float32 ``(K,)`` channel balancing (optional)
+``act_scale``             float32 ``(R,)`` static activation scale per timestep range (optional)
+========================  =====================  =================================================
+
+Execution: activations are quantized to int8 (per token, or per tensor with a calibrated scale)
+and multiplied with the integer weight by a GEMM **backend** (:mod:`.gemm`): oneDNN's prepacked
+int8 GEMM on CPU, ``torch._int_mm`` or the Triton kernel on CUDA, or ``"fake"`` (float
+quantize-dequantize, for research). Every backend uses the same integers and the same rescale, so
+outputs agree within float rounding. With ``act_bits=None`` the layer is weight-only.
+
+Example:
+    >>> import torch
+    >>> lin = torch.nn.Linear(64, 32)
+    >>> q = QuantLinear.from_linear(lin, weight_bits=8, act_bits=8)
+    >>> x = torch.randn(2, 5, 64)
+    >>> y = q(x)
+    >>> y.shape, bool((y - lin(x)).abs().max() < 0.05)
+    (torch.Size([2, 5, 32]), True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .packing import pack_int4
+from .quantizers import (
+    check_bits,
+    groupwise_int8_weight,
+    quantize_weight_groupwise,
+    quantize_weight_per_channel,
+)
+from .runtime import QuantRuntime
+
+__all__ = ["QuantLinear", "ACT_MODES"]
+
+#: Activation quantization modes: per token at run time, or per tensor with calibrated scales.
+ACT_MODES = ("dynamic", "static")
+
+
+class QuantLinear(torch.nn.Module):
+    """Linear layer with quantized, packed weights (see the module docstring).
+
+    Build it with :meth:`from_linear` (quantizes a float ``nn.Linear``) or with the constructor
+    (empty buffers of the right shapes, to load a saved state into).
+
+    Args:
+        in_features, out_features: ``K`` and ``N``.
+        bias: whether the layer has a bias.
+        weight_bits: 8 (per output channel) or 4 (group-wise).
+        act_bits: 8, or ``None`` for weight-only quantization.
+        group_size: input channels per group of 4-bit weights.
+        act_mode: ``"dynamic"`` (per token) or ``"static"`` (per tensor, needs ``act_scale``).
+        num_ranges: number of timestep ranges with their own static activation scale.
+        smooth: whether the layer has channel-balancing factors ``inv_smooth``.
+        bias_dtype: dtype of the bias.
+        backend: GEMM backend name (``"auto"``, ``"onednn"``, ``"int_mm"``, ``"triton"``, ``"fake"``).
+        act_group: layers with the same ``act_group`` (and the same runtime) that read the same
+            input tensor quantize it once.
+        fp_tokens: the first ``fp_tokens`` tokens of 3-D inputs skip activation quantization
+            (kept in high precision, used for the text encoder's BOS token).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_bits: int = 8,
+        act_bits: int | None = 8,
+        group_size: int = 128,
+        act_mode: str = "dynamic",
+        num_ranges: int = 1,
+        smooth: bool = False,
+        bias_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        act_group: str = "",
+        fp_tokens: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight_bits = check_bits(weight_bits, "weight_bits", allow_none=False)
+        self.act_bits = check_bits(act_bits, "act_bits")
+        if self.act_bits == 4:
+            raise ValueError("act_bits=4 is not supported (activations are 8-bit); use act_bits=8 or None.")
+        if act_mode not in ACT_MODES:
+            raise ValueError(f"act_mode must be one of {ACT_MODES}; got {act_mode!r}.")
+        if act_mode == "static" and self.act_bits is None:
+            raise ValueError("act_mode='static' needs act_bits=8 (weight-only layers have no activation scale).")
+        if not isinstance(num_ranges, int) or num_ranges < 1:
+            raise ValueError(f"num_ranges must be a positive integer; got {num_ranges!r}.")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 2:
+            raise ValueError(f"group_size must be a positive even integer; got {group_size!r}.")
+        from .gemm import check_backend_name
+
+        self.backend = check_backend_name(backend)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.group_size = int(group_size)
+        self.act_mode = act_mode
+        self.num_ranges = num_ranges
+        self.act_group = act_group
+        self.fp_tokens = int(fp_tokens)
+        n, k = self.out_features, self.in_features
+        if self.weight_bits == 8:
+            self.register_buffer("qweight", torch.zeros(n, k, dtype=torch.int8, device=device))
+            self.group_scale = None
+        else:
+            self.register_buffer("qweight", torch.zeros(n, (k + 1) // 2, dtype=torch.uint8, device=device))
+            groups = math.ceil(k / self.group_size)
+            self.register_buffer("group_scale", torch.ones(n, groups, dtype=torch.uint8, device=device))
+        self.register_buffer("weight_scale", torch.ones(n, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(n, dtype=bias_dtype, device=device) if bias else None)
+        self.register_buffer("inv_smooth", torch.ones(k, dtype=torch.float32, device=device) if smooth else None)
+        if act_mode == "static":
+            self.register_buffer("act_scale", torch.ones(num_ranges, dtype=torch.float32, device=device))
+        else:
+            self.act_scale = None
+        self._runtime: QuantRuntime | None = None
+        self._packed = None  # backend-specific execution copy of the weight (see gemm.py)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_linear(
+        cls,
+        linear: torch.nn.Linear,
+        weight_bits: int = 8,
+        act_bits: int | None = 8,
+        group_size: int = 128,
+        act_mode: str = "dynamic",
+        smooth: torch.Tensor | None = None,
+        act_scale: torch.Tensor | None = None,
+        backend: str = "auto",
+        act_group: str = "",
+        fp_tokens: int = 0,
+    ) -> "QuantLinear":
+        """Quantize a float ``nn.Linear``.
+
+        Args:
+            linear: the layer (left unchanged).
+            smooth: optional ``(K,)`` channel-balancing factors ``s``: the weight is quantized as
+                ``W * s`` and inputs are multiplied by ``1 / s``.
+            act_scale: ``(R,)`` static activation scales (required when ``act_mode="static"``).
+            Other arguments as in the constructor.
+        """
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"from_linear expects a torch.nn.Linear, got {type(linear).__name__}.")
+        weight = linear.weight.detach().float()
+        k = weight.shape[1]
+        if smooth is not None:
+            smooth = smooth.detach().float().to(weight.device)
+            if smooth.shape != (k,) or not bool((smooth > 0).all()):
+                raise ValueError(f"smooth must be a positive ({k},) tensor; got shape {tuple(smooth.shape)}.")
+            weight = weight * smooth
+        if act_mode == "static":
+            if act_scale is None:
+                raise ValueError("act_mode='static' needs calibrated act_scale; run calibration first.")
+            act_scale = torch.as_tensor(act_scale, dtype=torch.float32).reshape(-1)
+            if not bool((act_scale > 0).all()):
+                raise ValueError("act_scale must be positive.")
+        module = cls(
+            k, weight.shape[0], bias=linear.bias is not None, weight_bits=weight_bits, act_bits=act_bits,
+            group_size=group_size, act_mode=act_mode,
+            num_ranges=1 if act_scale is None else int(act_scale.numel()), smooth=smooth is not None,
+            bias_dtype=linear.weight.dtype if linear.bias is None else linear.bias.dtype, backend=backend,
+            act_group=act_group, fp_tokens=fp_tokens, device=weight.device,
+        )
+        with torch.no_grad():
+            if module.weight_bits == 8:
+                q, scale = quantize_weight_per_channel(weight, 8)
+                module.qweight.copy_(q)
+            else:
+                q4, z, scale = quantize_weight_groupwise(weight, 4, group_size)
+                module.qweight.copy_(pack_int4(q4))
+                module.group_scale.copy_(z)
+            module.weight_scale.copy_(scale)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias.detach())
+            if smooth is not None:
+                module.inv_smooth.copy_(1.0 / smooth)
+            if act_scale is not None:
+                module.act_scale.copy_(act_scale)
+        return module
+
+    # --- weights ------------------------------------------------------------------------------
+    def int_weight(self) -> torch.Tensor:
+        """The exact integer weight as int8 ``(N, K)`` (``q`` for 8 bits, ``q4 * z`` for 4 bits)."""
+        if self.weight_bits == 8:
+            if self.qweight is None:  # held only in the backend's packed form
+                from .gemm import unpack_execution_weight
+
+                return unpack_execution_weight(self)
+            return self.qweight
+        return ops.int4_to_int8_weight(self.qweight, self.group_scale, self.in_features, self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The stored integer weight viewed as int8 (for libraries that check ``.weight.dtype`` /
+        ``.device``); its values are not the float weight — use :meth:`dequantized_weight`."""
+        if self.qweight is None:
+            return torch.empty(0, dtype=torch.int8, device=self.weight_scale.device)
+        return self.qweight.view(torch.int8)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Float ``(N, K)`` weight the integers represent (smoothing factors still folded in)."""
+        return (self.int_weight().float() * self.weight_scale[:, None]).to(dtype)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Float ``(N, K)`` weight seen by un-smoothed inputs (``dequantized * inv_smooth``)."""
+        w = self.dequantized_weight(torch.float32)
+        if self.inv_smooth is not None:
+            w = w * self.inv_smooth
+        return w.to(dtype)
+
+    def memory_bytes(self) -> int:
+        """Bytes of every tensor this module holds (buffers and the backend's packed weight)."""
+        total = sum(b.numel() * b.element_size() for b in self.buffers(recurse=False) if b is not None)
+        for t in _tensors(self._packed):
+            total += t.numel() * t.element_size()
+        return total
+
+    def weight_bits_per_param(self) -> float:
+        """Average stored bits per weight, scales included."""
+        return 8.0 * self.memory_bytes() / (self.in_features * self.out_features)
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantLinear expected inputs with {self.in_features} features, got {tuple(x.shape)}.")
+        if self.fp_tokens and x.dim() == 3 and x.shape[1] > self.fp_tokens:
+            head = F.linear(x[:, : self.fp_tokens], self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
+            tail = self._forward_quantized(x[:, self.fp_tokens:])
+            return torch.cat((head, tail), dim=1)
+        return self._forward_quantized(x)
+
+    def _forward_quantized(self, x: torch.Tensor) -> torch.Tensor:
+        from .gemm import run_gemm
+
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.act_bits is None:
+            y = F.linear(x2, self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
+        else:
+            xq, x_scale = self.quantize_input(x2)
+            y = run_gemm(self, xq, x_scale, x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def quantize_input(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, K)`` float → int8 ``(M, K)`` and a float32 scale (``(M, 1)`` or 0-d)."""
+        runtime = self._runtime
+        compiled = runtime.compile if runtime is not None else False
+        if self.act_mode == "static":
+            index = 0 if runtime is None else min(runtime.range_index, self.num_ranges - 1)
+            scale = self.act_scale[index]
+
+            def quantize(t):
+                return ops.quantize_static(t, scale, self.inv_smooth, compiled), scale
+        else:
+            def quantize(t):
+                return ops.quantize_dynamic(t, self.inv_smooth, compiled)
+
+        if runtime is None:
+            return quantize(x2)
+        key = f"{self.act_mode}:{self.act_group}"
+        if self.act_mode == "static":
+            key += f":{int(index)}"
+        return runtime.quantized_input(key, x2, quantize)
+
+    # --- device moves / state dict ------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        from .gemm import release_execution_weight
+
+        release_execution_weight(self)  # packed copies are device-specific; rebuilt lazily
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.qweight is None:
+            destination[prefix + "qweight"] = self.int_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from .gemm import release_execution_weight
+
+        release_execution_weight(self)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        w = f"W{self.weight_bits}" + (f"(g{self.group_size})" if self.weight_bits == 4 else "")
+        a = "A16" if self.act_bits is None else f"A{self.act_bits}({self.act_mode})"
+        extra = ", smooth" if self.inv_smooth is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {w}{a}, "
+                f"bias={self.bias is not None}, backend={self.backend}{extra}")
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)

@@ -1,0 +1,83 @@
+"""Memory-bound steps around an int8 GEMM: quantize the input, rescale the output.
+
+Each step is a plain PyTorch function; with ``compiled=True`` the same function runs through
+``torch.compile`` (dynamic shapes), which fuses it into one pass over memory — on CPU this is what
+keeps the int8 GEMM's gain (see ``docs/quant.md``). Both variants compute the same integers.
+
+Example:
+    >>> import torch
+    >>> q, s = quantize_dynamic(torch.randn(5, 16), None, compiled=False)
+    >>> q.dtype, s.shape
+    (torch.int8, torch.Size([5, 1]))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .quantizers import quantize_act_per_tensor, quantize_act_per_token
+
+__all__ = ["quantize_dynamic", "quantize_static", "rescale_output", "int4_to_int8_weight"]
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _maybe_compiled(name: str, fn: Callable, compiled: bool) -> Callable:
+    if not compiled:
+        return fn
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED[name]
+
+
+def _dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None):
+    return quantize_act_per_token(x, 8, inv_smooth)
+
+
+def _static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tensor | None):
+    return quantize_act_per_tensor(x, scale, 8, inv_smooth)
+
+
+def _rescale(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+    out = y.float() * x_scale
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def _int4_to_int8(packed: torch.Tensor, group_scale: torch.Tensor, k: int, group_size: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    signed = packed.view(torch.int8)
+    low = torch.bitwise_right_shift(torch.bitwise_left_shift(signed, 4), 4)
+    high = torch.bitwise_right_shift(signed, 4)
+    q = torch.stack((low, high), dim=-1).flatten(-2)[..., :k]
+    z = group_scale.repeat_interleave(group_size, dim=-1)[..., :k]
+    return (q.to(torch.int16) * z.to(torch.int16)).to(dtype)
+
+
+def quantize_dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None, compiled: bool = False):
+    """Per-token int8: ``(M, K)`` float → ``q`` int8 ``(M, K)``, ``scale`` float32 ``(M, 1)``."""
+    return _maybe_compiled("dynamic", _dynamic, compiled)(x, inv_smooth)
+
+
+def quantize_static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tensor | None,
+                    compiled: bool = False) -> torch.Tensor:
+    """Per-tensor int8 with a calibrated 0-d float32 ``scale``: ``(M, K)`` → int8 ``(M, K)``."""
+    return _maybe_compiled("static", _static, compiled)(x, scale, inv_smooth)
+
+
+def rescale_output(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None,
+                   out_dtype: torch.dtype, compiled: bool = False) -> torch.Tensor:
+    """``(y * x_scale + bias).to(out_dtype)`` for ``y`` ``(M, N)``, ``x_scale`` ``(M, 1)``."""
+    return _maybe_compiled("rescale", _rescale, compiled)(y, x_scale, bias, out_dtype)
+
+
+def int4_to_int8_weight(packed: torch.Tensor, group_scale: torch.Tensor, k: int, group_size: int,
+                        dtype: torch.dtype = torch.int8, compiled: bool = False) -> torch.Tensor:
+    """Exact integer weight ``q4 * z`` ``(N, k)`` of a packed 4-bit weight, in ``dtype``.
+
+    ``dtype`` may be int8 or a float type that holds the integers exactly (bf16, fp16, fp32).
+    """
+    return _maybe_compiled("int4", _int4_to_int8, compiled)(packed, group_scale, k, group_size, dtype)

@@ -1,0 +1,217 @@
+"""Quantizers: weights (symmetric per output channel, or group-wise for 4 bits) and activations
+(dynamic per token, or static per tensor).
+
+Integer formats
+---------------
+* **8-bit weights**: ``w ≈ q * channel_scale[:, None]`` with ``q`` in ``[-127, 127]``.
+* **4-bit weights, group-wise** (two-level, exact in an int8 GEMM): ``w ≈ q4 * z * channel_scale``
+  where ``q4`` is in ``[-8, 7]`` (stored two per byte), ``z`` is a small integer **group scale** in
+  ``[1, 15]`` shared by ``group_size`` consecutive input channels, and ``channel_scale`` is one
+  float per output channel. ``q4 * z`` lies in ``[-120, 105]``: an int8 weight with a per-channel
+  scale, so the same integers run through any int8 GEMM (oneDNN, ``torch._int_mm``, the Triton
+  kernel) and through the fake-quant path. Group scales are chosen by a small MSE search.
+* **activations**: ``x ≈ q * scale`` with ``q`` in ``[-127, 127]`` (8 bits) — one scale per token
+  (dynamic, default) or one calibrated scale per tensor (static).
+
+Example:
+    >>> import torch
+    >>> w = torch.randn(64, 256)
+    >>> q, s = quantize_weight_per_channel(w, bits=8)
+    >>> bool(sqnr_db(w, q.float() * s[:, None]) > 38)
+    True
+    >>> q4, z, cs = quantize_weight_groupwise(w, bits=4, group_size=128)
+    >>> q4.shape, z.shape, cs.shape
+    (torch.Size([64, 256]), torch.Size([64, 2]), torch.Size([64]))
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "VALID_BITS",
+    "check_bits",
+    "qmax",
+    "GROUP_SCALE_MAX",
+    "quantize_weight_per_channel",
+    "quantize_weight_groupwise",
+    "groupwise_int8_weight",
+    "dequantize_groupwise",
+    "quantize_act_per_token",
+    "quantize_act_per_tensor",
+    "fake_quant_act",
+    "sqnr_db",
+]
+
+#: Bit widths a weight may be quantized to; ``None`` keeps full precision.
+VALID_BITS = (4, 8)
+#: Largest integer group scale of the 4-bit format (``8 * 15 = 120`` fits int8).
+GROUP_SCALE_MAX = 15
+_EPS = 1e-12
+
+
+def check_bits(bits, what: str = "bits", allow_none: bool = True) -> int | None:
+    """Validate a bit width: 4 or 8 (or ``None`` = full precision when ``allow_none``)."""
+    if bits is None and allow_none:
+        return None
+    if isinstance(bits, bool) or bits not in VALID_BITS:
+        allowed = "4, 8 or None (full precision)" if allow_none else "4 or 8"
+        raise ValueError(f"{what} must be {allowed}; got {bits!r}.")
+    return int(bits)
+
+
+def qmax(bits: int) -> int:
+    """Largest symmetric integer level: 127 for 8 bits, 7 for 4 bits."""
+    return 2 ** (check_bits(bits, allow_none=False) - 1) - 1
+
+
+def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel quantization.
+
+    Args:
+        w: ``(N, K)`` float weight.
+        bits: 8 (or 4: values in ``[-7, 7]``).
+
+    Returns:
+        ``q`` int8 ``(N, K)`` and ``scale`` float32 ``(N,)`` with ``w ≈ q * scale[:, None]``.
+    """
+    _check_matrix(w, "w")
+    level = qmax(bits)
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(_EPS) / level
+    q = torch.round(w / scale[:, None]).clamp_(-level, level).to(torch.int8)
+    return q, scale
+
+
+def quantize_weight_groupwise(
+    w: torch.Tensor, bits: int = 4, group_size: int = 128, search: int = 21
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-level group-wise quantization (see the module docstring).
+
+    Args:
+        w: ``(N, K)`` float weight. ``K`` need not be a multiple of ``group_size``: the last group
+            of a row is shorter.
+        bits: 4 (the only width stored group-wise).
+        group_size: input channels per group (> 0, even).
+        search: clipping ratios tried per group when choosing the float group scale.
+
+    Returns:
+        ``q4`` int8 ``(N, K)`` in ``[-8, 7]``, ``z`` uint8 ``(N, ceil(K / group_size))`` in
+        ``[1, 15]``, ``channel_scale`` float32 ``(N,)``; ``w ≈ q4 * z.repeat_interleave(g) * cs``.
+    """
+    _check_matrix(w, "w")
+    if check_bits(bits, allow_none=False) != 4:
+        raise ValueError(f"Group-wise weight quantization is for 4 bits; got bits={bits}. Use per-channel for 8.")
+    _check_group_size(group_size)
+    n, k = w.shape
+    groups = -(-k // group_size)
+    wg = torch.nn.functional.pad(w.detach().float(), (0, groups * group_size - k)).view(n, groups, group_size)
+    lo, hi = -8, 7
+    absmax = wg.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
+    # 1) float group scales: clipping ratio with the least squared error.
+    best_err = best_scale = None
+    for ratio in torch.linspace(0.5, 1.0, max(int(search), 1)).tolist():
+        scale = absmax * (ratio / hi)
+        err = _group_err(wg, scale, lo, hi)
+        if best_err is None:
+            best_err, best_scale = err, scale
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+    # 2) one float scale per channel; integer group scales z in [1, 15] (least squared error).
+    channel_scale = best_scale.amax(dim=1, keepdim=True) / GROUP_SCALE_MAX  # (n, 1, 1)
+    best_err = best_z = None
+    for z in range(1, GROUP_SCALE_MAX + 1):
+        err = _group_err(wg, channel_scale * z, lo, hi)
+        zt = torch.full_like(err, z)
+        if best_err is None:
+            best_err, best_z = err, zt
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_z = torch.where(better, zt, best_z)
+    q4 = torch.round(wg / (channel_scale * best_z)).clamp_(lo, hi).to(torch.int8)
+    q4 = q4.view(n, groups * group_size)[:, :k].contiguous()
+    return q4, best_z.view(n, groups).to(torch.uint8), channel_scale.view(n)
+
+
+def _group_err(wg: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    deq = torch.round(wg / scale).clamp_(lo, hi) * scale
+    return (deq - wg).pow_(2).sum(dim=-1, keepdim=True)
+
+
+def groupwise_int8_weight(q4: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``q4 * z`` expanded over groups: the exact int8 weight ``(N, K)`` of the 4-bit format."""
+    k = q4.shape[-1]
+    zz = z.to(torch.int16).repeat_interleave(group_size, dim=-1)[..., :k]
+    return (q4.to(torch.int16) * zz).to(torch.int8)
+
+
+def dequantize_groupwise(q4: torch.Tensor, z: torch.Tensor, channel_scale: torch.Tensor,
+                         group_size: int) -> torch.Tensor:
+    """Float32 ``(N, K)`` weight represented by the 4-bit format."""
+    return groupwise_int8_weight(q4, z, group_size).float() * channel_scale[:, None]
+
+
+def quantize_act_per_token(
+    x: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-token quantization.
+
+    Args:
+        x: ``(M, K)`` float activations (any float dtype).
+        bits: 8.
+        inv_smooth: optional ``(K,)`` float32 channel-balancing factors multiplied in first.
+
+    Returns:
+        ``q`` int8 ``(M, K)`` and ``scale`` float32 ``(M, 1)`` with ``x * inv_smooth ≈ q * scale``.
+    """
+    level = qmax(bits)
+    xf = x.float()
+    if inv_smooth is not None:
+        xf = xf * inv_smooth
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / level
+    q = torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
+    return q, scale
+
+
+def quantize_act_per_tensor(
+    x: torch.Tensor, scale: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Static symmetric per-tensor quantization with a calibrated ``scale`` (0-d float32 tensor).
+
+    Returns ``q`` int8, same shape as ``x``, with ``x * inv_smooth ≈ q * scale``.
+    """
+    level = qmax(bits)
+    xf = x.float()
+    if inv_smooth is not None:
+        xf = xf * inv_smooth
+    return torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
+
+
+def fake_quant_act(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-token quantize-dequantize (float32), for research and references."""
+    q, s = quantize_act_per_token(x.reshape(-1, x.shape[-1]), bits)
+    return (q.float() * s).reshape(x.shape)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio ``10 log10(|ref|² / |ref - approx|²)`` in dB."""
+    ref = reference.detach().double()
+    noise = (ref - approx.detach().double()).pow(2).sum()
+    signal = ref.pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(signal / noise))
+
+
+def _check_matrix(w: torch.Tensor, name: str) -> None:
+    if not torch.is_tensor(w) or w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"{name} must be a 2-D float tensor (out_features, in_features); got "
+                         f"{getattr(w, 'shape', type(w))}.")
+
+
+def _check_group_size(group_size) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 2:
+        raise ValueError(f"group_size must be a positive even integer (e.g. 64 or 128); got {group_size!r}.")

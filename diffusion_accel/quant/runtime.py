@@ -1,0 +1,98 @@
+"""Per-denoiser runtime state shared by its quantized linears.
+
+One :class:`QuantRuntime` per quantized denoiser (never shared between pipelines) holds
+
+* ``range_index``: which calibrated timestep range the current denoiser call belongs to (static
+  activation scales are per range); a :class:`TimestepRangeHook` on the denoiser sets it;
+* the **shared-input cache**: linears that read the same tensor with the same activation
+  quantizer (``to_q``/``to_k``/``to_v`` of a self-attention) quantize it once. The entry is keyed
+  by the tensor's identity and version counter (held through a weak reference), so a different
+  or modified tensor is always quantized afresh;
+* whether the memory-bound quantize / rescale steps run through ``torch.compile``.
+
+Example:
+    >>> import torch
+    >>> rt = QuantRuntime()
+    >>> x = torch.randn(4, 8)
+    >>> calls = []
+    >>> def quantize(t):
+    ...     calls.append(1)
+    ...     return t.sign(), None
+    >>> _ = rt.quantized_input("g", x, quantize); _ = rt.quantized_input("g", x, quantize)
+    >>> len(calls)
+    1
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import ModelHook
+
+__all__ = ["QuantRuntime", "TimestepRangeHook"]
+
+
+class QuantRuntime:
+    """Mutable state of one quantized denoiser (see the module docstring)."""
+
+    def __init__(self, compile: bool = False) -> None:
+        self.compile = bool(compile)
+        self.range_index = 0
+        self.timestep: float | None = None
+        self._last: dict[str, tuple[Any, int, Any]] = {}
+
+    def quantized_input(self, group: str, x: torch.Tensor, quantize: Callable[[torch.Tensor], Any]) -> Any:
+        """``quantize(x)``, reusing the result of the previous call of ``group`` on the same tensor."""
+        entry = self._last.get(group)
+        if entry is not None:
+            ref, version, value = entry
+            if ref() is x and x._version == version:
+                return value
+        value = quantize(x)
+        self._last[group] = (weakref.ref(x), x._version, value)
+        return value
+
+    def clear(self) -> None:
+        self._last.clear()
+        self.range_index = 0
+        self.timestep = None
+
+
+class TimestepRangeHook(ModelHook):
+    """Sets ``runtime.range_index`` from the denoiser call's timestep before each call.
+
+    ``edges`` are ascending timestep boundaries: range ``i`` holds timesteps in
+    ``(edges[i-1], edges[i]]``.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, runtime: QuantRuntime, adapter, edges: list[float]) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.adapter = adapter
+        self.edges = [float(e) for e in edges]
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        t = self.adapter.timestep_value(module, args, kwargs)
+        self.runtime.timestep = t
+        self.runtime.range_index = range_index(t, self.edges)
+        self.runtime._last.clear()
+        return args, kwargs
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.runtime.clear()
+        return module
+
+
+def range_index(timestep: float | None, edges: list[float]) -> int:
+    """Index of the timestep range holding ``timestep`` (0 when unknown)."""
+    if timestep is None:
+        return 0
+    index = 0
+    for edge in edges:
+        if timestep > edge:
+            index += 1
+    return index
