@@ -4,7 +4,7 @@ Every denoiser that diffusion-accel accelerates carries a :class:`StepTracker`, 
 ``ModelHook`` registered as ``"diffusion_accel.step_tracker"``. For each denoiser call it works
 out which denoising **step** the call belongs to and which guidance **branch** it computes, and
 publishes it as ``tracker.current`` (a :class:`DenoiserCall`) for the block-level hooks of
-every technique to read. ``tracker.history`` lists the calls of the current pipeline call.
+every technique to read. ``tracker.history`` lists the calls of the current (or last) pipeline call.
 
 How the step and branch are found:
 
@@ -152,6 +152,8 @@ class StepTracker(ModelHook):
             # The sampler started over without a pipeline-call boundary: drop stale state.
             module._diffusers_hook.reset_stateful_hooks()
             prev = None
+        if prev is None:
+            self.history = []  # first call after a reset: a new record starts
         if context_step is not None:
             step = int(context_step)
         elif prev is None:
@@ -174,7 +176,8 @@ class StepTracker(ModelHook):
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.history = []
+        # ``history`` is kept until the next call starts, so it can be read after a pipeline call
+        # (diffusers resets stateful hooks at the end of a call).
         self.current = None
         return module
 

@@ -84,11 +84,13 @@ class TechniqueHandle:
     """What an applied technique returns: how to undo it and what it can report.
 
     ``remove`` undoes the technique; ``report`` (optional) returns JSON-friendly statistics,
-    e.g. the bytes held by a cache.
+    e.g. the bytes held by a cache; ``details`` (optional) is any object the technique exposes
+    for programmatic inspection (e.g. per-component call counters).
     """
 
     remove: Callable[[], None]
     report: Callable[[], dict[str, Any]] | None = None
+    details: Any = None
 
 
 _APPLY_FNS: dict[type, Callable[..., TechniqueHandle]] = {}

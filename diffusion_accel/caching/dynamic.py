@@ -1,0 +1,274 @@
+"""Dynamic caching (FBCache / TeaCache / MagCache family): skip the deep blocks when the first
+block's output barely changed since the previous step.
+
+At every denoiser call the first block runs. Its residual (output - input; for UNets, its
+output) is compared with the previous step's: the relative L1 change is **accumulated** over
+consecutive skipped steps, and while the accumulated change stays below ``threshold`` (and
+fewer than ``max_consecutive_skips`` steps in a row were skipped) the remaining blocks are
+skipped:
+
+* transformers (every block group declares a ``BlockIO``): the skipped blocks pass their input
+  through and the last block adds the residual the skipped blocks produced at the last
+  computed step (for both streams of MMDiT blocks);
+* UNets: all blocks but the first and the last return their outputs from the last computed
+  step (DeepCache-like reuse), so the outermost blocks stay fresh.
+
+State is kept per guidance branch and cleared at the start of each pipeline call.
+
+Example:
+    >>> import torch, diffusion_accel
+    >>> from diffusion_accel.caching import DynamicCacheConfig
+    >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
+    >>> pipe = tiny_pipeline("flux")
+    >>> cfg = diffusion_accel.AccelerationConfig(cache=DynamicCacheConfig(threshold=0.1))
+    >>> pipe = diffusion_accel.apply(pipe, cfg)
+    >>> out = pipe(**tiny_call_kwargs("flux"), generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from ..hooks import Denoiser, StepTracker, add_hook, invalidate_hook_caches, remove_hook
+from ..models import Block, BlockIO
+from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
+
+__all__ = ["DynamicCacheConfig", "apply_dynamic_cache"]
+
+_HOOK_NAME = "dynamic_cache"
+
+
+@dataclass(frozen=True)
+class DynamicCacheConfig(TechniqueConfig):
+    """Skip the remaining blocks while the first block's residual changes little.
+
+    Args:
+        threshold: skip while the accumulated relative L1 change of the first block's residual
+            since the last computed step is below this (larger = faster, lossier).
+        max_consecutive_skips: never skip more than this many steps in a row.
+        warmup_steps: the first steps always compute (at least 1).
+        final_steps: the last steps always compute (needs the call's step count, read from
+            the pipeline's scheduler).
+    """
+
+    field_name = "cache"
+
+    threshold: float = 0.1
+    max_consecutive_skips: int = 3
+    warmup_steps: int = 1
+    final_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
+            raise ValueError(f"threshold must be a number >= 0, got {self.threshold!r}.")
+        for name, minimum in (("max_consecutive_skips", 0), ("warmup_steps", 1), ("final_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+@functools.lru_cache(maxsize=None)
+def _param_index(block_class: type, name: str) -> int | None:
+    params = list(inspect.signature(block_class.forward).parameters)[1:]
+    return params.index(name) if name in params else None
+
+
+def _argument(module: torch.nn.Module, name: str | None, args: tuple, kwargs: dict) -> Any:
+    if name is None:
+        return None
+    if name in kwargs:
+        return kwargs[name]
+    index = _param_index(type(module), name)
+    return args[index] if index is not None and index < len(args) else None
+
+
+def _streams(io: BlockIO, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden_states, encoder_hidden_states or None) from a block's output."""
+    if io.output_hidden_states_index is None:
+        return output, None
+    enc = None if io.output_encoder_hidden_states_index is None else output[io.output_encoder_hidden_states_index]
+    return output[io.output_hidden_states_index], enc
+
+
+def _pack(io: BlockIO, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
+    if io.output_hidden_states_index is None:
+        return hidden
+    out: list[Any] = [None, None]
+    out[io.output_hidden_states_index] = hidden
+    out[io.output_encoder_hidden_states_index] = encoder
+    return tuple(out)
+
+
+def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else a - b
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return a if a is None or b is None else a + b
+
+
+@dataclass
+class _BranchState:
+    previous_signal: torch.Tensor | None = None
+    accumulated: float = 0.0
+    consecutive_skips: int = 0
+    skipping: bool = False
+    head_output: tuple[Any, Any] = (None, None)  # first block's output streams this call
+    tail_residual: tuple[Any, Any] = (None, None)  # last - first block output, last computed step
+    block_outputs: dict[int, Any] = field(default_factory=dict)  # reuse mode
+
+
+class _Controller:
+    """Shared decision state of one denoiser's block hooks."""
+
+    def __init__(self, config: DynamicCacheConfig, tracker: StepTracker, blocks: list[Block], pipe: Any):
+        self.config = config
+        self.tracker = tracker
+        self.first = blocks[0].index
+        self.last = blocks[-1].index
+        self.residual_mode = all(b.group.io is not None for b in blocks)
+        self.pipe = pipe
+        self.branches: dict[str, _BranchState] = {}
+        self.computed_steps = 0
+        self.skipped_steps = 0
+
+    def state(self) -> _BranchState:
+        return self.branches.setdefault(self.tracker.current.branch, _BranchState())
+
+    def reset(self) -> None:
+        self.branches.clear()
+
+    @torch.compiler.disable
+    def decide(self, signal: torch.Tensor) -> bool:
+        """Record the first block's signal; return True to skip the remaining blocks."""
+        state, call, cfg = self.state(), self.tracker.current, self.config
+        previous, state.previous_signal = state.previous_signal, signal.detach()
+        skip = False
+        if previous is not None and previous.shape == signal.shape and call.step >= cfg.warmup_steps:
+            total = _total_steps(self.pipe)
+            in_final = total is not None and cfg.final_steps > 0 and call.step >= total - cfg.final_steps
+            if not in_final and state.consecutive_skips < cfg.max_consecutive_skips:
+                change = float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
+                skip = state.accumulated + change < cfg.threshold
+                if skip:
+                    state.accumulated += change
+        if not skip:
+            state.accumulated = 0.0
+            state.consecutive_skips = 0
+            self.computed_steps += 1
+        else:
+            state.consecutive_skips += 1
+            self.skipped_steps += 1
+        state.skipping = skip
+        return skip
+
+
+def _total_steps(pipe: Any) -> int | None:
+    from .static import scheduler_num_steps
+
+    return scheduler_num_steps(pipe) if pipe is not None else None
+
+
+class DynamicBlockHook(ModelHook):
+    """Hook on one block: decides (first block), passes through or adds residuals when skipping."""
+
+    _is_stateful = True
+
+    def __init__(self, controller: _Controller, block: Block) -> None:
+        super().__init__()
+        self.controller = controller
+        self.block = block
+        self.io = block.group.io
+
+    def new_forward(self, module, *args, **kwargs):
+        ctl = self.controller
+        if ctl.tracker.current is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        index = self.block.index
+        if index == ctl.first:
+            return self._first(module, args, kwargs)
+        state = ctl.state()
+        if ctl.residual_mode:
+            return self._residual_mode(module, state, index, args, kwargs)
+        return self._reuse_mode(state, index, args, kwargs)
+
+    def _first(self, module, args, kwargs):
+        ctl = self.controller
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state = ctl.state()
+        if ctl.residual_mode:
+            hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
+            hidden_out, encoder_out = _streams(self.io, output)
+            signal = hidden_out - hidden_in
+            state.head_output = (hidden_out, encoder_out)
+        else:
+            signal = output[0] if isinstance(output, tuple) else output
+            state.block_outputs[self.block.index] = output
+        ctl.decide(signal)
+        return output
+
+    def _residual_mode(self, module, state: _BranchState, index: int, args, kwargs):
+        ctl = self.controller
+        if state.skipping:
+            hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
+            encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
+            if index == ctl.last:
+                hidden = _add(hidden, state.tail_residual[0])
+                encoder = _add(encoder, state.tail_residual[1])
+            return _pack(self.io, hidden, encoder)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if index == ctl.last:
+            hidden, encoder = _streams(self.io, output)
+            head_hidden, head_encoder = state.head_output
+            state.tail_residual = (_sub(hidden, head_hidden), _sub(encoder, head_encoder))
+            state.head_output = (None, None)
+        return output
+
+    def _reuse_mode(self, state: _BranchState, index: int, args, kwargs):
+        if state.skipping and index != self.controller.last and index in state.block_outputs:
+            return state.block_outputs[index]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if index != self.controller.last:
+            state.block_outputs[index] = output
+        return output
+
+    def reset_state(self, module):
+        self.controller.reset()
+        return module
+
+
+@register_technique(DynamicCacheConfig)
+def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[Denoiser]) -> TechniqueHandle:
+    """Install a :class:`DynamicBlockHook` on every block of every denoiser."""
+    installed: list[torch.nn.Module] = []
+    controllers: list[_Controller] = []
+    for denoiser in denoisers:
+        blocks = denoiser.blocks()
+        if len(blocks) < 2:
+            raise ValueError(f"Dynamic caching needs at least 2 blocks; {denoiser.name} has {len(blocks)}.")
+        controller = _Controller(config, denoiser.tracker, blocks, pipe)
+        controllers.append(controller)
+        for block in blocks:
+            add_hook(block.module, DynamicBlockHook(controller, block), _HOOK_NAME)
+            installed.append(block.module)
+        invalidate_hook_caches(denoiser.module)
+
+    def remove() -> None:
+        for module in installed:
+            remove_hook(module, _HOOK_NAME)
+        for denoiser in denoisers:
+            invalidate_hook_caches(denoiser.module)
+
+    def report() -> dict[str, Any]:
+        return {
+            "steps_computed": sum(c.computed_steps for c in controllers),
+            "steps_skipped": sum(c.skipped_steps for c in controllers),
+        }
+
+    return TechniqueHandle(remove=remove, report=report, details=controllers)

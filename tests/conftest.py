@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny pipelines, call kwargs, and a helper to compare outputs exactly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run(pipe, name, seed=0, **overrides):
+    """Call ``pipe`` with the tiny defaults of ``name`` and return the output tensor."""
+    from diffusion_accel.testing import tiny_call_kwargs
+
+    kwargs = tiny_call_kwargs(name, **overrides)
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
+    return out.frames if hasattr(out, "frames") else out.images
+
+
+@pytest.fixture
+def run_pipe():
+    return run
