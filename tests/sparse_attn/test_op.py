@@ -1,0 +1,142 @@
+"""The public op: dense equivalence, backends vs the fp32 reference, density, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_accel.sparse_attn import block_sparse_attention
+from diffusion_accel.sparse_attn.masks import block_scores, num_blocks
+from diffusion_accel.sparse_attn.reference import block_sparse_attention_reference
+
+from ._util import qkv, rel_err
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("shape", [(2, 3, 257, 257, 72), (1, 2, 300, 191, 96), (1, 2, 128, 128, 64)])
+def test_density_one_reproduces_sdpa(backend, shape):
+    b, h, sq, sk, d = shape
+    q, k, v = qkv(b, h, sq, sk, d)
+    out = block_sparse_attention(q, k, v, density=1.0, block_q=64, block_k=32, backend=backend)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert rel_err(out, F.scaled_dot_product_attention(q, k, v)) <= 1e-5
+
+
+@pytest.mark.parametrize("selection", [{"density": 0.5}, {"density": 0.25}, {"topk": 3}, {"cdf_threshold": 0.7}])
+@pytest.mark.parametrize("d", [64, 72, 96])
+def test_torch_backend_matches_reference_fp32(selection, d):
+    q, k, v = qkv(2, 2, 333, 301, d, seed=d)
+    res = block_sparse_attention(q, k, v, block_q=64, block_k=32, backend="torch", return_block_map=True, **selection)
+    ref = block_sparse_attention_reference(q, k, v, res.block_map, 64, 32)
+    assert rel_err(res.output, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_torch_backend_low_precision(dtype, tol):
+    q, k, v = qkv(1, 2, 200, 200, 72, dtype=dtype)
+    res = block_sparse_attention(q, k, v, density=0.5, block_q=32, block_k=32, backend="torch", return_block_map=True)
+    assert res.output.dtype == dtype
+    assert rel_err(res.output, block_sparse_attention_reference(q, k, v, res.block_map, 32, 32)) <= tol
+
+
+@pytest.mark.parametrize("density", [0.1, 0.25, 0.5, 0.8, 1.0])
+def test_realised_density_matches_request(density):
+    q, k, v = qkv(1, 4, 1024, 1024, 64)
+    res = block_sparse_attention(q, k, v, density=density, block_q=64, block_k=32, return_block_map=True)
+    nk = num_blocks(1024, 32)
+    per_row = res.block_map.sum(-1)
+    assert per_row.unique().tolist() == [max(1, int(density * nk + 0.5))]
+    assert abs(res.density - density) <= 0.5 / nk
+    assert res.density == pytest.approx(res.block_map.float().mean().item())
+
+
+def test_topk_and_cdf_selection_rules():
+    q, k, v = qkv(1, 2, 512, 512, 64)
+    res = block_sparse_attention(q, k, v, topk=5, block_q=64, block_k=64, return_block_map=True)
+    assert res.block_map.sum(-1).eq(5).all()
+    res = block_sparse_attention(q, k, v, cdf_threshold=0.6, block_q=64, block_k=64, return_block_map=True)
+    scores = block_scores(q, k, 64, 64)
+    kept_mass = (scores * res.block_map).sum(-1)
+    assert (kept_mass >= 0.6 - 1e-6).all()
+    # minimal: dropping the weakest kept block falls below the threshold
+    weakest = torch.where(res.block_map, scores, torch.full_like(scores, 2.0)).min(-1).values
+    assert (kept_mass - weakest < 0.6).all()
+
+
+def test_kept_blocks_are_the_highest_scored():
+    q, k, v = qkv(1, 2, 512, 512, 64, seed=3)
+    res = block_sparse_attention(q, k, v, density=0.25, block_q=64, block_k=64, return_block_map=True)
+    scores = block_scores(q, k, 64, 64)
+    lowest_kept = torch.where(res.block_map, scores, torch.full_like(scores, 2.0)).min(-1).values
+    highest_dropped = torch.where(res.block_map, torch.full_like(scores, -1.0), scores).max(-1).values
+    assert (lowest_kept >= highest_dropped).all()
+
+
+def test_given_block_map_and_grad_matches_reference():
+    q, k, v = qkv(1, 2, 150, 150, 40)
+    bm = torch.rand(1, 2, 5, 5, generator=torch.Generator().manual_seed(1)) < 0.5
+    bm[..., 0] = True
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(qs, ks, vs, block_map=bm, block_q=32, block_k=32, backend="torch")
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = block_sparse_attention_reference(qr, kr, vr, bm, 32, 32)
+    assert rel_err(out, ref) <= 1e-5
+    w = torch.randn_like(ref)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, b in ((qs, qr), (ks, kr), (vs, vr)):
+        assert rel_err(a.grad, b.grad) <= 1e-4
+
+
+def test_reference_chunking_is_exact():
+    q, k, v = qkv(1, 2, 100, 90, 16)
+    bm = torch.ones(1, 2, 4, 3, dtype=torch.bool)
+    bm[0, 1, 1, 2] = False
+    a = block_sparse_attention_reference(q, k, v, bm, 32, 32)
+    b = block_sparse_attention_reference(q, k, v, bm, 32, 32, max_scores=7 * 90)
+    assert torch.equal(a, b)
+
+
+BAD = [
+    (dict(density=0.0), "density"),
+    (dict(density=1.5), "density"),
+    (dict(density=-0.2), "density"),
+    (dict(density=0.5, block_q=48), "block_q"),
+    (dict(density=0.5, block_k=0), "block_k"),
+    (dict(), "exactly one"),
+    (dict(density=0.5, topk=2), "exactly one"),
+    (dict(topk=0), "topk"),
+    (dict(cdf_threshold=1.2), "cdf_threshold"),
+    (dict(density=0.5, backend="cuda-magic"), "backend"),
+]
+
+
+@pytest.mark.parametrize("kwargs,word", BAD)
+def test_bad_arguments_raise_one_clear_value_error(kwargs, word):
+    q, k, v = qkv(1, 1, 64, 64, 16)
+    with pytest.raises(ValueError, match=word):
+        block_sparse_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "shapes,word",
+    [
+        (((1, 2, 64, 16), (1, 3, 64, 16), (1, 3, 64, 16)), "disagree"),
+        (((1, 2, 64, 16), (1, 2, 64, 8), (1, 2, 64, 8)), "disagree"),
+        (((1, 2, 64, 16), (1, 2, 64, 16), (1, 2, 60, 16)), "same shape"),
+        (((2, 64, 16), (2, 64, 16), (2, 64, 16)), "batch, heads, seq, head_dim"),
+    ],
+)
+def test_disagreeing_shapes_raise(shapes, word):
+    q, k, v = (torch.randn(s) for s in shapes)
+    with pytest.raises(ValueError, match=word):
+        block_sparse_attention(q, k, v, density=0.5)
+
+
+def test_bad_block_map_and_dtype_raise():
+    q, k, v = qkv(1, 1, 64, 64, 16)
+    with pytest.raises(ValueError, match="block_map"):
+        block_sparse_attention(q, k, v, block_map=torch.ones(1, 1, 3, 3, dtype=torch.bool), block_q=32, block_k=32)
+    with pytest.raises(ValueError, match="no key block"):
+        block_sparse_attention(q, k, v, block_map=torch.zeros(1, 1, 2, 2, dtype=torch.bool), block_q=32, block_k=32)
+    with pytest.raises(ValueError, match="dtype"):
+        block_sparse_attention(q, k.half(), v, density=0.5)
