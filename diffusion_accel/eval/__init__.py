@@ -1,1 +1,40 @@
-"""(work in progress)"""
+"""Evaluation harness: quality and cost of acceleration configs against the full-compute baseline.
+
+* :func:`evaluate` runs a sweep (baseline + configs) and writes ``results.json``, ``results.csv``,
+  ``pareto.png`` and ``report.md``; ``diffusion-accel eval`` is its command line.
+* :mod:`.prompts`, :mod:`.generate`, :mod:`.metrics`, :mod:`.latency`, :mod:`.report` are usable
+  on their own (e.g. :func:`~.metrics.fid`, :func:`~.latency.measure_latency`).
+
+Example:
+    >>> from diffusion_accel.eval import evaluate
+    >>> # records = evaluate(model="benchmark", configs=["fast.json"], num_images=2, out="eval-out")
+"""
+
+from .generate import generate_images, make_items
+from .latency import count_macs, measure_latency, operator_breakdown, peak_memory
+from .metrics import clip_score, fid, load_clip, numeric_deviation, psnr, ssim
+from .prompts import Prompt, load_prompts
+from .report import load_results
+from .sweep import TIMING_FIELDS, deterministic_view, evaluate, load_configs
+
+__all__ = [
+    "evaluate",
+    "load_configs",
+    "load_results",
+    "deterministic_view",
+    "TIMING_FIELDS",
+    "load_prompts",
+    "Prompt",
+    "make_items",
+    "generate_images",
+    "fid",
+    "clip_score",
+    "psnr",
+    "ssim",
+    "numeric_deviation",
+    "load_clip",
+    "measure_latency",
+    "count_macs",
+    "peak_memory",
+    "operator_breakdown",
+]

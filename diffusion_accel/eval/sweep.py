@@ -1,0 +1,442 @@
+"""Evaluate acceleration configs against the full-compute baseline in one run: :func:`evaluate`.
+
+For the baseline and then each config, :func:`evaluate` applies the config, generates every
+(prompt, image) item with the same seeds into ``<out>/<name>/`` (resumable, multi-process; see
+:mod:`.generate`), measures the cost of one batch on the main process (``<out>/<name>/cost.json``),
+removes the config, and finally scores every variant on the main process and writes
+``results.json``, ``results.csv``, ``pareto.png`` and ``report.md`` (see :mod:`.report`).
+
+Output folder::
+
+    run.json                 the settings of the run (a resumed run must match them)
+    baseline/, <name>/       images/, manifest.jsonl, cost.json per variant
+    results.json  results.csv  pareto.png  report.md  grid.png
+
+Each record of ``results.json`` holds ``name``, ``config`` (the AccelerationConfig as a dict),
+quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpips``,
+``max_abs_error``, ``mean_abs_error``, ``wasserstein``; videos add ``frame_consistency``), work
+(``macs``: denoiser MACs of one batch, ``macs_ratio``, ``pipeline_macs``, ``pipeline_macs_ratio``,
+``uncounted_ops``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
+``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
+timing fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
+
+Example:
+    >>> # records = evaluate(model="benchmark", prompts="benchmark", configs=["fast.json"],
+    >>> #                    num_images=2, out="eval-out")
+    >>> # [(r["name"], r["speedup"], r["fid"]) for r in records]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..config import AccelerationConfig
+from ..utils import atomic_write_json
+from . import metrics as M
+from .generate import distributed_state, generate_images, load_arrays, make_batches, make_items
+from .latency import count_macs, measure_latency, operator_breakdown, peak_memory
+from .prompts import load_prompts
+
+__all__ = [
+    "evaluate",
+    "load_configs",
+    "load_pipeline",
+    "TIMING_FIELDS",
+    "deterministic_view",
+    "BASELINE",
+]
+
+BASELINE = "baseline"
+#: Record fields that depend on the machine's load (everything else is deterministic).
+TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
+                 "operator_shares")
+RUN_FILE = "run.json"
+COST_FILE = "cost.json"
+
+
+def deterministic_view(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without :data:`TIMING_FIELDS`: equal for equal settings (resumed, split or not)."""
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_configs(sources: Iterable[Any]) -> list[tuple[str, AccelerationConfig]]:
+    """``[(name, config), ...]`` from config files, frontier files, configs or ``(name, config)`` pairs.
+
+    A file holds one AccelerationConfig (named after the file), a JSON list of entries, or a
+    frontier ``{"frontier": [{"config": {...}, "name"?: ...}, ...]}``; a list entry is a config or an
+    object with a ``config`` key, named ``entry["name"]`` or ``<file stem>-<i>``. Names are made
+    file-safe and unique; ``baseline`` is reserved.
+
+    Raises:
+        ValueError: unreadable file, invalid JSON, or an invalid config (the message names the file
+            and entry).
+    """
+    out: list[tuple[str, AccelerationConfig]] = []
+    for i, source in enumerate(sources):
+        if isinstance(source, AccelerationConfig):
+            out.append((f"config{i}", source))
+        elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], AccelerationConfig):
+            out.append((str(source[0]), source[1]))
+        elif isinstance(source, (str, os.PathLike)):
+            out.extend(_configs_from_file(os.fspath(source)))
+        else:
+            raise TypeError(f"Cannot read an acceleration config from {source!r}; pass a JSON file path.")
+    return _unique_names(out)
+
+
+def _configs_from_file(path: str) -> list[tuple[str, AccelerationConfig]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Cannot read acceleration config file {path!r}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Acceleration config file {path!r} is not valid JSON: {exc}") from exc
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if isinstance(data, dict) and "frontier" in data:
+        entries = data["frontier"]
+        if not isinstance(entries, list):
+            raise ValueError(f"{path!r}: 'frontier' must be a list of entries holding a 'config'.")
+    elif isinstance(data, list):
+        entries = data
+    else:
+        return [(stem, _parse_config(data, path))]
+    if not entries:
+        raise ValueError(f"{path!r} holds an empty list of configs.")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path!r}, entry {i}: expected an object, got {type(entry).__name__}.")
+        config = entry["config"] if "config" in entry else entry
+        name = entry.get("name") if isinstance(entry.get("name"), str) else f"{stem}-{i:02d}"
+        out.append((name, _parse_config(config, f"{path}, entry {i}")))
+    return out
+
+
+def _parse_config(data: Any, where: str) -> AccelerationConfig:
+    try:
+        return AccelerationConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: not a valid acceleration config: {exc}") from exc
+
+
+def _unique_names(configs: list[tuple[str, AccelerationConfig]]) -> list[tuple[str, AccelerationConfig]]:
+    seen: set[str] = {BASELINE}
+    out = []
+    for name, config in configs:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "config"
+        unique, k = base, 1
+        while unique in seen:
+            unique, k = f"{base}-{k}", k + 1
+        seen.add(unique)
+        out.append((unique, config))
+    return out
+
+
+def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Any:
+    """A diffusers pipeline from ``"benchmark"`` (the bundled model), a local folder or a hub id
+    (``DiffusionPipeline.from_pretrained``); a pipeline object is returned as is (moved to ``device``)."""
+    if isinstance(model, (str, os.PathLike)):
+        from diffusers import DiffusionPipeline
+
+        name = os.fspath(model)
+        path = name
+        if name == "benchmark":
+            from ..assets import benchmark_model_dir
+
+            path = os.fspath(benchmark_model_dir())
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+        except (OSError, EnvironmentError) as exc:
+            raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {exc}") from exc
+    else:
+        pipe = model
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def _model_label(model: Any) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} instance>"
+
+
+def default_call_kwargs(model: Any) -> dict[str, Any]:
+    """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
+    if isinstance(model, str) and model == "benchmark":
+        from .. import assets
+
+        fn = getattr(assets, "benchmark_call_kwargs", None)
+        if fn is not None:
+            return dict(fn())
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def evaluate(
+    model: Any = "benchmark",
+    prompts: Any = "benchmark",
+    configs: Iterable[Any] = (),
+    *,
+    out: str | os.PathLike,
+    num_images: int = 1,
+    num_prompts: int | None = None,
+    prompt_column: str | None = None,
+    categories: Iterable[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 1,
+    call_kwargs: dict[str, Any] | None = None,
+    clip: Any = "benchmark",
+    reference: Any = "auto",
+    fid_features: Any = "clip",
+    latency_runs: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate ``configs`` against the baseline; write results and reports to ``out``.
+
+    Args:
+        model: ``"benchmark"``, a local diffusers folder, a hub id, or a pipeline object.
+        prompts: a prompt file, ``"benchmark[:split]"`` or a list of strings (see :func:`load_prompts`).
+        configs: AccelerationConfig files, frontier files, configs (see :func:`load_configs`).
+        out: output folder.
+        num_images: images per prompt (seeds differ per image, not per config).
+        num_prompts: sample this many prompts (seeded by ``seed``).
+        prompt_column, categories: see :func:`load_prompts`.
+        seed: base seed of prompt sampling and of every item's noise.
+        batch_size: items per pipeline call.
+        call_kwargs: further pipeline arguments (``num_inference_steps``, ``guidance_scale``, ...);
+            default: the benchmark's settings for the benchmark model, else the pipeline's defaults.
+        clip: CLIP model for CLIP score and CLIP-feature FID: ``"benchmark"``, folder/hub id,
+            a :class:`~diffusion_accel.eval.metrics.Clip`, or ``None`` (no CLIP score, no CLIP FID).
+        reference: FID reference: ``"auto"`` (the benchmark images for the benchmark model, else
+            none), ``None``, ``"benchmark[:split]"``, a folder of images or a ``.npz`` of statistics.
+        fid_features: ``"clip"``, ``"inception"`` (needs torch-fidelity) or an ``nn.Module``.
+        latency_runs, warmup: timed and warm-up calls of the cost measurement.
+        device, dtype: where and in which precision to run (default: the process's accelerator
+            device, or CPU; the model's own dtype).
+        resume: continue a run in ``out`` (same settings); without it ``out`` must not hold a run.
+        progress: tqdm progress bars.
+
+    Returns:
+        The records (one per variant, baseline first) on the main process; ``[]`` on the others.
+
+    Raises:
+        ValueError: bad prompts, configs, reference or settings; ``out`` holds another run.
+    """
+    state = distributed_state(device)
+    device = torch.device(device) if device is not None else state.device
+    out = os.fspath(out)
+
+    # 1. Validate every input before anything is generated.
+    prompt_list = load_prompts(prompts, column=prompt_column, categories=categories, num=num_prompts, seed=seed)
+    variants = [(BASELINE, AccelerationConfig())] + load_configs(configs)
+    items = make_items(prompt_list, num_images=num_images, seed=seed)
+    make_batches(items, batch_size)
+    if call_kwargs is None:
+        call_kwargs = default_call_kwargs(model)
+    if reference == "auto":
+        reference = "benchmark" if isinstance(model, str) and model == "benchmark" else None
+    _check_reference(reference)
+    if latency_runs < 1 or warmup < 0:
+        raise ValueError(f"latency_runs must be >= 1 and warmup >= 0, got {latency_runs} and {warmup}.")
+    settings = {
+        "model": _model_label(model),
+        "prompts": [[p.index, p.text] for p in prompt_list],
+        "configs": {name: config.to_dict() for name, config in variants},
+        "num_images": num_images,
+        "seed": seed,
+        "batch_size": batch_size,
+        "call_kwargs": _jsonable(call_kwargs),
+        "clip": None if clip is None else _model_label(clip) if not isinstance(clip, M.Clip) else clip.name,
+        "reference": None if reference is None else _model_label(reference),
+        "fid_features": fid_features if isinstance(fid_features, str) else type(fid_features).__name__,
+    }
+    _claim_out_dir(out, settings, resume, state)
+
+    # 2. Generate and measure each variant.
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    import diffusion_accel
+
+    try:
+        for name, config in variants:
+            diffusion_accel.remove(pipe)
+            if name != BASELINE:
+                diffusion_accel.apply(pipe, config)
+            generate_images(pipe, items, os.path.join(out, name), batch_size=batch_size,
+                            call_kwargs=call_kwargs, progress=progress, desc=name, state=state)
+        if not state.is_main_process:
+            return []
+        # The cost is measured on the main process alone, after generation, so that the other
+        # processes never wait on it.
+        costs = {}
+        for name, config in variants:
+            diffusion_accel.remove(pipe)
+            if name != BASELINE:
+                diffusion_accel.apply(pipe, config)
+            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name),
+                                latency_runs, warmup, device)
+    finally:
+        diffusion_accel.remove(pipe)
+
+    # 3. Score (main process) and report.
+    clip_model = None if clip is None else M.load_clip(clip, device=str(device))
+    records = _score(variants, items, out, costs, clip_model, reference, fid_features, progress)
+    from .report import write_report, write_results
+
+    write_results(records, out)
+    write_report(records, out, items)
+    return records
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_reference(reference: Any) -> None:
+    if reference is None or isinstance(reference, (M.ReferenceStats, np.ndarray)):
+        return
+    name = os.fspath(reference)
+    if name == "benchmark" or name.startswith("benchmark:"):
+        return
+    if name.endswith(".npz"):
+        M.ReferenceStats.load(name)
+        return
+    if not os.path.isdir(name):
+        raise ValueError(f"Reference {name!r} is neither a folder of images nor a .npz of statistics.")
+    if not any(n.lower().endswith(M.IMAGE_EXTENSIONS) for n in os.listdir(name)):
+        raise ValueError(f"Reference folder {name!r} holds no images ({', '.join(M.IMAGE_EXTENSIONS)}); "
+                         "point --reference at a folder of reference images or a saved .npz.")
+
+
+def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
+    path = os.path.join(out, RUN_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                previous = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path!r} is unreadable ({exc}); choose another --out.") from exc
+        if not resume:
+            raise ValueError(f"{out!r} already holds an evaluation run; pass --resume (resume=True) to "
+                             "continue it, or choose another --out. Nothing was changed.")
+        changed = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
+        if changed:
+            raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
+                             "original settings, or choose another --out.")
+    elif os.path.isdir(out) and os.listdir(out) and not resume:
+        raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
+    if state.is_main_process and not os.path.exists(path):
+        atomic_write_json(path, settings)
+    state.wait_for_everyone()
+
+
+def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, runs: int, warmup: int,
+          device: torch.device) -> dict[str, Any]:
+    path = os.path.join(folder, COST_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    from ..api import find_denoisers
+
+    def call() -> Any:
+        generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
+        with torch.inference_mode():
+            return pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np",
+                        **call_kwargs)
+
+    old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        macs = count_macs(call, [m for _, m in find_denoisers(pipe)])
+        latency = measure_latency(call, warmup=warmup, runs=runs, device=device)
+        memory, source = peak_memory(call, device)
+        shares = operator_breakdown(call, device)
+    finally:
+        pipe._progress_bar_config = old
+    cost = {"latency": latency.to_dict(), "peak_memory_bytes": memory, "peak_memory_source": source,
+            "operator_shares": shares, "macs": macs.modules, "pipeline_macs": macs.total,
+            "uncounted_ops": macs.uncounted_ops, "batch_size": len(batch)}
+    atomic_write_json(path, cost)
+    return cost
+
+
+def _score(variants, items, out, costs, clip, reference, fid_features, progress) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    keys = [it.key for it in items]
+    prompts = [it.prompt for it in items]
+    extractor = stats = None
+    notes_common: list[str] = []
+    if clip is not None or not (isinstance(fid_features, str) and fid_features == "clip"):
+        extractor = M.fid_features(fid_features, clip)
+        if reference is not None:
+            stats = M.load_reference(reference, extractor)
+    else:
+        notes_common.append("No CLIP model: clip_score and CLIP-feature FID are not computed.")
+    baseline_arrays = load_arrays(os.path.join(out, BASELINE), keys)
+    baseline_stats = None
+    if extractor is not None and len(M.as_frames(baseline_arrays)) >= 2:
+        baseline_stats = M.reference_stats(baseline_arrays, extractor)
+    base_cost = costs[BASELINE]
+    records = []
+    for name, config in tqdm(variants, desc="metrics", disable=not progress, dynamic_ncols=True):
+        arrays = load_arrays(os.path.join(out, name), keys)
+        cost = costs[name]
+        notes = list(notes_common)
+        record: dict[str, Any] = {"name": name, "config": config.to_dict(), "num_items": len(keys)}
+        record["speedup"] = base_cost["latency"]["median_s"] / cost["latency"]["median_s"]
+        record["latency_s"] = cost["latency"]["median_s"]
+        record["latency"] = cost["latency"]
+        record["peak_memory_bytes"] = cost["peak_memory_bytes"]
+        record["peak_memory_source"] = cost["peak_memory_source"]
+        record["operator_shares"] = cost["operator_shares"]
+        record["macs"] = cost["macs"]
+        record["macs_ratio"] = cost["macs"] / base_cost["macs"] if base_cost["macs"] else None
+        record["pipeline_macs"] = cost["pipeline_macs"]
+        record["pipeline_macs_ratio"] = (cost["pipeline_macs"] / base_cost["pipeline_macs"]
+                                         if base_cost["pipeline_macs"] else None)
+        record["uncounted_ops"] = cost["uncounted_ops"]
+        if cost["uncounted_ops"]:
+            notes.append(f"MACs exclude operators without a flop formula: {cost['uncounted_ops']}.")
+        is_video = arrays.ndim == 5
+        record["clip_score"] = None
+        if clip is not None:
+            if is_video:
+                record.update(M.video_clip_metrics(arrays, prompts, clip))
+            else:
+                record["clip_score"] = M.clip_score(arrays, prompts, clip)
+        record["fid"] = M.fid(arrays, stats, extractor) if stats is not None else None
+        if stats is None:
+            notes.append("fid: no reference images (pass --reference).")
+        record["fid_vs_baseline"] = M.fid(arrays, baseline_stats, extractor) if baseline_stats is not None else None
+        record["psnr"] = M.psnr(arrays, baseline_arrays)
+        record["ssim"] = M.ssim(arrays, baseline_arrays)
+        record["lpips"], why = M.lpips(arrays, baseline_arrays)
+        if why:
+            notes.append(why)
+        record.update(M.numeric_deviation(arrays, baseline_arrays))
+        record["notes"] = notes
+        records.append(record)
+    return records

@@ -1,0 +1,34 @@
+import csv
+import json
+import math
+
+from diffusion_accel.eval.report import load_results, pareto_front, plot_pareto, write_results
+
+
+def test_pareto_front_keeps_non_dominated_points():
+    speed = [1.0, 1.5, 2.0, 2.0, 3.0]
+    quality = [5.0, 12.0, 9.0, 11.0, 20.0]
+    assert pareto_front(speed, quality, higher_is_better=False) == [0, 2, 4]  # e.g. FID
+    assert pareto_front(speed, quality, higher_is_better=True) == [4]  # e.g. CLIP score
+    assert pareto_front([1.0, 2.0], [math.inf, 30.0], higher_is_better=True) == [0, 1]
+
+
+def test_results_json_and_csv_round_trip_infinity(tmp_path):
+    records = [
+        {"name": "baseline", "config": {"cache": None}, "speedup": 1.0, "psnr": math.inf, "fid": None},
+        {"name": "fast", "config": {"cache": {"type": "X"}}, "speedup": 2.0, "psnr": 31.5, "fid": 4.0},
+    ]
+    write_results(records, tmp_path)
+    raw = json.loads((tmp_path / "results.json").read_text())
+    assert raw[0]["psnr"] == "inf"
+    assert load_results(tmp_path) == records
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert rows[0]["psnr"] == "inf" and rows[1]["psnr"] == "31.5" and rows[0]["fid"] == ""
+    assert json.loads(rows[1]["config"]) == {"cache": {"type": "X"}}
+
+
+def test_pareto_plot_is_a_png(tmp_path):
+    records = [{"name": "baseline", "speedup": 1.0, "psnr": math.inf, "clip_score": 30.0},
+               {"name": "a", "speedup": 1.8, "psnr": 35.0, "clip_score": 29.0}]
+    assert plot_pareto(records, tmp_path / "p.png") == ["clip_score", "psnr"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
