@@ -7,7 +7,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The suite runs under pytest-xdist with one worker per core: one thread per worker avoids
+# oversubscription (it made tiny-pipeline calls 10x slower).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 def run(pipe, name, seed=0, **overrides):

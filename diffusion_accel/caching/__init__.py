@@ -17,7 +17,7 @@ Example:
 
 from . import heuristics
 from .dynamic import DynamicCacheConfig
-from .macs import MacProfile, MacReport, macs, profile_macs
+from .macs import MacProfile, MacReport, denoiser_macs, macs, profile_macs
 from .schedule import CacheSchedule
 from .static import StaticCacheConfig
 
@@ -29,5 +29,6 @@ __all__ = [
     "MacReport",
     "macs",
     "profile_macs",
+    "denoiser_macs",
     "heuristics",
 ]

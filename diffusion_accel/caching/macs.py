@@ -36,7 +36,7 @@ from ..models import get_model_adapter
 from .schedule import CacheSchedule
 from .static import StaticCacheConfig, scheduler_num_steps
 
-__all__ = ["MacProfile", "MacReport", "profile_macs", "macs"]
+__all__ = ["MacProfile", "MacReport", "profile_macs", "macs", "denoiser_macs"]
 
 
 @dataclass
@@ -186,33 +186,41 @@ def _attribute(module: torch.nn.Module, counter: FlopCounterMode, out: np.ndarra
 
 
 @torch.no_grad()
+def denoiser_macs(pipe: Any, **call_kwargs: Any) -> float:
+    """MACs the pipeline's denoisers execute during one call of ``pipe(**call_kwargs)``, as it is
+    (with whatever acceleration or third-party hooks are installed)."""
+    total = [0.0]
+    with FlopCounterMode(display=False) as counter:
+        handles = []
+        for _, module in find_denoisers(pipe):
+            start: list[int] = []
+
+            def pre(mod, args, start=start):
+                start.append(counter.get_total_flops())
+
+            def post(mod, args, output, start=start):
+                total[0] += (counter.get_total_flops() - start.pop()) / 2
+
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        try:
+            pipe(**call_kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+    return total[0]
+
+
 def _measured_macs(pipe: Any, config: AccelerationConfig, call_kwargs: dict) -> float:
-    """MACs the denoisers execute during one real call of ``pipe`` accelerated with ``config``."""
+    """:func:`denoiser_macs` of ``pipe`` accelerated with ``config`` (the pipe is left as it was)."""
     previous = acceleration_state(pipe)
     previous_config = previous.config if previous is not None else None
     apply(pipe, config)
-    total = [0.0]
     try:
-        with FlopCounterMode(display=False) as counter:
-            handles = []
-            for _, module in find_denoisers(pipe):
-                start: list[int] = []
-                handles.append(module.register_forward_pre_hook(lambda m, a, s=start: s.append(counter.get_total_flops())))
-                handles.append(
-                    module.register_forward_hook(
-                        lambda m, a, o, s=start: total.__setitem__(0, total[0] + (counter.get_total_flops() - s.pop()) / 2)
-                    )
-                )
-            try:
-                pipe(**call_kwargs)
-            finally:
-                for h in handles:
-                    h.remove()
+        return denoiser_macs(pipe, **call_kwargs)
     finally:
         remove(pipe)
         if previous_config is not None:
             apply(pipe, previous_config)
-    return total[0]
 
 
 def macs(pipe: Any, schedule_or_config: CacheSchedule | AccelerationConfig, **call_kwargs: Any) -> MacReport:
