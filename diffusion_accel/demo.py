@@ -1,0 +1,133 @@
+"""Generate held-out prompts with and without acceleration on the bundled benchmark model and
+print one table: speed-up (wall clock, same run), MAC ratio, CLIP score, FID on the domain and
+PSNR against the un-accelerated images of the same seeds. Grids, ``results.json`` and
+``report.md`` are written to the output folder."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Any
+
+from .config import AccelerationConfig
+
+__all__ = ["demo_configs", "run_demo", "format_table", "add_arguments", "run"]
+
+
+def demo_configs(model: Any, num_steps: int) -> list[tuple[str, AccelerationConfig]]:
+    """The accelerations the demo compares, built for ``model`` (a denoiser or pipeline)."""
+    from .caching import DynamicCacheConfig, StaticCacheConfig
+    from .quant import QuantConfig
+
+    cache = StaticCacheConfig(_demo_schedule(model, num_steps), auto_resample=True)
+    return [
+        (f"cache-{cache.schedule.name}", AccelerationConfig(cache=cache)),
+        ("cache-dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=0.1))),
+        ("quant-w8a8", AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8))),
+        ("cache+w8a8", AccelerationConfig(cache=cache, quant=QuantConfig(weight_bits=8, act_bits=8))),
+    ]
+
+
+def _demo_schedule(model: Any, num_steps: int):
+    from .caching import CacheSchedule
+
+    return CacheSchedule.fora(model, num_steps, 2)
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of the demo's records."""
+    columns = [
+        ("variant", "name", "{}"),
+        ("speedup", "speedup", "{:.2f}x"),
+        ("MAC ratio", "macs_ratio", "{:.2f}x"),
+        ("CLIP score", "clip_score", "{:.2f}"),
+        ("FID", "fid", "{:.4f}"),
+        ("PSNR dB", "psnr", "{:.1f}"),
+    ]
+
+    def cell(record, key, fmt):
+        value = record.get(key)
+        if value is None:
+            return "-"
+        if isinstance(value, float) and math.isinf(value):
+            return "inf"
+        return fmt.format(value)
+
+    rows = [[title for title, _, _ in columns]]
+    rows += [[cell(r, key, fmt) for _, key, fmt in columns] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: str = "demo-output",
+    num_prompts: int = 16,
+    num_steps: int = 20,
+    model: Any = "benchmark",
+    latency_runs: int = 2,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the demo; returns the evaluation records (baseline first)."""
+    from .eval.sweep import default_call_kwargs, evaluate, load_pipeline
+    from .utils import atomic_write_text
+
+    _claim_demo_folder(out)
+    pipe = load_pipeline(model)
+    call_kwargs = {**default_call_kwargs(model), "num_inference_steps": num_steps}
+    configs = demo_configs(pipe.transformer if hasattr(pipe, "transformer") else pipe, num_steps)
+    records = evaluate(
+        pipe,
+        prompts="benchmark:heldout",
+        configs=configs,
+        out=out,
+        num_prompts=num_prompts,
+        batch_size=num_prompts,
+        call_kwargs=call_kwargs,
+        clip="benchmark",
+        reference="benchmark:heldout",
+        latency_runs=latency_runs,
+        warmup=1,
+        progress=progress,
+    )
+    table = format_table(records)
+    atomic_write_text(os.path.join(out, "table.txt"), table + "\n")
+    return records
+
+
+_MARKER = ".diffusion-accel-demo"
+
+
+def _claim_demo_folder(out: str) -> None:
+    """Start from an empty ``out``: a previous demo's folder is replaced, anything else refused."""
+    import shutil
+
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.exists(os.path.join(out, _MARKER)):
+            raise ValueError(f"{out!r} exists and is not a demo output folder; choose another --out.")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, _MARKER), "w").close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    parser.add_argument("--num-prompts", type=int, default=16, help="held-out prompts to generate (default 16)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--latency-runs", type=int, default=2, help="timed calls per variant (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (4 prompts, 8 steps, 1 timed call)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    num_prompts, steps, runs = args.num_prompts, args.steps, args.latency_runs
+    if args.quick:
+        num_prompts, steps, runs = 4, 8, 1
+    if num_prompts < 2:
+        raise ValueError("--num-prompts must be at least 2 (FID needs two images).")
+    records = run_demo(args.out, num_prompts, steps, latency_runs=runs, progress=not args.no_progress)
+    print(format_table(records))
+    print(f"\nGrids, results.json and report.md are in {os.path.abspath(args.out)}")
+    return 0
