@@ -251,16 +251,19 @@ class QuantLinear(torch.nn.Module):
         from .gemm import run_gemm
 
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
         if self.act_bits is None:
-            y = F.linear(x2, self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
-        else:
-            xq, x_scale = self.quantize_input(x2)
-            y = run_gemm(self, xq, x_scale, x.dtype)
+            y = F.linear(x, self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
+            return y
+        xq, x_scale = self.quantize_input(x)
+        y = run_gemm(self, xq, x_scale, x.dtype)
         return y.reshape(*lead, self.out_features)
 
-    def quantize_input(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(M, K)`` float → int8 ``(M, K)`` and a float32 scale (``(M, 1)`` or 0-d)."""
+    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., K)`` float → int8 ``(M, K)`` and a float32 scale (``(M, 1)`` or 0-d).
+
+        The cache of the shared runtime is keyed by ``x`` itself, so call this with the tensor the
+        layer received (not a reshaped view, which is a new object each time).
+        """
         runtime = self._runtime
         compiled = runtime.compile if runtime is not None else False
         if self.act_mode == "static":
@@ -268,17 +271,17 @@ class QuantLinear(torch.nn.Module):
             scale = self.act_scale[index]
 
             def quantize(t):
-                return ops.quantize_static(t, scale, self.inv_smooth, compiled), scale
+                return ops.quantize_static(t.reshape(-1, t.shape[-1]), scale, self.inv_smooth, compiled), scale
         else:
             def quantize(t):
-                return ops.quantize_dynamic(t, self.inv_smooth, compiled)
+                return ops.quantize_dynamic(t.reshape(-1, t.shape[-1]), self.inv_smooth, compiled)
 
         if runtime is None:
-            return quantize(x2)
+            return quantize(x)
         key = f"{self.act_mode}:{self.act_group}"
         if self.act_mode == "static":
             key += f":{int(index)}"
-        return runtime.quantized_input(key, x2, quantize)
+        return runtime.quantized_input(key, x, quantize)
 
     # --- device moves / state dict ------------------------------------------------------------
     def _apply(self, fn, recurse=True):

@@ -107,38 +107,34 @@ def quantize_weight_groupwise(
     groups = -(-k // group_size)
     wg = torch.nn.functional.pad(w.detach().float(), (0, groups * group_size - k)).view(n, groups, group_size)
     lo, hi = -8, 7
-    absmax = wg.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
-    # 1) float group scales: clipping ratio with the least squared error.
-    best_err = best_scale = None
-    for ratio in torch.linspace(0.5, 1.0, max(int(search), 1)).tolist():
-        scale = absmax * (ratio / hi)
-        err = _group_err(wg, scale, lo, hi)
-        if best_err is None:
-            best_err, best_scale = err, scale
-        else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_scale = torch.where(better, scale, best_scale)
+    absmax = wg.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)  # (n, G, 1)
+    # 1) float group scales: the clipping ratio with the least squared error.
+    ratios = torch.linspace(0.5, 1.0, max(int(search), 1), device=w.device) / hi
+    best_scale = _best_candidate(wg, absmax * ratios, lo, hi)  # candidates (n, G, R)
     # 2) one float scale per channel; integer group scales z in [1, 15] (least squared error).
     channel_scale = best_scale.amax(dim=1, keepdim=True) / GROUP_SCALE_MAX  # (n, 1, 1)
-    best_err = best_z = None
-    for z in range(1, GROUP_SCALE_MAX + 1):
-        err = _group_err(wg, channel_scale * z, lo, hi)
-        zt = torch.full_like(err, z)
-        if best_err is None:
-            best_err, best_z = err, zt
-        else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_z = torch.where(better, zt, best_z)
+    zs = torch.arange(1, GROUP_SCALE_MAX + 1, device=w.device, dtype=torch.float32)
+    best = _best_candidate(wg, channel_scale * zs, lo, hi)  # (n, G, 1) chosen scale
+    best_z = torch.round(best / channel_scale)
     q4 = torch.round(wg / (channel_scale * best_z)).clamp_(lo, hi).to(torch.int8)
     q4 = q4.view(n, groups * group_size)[:, :k].contiguous()
     return q4, best_z.view(n, groups).to(torch.uint8), channel_scale.view(n)
 
 
-def _group_err(wg: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    deq = torch.round(wg / scale).clamp_(lo, hi) * scale
-    return (deq - wg).pow_(2).sum(dim=-1, keepdim=True)
+def _best_candidate(wg: torch.Tensor, scales: torch.Tensor, lo: int, hi: int,
+                    chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """Per group, the candidate scale (last dim of ``scales`` ``(n, G, R)``) with least squared error."""
+    n, groups, size = wg.shape
+    scales = scales.expand(n, groups, scales.shape[-1])
+    rows = max(1, chunk_elems // max(1, groups * size * scales.shape[-1]))
+    out = torch.empty(n, groups, 1, device=wg.device)
+    for start in range(0, n, rows):
+        w = wg[start:start + rows, :, None, :]  # (r, G, 1, g)
+        s = scales[start:start + rows, :, :, None]  # (r, G, R, 1)
+        err = (torch.round(w / s).clamp_(lo, hi) * s - w).pow_(2).sum(dim=-1)  # (r, G, R)
+        index = err.argmin(dim=-1, keepdim=True)
+        out[start:start + rows] = torch.gather(scales[start:start + rows], -1, index)
+    return out
 
 
 def groupwise_int8_weight(q4: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:

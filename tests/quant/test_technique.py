@@ -1,0 +1,143 @@
+"""QuantConfig applied to a real (tiny) PixArt pipeline: quality bounds, exact removal, composition."""
+
+import pytest
+import torch
+
+import diffusion_accel
+from diffusion_accel import AccelerationConfig
+from diffusion_accel.api import acceleration_state
+from diffusion_accel.quant import QuantConfig, QuantLinear
+
+from .conftest import psnr
+
+
+def _quantized(module):
+    return [n for n, m in module.named_modules() if isinstance(m, QuantLinear)]
+
+
+def _apply_generate_remove(pipe, generate, config):
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=config))
+    try:
+        images = generate()
+        report = acceleration_state(pipe).report()["quant"]
+    finally:
+        diffusion_accel.remove(pipe)
+    return images, report
+
+
+@pytest.mark.parametrize("config,min_psnr", [
+    (QuantConfig(weight_bits=8, act_bits=8), 40.0),
+    (QuantConfig(weight_bits=4, act_bits=8, group_size=32), 30.0),
+    (QuantConfig(weight_bits=8, act_bits=None), 50.0),
+])
+def test_quality_and_bit_identical_removal(pixart, config, min_psnr):
+    pipe, generate, _ = pixart
+    reference = generate()
+    originals = dict(pipe.transformer.named_modules())
+    images, report = _apply_generate_remove(pipe, generate, config)
+    assert psnr(images, reference) >= min_psnr
+    assert report["transformer"]["quantized_layers"] == 26
+    assert report["transformer"]["ratio_vs_bf16"] > 1.0
+    assert _quantized(pipe.transformer) == []
+    after = dict(pipe.transformer.named_modules())
+    assert all(after[n] is m for n, m in originals.items())  # the very same module objects
+    assert torch.equal(generate(), reference)
+
+
+def test_static_smoothed_per_timestep_range(pixart):
+    pipe, generate, kwargs = pixart
+    reference = generate()
+    call = {k: v for k, v in kwargs.items() if k != "prompt"}
+    config = QuantConfig(act_mode="static", smooth_alpha=0.5, timestep_ranges=2,
+                         calibration_prompts=("a red cat", "a blue dog"), calibration_kwargs=call)
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=config))
+    try:
+        layer = pipe.transformer.transformer_blocks[0].attn1.to_q
+        assert layer.act_mode == "static" and layer.act_scale.shape == (2,)
+        assert layer.inv_smooth is not None
+        assert not torch.equal(layer.act_scale[0], layer.act_scale[1])
+        # q, k, v read the same tensor: one input group, identical balancing and scales
+        attn = pipe.transformer.transformer_blocks[0].attn1
+        assert attn.to_q.act_group == attn.to_k.act_group == attn.to_v.act_group
+        assert torch.equal(attn.to_q.inv_smooth, attn.to_v.inv_smooth)
+        images = generate()
+        edges = acceleration_state(pipe).report()["quant"]["transformer"]["timestep_edges"]
+        assert len(edges) == 1
+    finally:
+        diffusion_accel.remove(pipe)
+    assert psnr(images, reference) >= 35.0
+    assert torch.equal(generate(), reference)
+
+
+def test_plan_none_keeps_layers_and_bad_entry_suggests_names(pixart):
+    pipe, generate, _ = pixart
+    reference = generate()
+    config = QuantConfig(weight_bits=4, group_size=32, plan={"proj_out": None, "re:.*attn2\\..*": 8})
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=config))
+    try:
+        t = pipe.transformer
+        assert type(t.proj_out) is torch.nn.Linear
+        assert t.transformer_blocks[1].attn2.to_k.weight_bits == 8
+        assert t.transformer_blocks[1].ff.net[2].weight_bits == 4
+    finally:
+        diffusion_accel.remove(pipe)
+    bad = QuantConfig(plan={"transformer_blocks.0.attn2.to_kk": 4})
+    with pytest.raises(ValueError, match="transformer_blocks.0.attn2.to_k"):
+        diffusion_accel.apply(pipe, AccelerationConfig(quant=bad))
+    assert acceleration_state(pipe) is None and _quantized(pipe.transformer) == []
+    assert torch.equal(generate(), reference)
+
+
+def test_calibration_with_zero_prompts_is_a_value_error(pixart):
+    pipe, _, _ = pixart
+    from diffusion_accel.quant import calibrate
+
+    with pytest.raises(ValueError, match="at least one prompt"):
+        calibrate(pipe, [])
+    with pytest.raises(ValueError, match="calibration_prompts"):
+        QuantConfig(act_mode="static", calibration_prompts=())
+
+
+def test_composes_with_cache_and_removes_exactly(pixart):
+    caching = pytest.importorskip("diffusion_accel.caching")
+    pipe, generate, kwargs = pixart
+    reference = generate()
+    schedule = caching.CacheSchedule.fora(pipe.transformer, num_steps=kwargs["num_inference_steps"], interval=2)
+    cache = caching.StaticCacheConfig(schedule)
+    diffusion_accel.apply(pipe, AccelerationConfig(cache=cache))
+    cache_only = generate()
+    diffusion_accel.remove(pipe)
+    diffusion_accel.apply(pipe, AccelerationConfig(cache=cache, quant=QuantConfig()))
+    try:
+        assert [name for name, _ in acceleration_state(pipe).handles] == ["quant", "cache"]
+        assert len(_quantized(pipe.transformer)) == 26
+        both = generate()
+    finally:
+        diffusion_accel.remove(pipe)
+    assert not torch.equal(cache_only, reference)  # the cache really skipped work
+    assert psnr(both, cache_only) >= 40.0          # quantization on top costs little
+    assert torch.equal(generate(), reference)
+
+
+def test_keep_original_on_disk_frees_and_restores(pixart):
+    pipe, generate, _ = pixart
+    reference = generate()
+    layer = pipe.transformer.transformer_blocks[0].ff.net[2]
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=QuantConfig(keep_original="disk")))
+    try:
+        assert layer.weight.numel() == 0  # the float weight really left memory
+        generate()
+    finally:
+        diffusion_accel.remove(pipe)
+    assert pipe.transformer.transformer_blocks[0].ff.net[2] is layer and layer.weight.numel() > 0
+    assert torch.equal(generate(), reference)
+
+
+def test_text_encoder_quantization_keeps_quality(pixart):
+    pipe, generate, _ = pixart
+    reference = generate()
+    config = QuantConfig(weight_bits=None, text_encoder_bits=8)
+    images, report = _apply_generate_remove(pipe, generate, config)
+    assert report["text_encoder"]["layers"] > 0
+    assert psnr(images, reference) >= 35.0
+    assert torch.equal(generate(), reference)
