@@ -1,0 +1,123 @@
+"""The bundled benchmark model: a small PixArt-alpha pipeline and CLIP trained on digit scenes.
+
+Everything is offline and ships in the package (see ``MODEL_CARD.md`` next to this file;
+retrain with ``scripts/train_benchmark_model.py``).
+
+Example::
+
+    >>> import torch
+    >>> from diffusers import PixArtAlphaPipeline
+    >>> from diffusion_accel.assets import (BENCHMARK_GENERATION_KWARGS, benchmark_model_dir,
+    ...                                     benchmark_prompts)
+    >>> pipe = PixArtAlphaPipeline.from_pretrained(benchmark_model_dir())
+    >>> prompts = benchmark_prompts("heldout")[:2]
+    >>> out = pipe(prompts, generator=[torch.Generator().manual_seed(i) for i in range(2)],
+    ...            output_type="np", **BENCHMARK_GENERATION_KWARGS)
+    >>> out.images.shape
+    (2, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+__all__ = [
+    "BENCHMARK_GENERATION_KWARGS",
+    "BENCHMARK_SPLITS",
+    "benchmark_model_dir",
+    "benchmark_clip_dir",
+    "benchmark_prompts",
+    "benchmark_images",
+    "benchmark_attributes",
+    "model_card_path",
+]
+
+BENCHMARK_SPLITS = ("train", "heldout")
+
+#: Keyword arguments of the reference ``pipe(...)`` call. ``use_resolution_binning=False`` is
+#: required: PixArt's aspect-ratio bins only exist for 256 px and larger.
+BENCHMARK_GENERATION_KWARGS = dict(
+    num_inference_steps=20, guidance_scale=4.5, height=32, width=32, use_resolution_binning=False
+)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RETRAIN = "run scripts/train_benchmark_model.py to (re)build it"
+
+
+def _existing(name: str, marker: str) -> str:
+    path = os.path.join(_HERE, name)
+    if not os.path.exists(os.path.join(path, marker)):
+        raise FileNotFoundError(f"bundled asset {name!r} is missing at {path}; {_RETRAIN}")
+    return path
+
+
+def benchmark_model_dir() -> str:
+    """Folder of the diffusers-format ``PixArtAlphaPipeline`` (load with ``from_pretrained``)."""
+    return _existing("benchmark_model", "model_index.json")
+
+
+def benchmark_clip_dir() -> str:
+    """Folder of the ``CLIPModel`` + ``CLIPProcessor`` trained on the same data."""
+    return _existing("benchmark_clip", "config.json")
+
+
+def model_card_path() -> str:
+    """Path of ``MODEL_CARD.md`` (data recipe, configs, training time, metrics)."""
+    path = os.path.join(_HERE, "MODEL_CARD.md")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"MODEL_CARD.md is missing at {path}; {_RETRAIN}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _data() -> dict[str, np.ndarray]:
+    path = os.path.join(_HERE, "benchmark_data.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"bundled asset 'benchmark_data.npz' is missing at {path}; {_RETRAIN}")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _check_split(split: str) -> str:
+    if split not in BENCHMARK_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(repr(s) for s in BENCHMARK_SPLITS)}")
+    return split
+
+
+def benchmark_prompts(split: str) -> list[str]:
+    """Captions of the bundled scenes of ``split`` (``"train"`` sample or ``"heldout"``).
+
+    >>> benchmark_prompts("heldout")[0]  # doctest: +SKIP
+    'a small cyan one in the bottom left on a white background'
+    """
+    return [str(caption) for caption in _data()[f"{_check_split(split)}_captions"]]
+
+
+def benchmark_images(split: str) -> tuple[np.ndarray, list[str]]:
+    """Real scenes of ``split``: uint8 images ``(N, 32, 32, 3)`` and their N captions.
+
+    The held-out images are the FID reference set (scans never seen in training).
+    """
+    images = _data()[f"{_check_split(split)}_images"].copy()
+    return images, benchmark_prompts(split)
+
+
+def benchmark_attributes(split: str) -> dict[str, np.ndarray | tuple[str, ...]]:
+    """Per-scene attributes of ``split`` for judges, aligned with :func:`benchmark_images`.
+
+    ``digits``, ``colours``, ``sizes``, ``positions``: int ``(N, 2)`` indices (``-1`` = no
+    second digit); ``backgrounds``: ``(N,)``; ``novel``: bool ``(N,)`` (a colour x digit x
+    position combination never shown in training); ``*_names``: the index -> word tables,
+    e.g. ``attrs["colour_names"][attrs["colours"][0, 0]]``.
+    """
+    data, split = _data(), _check_split(split)
+    out: dict[str, np.ndarray | tuple[str, ...]] = {
+        key: data[f"{split}_{key}"].copy()
+        for key in ("digits", "colours", "sizes", "positions", "backgrounds", "novel")
+    }
+    for key in ("digit_names", "colour_names", "size_names", "position_names", "background_names"):
+        out[key] = tuple(str(name) for name in data[key])
+    return out
