@@ -44,6 +44,7 @@ __all__ = [
     "Denoiser",
     "add_hook",
     "remove_hook",
+    "HookSet",
     "pipeline_call_scope",
     "reset_denoiser_state",
 ]
@@ -74,6 +75,34 @@ def invalidate_hook_caches(module: torch.nn.Module) -> None:
     """Tell diffusers that hooks were added to/removed from descendants of ``module``."""
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.invalidate_child_registries_cache()
+
+
+class HookSet:
+    """Hooks one technique registers under one name on many submodules of some denoisers.
+
+    ``add`` registers a hook; ``remove`` detaches all of them and refreshes diffusers' cached
+    list of child registries on the denoisers.
+    """
+
+    def __init__(self, name: str, roots: list[torch.nn.Module]) -> None:
+        self.name = name
+        self.roots = roots
+        self.modules: list[torch.nn.Module] = []
+
+    def add(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        add_hook(module, hook, self.name)
+        self.modules.append(module)
+
+    def added(self) -> None:
+        """Call after the last ``add``: diffusers re-scans the denoisers' hook registries."""
+        for root in self.roots:
+            invalidate_hook_caches(root)
+
+    def remove(self) -> None:
+        for module in self.modules:
+            remove_hook(module, self.name)
+        self.modules = []
+        self.added()
 
 
 def _full_name(name: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from ..hooks import Denoiser, StepTracker, add_hook, invalidate_hook_caches, remove_hook
+from ..hooks import Denoiser, HookSet, StepTracker
 from ..models import Block, BlockIO
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
 
@@ -246,7 +246,7 @@ class DynamicBlockHook(ModelHook):
 @register_technique(DynamicCacheConfig)
 def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[Denoiser]) -> TechniqueHandle:
     """Install a :class:`DynamicBlockHook` on every block of every denoiser."""
-    installed: list[torch.nn.Module] = []
+    hooks = HookSet(_HOOK_NAME, [d.module for d in denoisers])
     controllers: list[_Controller] = []
     for denoiser in denoisers:
         blocks = denoiser.blocks()
@@ -255,15 +255,8 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
         controller = _Controller(config, denoiser.tracker, blocks, pipe)
         controllers.append(controller)
         for block in blocks:
-            add_hook(block.module, DynamicBlockHook(controller, block), _HOOK_NAME)
-            installed.append(block.module)
-        invalidate_hook_caches(denoiser.module)
-
-    def remove() -> None:
-        for module in installed:
-            remove_hook(module, _HOOK_NAME)
-        for denoiser in denoisers:
-            invalidate_hook_caches(denoiser.module)
+            hooks.add(block.module, DynamicBlockHook(controller, block))
+    hooks.added()
 
     def report() -> dict[str, Any]:
         return {
@@ -271,4 +264,4 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
             "steps_skipped": sum(c.skipped_steps for c in controllers),
         }
 
-    return TechniqueHandle(remove=remove, report=report, details=controllers)
+    return TechniqueHandle(remove=hooks.remove, report=report, details=controllers)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from diffusers.hooks import ModelHook
 
-from ..hooks import Denoiser, StepTracker, add_hook, invalidate_hook_caches, remove_hook
+from ..hooks import Denoiser, HookSet, StepTracker
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
 from .schedule import CacheSchedule
 from .state import BranchCache, CacheStats
@@ -145,7 +145,7 @@ class ComponentCacheHook(ModelHook):
 def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Denoiser]) -> TechniqueHandle:
     """Install a :class:`ComponentCacheHook` on every component of every denoiser."""
     stats = CacheStats()
-    installed: list[Any] = []
+    hooks = HookSet(_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
         config.schedule.check_model(denoiser.module, denoiser.adapter)
     for denoiser in denoisers:
@@ -154,14 +154,6 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
         for block in denoiser.blocks():
             for comp_name, module in block.components().items():
                 key = (denoiser.name, block.index, names.index(comp_name))
-                add_hook(module, ComponentCacheHook(plan, denoiser.tracker, key, stats), _HOOK_NAME)
-                installed.append(module)
-        invalidate_hook_caches(denoiser.module)
-
-    def remove() -> None:
-        for module in installed:
-            remove_hook(module, _HOOK_NAME)
-        for denoiser in denoisers:
-            invalidate_hook_caches(denoiser.module)
-
-    return TechniqueHandle(remove=remove, report=stats.report, details=stats)
+                hooks.add(module, ComponentCacheHook(plan, denoiser.tracker, key, stats))
+    hooks.added()
+    return TechniqueHandle(remove=hooks.remove, report=stats.report, details=stats)
