@@ -5,6 +5,8 @@
 * :class:`StaticCacheConfig` — follow a schedule; :class:`DynamicCacheConfig` — skip the deep
   blocks while the first block's residual barely changes.
 * :func:`macs` / :func:`profile_macs` — MAC accounting of the denoising loop.
+* :func:`search_schedule` / :func:`pick` — evolutionary (NSGA-II) search for a Pareto frontier of
+  schedules, and picking the best one at a target speed-up (:mod:`.search`).
 
 Example:
     >>> import diffusion_accel
@@ -19,6 +21,7 @@ from . import heuristics
 from .dynamic import DynamicCacheConfig
 from .macs import MacProfile, MacReport, denoiser_macs, macs, profile_macs
 from .schedule import CacheSchedule
+from .search import pick, search_schedule
 from .static import StaticCacheConfig
 
 __all__ = [
@@ -31,4 +34,6 @@ __all__ = [
     "profile_macs",
     "denoiser_macs",
     "heuristics",
+    "search_schedule",
+    "pick",
 ]

@@ -1,0 +1,42 @@
+"""Evolutionary search for cache schedules (ECAD-style NSGA-II): a Pareto frontier of schedules.
+
+* :func:`search_schedule` -- search, resumable and multi-process; writes ``frontier.json``,
+  per-generation Pareto plots, picked configs and a generalisation report.
+* :func:`pick` -- the best-quality schedule of a frontier at (at least) a target speed-up, as an
+  :class:`~diffusion_accel.AccelerationConfig`.
+* Building blocks: :class:`ScheduleGenome` (schedule <-> bits), :class:`NsgaDriver` (pymoo
+  NSGA-II in ask/tell steps with an exact saved state), :class:`CandidateEvaluator` (objectives),
+  :data:`QUALITY_METRICS`, :func:`non_dominated`.
+
+Command line: ``diffusion-accel search --model benchmark --prompts benchmark:train --steps 20
+--population 16 --generations 10 --out search-out [--resume] [--pick-speedup 2]``
+(several processes: ``accelerate launch --num_processes 2 -m diffusion_accel.cli search ...``).
+
+Example:
+    >>> from diffusion_accel.caching import search_schedule, pick
+    >>> # result = search_schedule("benchmark", "benchmark:train", out="search-out", population=16,
+    >>> #                          generations=10)
+    >>> # config = pick("search-out/frontier.json", speedup=2.0)
+"""
+
+from .fitness import QUALITY_METRICS, CandidateEvaluator, Evaluation, quality_metric
+from .frontier import load_frontier, non_dominated, pick, pick_entry
+from .nsga import NsgaDriver, Operators
+from .problem import ScheduleGenome
+from .runner import SearchResult, search_schedule
+
+__all__ = [
+    "search_schedule",
+    "SearchResult",
+    "pick",
+    "pick_entry",
+    "load_frontier",
+    "non_dominated",
+    "ScheduleGenome",
+    "NsgaDriver",
+    "Operators",
+    "CandidateEvaluator",
+    "Evaluation",
+    "QUALITY_METRICS",
+    "quality_metric",
+]

@@ -1,0 +1,158 @@
+"""Search a Pareto frontier of cache schedules with NSGA-II (ECAD-style), resumable and multi-process.
+
+Examples:
+    diffusion-accel search --model benchmark --prompts benchmark:train --steps 20 \\
+        --population 16 --generations 10 --out search-out --pick-speedup 2 --pick-speedup 3
+    diffusion-accel search ... --out search-out --resume          # continue after a kill
+    accelerate launch --num_processes 2 -m diffusion_accel.cli search ...   # split candidates
+    diffusion-accel search --pick-from search-out/frontier.json --pick-speedup 2.5 --pick-out fast.json
+
+Writes ``checkpoint.json``, ``frontier.json``, ``plots/generation-<g>.png``, ``picked-<x>x.json``
+and ``generalisation.json`` to ``--out`` (see ``docs/search.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["add_arguments", "run", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .fitness import COST_MODELS, QUALITY_METRICS
+    from .nsga import CROSSOVERS
+
+    parser.add_argument("--model", default="benchmark",
+                        help="'benchmark' (bundled), 'tiny:<name>', a diffusers folder or a hub id (default: benchmark)")
+    parser.add_argument("--prompts", default="benchmark:train",
+                        help="calibration prompts: a file or 'benchmark[:split]' (default: benchmark:train)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's settings)")
+    parser.add_argument("--population", type=int, default=16, help="candidates per generation (>= 2)")
+    parser.add_argument("--generations", type=int, default=10, help="generations after the initial one (>= 1)")
+    parser.add_argument("--out", default=None, help="output folder (checkpoint, frontier, plots, picked configs)")
+    parser.add_argument("--resume", action="store_true", help="continue the search in --out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole search (default 0)")
+    parser.add_argument("--quality", default="latent_mse", choices=sorted(QUALITY_METRICS),
+                        help="quality objective (default latent_mse: fidelity to the full-compute latents)")
+    parser.add_argument("--cost", default="macs", choices=sorted(COST_MODELS), help="cost objective (default macs)")
+    parser.add_argument("--num-prompts", type=int, default=None, help="sample this many calibration prompts")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration items per pipeline call")
+    parser.add_argument("--call-kwargs", default=None, help="JSON object of further pipeline arguments")
+    parser.add_argument("--crossover", default="uniform", choices=sorted(CROSSOVERS), help="crossover operator")
+    parser.add_argument("--crossover-prob", type=float, default=0.9, help="crossover probability")
+    parser.add_argument("--mutation-prob", type=float, default=1.0, help="probability that a child is mutated")
+    parser.add_argument("--bit-flip-prob", type=float, default=None, help="per-bit flip probability (default 1/bits)")
+    parser.add_argument("--num-heuristics", type=int, default=None, help="at most this many heuristic seeds")
+    parser.add_argument("--clip", default="benchmark", help="CLIP model for --quality clip / fid")
+    parser.add_argument("--fid-reference", default="benchmark:train", help="FID reference for --quality fid")
+    parser.add_argument("--pick-speedup", type=float, action="append", default=None,
+                        help="pick the best schedule with at least this speed-up (repeatable; default 2 and 3)")
+    parser.add_argument("--pick-from", default=None,
+                        help="only pick from this frontier.json (no search); writes --pick-out")
+    parser.add_argument("--pick-out", default=None, help="with --pick-from: where to save the picked config")
+    parser.add_argument("--no-generalise", action="store_true",
+                        help="skip evaluating the picked schedules at other step counts and resolutions")
+    parser.add_argument("--generalise-steps", type=int, nargs="+", default=None,
+                        help="step counts to resample the picked schedules to (default: steps/2 and 1.5x steps)")
+    parser.add_argument("--generalise-resolution", default=None,
+                        help="HxW never used in the search (default: 1.5x the search's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--device", default=None, help="device (default: the process's accelerator, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _resolution(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--generalise-resolution must look like 48x48, got {text!r}.") from None
+    return h, w
+
+
+def _pick_only(args: argparse.Namespace) -> int:
+    from .frontier import pick, pick_entry
+
+    if not args.pick_speedup or len(args.pick_speedup) != 1:
+        raise ValueError("--pick-from needs exactly one --pick-speedup.")
+    target = args.pick_speedup[0]
+    entry = pick_entry(args.pick_from, target)
+    path = args.pick_out or f"picked-{target:g}x.json"
+    pick(args.pick_from, target).save(path)
+    print(f"picked {entry['name']}: speed-up {entry['speedup']:.3g}x, quality {entry['quality']:.6g} -> {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pick_from is not None:
+        return _pick_only(args)
+    if args.out is None:
+        raise ValueError("--out is required (the folder for the checkpoint, frontier and plots).")
+    call_kwargs = None
+    if args.call_kwargs is not None:
+        try:
+            call_kwargs = json.loads(args.call_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--call-kwargs is not valid JSON: {exc}") from exc
+        if not isinstance(call_kwargs, dict):
+            raise ValueError("--call-kwargs must be a JSON object.")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .nsga import Operators
+    from .runner import search_call_kwargs, search_schedule
+
+    if call_kwargs is not None:
+        call_kwargs = {**search_call_kwargs(args.model), **call_kwargs}
+    operators = Operators(args.crossover, args.crossover_prob, args.mutation_prob, args.bit_flip_prob)
+    result = search_schedule(
+        args.model, args.prompts, out=args.out, num_steps=args.steps, population=args.population,
+        generations=args.generations, seed=args.seed, quality=args.quality, cost=args.cost,
+        num_prompts=args.num_prompts, num_images=args.num_images, batch_size=args.batch_size,
+        call_kwargs=call_kwargs, operators=operators, num_heuristics=args.num_heuristics, clip=args.clip,
+        fid_reference=args.fid_reference, pick_speedups=args.pick_speedup or (2.0, 3.0),
+        generalise=not args.no_generalise, generalise_steps=args.generalise_steps,
+        generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
+        progress=not args.no_progress,
+    )
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _report(result)
+    return 0
+
+
+def _report(result) -> None:
+    print(f"frontier: {len(result.frontier)} schedules of {result.evaluations} evaluated -> "
+          f"{os.path.join(result.out, 'frontier.json')}")
+    for entry in result.frontier:
+        print(f"  {entry['name']:<24} speed-up {entry['speedup']:6.3f}x  quality {entry['quality']:.6g}")
+    for target in result.requested:
+        name = result.picked.get(target)
+        if name is None:
+            print(f"pick {target:g}x: no schedule reaches it (fastest {max(e['speedup'] for e in result.frontier):.3g}x)",
+                  file=sys.stderr)
+        else:
+            print(f"pick {target:g}x: {name} -> {os.path.join(result.out, f'picked-{target:g}x.json')}")
+    if result.generalisation:
+        print("generalisation (quality at other settings):")
+        for r in result.generalisation:
+            print(f"  {r['setting']:<10} {r['name']:<24} speed-up {r['macs_ratio']:6.3f}x  quality {r['quality']:.6g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ...cli import main as cli_main
+
+    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Objectives of a candidate schedule: cost and quality on fixed calibration items.
+
+**Quality** (:data:`QUALITY_METRICS`, all reported in their natural units and minimised as
+:meth:`QualityMetric.objective`):
+
+* ``"latent_mse"`` (default) -- mean squared error between the candidate's final latents and the
+  full-compute latents of the same prompts and seeds (``output_type="latent"``: no VAE decode).
+  It is the default because it measures exactly what caching damages (the deviation from the
+  model it approximates), is deterministic and smooth in the schedule (small schedule changes
+  give small changes, which a genetic search needs), costs nothing beyond the denoising loop,
+  needs no extra model, and works on every pipeline, video included.
+* ``"psnr"`` -- PSNR (dB) of the decoded images against the full-compute images (float pixels,
+  pooled MSE, capped at 100 dB so the full schedule stays finite).
+* ``"clip"`` -- CLIP score of the images against their prompts (a local CLIP: the bundled one by
+  default). Text alignment, not fidelity; noisy on small calibration sets.
+* ``"fid"`` -- FID of the images against a reference image set in CLIP feature space (the bundled
+  domain by default). Needs many images to be stable.
+
+**Cost** (:data:`COST_MODELS`): ``"macs"`` (default) -- accelerated / full MACs of the denoising
+loop from the caching engine's per-component profile (deterministic, machine-independent);
+``"latency"`` -- wall-clock time inside the denoiser relative to the full-compute run (what users
+feel, but noisy: a resumed or multi-process search is then not bit-reproducible).
+
+Text-encoder outputs are memoised (:mod:`.memo`) and the full-compute outputs computed once in
+:meth:`CandidateEvaluator.prepare`; every candidate then only runs the denoising loop.
+
+Example:
+    >>> from diffusion_accel.caching import CacheSchedule
+    >>> from diffusion_accel.eval.generate import make_items
+    >>> from diffusion_accel.eval.prompts import load_prompts
+    >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
+    >>> pipe = tiny_pipeline("pixart-alpha")
+    >>> kwargs = tiny_call_kwargs("pixart-alpha", height=32, width=32, num_inference_steps=4)
+    >>> for k in ("prompt", "output_type"): del kwargs[k]
+    >>> items = make_items(load_prompts(["a cat", "a dog"]), seed=0)
+    >>> ev = CandidateEvaluator(pipe, items, kwargs, quality="latent_mse")
+    >>> ev.prepare()
+    >>> ev.evaluate(CacheSchedule.full(pipe, 4)).quality
+    0.0
+    >>> ev.evaluate(CacheSchedule.fora(pipe, 4, 2)).macs_ratio > 1.5   # blocks run at 2 of 4 steps
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ...api import apply, find_denoisers, remove
+from ...config import AccelerationConfig
+from ...eval.generate import Item, make_batches, to_uint8
+from ..macs import MacProfile, profile_macs
+from ..schedule import CacheSchedule
+from ..static import StaticCacheConfig
+from .memo import TextEncoderMemo, memoize_text_encoders
+
+__all__ = [
+    "QualityMetric",
+    "QUALITY_METRICS",
+    "COST_MODELS",
+    "quality_metric",
+    "Evaluation",
+    "CandidateEvaluator",
+]
+
+PSNR_CAP_DB = 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality metrics
+
+
+class QualityMetric:
+    """How good a candidate's outputs are. Subclasses set the class attributes and :meth:`value`.
+
+    Attributes:
+        name: registry name.
+        output_type: pipeline ``output_type`` the metric reads (``"latent"`` or ``"np"``).
+        needs_reference: whether :meth:`value` compares against the full-compute outputs.
+        higher_is_better: direction of :meth:`value`.
+    """
+
+    name = ""
+    output_type = "np"
+    needs_reference = True
+    higher_is_better = False
+
+    def prepare(self, device: torch.device) -> None:
+        """Load whatever the metric needs (CLIP, reference statistics); called once."""
+
+    def value(self, outputs: torch.Tensor, reference: torch.Tensor | None, prompts: Sequence[str]) -> float:
+        """The metric of ``outputs`` ``(N, ...)`` (``reference``: full-compute outputs, same shape)."""
+        raise NotImplementedError
+
+    def objective(self, value: float) -> float:
+        """``value`` as a number to minimise."""
+        return -float(value) if self.higher_is_better else float(value)
+
+    def describe(self) -> dict[str, Any]:
+        return {"metric": self.name, "higher_is_better": self.higher_is_better}
+
+
+class LatentMSE(QualityMetric):
+    name, output_type, needs_reference, higher_is_better = "latent_mse", "latent", True, False
+
+    def value(self, outputs, reference, prompts):
+        diff = outputs.double() - reference.double()
+        return float((diff * diff).mean())
+
+
+class Psnr(QualityMetric):
+    name, output_type, needs_reference, higher_is_better = "psnr", "np", True, True
+
+    def value(self, outputs, reference, prompts):
+        a = outputs.double().clamp(0, 1)
+        b = reference.double().clamp(0, 1)
+        mse = float(((a - b) ** 2).mean())
+        return PSNR_CAP_DB if mse <= 10 ** (-PSNR_CAP_DB / 10) else 10.0 * math.log10(1.0 / mse)
+
+
+class ClipScoreMetric(QualityMetric):
+    name, output_type, needs_reference, higher_is_better = "clip", "np", False, True
+
+    def __init__(self, clip: Any = "benchmark") -> None:
+        self.source = clip
+        self.clip = None
+
+    def prepare(self, device):
+        from ...eval.metrics import load_clip
+
+        self.clip = load_clip(self.source, device=str(device))
+
+    def value(self, outputs, reference, prompts):
+        from ...eval.metrics import clip_score
+
+        return float(clip_score(to_uint8(outputs), list(prompts), self.clip))
+
+    def describe(self):
+        return {**super().describe(), "clip": _label(self.source)}
+
+
+class FidMetric(QualityMetric):
+    name, output_type, needs_reference, higher_is_better = "fid", "np", False, False
+
+    def __init__(self, clip: Any = "benchmark", reference: Any = "benchmark:train", features: str = "clip") -> None:
+        self.source, self.reference_source, self.features = clip, reference, features
+        self.extractor = self.stats = None
+
+    def prepare(self, device):
+        from ...eval.metrics import fid_features, load_clip, load_reference
+
+        clip = load_clip(self.source, device=str(device)) if self.features == "clip" else None
+        self.extractor = fid_features(self.features, clip)
+        self.stats = load_reference(self.reference_source, self.extractor)
+
+    def value(self, outputs, reference, prompts):
+        from ...eval.metrics import fid
+
+        return float(fid(to_uint8(outputs), self.stats, self.extractor))
+
+    def describe(self):
+        return {**super().describe(), "clip": _label(self.source), "reference": _label(self.reference_source),
+                "features": self.features}
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else type(value).__name__
+
+
+#: quality name -> factory(**options) -> QualityMetric (options: ``clip``, ``reference``, ``features``).
+QUALITY_METRICS: dict[str, Callable[..., QualityMetric]] = {
+    "latent_mse": lambda **_: LatentMSE(),
+    "psnr": lambda **_: Psnr(),
+    "clip": lambda clip="benchmark", **_: ClipScoreMetric(clip),
+    "fid": lambda clip="benchmark", reference="benchmark:train", features="clip", **_: FidMetric(
+        clip, reference, features),
+}
+
+
+def quality_metric(name: Any, **options: Any) -> QualityMetric:
+    """The metric named ``name`` (see :data:`QUALITY_METRICS`), or ``name`` itself if it is one."""
+    if isinstance(name, QualityMetric):
+        return name
+    if name not in QUALITY_METRICS:
+        raise ValueError(f"Unknown quality metric {name!r}; choose one of {sorted(QUALITY_METRICS)}.")
+    return QUALITY_METRICS[name](**{k: v for k, v in options.items() if v is not None})
+
+
+#: cost name -> description. Both are fractions of the full-compute cost (1.0 = no saving).
+COST_MODELS = {
+    "macs": "accelerated / full MACs of the denoising loop (analytic, from the caching engine)",
+    "latency": "time inside the denoiser / full-compute time inside the denoiser (measured)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class Evaluation:
+    """Objectives and measurements of one candidate.
+
+    Attributes:
+        cost: the cost objective (fraction of the full-compute cost, lower is better).
+        quality: the quality metric in its natural units.
+        objective: ``quality`` as minimised by the search.
+        macs_ratio: full / accelerated MACs of the denoising loop (the speed-up in MACs).
+        denoiser_seconds: wall-clock time inside the denoiser during the evaluation.
+    """
+
+    cost: float
+    quality: float
+    objective: float
+    macs_ratio: float
+    denoiser_seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Evaluation":
+        return cls(**{k: float(data[k]) for k in ("cost", "quality", "objective", "macs_ratio", "denoiser_seconds")})
+
+
+class _DenoiserTimer:
+    """Sums the wall-clock seconds spent inside the pipeline's denoisers while open."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.total = 0.0
+        self._start: list[float] = []
+        self._handles = []
+        for _, module in find_denoisers(pipe):
+            self._handles.append(module.register_forward_pre_hook(lambda m, a: self._start.append(time.perf_counter())))
+            self._handles.append(module.register_forward_hook(self._post))
+
+    def _post(self, module, args, output):
+        self.total += time.perf_counter() - self._start.pop()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class CandidateEvaluator:
+    """Scores schedules on fixed calibration items against the full-compute outputs.
+
+    Args:
+        pipe: the diffusers pipeline (left un-accelerated after every call).
+        items: calibration items (prompt + seed each; :func:`diffusion_accel.eval.generate.make_items`).
+        call_kwargs: pipeline arguments (steps, guidance, size...) without ``prompt``,
+            ``generator`` and ``output_type``.
+        quality: a :data:`QUALITY_METRICS` name or a :class:`QualityMetric`.
+        cost: ``"macs"`` or ``"latency"``.
+        batch_size: items per pipeline call (fixed, so results never depend on how work is split).
+        memo: text-encoder memo to share between evaluators of the same prompts.
+        quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        items: Sequence[Item],
+        call_kwargs: dict[str, Any],
+        *,
+        quality: Any = "latent_mse",
+        cost: str = "macs",
+        batch_size: int = 8,
+        memo: TextEncoderMemo | None = None,
+        quality_options: dict[str, Any] | None = None,
+    ) -> None:
+        reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
+        if reserved:
+            raise ValueError(f"call_kwargs must not set {reserved}: the search sets them per calibration item.")
+        if cost not in COST_MODELS:
+            raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
+        if not items:
+            raise ValueError("The search needs at least one calibration prompt.")
+        self.pipe = pipe
+        self.items = list(items)
+        self.call_kwargs = dict(call_kwargs)
+        self.metric = quality_metric(quality, **(quality_options or {}))
+        self.cost_name = cost
+        self.batches = make_batches(self.items, batch_size)
+        self.memo = memo if memo is not None else TextEncoderMemo()
+        self.profile: MacProfile | None = None
+        self.reference: torch.Tensor | None = None
+        self.reference_seconds = float("nan")
+
+    @property
+    def prompts(self) -> list[str]:
+        return [it.prompt for it in self.items]
+
+    def prepare(self) -> None:
+        """Profile MACs, load the metric, and compute the full-compute outputs (once)."""
+        device = getattr(self.pipe, "device", torch.device("cpu"))
+        self.metric.prepare(device)
+        first = self.batches[0]
+        with memoize_text_encoders(self.pipe, self.memo):
+            self.profile = profile_macs(self.pipe, prompt=[it.prompt for it in first],
+                                        generator=_generators(first), output_type="latent", **self.call_kwargs)
+        if self.cost_name == "latency":
+            self.run(None)  # warm-up: the first call of a process is slower
+        if self.metric.needs_reference or self.cost_name == "latency":
+            self.reference, self.reference_seconds = self.run(None)
+
+    def run(self, config: AccelerationConfig | None) -> tuple[torch.Tensor, float]:
+        """Outputs ``(N, ...)`` (in the metric's ``output_type``) of every item under ``config``
+        (``None``: full compute), and the seconds spent inside the denoiser."""
+        pipe = self.pipe
+        remove(pipe)
+        if config is not None:
+            apply(pipe, config)
+        timer = _DenoiserTimer(pipe)
+        old_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        outputs = []
+        try:
+            with memoize_text_encoders(pipe, self.memo), torch.inference_mode():
+                for batch in self.batches:
+                    out = pipe(prompt=[it.prompt for it in batch], generator=_generators(batch),
+                               output_type=self.metric.output_type, **self.call_kwargs)
+                    outputs.append(_as_tensor(out))
+        finally:
+            timer.close()
+            remove(pipe)
+            if hasattr(pipe, "_progress_bar_config"):
+                pipe._progress_bar_config = old_bar
+        return torch.cat(outputs), timer.total
+
+    def score(self, outputs: torch.Tensor) -> float:
+        """The quality metric of ``outputs`` from :meth:`run`."""
+        return self.metric.value(outputs, self.reference, self.prompts)
+
+    def macs_ratio(self, schedule: CacheSchedule) -> float:
+        return self.profile.full_macs(schedule.num_steps) / self.profile.schedule_macs(schedule)
+
+    def evaluate(self, schedule: CacheSchedule) -> Evaluation:
+        """Cost and quality of ``schedule`` (call :meth:`prepare` first)."""
+        if self.profile is None:
+            raise RuntimeError("Call CandidateEvaluator.prepare() before evaluate().")
+        outputs, seconds = self.run(AccelerationConfig(cache=StaticCacheConfig(schedule)))
+        quality = self.score(outputs)
+        ratio = self.macs_ratio(schedule)
+        cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
+        return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
+
+
+def _generators(batch: Sequence[Item]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
+
+
+def _as_tensor(output: Any) -> torch.Tensor:
+    values = getattr(output, "frames", None)
+    if values is None:
+        values = getattr(output, "images", None)
+    if values is None:
+        raise TypeError(f"The pipeline returned {type(output).__name__} without .images or .frames.")
+    if isinstance(values, np.ndarray):
+        return torch.from_numpy(values.copy())
+    if torch.is_tensor(values):
+        return values.detach().cpu()
+    raise TypeError(f"Cannot score pipeline outputs of type {type(values).__name__}; use output_type 'np' or 'latent'.")

@@ -1,0 +1,153 @@
+"""The Pareto frontier of a search: non-dominated schedules, ``frontier.json``, ``pick``, plots.
+
+A frontier entry is a JSON object::
+
+    {"name": "search-03", "origin": "search" | "heuristic", "config": {AccelerationConfig},
+     "speedup": 2.4,        # 1 / cost: the MAC ratio (cost "macs") or the latency ratio ("latency")
+     "macs_ratio": 2.4, "cost": 0.417, "quality": 0.0123, "objectives": [cost, minimised quality],
+     "compute_fraction": 0.41, "generation": 5}
+
+``frontier.json`` holds ``{"format", "version", "metric", "cost", "settings", "frontier": [...],
+"generalisation": [...]}``; :func:`diffusion_accel.eval.sweep.load_configs` reads it directly (each
+entry's ``config`` and ``name``). :func:`pick` returns the best-quality schedule whose speed-up is
+at least the target, as a ready :class:`~diffusion_accel.AccelerationConfig`.
+
+Example:
+    >>> import numpy as np
+    >>> F = np.array([[1.0, 0.0], [0.5, 0.2], [0.5, 0.3], [0.3, 0.5]])
+    >>> non_dominated(F).tolist()
+    [0, 1, 3]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...config import AccelerationConfig
+from ...utils import atomic_write_json
+
+__all__ = ["non_dominated", "pick", "pick_entry", "load_frontier", "save_frontier", "plot_frontier",
+           "FRONTIER_FORMAT"]
+
+FRONTIER_FORMAT = "diffusion-accel/search-frontier"
+FRONTIER_VERSION = 1
+
+
+def non_dominated(F: Any) -> np.ndarray:
+    """Indices of the rows of ``F`` ``(n, k)`` (minimised) that no other row dominates.
+
+    Of rows with identical objectives only the first is kept. Indices are in input order.
+    """
+    F = np.asarray(F, dtype=float)
+    if F.ndim != 2:
+        raise ValueError(f"Objectives must be a 2-D array (candidates, objectives), got shape {F.shape}.")
+    keep = []
+    for i in range(len(F)):
+        others = np.delete(F, i, axis=0)
+        dominated = np.any(np.all(others <= F[i], axis=1) & np.any(others < F[i], axis=1))
+        duplicate_before = np.any(np.all(F[:i] == F[i], axis=1))
+        if not dominated and not duplicate_before:
+            keep.append(i)
+    return np.asarray(keep, dtype=int)
+
+
+def load_frontier(source: Any) -> list[dict[str, Any]]:
+    """Frontier entries from a ``frontier.json`` path, a frontier dict, a search result or a list."""
+    if hasattr(source, "frontier") and not isinstance(source, dict):
+        source = source.frontier
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            path = os.path.join(path, "frontier.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                source = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"Cannot read frontier file {path!r}: {exc}") from exc
+    if isinstance(source, dict):
+        if source.get("format") != FRONTIER_FORMAT or "frontier" not in source:
+            raise ValueError(f"Not a search frontier (format {source.get('format')!r}, expected {FRONTIER_FORMAT!r}).")
+        source = source["frontier"]
+    if not isinstance(source, list) or not source:
+        raise ValueError("A frontier must be a non-empty list of entries.")
+    for i, entry in enumerate(source):
+        if not isinstance(entry, dict) or not {"config", "speedup", "objectives"} <= set(entry):
+            raise ValueError(f"Frontier entry {i} lacks 'config', 'speedup' or 'objectives'.")
+    return source
+
+
+def pick_entry(frontier: Any, speedup: float) -> dict[str, Any]:
+    """The entry with the best (lowest minimised) quality among those with ``speedup >= speedup``."""
+    entries = load_frontier(frontier)
+    if not isinstance(speedup, (int, float)) or not speedup > 0:
+        raise ValueError(f"The target speed-up must be a positive number, got {speedup!r}.")
+    fast = [e for e in entries if e["speedup"] >= speedup * (1 - 1e-9)]
+    if not fast:
+        best = max(e["speedup"] for e in entries)
+        raise ValueError(
+            f"No schedule on the frontier reaches a {speedup:g}x speed-up (the fastest is {best:.3g}x); "
+            "pick a lower target or search longer."
+        )
+    return min(fast, key=lambda e: (e["objectives"][1], -e["speedup"]))
+
+
+def pick(frontier: Any, speedup: float) -> AccelerationConfig:
+    """The best-quality schedule with at least ``speedup`` (``frontier.json`` path, dict, result or list).
+
+    Raises:
+        ValueError: no entry reaches the target (the message names the fastest one).
+    """
+    return AccelerationConfig.from_dict(pick_entry(frontier, speedup)["config"])
+
+
+def save_frontier(path: str | os.PathLike, entries: Sequence[dict[str, Any]], **extra: Any) -> None:
+    """Write ``frontier.json`` atomically (``extra``: ``metric``, ``cost``, ``settings``, ...)."""
+    atomic_write_json(path, {"format": FRONTIER_FORMAT, "version": FRONTIER_VERSION, **extra,
+                             "frontier": list(entries)})
+
+
+def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: np.ndarray,
+                  frontier: np.ndarray, heuristics: dict[str, tuple[float, float]], *, metric: str,
+                  title: str) -> None:
+    """A Pareto plot (speed-up vs quality) as PNG, drawn on matplotlib's Agg canvas (no pyplot state).
+
+    ``all_points``, ``population``, ``frontier``: ``(n, 2)`` arrays of (speed-up, quality value);
+    ``heuristics``: name -> (speed-up, quality value), annotated.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ...utils import atomic_write_bytes
+
+    fig = Figure(figsize=(6, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if len(all_points):
+        ax.scatter(all_points[:, 0], all_points[:, 1], s=8, c="#bbbbbb", label="evaluated")
+    if len(population):
+        ax.scatter(population[:, 0], population[:, 1], s=14, c="#4477aa", label="population")
+    if len(frontier):
+        order = np.argsort(frontier[:, 0])
+        ax.plot(frontier[order, 0], frontier[order, 1], "-o", c="#cc3311", ms=4, label="frontier")
+    for name, (x, y) in heuristics.items():
+        ax.scatter([x], [y], marker="x", c="k", s=25)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("speed-up (full / accelerated cost)")
+    ax.set_ylabel(metric)
+    if metric in ("latent_mse", "fid"):
+        positive = [a[:, 1][a[:, 1] > 0] for a in (all_points, frontier) if len(a)]
+        if any(len(p) for p in positive):
+            ax.set_yscale("symlog", linthresh=float(min(p.min() for p in positive if len(p))))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())

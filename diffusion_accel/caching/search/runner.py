@@ -1,0 +1,408 @@
+"""`search_schedule`: the evolutionary (NSGA-II) search for cache schedules, end to end.
+
+1. Validate the inputs (nothing is loaded or written before: a bad input leaves ``out`` as it was).
+2. Load the pipeline, lay out the genome (:mod:`.problem`), and on ``resume`` check that the
+   checkpoint's settings and search space match.
+3. Compute the calibration references once (:class:`.fitness.CandidateEvaluator`).
+4. Generation 0 is the seeded population (:mod:`.seeding`); each further generation asks NSGA-II
+   (:mod:`.nsga`) for offspring, evaluates the new ones across processes (:mod:`.distributed`),
+   tells the objectives, then -- on the main process -- writes the checkpoint and a Pareto plot.
+5. The frontier (non-dominated among every evaluated candidate) goes to ``frontier.json``; the
+   picked schedules at ``pick_speedups`` to ``picked-<x>x.json``; the generalisation report
+   (:mod:`.generalise`) to ``frontier.json`` and ``generalisation.json``.
+
+Output folder::
+
+    checkpoint.json             state after the last finished generation (resume from it)
+    frontier.json               non-dominated schedules with objectives (+ heuristics, generalisation)
+    plots/generation-<g>.png    Pareto plot after generation g
+    picked-<x>x.json            AccelerationConfig of the best schedule with speed-up >= x
+
+Example:
+    >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
+    >>> pipe = tiny_pipeline("pixart-alpha")
+    >>> kwargs = {k: v for k, v in tiny_call_kwargs("pixart-alpha", height=32, width=32).items()
+    ...           if k not in ("prompt", "output_type")}
+    >>> result = search_schedule(pipe, ["a cat", "a dog"], num_steps=4, population=4, generations=2,
+    ...                          call_kwargs=kwargs, generalise=False, progress=False)
+    >>> result.frontier[0]["name"], result.frontier[0]["speedup"]
+    ('full', 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...config import AccelerationConfig
+from ...eval.generate import distributed_state, make_items
+from ...eval.prompts import load_prompts
+from ..static import StaticCacheConfig
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .distributed import check_agreement, map_tasks
+from .fitness import COST_MODELS, QUALITY_METRICS, CandidateEvaluator, Evaluation
+from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
+from .generalise import default_settings, evaluate_generalisation
+from .nsga import NsgaDriver, Operators
+from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .seeding import initial_population
+
+__all__ = ["search_schedule", "SearchResult", "load_search_pipeline", "search_call_kwargs"]
+
+FRONTIER_FILE = "frontier.json"
+GENERALISATION_FILE = "generalisation.json"
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class SearchResult:
+    """What a search returns (on every process).
+
+    Attributes:
+        frontier: frontier entries (see :mod:`.frontier`), slowest first.
+        heuristics: the seeded heuristic schedules with their objectives.
+        generalisation: records of :func:`.generalise.evaluate_generalisation` (``[]`` if skipped).
+        picked: target speed-up -> picked entry name (targets no schedule reaches are left out).
+        requested: the target speed-ups asked for (``pick_speedups``).
+        evaluations: candidates evaluated (over all generations, resumed runs included).
+        out: the output folder, or ``None``.
+    """
+
+    frontier: list[dict[str, Any]]
+    heuristics: list[dict[str, Any]]
+    generalisation: list[dict[str, Any]] = field(default_factory=list)
+    picked: dict[float, str] = field(default_factory=dict)
+    evaluations: int = 0
+    out: str | None = None
+    requested: list[float] = field(default_factory=list)
+
+    def pick(self, speedup: float) -> AccelerationConfig:
+        """The best-quality schedule with at least ``speedup`` (see :func:`.frontier.pick`)."""
+        from .frontier import pick
+
+        return pick(self.frontier, speedup)
+
+
+def load_search_pipeline(model: Any, device: Any = None) -> Any:
+    """``"benchmark"``, ``"tiny:<name>"`` (an offline tiny pipeline), a folder, a hub id, or a pipeline."""
+    if isinstance(model, str) and model.startswith("tiny:"):
+        from ...testing import tiny_pipeline
+
+        pipe = tiny_pipeline(model.split(":", 1)[1])
+        return pipe.to(device) if device is not None else pipe
+    from ...eval.sweep import load_pipeline
+
+    return load_pipeline(model, device=device)
+
+
+def search_call_kwargs(model: Any) -> dict[str, Any]:
+    """Default pipeline arguments of a search on ``model`` (the benchmark's settings, tiny defaults, or ``{}``)."""
+    if isinstance(model, str) and model.startswith("tiny:"):
+        from ...testing import tiny_call_kwargs
+
+        return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in ("prompt", "output_type")}
+    from ...eval.sweep import default_call_kwargs
+
+    kwargs = default_call_kwargs(model)
+    if not kwargs and model == "benchmark":
+        from ...assets import BENCHMARK_GENERATION_KWARGS
+
+        kwargs = dict(BENCHMARK_GENERATION_KWARGS)
+    return dict(kwargs)
+
+
+def _positive_int(name: str, value: Any, minimum: int, hint: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}.")
+    return value
+
+
+def _model_label(model: Any) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} instance>"
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def search_schedule(
+    model: Any = "benchmark",
+    prompts: Any = "benchmark:train",
+    *,
+    out: str | os.PathLike | None = None,
+    num_steps: int | None = None,
+    population: int = 16,
+    generations: int = 10,
+    seed: int = 0,
+    quality: str = "latent_mse",
+    cost: str = "macs",
+    num_prompts: int | None = None,
+    num_images: int = 1,
+    batch_size: int = 8,
+    call_kwargs: dict[str, Any] | None = None,
+    operators: Operators | None = None,
+    num_heuristics: int | None = None,
+    clip: Any = "benchmark",
+    fid_reference: Any = "benchmark:train",
+    pick_speedups: Sequence[float] = (2.0, 3.0),
+    generalise: bool = True,
+    generalise_steps: Sequence[int] | None = None,
+    generalise_resolution: tuple[int, int] | None = None,
+    resume: bool = False,
+    device: Any = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Search a Pareto frontier of cache schedules for ``model`` with NSGA-II.
+
+    Args:
+        model: ``"benchmark"``, ``"tiny:<name>"``, a diffusers folder or hub id, or a pipeline.
+        prompts: calibration prompts: a file, ``"benchmark:train"`` or a list of strings.
+        out: output folder (checkpoint, frontier, plots, picked configs); ``None`` writes nothing.
+        num_steps: denoising steps of the schedules (default: ``call_kwargs``' or 20).
+        population: candidates per generation (>= 2).
+        generations: NSGA-II generations after the initial population (>= 1).
+        seed: seeds the random schedules, NSGA-II and every calibration item's noise.
+        quality: ``"latent_mse"`` (default), ``"psnr"``, ``"clip"`` or ``"fid"`` (see :mod:`.fitness`).
+        cost: ``"macs"`` (default) or ``"latency"``.
+        num_prompts, num_images: sample this many prompts (seeded), images per prompt.
+        batch_size: calibration items per pipeline call.
+        call_kwargs: pipeline arguments besides prompt/generator/output_type (default: the
+            benchmark's settings for the benchmark model, tiny defaults for ``tiny:<name>``).
+        operators: crossover and mutation settings (:class:`.nsga.Operators`).
+        num_heuristics: at most this many heuristic seeds in the initial population.
+        clip, fid_reference: CLIP model (``clip`` metric and CLIP-feature FID) and FID reference.
+        pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
+        generalise: evaluate the picked schedules (and the best heuristics at the same targets)
+            at other step counts (``generalise_steps``) and an unseen resolution
+            (``generalise_resolution``).
+        resume: continue the search in ``out`` (same settings; ``generations`` may grow).
+        device: where to run (default: the process's accelerator device, else CPU).
+        progress: tqdm progress bars (main process).
+        callback: called on every process with ``{"event": "candidate", "generation", "index"}``
+            after each evaluated candidate and ``{"event": "generation", "generation", "frontier"}``
+            after each checkpoint (raising from it stops the search; resume continues it).
+
+    Returns:
+        :class:`SearchResult`.
+
+    Raises:
+        ValueError: population < 2, generations < 1, an empty or unreadable prompt set, unknown
+            metric/cost, ``out`` holds a search and ``resume`` is false, or the checkpoint does not
+            match (another model, step count or settings). ``out`` is left untouched.
+    """
+    # 1. Validate.
+    _positive_int("population", population, 2, "NSGA-II needs at least 2 candidates per generation")
+    _positive_int("generations", generations, 1, "run at least one generation after the initial population")
+    _positive_int("num_images", num_images, 1, "generate at least one image per prompt")
+    _positive_int("batch_size", batch_size, 1, "use at least one item per call")
+    if quality not in QUALITY_METRICS:
+        raise ValueError(f"Unknown quality metric {quality!r}; choose one of {sorted(QUALITY_METRICS)}.")
+    if cost not in COST_MODELS:
+        raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
+    operators = operators or Operators()
+    prompt_list = load_prompts(prompts, num=num_prompts, seed=seed)
+    items = make_items(prompt_list, num_images=num_images, seed=seed)
+    call_kwargs = dict(search_call_kwargs(model) if call_kwargs is None else call_kwargs)
+    reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
+    if reserved:
+        raise ValueError(f"call_kwargs must not set {reserved}: the search sets them per calibration item.")
+    num_steps = num_steps if num_steps is not None else int(call_kwargs.get("num_inference_steps", 20))
+    _positive_int("num_steps", num_steps, 2, "step 0 always computes, so a search needs 2 steps or more")
+    call_kwargs["num_inference_steps"] = num_steps
+    targets = [float(t) for t in pick_speedups]
+    if any(not t > 0 for t in targets):
+        raise ValueError(f"pick_speedups must be positive numbers, got {list(pick_speedups)}.")
+    out = os.fspath(out) if out is not None else None
+    saved = load_checkpoint(out) if out is not None else None
+    if saved is not None and not resume:
+        raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
+                         "it, or choose another --out.")
+
+    # 2. Pipeline, search space, settings.
+    state = distributed_state(device)
+    pipe = load_search_pipeline(model, device=device if device is not None else state.device)
+    genome = ScheduleGenome.for_model(pipe, num_steps)
+    quality_options = {"clip": clip, "reference": fid_reference}
+    settings = {
+        "model": _model_label(model),
+        "search_space": genome.signature(),
+        "prompts": [[p.index, p.text] for p in prompt_list],
+        "num_images": num_images,
+        "seed": int(seed),
+        "population": population,
+        "generations": generations,
+        "quality": quality,
+        "quality_options": _jsonable(quality_options) if quality in ("clip", "fid") else None,
+        "cost": cost,
+        "batch_size": batch_size,
+        "call_kwargs": _jsonable(call_kwargs),
+        "operators": operators.to_dict(),
+        "num_heuristics": num_heuristics,
+    }
+    if saved is not None:
+        check_compatible(saved["settings"], settings, out)
+
+    # 3. References and the optimiser.
+    evaluator = CandidateEvaluator(pipe, items, call_kwargs, quality=quality, cost=cost, batch_size=batch_size,
+                                   quality_options=quality_options)
+    evaluator.prepare()
+    seed_names, initial = initial_population(pipe, genome, population, seed, num_heuristics)
+    problem = ScheduleProblem(genome)
+    driver = NsgaDriver(problem, initial, seed, operators)
+    archive: dict[str, dict[str, Any]] = {}
+    history: list[dict[str, Any]] = []
+    completed = 0
+    if saved is not None:
+        driver.load_state(saved["nsga"])
+        archive = saved["archive"]
+        history = saved["history"]
+        completed = int(saved["completed"])
+    names = dict(zip((bits_to_str(b) for b in initial), seed_names))
+
+    # 4. Generations.
+    from tqdm.auto import tqdm
+
+    show = progress and state.is_main_process
+    total_rounds = generations + 1
+    bar = tqdm(total=total_rounds, initial=min(completed, total_rounds), desc="generations", unit="gen",
+               disable=not show, dynamic_ncols=True)
+    try:
+        for generation in range(completed, total_rounds):
+            X = driver.ask()
+            check_agreement(np.packbits(X).tobytes(), state, f"the candidates of generation {generation}")
+            keys = [bits_to_str(x) for x in X]
+            todo = list(dict.fromkeys(k for k in keys if k not in archive))
+            inner = tqdm(total=len(todo), desc=f"generation {generation}", unit="cand", leave=False,
+                         disable=not show, dynamic_ncols=True)
+
+            def evaluate(key: str, generation: int = generation) -> dict[str, Any]:
+                result = evaluator.evaluate(genome.decode(str_to_bits(key)))
+                if callback is not None:
+                    callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
+                return result.to_dict()
+
+            try:
+                results = map_tasks(evaluate, todo, state, inner)
+            finally:
+                inner.close()
+            for key, result in zip(todo, results):
+                archive[key] = {**result, "generation": generation, "name": names.get(key)}
+            F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
+            driver.tell(X, F)
+            history.append({"generation": generation, "population": [bits_to_str(x) for x in driver.population()[0]]})
+            if out is not None and state.is_main_process:
+                save_checkpoint(out, {"settings": settings, "completed": generation + 1, "nsga": driver.state(),
+                                      "archive": archive, "history": history})
+                _plot(out, generation, archive, history[-1]["population"], quality)
+            bar.update(1)
+            if callback is not None:
+                callback({"event": "generation", "generation": generation,
+                          "frontier": [archive[k]["objective"] for k in _frontier_keys(archive)]})
+    finally:
+        bar.close()
+
+    # 5. Frontier, picks, generalisation.
+    frontier = [_entry(genome, k, archive[k]) for k in _frontier_keys(archive)]
+    frontier.sort(key=lambda e: (e["speedup"], e["objectives"][1]))
+    heuristics = [_entry(genome, k, archive[k]) for k in names if k in archive and _is_heuristic(names[k])]
+    picked: dict[float, str] = {}
+    for target in targets:
+        try:
+            picked[target] = pick_entry(frontier, target)["name"]
+        except ValueError:
+            continue
+    extra = {"metric": evaluator.metric.describe(), "cost": cost, "settings": settings, "heuristics": heuristics,
+             "picked": {f"{t:g}": picked.get(t) for t in targets}}
+    if out is not None and state.is_main_process:
+        save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra)
+        for target, name in picked.items():
+            entry = next(e for e in frontier if e["name"] == name)
+            AccelerationConfig.from_dict(entry["config"]).save(os.path.join(out, f"picked-{target:g}x.json"))
+    generalisation: list[dict[str, Any]] = []
+    if generalise:
+        generalisation = _generalise(pipe, items, call_kwargs, genome, frontier, heuristics, targets, state,
+                                     quality, batch_size, evaluator, quality_options, generalise_steps,
+                                     generalise_resolution, show)
+        if out is not None and state.is_main_process:
+            save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=generalisation)
+            from ...utils import atomic_write_json
+
+            atomic_write_json(os.path.join(out, "generalisation.json"), generalisation)
+    state.wait_for_everyone()
+    return SearchResult(frontier, heuristics, generalisation, picked, len(archive), out, targets)
+
+
+def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
+    keys = sorted(archive)
+    F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
+    return [keys[i] for i in non_dominated(F)]
+
+
+def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any]) -> dict[str, Any]:
+    evaluation = Evaluation.from_dict(record)
+    name = record.get("name") or f"search-g{record['generation']}-{key_digest(key)}"
+    schedule = genome.decode(str_to_bits(key), name=name)
+    return {
+        "name": name,
+        "origin": "heuristic" if _is_heuristic(record.get("name")) else "random" if record.get("name") else "search",
+        "config": AccelerationConfig(cache=StaticCacheConfig(schedule)).to_dict(),
+        "speedup": 1.0 / evaluation.cost,
+        "macs_ratio": evaluation.macs_ratio,
+        "cost": evaluation.cost,
+        "quality": evaluation.quality,
+        "objectives": [evaluation.cost, evaluation.objective],
+        "compute_fraction": schedule.compute_fraction(),
+        "generation": int(record["generation"]),
+    }
+
+
+def _is_heuristic(name: str | None) -> bool:
+    return bool(name) and not name.startswith("random-")
+
+
+def key_digest(key: str) -> str:
+    """A short stable label of a genome (6 hex digits of its CRC32)."""
+    import zlib
+
+    return f"{zlib.crc32(key.encode()) & 0xFFFFFF:06x}"
+
+
+def _plot(out: str, generation: int, archive: dict[str, dict[str, Any]], population: list[str], quality: str) -> None:
+    def points(keys):
+        return np.array([[1.0 / archive[k]["cost"], archive[k]["quality"]] for k in keys]).reshape(-1, 2)
+
+    heuristics = {r["name"]: (1.0 / r["cost"], r["quality"]) for r in archive.values() if _is_heuristic(r.get("name"))}
+    plot_frontier(os.path.join(out, PLOTS_DIR, f"generation-{generation:03d}.png"), points(list(archive)),
+                  points(population), points(_frontier_keys(archive)), heuristics, metric=quality,
+                  title=f"generation {generation}: {len(archive)} schedules evaluated")
+
+
+def _generalise(pipe, items, call_kwargs, genome, frontier, heuristics, targets, state, quality, batch_size,
+                evaluator, quality_options, steps, resolution, show) -> list[dict[str, Any]]:
+    """Evaluate, per target, the picked schedule and the best heuristic reaching it, in new settings."""
+    chosen: dict[str, Any] = {}
+    for target in targets:
+        for pool in (frontier, [h for h in heuristics if h["speedup"] > 1.0 + 1e-9]):
+            try:
+                entry = pick_entry(pool, target)
+            except ValueError:
+                continue
+            chosen.setdefault(entry["name"], AccelerationConfig.from_dict(entry["config"]).cache.schedule)
+    if not chosen:
+        return []
+    settings = default_settings(call_kwargs, genome.num_steps, pipe, steps, resolution)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(settings) * len(chosen), desc="generalisation", unit="eval", disable=not show,
+               dynamic_ncols=True)
+    try:
+        return evaluate_generalisation(pipe, items, call_kwargs, chosen, settings, quality=quality,
+                                       batch_size=batch_size, state=state, memo=evaluator.memo,
+                                       quality_options=quality_options, progress=bar)
+    finally:
+        bar.close()

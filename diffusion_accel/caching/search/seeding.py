@@ -1,0 +1,110 @@
+"""The initial population: hand-made schedules from the literature, then random ones.
+
+:func:`heuristic_schedules` lists every heuristic that applies to the model, in priority order
+(full compute first, so the search always knows the exact model; then FORA, TGATE where the
+model has cross-attention, Δ-DiT, DeepCache and encoder propagation on UNets). A heuristic that
+does not apply to a model raises ``ValueError`` in its factory and is left out.
+:func:`initial_population` keeps the first distinct ones that fit in the population and fills
+the rest with random schedules whose compute probability is spread over ``[0.3, 0.9]``, drawn
+from a generator seeded by the search seed.
+
+Example:
+    >>> from diffusion_accel.testing import tiny_pipeline
+    >>> pipe = tiny_pipeline("pixart-alpha")
+    >>> genome = ScheduleGenome.for_model(pipe.transformer, 6)
+    >>> names, bits = initial_population(pipe.transformer, genome, size=8, seed=0)
+    >>> names[:3], bits.shape
+    (['full', 'fora-2', 'fora-3'], (8, 30))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..heuristics import deepcache, delta_dit, encoder_propagation, fora, full_compute, tgate
+from ..schedule import CacheSchedule
+from .problem import ScheduleGenome
+
+__all__ = ["heuristic_schedules", "initial_population"]
+
+
+def _candidates(steps: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
+    half, third = max(1, steps // 2), max(1, steps // 3)
+    return [
+        ("full", lambda m: full_compute(m, steps)),
+        ("fora-2", lambda m: fora(m, steps, 2)),
+        ("fora-3", lambda m: fora(m, steps, 3)),
+        (f"tgate-{half}", lambda m: tgate(m, steps, half)),
+        ("delta-dit-2", lambda m: delta_dit(m, steps, interval=2)),
+        ("deepcache-2", lambda m: deepcache(m, steps, 2)),
+        ("fora-4", lambda m: fora(m, steps, 4)),
+        ("delta-dit-3", lambda m: delta_dit(m, steps, interval=3)),
+        (f"tgate-{third}", lambda m: tgate(m, steps, third)),
+        ("encoder-propagation-2", lambda m: encoder_propagation(m, steps, interval=2)),
+        ("deepcache-3", lambda m: deepcache(m, steps, 3)),
+        ("fora-5", lambda m: fora(m, steps, 5)),
+        ("delta-dit-4", lambda m: delta_dit(m, steps, interval=4)),
+        ("fora-6", lambda m: fora(m, steps, 6)),
+    ]
+
+
+def heuristic_schedules(model: Any, num_steps: int) -> list[CacheSchedule]:
+    """Every distinct heuristic schedule that applies to ``model`` at ``num_steps``, in priority order."""
+    out: list[CacheSchedule] = []
+    for name, factory in _candidates(num_steps):
+        try:
+            schedule = factory(model).with_name(name)
+        except ValueError:  # the heuristic does not apply to this model (no cross-attention, not a UNet...)
+            continue
+        if schedule not in out:
+            out.append(schedule)
+    return out
+
+
+def initial_population(
+    model: Any, genome: ScheduleGenome, size: int, seed: int, num_heuristics: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """``(names, bits)``: ``size`` distinct genomes, heuristics first, then random ones.
+
+    Args:
+        model: the denoiser (or pipeline) the schedules are for.
+        genome: the search layout.
+        size: population size (>= 2).
+        seed: seeds the random schedules.
+        num_heuristics: at most this many heuristic seeds (default: as many as fit, but at least
+            one random schedule when ``size >= 4``, so the search starts with some diversity).
+
+    Returns:
+        names ``list[str]`` (``"random-<i>"`` for random ones) and bits ``(size, genome.num_bits)``.
+    """
+    heuristics = heuristic_schedules(model, genome.num_steps)
+    limit = size - 1 if size >= 4 else size
+    if num_heuristics is not None:
+        limit = min(limit, num_heuristics)
+    names, rows, seen = [], [], set()
+    for schedule in heuristics[:limit]:
+        bits = genome.encode(schedule)
+        key = bits.tobytes()
+        if key not in seen:
+            seen.add(key)
+            names.append(schedule.name)
+            rows.append(bits)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    attempts = 0
+    while len(rows) < size:
+        attempts += 1
+        if attempts > 1000 * size:
+            raise ValueError(
+                f"Cannot make {size} distinct schedules from {genome.num_bits} free bits; use a smaller "
+                "population or more steps."
+            )
+        p = 0.3 + 0.6 * rng.random()
+        bits = rng.random(genome.num_bits) < p
+        key = bits.tobytes()
+        if key not in seen:
+            seen.add(key)
+            names.append(f"random-{len(rows)}")
+            rows.append(bits)
+    return names, np.stack(rows).astype(bool)
