@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     for r in records:
-        print(f"{r['name']:>24}  speed-up {r['speedup']:.2f}x  MACs {_f(r['macs_ratio'])}  "
+        print(f"{r['name']:>24}  speed-up {r['speedup']:.2f}x  MACs /{_f(r['macs_ratio'])}  "
               f"CLIP {_f(r.get('clip_score'))}  FID {_f(r.get('fid'))}  PSNR {_f(r.get('psnr'))}")
     if records:
         print(f"results: {args.out}/results.json, report: {args.out}/report.md")

@@ -222,7 +222,7 @@ def generate_images(
 
     Returns:
         key -> manifest record (``key``, ``prompt_index``, ``image_index``, ``prompt``, ``seed``,
-        ``file``, ``shape``) on every process.
+        ``file``, ``shape``, ``process``: the rank that generated it) on every process.
     """
     call_kwargs = dict(call_kwargs or {})
     reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
@@ -258,7 +258,7 @@ def generate_images(
                 rel = f"{IMAGES_DIR}/{item.key}{ext}"
                 if item.key not in done:
                     atomic_write_bytes(os.path.join(out_dir, rel), data)
-                record = {**asdict(item), "file": rel, "shape": list(array.shape)}
+                record = {**asdict(item), "file": rel, "shape": list(array.shape), "process": rank}
                 done[item.key] = record
                 lines.append(json.dumps(record))
             _append_lines(part, lines)

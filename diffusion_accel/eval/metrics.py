@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Metrics are computed by one process over all gathered outputs: never synchronise their states
+# across a torch.distributed group (the other processes are not computing them).
+_LOCAL = {"sync_on_compute": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ def _fid_metric(extractor: "torch.nn.Module | int"):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     # States are float64 already; the CLIP extractor returns float64 features.
-    return FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=False)
+    return FrechetInceptionDistance(feature=extractor, reset_real_features=False, normalize=False, **_LOCAL)
 
 
 @dataclass
@@ -389,7 +392,7 @@ def clip_score(images: np.ndarray, prompts: Sequence[str], clip: Clip, batch_siz
                          f"shape {tuple(images.shape)}.")
     if len(prompts) != len(images):
         raise ValueError(f"clip_score got {len(images)} images but {len(prompts)} prompts.")
-    metric = CLIPScore(model_name_or_path=clip.as_callable())
+    metric = CLIPScore(model_name_or_path=clip.as_callable(), **_LOCAL)
     with torch.inference_mode():
         for i, batch in enumerate(_batches(as_frames(images), batch_size)):
             metric.update(batch.to(clip.device), list(prompts[i * batch_size : (i + 1) * batch_size]))
@@ -407,8 +410,8 @@ def video_clip_metrics(videos: np.ndarray, prompts: Sequence[str], clip: Clip) -
         raise ValueError(f"video_clip_metrics takes videos (N, F, H, W, 3), got shape {tuple(videos.shape)}.")
     if len(prompts) != len(videos):
         raise ValueError(f"video_clip_metrics got {len(videos)} videos but {len(prompts)} prompts.")
-    text = CLIPScore(model_name_or_path=clip.as_callable())
-    pairs = CLIPScore(model_name_or_path=clip.as_callable())
+    text = CLIPScore(model_name_or_path=clip.as_callable(), **_LOCAL)
+    pairs = CLIPScore(model_name_or_path=clip.as_callable(), **_LOCAL)
     with torch.inference_mode():
         for video, prompt in zip(videos, prompts):
             frames = _nchw(video).to(clip.device)
@@ -438,7 +441,7 @@ def psnr(images: np.ndarray, reference: np.ndarray) -> float:
     from torchmetrics.image import PeakSignalNoiseRatio
 
     a, b = _pair(images, reference)
-    return float(PeakSignalNoiseRatio(data_range=1.0)(a, b))
+    return float(PeakSignalNoiseRatio(data_range=1.0, **_LOCAL)(a, b))
 
 
 def ssim(images: np.ndarray, reference: np.ndarray) -> float:
@@ -446,7 +449,7 @@ def ssim(images: np.ndarray, reference: np.ndarray) -> float:
     from torchmetrics.image import StructuralSimilarityIndexMeasure
 
     a, b = _pair(images, reference)
-    return float(StructuralSimilarityIndexMeasure(data_range=1.0)(a, b))
+    return float(StructuralSimilarityIndexMeasure(data_range=1.0, **_LOCAL)(a, b))
 
 
 def lpips(images: np.ndarray, reference: np.ndarray, net: str = "alex") -> tuple[float | None, str | None]:
@@ -454,7 +457,7 @@ def lpips(images: np.ndarray, reference: np.ndarray, net: str = "alex") -> tuple
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-        metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True)
+        metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, **_LOCAL)
     except Exception as exc:  # noqa: BLE001 - any failure to get the network means "not available"
         return None, (f"LPIPS not computed: {exc} (it needs torchvision and the LPIPS weights; "
                       "pip install 'diffusion-accel[fid]').")

@@ -15,8 +15,11 @@ Output folder::
 Each record of ``results.json`` holds ``name``, ``config`` (the AccelerationConfig as a dict),
 quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpips``,
 ``max_abs_error``, ``mean_abs_error``, ``wasserstein``; videos add ``frame_consistency``), work
-(``macs``: denoiser MACs of one batch, ``macs_ratio``, ``pipeline_macs``, ``pipeline_macs_ratio``,
-``uncounted_ops``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
+(``macs``: MACs run inside the denoisers during one generation of the first batch, counted with
+``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
+denoising MACs, the convention of :func:`diffusion_accel.caching.macs`; ``pipeline_macs`` and
+``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
+flop formula) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
 ``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
 timing fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
 
@@ -347,6 +350,8 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
                              "original settings, or choose another --out.")
     elif os.path.isdir(out) and os.listdir(out) and not resume:
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
+    # Every process checks the folder before the main process writes run.json into it.
+    state.wait_for_everyone()
     if state.is_main_process and not os.path.exists(path):
         atomic_write_json(path, settings)
     state.wait_for_everyone()
@@ -382,6 +387,13 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, runs
     return cost
 
 
+def _ratio(full: int, accelerated: int) -> float | None:
+    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.caching.macs``)."""
+    if not full:
+        return None
+    return full / accelerated if accelerated else float("inf")
+
+
 def _score(variants, items, out, costs, clip, reference, fid_features, progress) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
@@ -413,10 +425,9 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         record["peak_memory_source"] = cost["peak_memory_source"]
         record["operator_shares"] = cost["operator_shares"]
         record["macs"] = cost["macs"]
-        record["macs_ratio"] = cost["macs"] / base_cost["macs"] if base_cost["macs"] else None
+        record["macs_ratio"] = _ratio(base_cost["macs"], cost["macs"])
         record["pipeline_macs"] = cost["pipeline_macs"]
-        record["pipeline_macs_ratio"] = (cost["pipeline_macs"] / base_cost["pipeline_macs"]
-                                         if base_cost["pipeline_macs"] else None)
+        record["pipeline_macs_ratio"] = _ratio(base_cost["pipeline_macs"], cost["pipeline_macs"])
         record["uncounted_ops"] = cost["uncounted_ops"]
         if cost["uncounted_ops"]:
             notes.append(f"MACs exclude operators without a flop formula: {cost['uncounted_ops']}.")
@@ -427,10 +438,14 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
                 record.update(M.video_clip_metrics(arrays, prompts, clip))
             else:
                 record["clip_score"] = M.clip_score(arrays, prompts, clip)
-        record["fid"] = M.fid(arrays, stats, extractor) if stats is not None else None
+        enough = len(M.as_frames(arrays)) >= 2
+        record["fid"] = M.fid(arrays, stats, extractor) if stats is not None and enough else None
         if stats is None:
             notes.append("fid: no reference images (pass --reference).")
-        record["fid_vs_baseline"] = M.fid(arrays, baseline_stats, extractor) if baseline_stats is not None else None
+        elif not enough:
+            notes.append("fid: needs at least 2 images (raise --num-images or the number of prompts).")
+        record["fid_vs_baseline"] = (M.fid(arrays, baseline_stats, extractor)
+                                     if baseline_stats is not None and enough else None)
         record["psnr"] = M.psnr(arrays, baseline_arrays)
         record["ssim"] = M.ssim(arrays, baseline_arrays)
         record["lpips"], why = M.lpips(arrays, baseline_arrays)

@@ -1,0 +1,132 @@
+import json
+import math
+import os
+
+import pytest
+from eval_helpers import TINY_CALL, toy_config
+
+from diffusion_accel import AccelerationConfig
+from diffusion_accel.eval import deterministic_view, evaluate, load_configs, load_results
+
+REQUIRED = ("name", "config", "speedup", "macs_ratio", "latency_s", "peak_memory_bytes", "clip_score", "fid", "psnr")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusion_accel.testing import tiny_pipeline
+
+    return tiny_pipeline("pixart-alpha", seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    from conftest import scenes
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("reference")
+    for i, img in enumerate(scenes(6)):
+        Image.fromarray(img).save(path / f"{i}.png")
+    return str(path)
+
+
+def _run(pipe, clip, out, reference, configs, **kw):
+    return evaluate(pipe, ["a red cat", "a blue dog"], configs, out=out, num_images=1, batch_size=1,
+                    call_kwargs=TINY_CALL, clip=clip, reference=reference, latency_runs=1, warmup=0,
+                    progress=False, **kw)
+
+
+def fora(pipe):
+    """A real static cache of the caching engine: every block reuses step 0 at step 1 (of 3)."""
+    from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+    return AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, 3, 2)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(pipe, clip, reference_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    records = _run(pipe, clip, out, reference_dir, [("fora", fora(pipe))])
+    return out, records
+
+
+def test_load_configs_from_config_frontier_and_list_files(tmp_path):
+    cfg = toy_config(2)
+    (tmp_path / "fast.json").write_text(cfg.to_json())
+    (tmp_path / "front.json").write_text(json.dumps(
+        {"frontier": [{"config": cfg.to_dict(), "speedup": 1.4}, {"config": AccelerationConfig().to_dict()}]}))
+    (tmp_path / "list.json").write_text(json.dumps([{"name": "baseline", "config": cfg.to_dict()}]))
+    got = load_configs([tmp_path / "fast.json", tmp_path / "front.json", tmp_path / "list.json", ("fast", cfg)])
+    assert [name for name, _ in got] == ["fast", "front-00", "front-01", "baseline-1", "fast-1"]
+    assert got[0][1] == cfg and got[2][1] == AccelerationConfig()
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "Cannot read acceleration config file"),
+    ("{not json", "not valid JSON"),
+    ('{"cache": {"type": "NoSuchCache"}}', "not a valid acceleration config.*NoSuchCache"),
+    ('{"frontier": [3]}', "entry 0: expected an object"),
+])
+def test_unreadable_config_is_one_clear_error(tmp_path, content, match):
+    path = tmp_path / "cfg.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_configs([path])
+
+
+def test_sweep_records_and_files(pipe, finished_run):
+    from diffusion_accel.caching import macs
+
+    out, records = finished_run
+    assert [r["name"] for r in records] == ["baseline", "fora"]
+    for r in records:
+        assert all(k in r for k in REQUIRED)
+    base, fast = records
+    assert base["speedup"] == 1.0 and base["macs_ratio"] == 1.0
+    assert base["psnr"] == math.inf and base["ssim"] == pytest.approx(1.0) and base["max_abs_error"] == 0.0
+    assert base["fid_vs_baseline"] == pytest.approx(0.0, abs=1e-6)
+    # Measured MACs of the real call agree with the caching engine's analytic count.
+    assert fast["macs_ratio"] == pytest.approx(macs(pipe, fora(pipe), prompt="a", **TINY_CALL).ratio, rel=1e-9)
+    assert 1.0 < fast["pipeline_macs_ratio"] < fast["macs_ratio"]  # text encoder and VAE are not cached
+    assert fast["psnr"] < math.inf and fast["max_abs_error"] > 0
+    assert fast["fid"] > 0 and base["fid"] > 0 and fast["clip_score"] > 0
+    assert fast["config"] == fora(pipe).to_dict()
+    assert fast["lpips"] is None and any("LPIPS" in n for n in fast["notes"])
+    assert load_results(out) == records
+    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "fora/images/p00000-i00.png" in report and "baseline/images/p00000-i00.png" in report
+
+
+def test_bad_input_fails_early_and_keeps_what_was_generated(pipe, clip, finished_run, reference_dir, tmp_path):
+    out, records = finished_run
+    files = {p: p.read_bytes() for p in out.rglob("*.png")}
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "noimg").mkdir()
+    with pytest.raises(ValueError, match="not valid JSON"):
+        _run(pipe, clip, out, reference_dir, [("fora", fora(pipe)), tmp_path / "bad.json"], resume=True)
+    with pytest.raises(ValueError, match="holds no prompts"):
+        evaluate(pipe, tmp_path / "empty.txt", out=out, resume=True, clip=None, reference=None)
+    with pytest.raises(ValueError, match="holds no images"):
+        _run(pipe, clip, out, str(tmp_path / "noimg"), [("fora", fora(pipe))], resume=True)
+    with pytest.raises(ValueError, match="already holds an evaluation run; pass --resume"):
+        _run(pipe, clip, out, reference_dir, [("fora", fora(pipe))])
+    with pytest.raises(ValueError, match=r"settings differ in \['configs'\]"):
+        _run(pipe, clip, out, reference_dir, [("fora", toy_config(2))], resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == files
+    assert load_results(out) == records
+
+
+def test_resume_of_a_finished_run_reproduces_its_results(pipe, clip, finished_run, reference_dir):
+    out, records = finished_run
+    again = _run(pipe, clip, out, reference_dir, [("fora", fora(pipe))], resume=True)
+    assert deterministic_view(again) == deterministic_view(records)
+    assert again == records  # the cost was measured once (cost.json) and is reused
+
+
+def test_missing_reference_folder_is_reported_before_generation(pipe, clip, tmp_path):
+    with pytest.raises(ValueError, match="neither a folder of images nor a .npz"):
+        _run(pipe, clip, tmp_path / "out", str(tmp_path / "nowhere"), [])
+    assert not os.path.exists(tmp_path / "out")
