@@ -14,7 +14,7 @@ quantization and safetensors save/load.
 
 from . import technique as _technique  # noqa: F401  (registers QuantConfig)
 from .allocate import allocate_bits
-from .calibrate import CalibrationResult, calibrate
+from .calibrate import CalibrationResult, calibrate, collect_statistics
 from .config import QuantConfig
 from .linear import QuantLinear
 from .memory import bf16_weight_bytes, weight_bytes
@@ -22,6 +22,7 @@ from .plan import QuantPlan
 from .quantizers import sqnr_db
 from .sensitivity import measure_sensitivity
 from .serialize import load_quantized, save_quantized
+from .technique import quantize_denoiser
 from .text_encoder import quantize_text_encoder
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "QuantPlan",
     "QuantLinear",
     "calibrate",
+    "collect_statistics",
+    "quantize_denoiser",
     "CalibrationResult",
     "measure_sensitivity",
     "allocate_bits",

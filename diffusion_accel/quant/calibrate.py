@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from ..hooks import Denoiser, StepTracker, pipeline_call_scope, remove_hook, TRACKER_HOOK
 from ..models import find_model_adapter
 
-__all__ = ["CalibrationResult", "calibrate", "calibrate_denoisers", "bucket_by_timestep", "run_prompts"]
+__all__ = ["CalibrationResult", "calibrate", "calibrate_denoisers", "collect_statistics", "bucket_by_timestep", "run_prompts"]
 
 
 @dataclass
@@ -146,25 +146,42 @@ def run_prompts(pipe, prompts: Sequence[str], num_inference_steps: int | None = 
     return outputs
 
 
-def calibrate_denoisers(pipe, denoisers: list[Denoiser], names: dict[str, list[str]], prompts: Sequence[str],
-                        num_inference_steps: int | None = None, timestep_ranges: int = 1,
-                        call_kwargs: dict[str, Any] | None = None) -> dict[str, CalibrationResult]:
-    """Calibrate the given layers (``names[denoiser.name]``) of already-tracked denoisers."""
-    prompts = _check_prompts(prompts)
+def collect_statistics(denoisers: list[Denoiser], names: dict[str, list[str]], run: Callable[[], Any],
+                       timestep_ranges: int = 1) -> dict[str, CalibrationResult]:
+    """Record the inputs of ``names[denoiser.name]`` while ``run()`` drives the denoisers.
+
+    ``run`` may call a pipeline or the denoisers directly; each denoiser needs its step tracker
+    (``denoiser.tracker``) so calls are bucketed by timestep.
+    """
     recorders = {d.name: _Recorder(d, names.get(d.name, [])) for d in denoisers}
     try:
-        for prompt_batch in _batches(prompts, 4):
-            with pipeline_call_scope(denoisers):
-                run_prompts(pipe, prompt_batch, num_inference_steps, call_kwargs)
+        with torch.no_grad():
+            run()
     finally:
         for rec in recorders.values():
             rec.close()
     results = {}
     for d in denoisers:
         rec = recorders[d.name]
+        if rec.calls == 0 and rec.names:
+            raise ValueError(f"Calibration never called the denoiser {d.name!r}; check the calibration inputs.")
         table, edges = bucket_by_timestep(rec.records, timestep_ranges)
         results[d.name] = CalibrationResult(table, edges, rec.groups(), rec.calls)
     return results
+
+
+def calibrate_denoisers(pipe, denoisers: list[Denoiser], names: dict[str, list[str]], prompts: Sequence[str],
+                        num_inference_steps: int | None = None, timestep_ranges: int = 1,
+                        call_kwargs: dict[str, Any] | None = None) -> dict[str, CalibrationResult]:
+    """Calibrate the given layers (``names[denoiser.name]``) of already-tracked denoisers."""
+    prompts = _check_prompts(prompts)
+
+    def run() -> None:
+        for prompt_batch in _batches(prompts, 4):
+            with pipeline_call_scope(denoisers):
+                run_prompts(pipe, prompt_batch, num_inference_steps, call_kwargs)
+
+    return collect_statistics(denoisers, names, run, timestep_ranges)
 
 
 def calibrate(pipe, prompts: Sequence[str], num_inference_steps: int | None = None, timestep_ranges: int = 1,

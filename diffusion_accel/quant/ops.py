@@ -24,11 +24,11 @@ __all__ = ["quantize_dynamic", "quantize_static", "rescale_output", "int4_to_int
 _COMPILED: dict[str, Callable] = {}
 
 
-def _maybe_compiled(name: str, fn: Callable, compiled: bool) -> Callable:
+def _maybe_compiled(name: str, fn: Callable, compiled: bool, dynamic: bool = True) -> Callable:
     if not compiled:
         return fn
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True)
+        _COMPILED[name] = torch.compile(fn, dynamic=dynamic)
     return _COMPILED[name]
 
 
@@ -52,9 +52,13 @@ def _int4_to_int8(packed: torch.Tensor, group_scale: torch.Tensor, k: int, group
     signed = packed.view(torch.int8)
     low = torch.bitwise_right_shift(torch.bitwise_left_shift(signed, 4), 4)
     high = torch.bitwise_right_shift(signed, 4)
-    q = torch.stack((low, high), dim=-1).flatten(-2)[..., :k]
-    z = group_scale.repeat_interleave(group_size, dim=-1)[..., :k]
-    return (q.to(torch.int16) * z.to(torch.int16)).to(dtype)
+    q = torch.cat((low, high), dim=-1)  # (N, 2 * ceil(k / 2))
+    n, groups = group_scale.shape
+    padded = groups * group_size
+    if q.shape[-1] < padded:
+        q = torch.nn.functional.pad(q, (0, padded - q.shape[-1]))
+    q = q[:, :padded].reshape(n, groups, group_size).to(dtype) * group_scale.to(dtype)[..., None]
+    return q.reshape(n, padded)[:, :k]
 
 
 def quantize_dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None, compiled: bool = False):
@@ -78,6 +82,8 @@ def int4_to_int8_weight(packed: torch.Tensor, group_scale: torch.Tensor, k: int,
                         dtype: torch.dtype = torch.int8, compiled: bool = False) -> torch.Tensor:
     """Exact integer weight ``q4 * z`` ``(N, k)`` of a packed 4-bit weight, in ``dtype``.
 
-    ``dtype`` may be int8 or a float type that holds the integers exactly (bf16, fp16, fp32).
+    ``dtype`` may be int8 or a float type that holds the integers exactly (bf16, fp16, fp32):
+    the products ``q4 * z`` (at most 120 in magnitude) are exact in each.
     """
-    return _maybe_compiled("int4", _int4_to_int8, compiled)(packed, group_scale, k, group_size, dtype)
+    # weight shapes are fixed per layer: compile per shape (dynamic shapes vectorise poorly here)
+    return _maybe_compiled("int4", _int4_to_int8, compiled, dynamic=False)(packed, group_scale, k, group_size, dtype)

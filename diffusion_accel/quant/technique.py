@@ -24,7 +24,7 @@ import torch
 
 from ..hooks import Denoiser, add_hook, remove_hook
 from ..techniques import TechniqueHandle, register_technique
-from .calibrate import calibrate_denoisers
+from .calibrate import CalibrationResult, calibrate_denoisers
 from .config import QuantConfig
 from .linear import QuantLinear
 from .memory import bf16_weight_bytes, quantized_linear_bytes, weight_bytes
@@ -32,7 +32,7 @@ from .replace import OriginalStore, linear_names, quantize_linears, restore_line
 from .runtime import QuantRuntime, TimestepRangeHook
 from .text_encoder import TEXT_ENCODER_COMPONENTS, quantize_text_encoder, restore_text_encoder
 
-__all__ = ["apply_quant", "resolve_plan"]
+__all__ = ["apply_quant", "quantize_denoiser", "resolve_plan"]
 
 _RANGE_HOOK = "quant_timestep_range"
 
@@ -66,7 +66,32 @@ def apply_quant(pipe: Any, config: QuantConfig, denoisers: list[Denoiser]) -> Te
         for step in reversed(undo):
             step()
         raise
+    return _handle(undo, denoisers, stats)
 
+
+def quantize_denoiser(denoiser: Denoiser, config: QuantConfig, calibration: CalibrationResult | None = None
+                      ) -> TechniqueHandle:
+    """Quantize one denoiser outside a pipeline (e.g. a bare transformer); returns the undo handle.
+
+    ``denoiser`` needs a step tracker (``Denoiser(name, module, adapter, StepTracker.attach(...))``);
+    configs that need calibration need ``calibration`` (see
+    :func:`~diffusion_accel.quant.calibrate.collect_statistics`).
+    """
+    bits = resolve_plan(config, [denoiser])[denoiser.name]
+    if config.needs_calibration and calibration is None:
+        raise ValueError("This QuantConfig needs calibration statistics; pass calibration=collect_statistics(...).")
+    undo: list = []
+    stats: dict[str, Any] = {}
+    try:
+        _quantize_denoiser(denoiser, bits, config, calibration, undo, stats)
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+    return _handle(undo, [denoiser], stats)
+
+
+def _handle(undo: list, denoisers: list[Denoiser], stats: dict) -> TechniqueHandle:
     def remove() -> None:
         while undo:
             undo.pop()()

@@ -54,9 +54,9 @@ def test_int4_packing_round_trips_two_per_byte(k):
     assert torch.equal(unpack_int4(packed, k), q)
 
 
-def test_int4_packing_layout_low_nibble_first():
-    packed = pack_int4(torch.tensor([[1, -1]], dtype=torch.int8))
-    assert packed.tolist() == [[0xF1]]
+def test_int4_packing_layout_first_half_in_low_nibbles():
+    packed = pack_int4(torch.tensor([[1, 2, -1, 3]], dtype=torch.int8))
+    assert packed.tolist() == [[0xF1, 0x32]]
 
 
 def test_pack_rejects_out_of_range():

@@ -3,7 +3,8 @@
 Kernel → launcher (:func:`qgemm_triton`); the public op is :func:`diffusion_accel.quant.kernels.qgemm`
 and the fp32 PyTorch reference is :func:`~diffusion_accel.quant.kernels.reference.qgemm_reference`.
 Each program computes a ``BLOCK_M × BLOCK_N`` tile, accumulating int8 × int8 products in int32 over
-``K``; 4-bit weights are unpacked in registers (two per byte, 4-bit two's complement) and
+``K``; 4-bit weights are unpacked in registers (two per byte: element ``k`` of a row sits in the low
+nibble of byte ``k`` for ``k < ceil(K/2)``, else in the high nibble of byte ``k - ceil(K/2)``) and
 multiplied by their integer group scale, so the integers are exactly those of the reference. The
 epilogue applies the per-token activation scale, the per-channel weight scale and the bias.
 
@@ -22,7 +23,7 @@ __all__ = ["qgemm_triton"]
 @triton.jit
 def _qgemm_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, gs_ptr, b_ptr, out_ptr,
-    M, N, K,
+    M, N, K, HALF,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_gn, stride_gk, stride_om, stride_on,
     GROUP: tl.constexpr, INT4: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -39,8 +40,10 @@ def _qgemm_kernel(
         a = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :] * stride_xk, mask=a_mask, other=0)
         b_mask = (kk[:, None] < K) & (rn[None, :] < N)
         if INT4:
-            byte = tl.load(w_ptr + rn[None, :] * stride_wn + (kk[:, None] // 2) * stride_wk, mask=b_mask, other=0)
-            nib = (byte.to(tl.int32) >> ((kk[:, None] % 2) * 4)) & 0xF
+            upper = kk[:, None] >= HALF
+            col = tl.where(upper, kk[:, None] - HALF, kk[:, None])
+            byte = tl.load(w_ptr + rn[None, :] * stride_wn + col * stride_wk, mask=b_mask, other=0)
+            nib = (byte.to(tl.int32) >> tl.where(upper, 4, 0)) & 0xF
             q = tl.where(nib >= 8, nib - 16, nib)
             z = tl.load(gs_ptr + rn[None, :] * stride_gn + (kk[:, None] // GROUP) * stride_gk, mask=b_mask, other=0)
             b = (q * z.to(tl.int32)).to(tl.int8)
@@ -79,7 +82,7 @@ def qgemm_triton(
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _qgemm_kernel[grid](
         xq, x_scale, w, w_scale, gs, b, out,
-        m, n, k,
+        m, n, k, (k + 1) // 2,
         xq.stride(0), xq.stride(1), w.stride(0), w.stride(1),
         gs.stride(0) if int4 else 0, gs.stride(1) if int4 else 0, out.stride(0), out.stride(1),
         GROUP=group_size if int4 else 1, INT4=int4, HAS_BIAS=bias is not None,
