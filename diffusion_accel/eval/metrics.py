@@ -4,7 +4,7 @@ All functions take uint8 channels-last arrays as stored by :mod:`.generate`: ima
 ``(N, H, W, 3)`` or videos ``(N, F, H, W, 3)`` (videos are scored frame by frame).
 
 * **FID** (:func:`fid`): torchmetrics ``FrechetInceptionDistance`` with a pluggable feature
-  extractor: ``"clip"`` (L2-normalised image embeddings of a local CLIP model, the bundled one
+  extractor: ``"clip"`` (projected image embeddings of a local CLIP model, the bundled one
   by default: offline) or ``"inception"`` (torchmetrics' Inception-v3, needs the optional
   ``torch-fidelity``: ``pip install diffusion-accel[fid]``). The reference is a folder of images,
   an array, or saved statistics (:class:`ReferenceStats`, ``.npz``). FID values from different
@@ -115,10 +115,10 @@ class Clip:
 
     @torch.inference_mode()
     def image_embeddings(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """uint8 ``(N, 3, H, W)`` -> L2-normalised float32 embeddings ``(N, D)``."""
+        """uint8 ``(N, 3, H, W)`` -> projected image embeddings ``(N, D)`` (float32, not normalised),
+        preprocessed by the CLIP processor."""
         pixels = self.processor(images=[i.cpu() for i in images], return_tensors="pt")["pixel_values"]
-        feats = self.model.get_image_features(pixels.to(self.device)).float()
-        return feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return self.model.get_image_features(pixels.to(self.device)).float()
 
 
 def load_clip(source: "str | os.PathLike | Clip | tuple" = "benchmark", device: str | None = None) -> Clip:
@@ -153,7 +153,8 @@ def load_clip(source: "str | os.PathLike | Clip | tuple" = "benchmark", device: 
 
 
 class ClipFeatures(torch.nn.Module):
-    """FID feature extractor: uint8 ``(N, 3, H, W)`` -> L2-normalised CLIP embeddings ``(N, D)``."""
+    """FID feature extractor: uint8 ``(N, 3, H, W)`` -> projected CLIP image embeddings ``(N, D)``
+    (raw, as the bundled ``assets.clip_features.ClipImageFeatures``; float64)."""
 
     def __init__(self, clip: Clip) -> None:
         super().__init__()

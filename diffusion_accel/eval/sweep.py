@@ -182,11 +182,9 @@ def _model_label(model: Any) -> str:
 def default_call_kwargs(model: Any) -> dict[str, Any]:
     """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
     if isinstance(model, str) and model == "benchmark":
-        from .. import assets
+        from ..assets import BENCHMARK_GENERATION_KWARGS
 
-        fn = getattr(assets, "benchmark_call_kwargs", None)
-        if fn is not None:
-            return dict(fn())
+        return dict(BENCHMARK_GENERATION_KWARGS)
     return {}
 
 
@@ -262,6 +260,8 @@ def evaluate(
     if reference == "auto":
         reference = "benchmark" if isinstance(model, str) and model == "benchmark" else None
     _check_reference(reference)
+    if isinstance(fid_features, str) and fid_features != "clip":
+        M.fid_features(fid_features)  # unknown names and missing optional packages fail here
     if latency_runs < 1 or warmup < 0:
         raise ValueError(f"latency_runs must be >= 1 and warmup >= 0, got {latency_runs} and {warmup}.")
     settings = {

@@ -130,3 +130,34 @@ def test_missing_reference_folder_is_reported_before_generation(pipe, clip, tmp_
     with pytest.raises(ValueError, match="neither a folder of images nor a .npz"):
         _run(pipe, clip, tmp_path / "out", str(tmp_path / "nowhere"), [])
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_fid_extractor_problems_are_reported_before_generation(pipe, tmp_path):
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    with pytest.raises(ValueError, match="Unknown FID feature extractor 'dino'"):
+        evaluate(pipe, ["a"], out=tmp_path / "a", fid_features="dino", clip=None, reference=None)
+    if not _TORCH_FIDELITY_AVAILABLE:
+        with pytest.raises(ValueError, match="torch-fidelity"):
+            evaluate(pipe, ["a"], out=tmp_path / "b", fid_features="inception", clip=None, reference=None)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
+    import numpy as np
+
+    from diffusion_accel.eval.generate import load_arrays
+    from diffusion_accel.testing import tiny_call_kwargs, tiny_pipeline
+
+    kwargs = tiny_call_kwargs("wan", height=16, width=16, num_inference_steps=2)
+    del kwargs["prompt"], kwargs["output_type"]
+    records = evaluate(tiny_pipeline("wan"), ["a cat"], out=tmp_path, num_images=2, call_kwargs=kwargs, clip=clip,
+                       reference=None, latency_runs=1, warmup=0, progress=False)
+    videos = load_arrays(tmp_path / "baseline", ["p00000-i00", "p00000-i01"])
+    assert videos.shape == (2, 5, 16, 16, 3) and videos.dtype == np.uint8
+    base = records[0]
+    assert 0 < base["frame_consistency"] <= 100 and base["clip_score"] is not None
+    assert base["psnr"] == math.inf and base["fid_vs_baseline"] == pytest.approx(0.0, abs=1e-6)
+    assert "[video](baseline/images/p00000-i00.npy)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "grid.png").exists()
