@@ -7,7 +7,7 @@ Contents::
      "completed": 3,              # generations told so far (1 = the initial population)
      "nsga": {...},               # NsgaDriver.state(): population, objectives, rank, crowding, RNG
      "archive": {"0110...": {"cost", "quality", "objective", "macs_ratio", "denoiser_seconds",
-                             "generation", "name"}},   # every candidate evaluated so far
+                             "generation", "name", "process"}},   # every candidate evaluated so far
      "history": [{"generation": 0, "population": ["0110...", ...]}]}
 
 A resumed search must have the same settings, except ``generations`` (a search may be extended).

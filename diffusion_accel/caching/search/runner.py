@@ -284,7 +284,7 @@ def search_schedule(
                 result = evaluator.evaluate(genome.decode(str_to_bits(key)))
                 if callback is not None:
                     callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
-                return result.to_dict()
+                return {**result.to_dict(), "process": state.process_index}
 
             try:
                 results = map_tasks(evaluate, todo, state, inner)
