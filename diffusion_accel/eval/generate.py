@@ -38,8 +38,9 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,15 +50,15 @@ from .prompts import Prompt
 
 __all__ = [
     "Item",
-    "item_seed",
-    "make_items",
-    "make_batches",
-    "generate_images",
-    "read_manifest",
-    "load_item_array",
-    "load_arrays",
-    "to_uint8",
     "distributed_state",
+    "generate_images",
+    "item_seed",
+    "load_arrays",
+    "load_item_array",
+    "make_batches",
+    "make_items",
+    "read_manifest",
+    "to_uint8",
 ]
 
 MANIFEST = "manifest.jsonl"
@@ -177,9 +178,9 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and "key" in record and "file" in record:
-                    if os.path.exists(os.path.join(out_dir, record["file"])):
-                        records[record["key"]] = record
+                if (isinstance(record, dict) and "key" in record and "file" in record
+                        and os.path.exists(os.path.join(out_dir, record["file"]))):
+                    records[record["key"]] = record
     return records
 
 

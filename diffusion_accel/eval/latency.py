@@ -27,19 +27,20 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
 __all__ = [
+    "OPERATOR_CATEGORIES",
     "LatencyResult",
     "MacsResult",
-    "measure_latency",
     "count_macs",
-    "peak_memory",
+    "measure_latency",
     "operator_breakdown",
-    "OPERATOR_CATEGORIES",
+    "peak_memory",
     "synchronize",
 ]
 

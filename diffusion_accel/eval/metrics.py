@@ -29,30 +29,31 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
+    "FID_FEATURES",
     "Clip",
     "ClipFeatures",
-    "load_clip",
-    "FID_FEATURES",
-    "fid_features",
     "ReferenceStats",
-    "reference_stats",
-    "load_reference",
-    "load_image_folder",
-    "fid",
+    "as_frames",
     "clip_score",
-    "video_clip_metrics",
-    "psnr",
-    "ssim",
+    "fid",
+    "fid_features",
+    "load_clip",
+    "load_image_folder",
+    "load_reference",
     "lpips",
     "numeric_deviation",
-    "as_frames",
+    "psnr",
+    "reference_stats",
+    "ssim",
+    "video_clip_metrics",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -121,7 +122,7 @@ class Clip:
         return self.model.get_image_features(pixels.to(self.device)).float()
 
 
-def load_clip(source: "str | os.PathLike | Clip | tuple" = "benchmark", device: str | None = None) -> Clip:
+def load_clip(source: str | os.PathLike | Clip | tuple = "benchmark", device: str | None = None) -> Clip:
     """A :class:`Clip` from ``"benchmark"`` (the bundled model), a local folder or hub id, or a
     ``(model, processor)`` pair."""
     if isinstance(source, Clip):
@@ -178,7 +179,7 @@ def _inception_features(clip: Clip | None) -> int:
 
 
 #: Feature extractors for FID, by name: factory(clip) -> nn.Module or torchmetrics' int feature size.
-FID_FEATURES: dict[str, Callable[[Clip | None], "torch.nn.Module | int"]] = {
+FID_FEATURES: dict[str, Callable[[Clip | None], torch.nn.Module | int]] = {
     "clip": lambda clip: ClipFeatures(_need_clip(clip)),
     "inception": _inception_features,
 }
@@ -190,7 +191,7 @@ def _need_clip(clip: Clip | None) -> Clip:
     return clip
 
 
-def fid_features(kind: "str | torch.nn.Module", clip: Clip | None = None) -> "torch.nn.Module | int":
+def fid_features(kind: str | torch.nn.Module, clip: Clip | None = None) -> torch.nn.Module | int:
     """The FID feature extractor named ``kind`` (see :data:`FID_FEATURES`), or ``kind`` itself when it
     is already a module returning ``(N, D)`` features from uint8 ``(N, 3, H, W)`` images."""
     if isinstance(kind, torch.nn.Module):
@@ -200,13 +201,13 @@ def fid_features(kind: "str | torch.nn.Module", clip: Clip | None = None) -> "to
     return FID_FEATURES[kind](clip)
 
 
-def _feature_kind(extractor: "torch.nn.Module | int") -> str:
+def _feature_kind(extractor: torch.nn.Module | int) -> str:
     if isinstance(extractor, int):
         return f"inception-{extractor}"
     return str(getattr(extractor, "kind", type(extractor).__name__))
 
 
-def _fid_metric(extractor: "torch.nn.Module | int"):
+def _fid_metric(extractor: torch.nn.Module | int):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     # States are float64 already; the CLIP extractor returns float64 features.
@@ -237,7 +238,7 @@ class ReferenceStats:
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReferenceStats":
+    def load(cls, path: str | os.PathLike) -> ReferenceStats:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return cls(data["features_sum"], data["cov_sum"], int(data["num_samples"]),
@@ -265,7 +266,7 @@ def _batches(frames: np.ndarray, batch_size: int):
         yield _nchw(frames[i : i + batch_size])
 
 
-def reference_stats(images: "np.ndarray | Sequence[np.ndarray]", extractor: "torch.nn.Module | int",
+def reference_stats(images: np.ndarray | Sequence[np.ndarray], extractor: torch.nn.Module | int,
                     batch_size: int = 64) -> ReferenceStats:
     """Feature statistics of reference images (uint8 ``(N, H, W, 3)``, or a list of ``(H, W, 3)``
     of any sizes) for :func:`fid`."""
@@ -322,7 +323,7 @@ def load_image_folder(path: str | os.PathLike) -> list[np.ndarray]:
     return out
 
 
-def load_reference(source: Any, extractor: "torch.nn.Module | int", batch_size: int = 64) -> ReferenceStats:
+def load_reference(source: Any, extractor: torch.nn.Module | int, batch_size: int = 64) -> ReferenceStats:
     """FID reference statistics from ``"benchmark"`` (the bundled held-out images), a folder of
     images, a saved ``.npz`` (:meth:`ReferenceStats.save`), an array, or a :class:`ReferenceStats`."""
     if isinstance(source, ReferenceStats):
@@ -350,7 +351,7 @@ def load_reference(source: Any, extractor: "torch.nn.Module | int", batch_size: 
     return stats
 
 
-def fid(images: np.ndarray, reference: Any, extractor: "torch.nn.Module | int",
+def fid(images: np.ndarray, reference: Any, extractor: torch.nn.Module | int,
         batch_size: int = 64) -> float:
     """Fréchet distance between the features of ``images`` and of ``reference``.
 

@@ -30,10 +30,11 @@ import csv
 import json
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-__all__ = ["Prompt", "load_prompts", "BENCHMARK"]
+__all__ = ["BENCHMARK", "Prompt", "load_prompts"]
 
 #: The name that selects the bundled benchmark prompts (optionally ``benchmark:<split>``).
 BENCHMARK = "benchmark"

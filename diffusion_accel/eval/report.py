@@ -20,7 +20,8 @@ import io
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,13 +29,13 @@ from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "QUALITY_METRICS",
-    "encode_json_value",
     "decode_json_value",
+    "encode_json_value",
     "load_results",
-    "write_results",
     "pareto_front",
     "plot_pareto",
     "write_report",
+    "write_results",
 ]
 
 #: Quality metric -> whether higher is better.
@@ -218,10 +219,11 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
     _grid_png(records, out_dir, keys, os.path.join(out_dir, "grid.png"))
 
     lines = ["# Acceleration evaluation", ""]
-    lines += ["Speed-up and MACs are relative to the baseline (full compute, same seeds). PSNR, SSIM, "
-              "LPIPS and the deviations compare each configuration with the baseline's outputs of the "
-              "same items; `inf` PSNR means identical outputs. FID uses the reference images; "
-              "`fid_vs_baseline` uses the baseline's outputs as reference.", ""]
+    lines += [("Speed-up and MACs are relative to the baseline (full compute, same seeds); `macs_ratio` "
+               "2.0 means half the denoising MACs. PSNR, SSIM, LPIPS and the deviations compare each "
+               "configuration with the baseline's outputs of the same items; `inf` PSNR means identical "
+               "outputs. FID uses the reference images; `fid_vs_baseline` uses the baseline's outputs "
+               "as reference."), ""]
     header = ["name", "speedup", "latency_s", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
               "fid_vs_baseline", "psnr", "ssim", "lpips", "max_abs_error", "wasserstein"]
     lines.append("| " + " | ".join(header) + " |")
@@ -231,7 +233,7 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
         mem = r.get("peak_memory_bytes")
         values["peak_memory_MB"] = None if mem is None else mem / 2**20
         lines.append("| " + " | ".join(_fmt(values.get(h)) for h in header) + " |")
-    lines += ["", f"![quality vs speed-up](pareto.png)" if plotted else "", ""]
+    lines += ["", "![quality vs speed-up](pareto.png)" if plotted else "", ""]
 
     lines += ["## Time by operator", "", "| name | " + " | ".join(_op_columns(records)) + " |",
               "|" + "---|" * (1 + len(_op_columns(records)))]

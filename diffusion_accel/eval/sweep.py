@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,12 +48,12 @@ from .latency import count_macs, measure_latency, operator_breakdown, peak_memor
 from .prompts import load_prompts
 
 __all__ = [
+    "BASELINE",
+    "TIMING_FIELDS",
+    "deterministic_view",
     "evaluate",
     "load_configs",
     "load_pipeline",
-    "TIMING_FIELDS",
-    "deterministic_view",
-    "BASELINE",
 ]
 
 BASELINE = "baseline"
@@ -122,7 +123,7 @@ def _configs_from_file(path: str) -> list[tuple[str, AccelerationConfig]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path!r}, entry {i}: expected an object, got {type(entry).__name__}.")
-        config = entry["config"] if "config" in entry else entry
+        config = entry.get("config", entry)
         name = entry.get("name") if isinstance(entry.get("name"), str) else f"{stem}-{i:02d}"
         out.append((name, _parse_config(config, f"{path}, entry {i}")))
     return out
@@ -164,7 +165,7 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         try:
             pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-        except (OSError, EnvironmentError) as exc:
+        except OSError as exc:
             raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {exc}") from exc
     else:
         pipe = model

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from eval_helpers import save_tiny_clip, save_tiny_pipeline, tiny_clip  # noqa: E402
+from eval_helpers import save_tiny_clip, save_tiny_pipeline, tiny_clip
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ reductions happen in the same order in every run.
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -123,7 +122,6 @@ def test_two_processes_give_the_same_metrics_as_one(inputs, uninterrupted, tmp_p
 
 
 def test_bad_input_is_one_clear_error(inputs, tmp_path, capsys):
-    root = inputs[0]
     (tmp_path / "p.csv").write_text("words\na cat\n")
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "noimg").mkdir()

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 
@@ -27,7 +28,7 @@ def test_fid_rises_monotonically_with_noise(clip, make_scenes):
     reference = M.load_reference(images, features)
     values = [M.fid(noisy(images, s), reference, features) for s in (0.0, 0.05, 0.1, 0.2, 0.4)]
     assert values[0] == pytest.approx(0.0, abs=1e-6)
-    assert all(b > a for a, b in zip(values, values[1:])), values
+    assert all(b > a for a, b in itertools.pairwise(values)), values
 
 
 def test_fid_reference_statistics_saved_equal_the_folder(clip, make_scenes, tmp_path):
