@@ -161,3 +161,14 @@ def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
     assert base["psnr"] == math.inf and base["fid_vs_baseline"] == pytest.approx(0.0, abs=1e-6)
     assert "[video](baseline/images/p00000-i00.npy)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "grid.png").exists()
+
+
+def test_load_configs_reads_the_search_frontier_file(pipe, tmp_path):
+    from diffusion_accel.caching.search.frontier import save_frontier
+
+    entries = [{"name": "search-03", "origin": "search", "config": fora(pipe).to_dict(), "speedup": 1.3},
+               {"name": "heuristic fora", "origin": "heuristic", "config": fora(pipe).to_dict(), "speedup": 1.3}]
+    save_frontier(tmp_path / "frontier.json", entries, metric="psnr", cost="macs")
+    got = load_configs([tmp_path / "frontier.json"])
+    assert [name for name, _ in got] == ["search-03", "heuristic_fora"]
+    assert all(config == fora(pipe) for _, config in got)
