@@ -141,3 +141,13 @@ def test_bad_input_is_one_clear_error(inputs, tmp_path, capsys):
         assert err.startswith("diffusion-accel eval: error:") and message in err, (extra, err)
         assert err.count("\n") == 1  # one line, no traceback
     assert not (tmp_path / "out").exists()
+
+
+def test_diffusion_accel_eval_is_the_same_command(tmp_path, capsys):
+    from diffusion_accel.cli import COMMANDS
+    from diffusion_accel.cli import main as top_main
+
+    assert COMMANDS["eval"][0] == "diffusion_accel.eval.cli"
+    (tmp_path / "empty.txt").write_text("")
+    assert top_main(["eval", "--prompts", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "diffusion-accel eval: error:" in capsys.readouterr().err
