@@ -10,7 +10,8 @@
 
 Command line: ``diffusion-accel search --model benchmark --prompts benchmark:train --steps 20
 --population 16 --generations 10 --out search-out [--resume] [--pick-speedup 2]``
-(several processes: ``accelerate launch --num_processes 2 -m diffusion_accel.cli search ...``).
+(several processes, CPU too: ``accelerate launch --multi_gpu --num_processes 2 -m diffusion_accel.cli
+search ...``).
 
 Example:
     >>> from diffusion_accel.caching import search_schedule, pick

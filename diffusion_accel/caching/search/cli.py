@@ -4,7 +4,7 @@ Examples:
     diffusion-accel search --model benchmark --prompts benchmark:train --steps 20 \\
         --population 16 --generations 10 --out search-out --pick-speedup 2 --pick-speedup 3
     diffusion-accel search ... --out search-out --resume          # continue after a kill
-    accelerate launch --num_processes 2 -m diffusion_accel.cli search ...   # split candidates
+    accelerate launch --multi_gpu --num_processes 2 -m diffusion_accel.cli search ...  # 2 processes
     diffusion-accel search --pick-from search-out/frontier.json --pick-speedup 2.5 --pick-out fast.json
 
 Writes ``checkpoint.json``, ``frontier.json``, ``plots/generation-<g>.png``, ``picked-<x>x.json``

@@ -3,7 +3,8 @@
 Task ``i`` runs on process ``i % num_processes``; results are gathered with
 ``accelerate.utils.gather_object`` and put back in task order, so every process sees the same
 list and the search that consumes it stays in lock-step. One process (plain ``python``) runs
-everything itself. Launch several with ``accelerate launch --num_processes N`` (gloo on CPU) or
+everything itself. Launch several with ``accelerate launch --multi_gpu --num_processes N`` (also on
+a CPU-only machine, where it uses gloo; without ``--multi_gpu`` accelerate starts one CPU process) or
 ``torchrun``.
 
 Example:

@@ -107,12 +107,7 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
         return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in ("prompt", "output_type")}
     from ...eval.sweep import default_call_kwargs
 
-    kwargs = default_call_kwargs(model)
-    if not kwargs and model == "benchmark":
-        from ...assets import BENCHMARK_GENERATION_KWARGS
-
-        kwargs = dict(BENCHMARK_GENERATION_KWARGS)
-    return dict(kwargs)
+    return dict(default_call_kwargs(model))
 
 
 def _positive_int(name: str, value: Any, minimum: int, hint: str) -> int:

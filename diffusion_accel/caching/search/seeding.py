@@ -30,9 +30,10 @@ from .problem import ScheduleGenome
 __all__ = ["heuristic_schedules", "initial_population"]
 
 
-def _candidates(steps: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
+def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
     half, third = max(1, steps // 2), max(1, steps // 3)
-    return [
+    most = max(1, (3 * blocks) // 4)
+    out: list[tuple[str, Callable[[Any], CacheSchedule]]] = [
         ("full", lambda m: full_compute(m, steps)),
         ("fora-2", lambda m: fora(m, steps, 2)),
         ("fora-3", lambda m: fora(m, steps, 3)),
@@ -41,19 +42,24 @@ def _candidates(steps: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
         ("deepcache-2", lambda m: deepcache(m, steps, 2)),
         ("fora-4", lambda m: fora(m, steps, 4)),
         ("delta-dit-3", lambda m: delta_dit(m, steps, interval=3)),
+        (f"delta-dit-3-b{most}", lambda m: delta_dit(m, steps, interval=3, num_cached_blocks=most)),
         (f"tgate-{third}", lambda m: tgate(m, steps, third)),
         ("encoder-propagation-2", lambda m: encoder_propagation(m, steps, interval=2)),
         ("deepcache-3", lambda m: deepcache(m, steps, 3)),
         ("fora-5", lambda m: fora(m, steps, 5)),
+        (f"delta-dit-4-b{most}", lambda m: delta_dit(m, steps, interval=4, num_cached_blocks=most)),
         ("delta-dit-4", lambda m: delta_dit(m, steps, interval=4)),
+        (f"delta-dit-2-b{most}", lambda m: delta_dit(m, steps, interval=2, num_cached_blocks=most)),
         ("fora-6", lambda m: fora(m, steps, 6)),
     ]
+    return out
 
 
 def heuristic_schedules(model: Any, num_steps: int) -> list[CacheSchedule]:
     """Every distinct heuristic schedule that applies to ``model`` at ``num_steps``, in priority order."""
     out: list[CacheSchedule] = []
-    for name, factory in _candidates(num_steps):
+    blocks = len(full_compute(model, num_steps).compute[0])
+    for name, factory in _candidates(num_steps, blocks):
         try:
             schedule = factory(model).with_name(name)
         except ValueError:  # the heuristic does not apply to this model (no cross-attention, not a UNet...)

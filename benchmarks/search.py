@@ -1,0 +1,330 @@
+"""Schedule-search benchmark: the NSGA-II frontier vs hand-made caching on held-out prompts.
+
+One run, one machine, baselines measured alongside:
+
+1. **Search** (:func:`diffusion_accel.caching.search_schedule`) on *train* (calibration) prompts of
+   the bundled benchmark model: quality = latent MSE to the full-compute output, cost = MACs.
+2. **Held-out evaluation** on other prompts and seeds (``benchmark:heldout``), for the full
+   schedule, every frontier schedule, and grids of FORA (intervals), Δ-DiT (interval x cached
+   blocks), TGATE (gate step) and dynamic caching (threshold x max skips):
+   ``macs_ratio`` (full / accelerated denoiser MACs: analytic for schedules, counted during the
+   held-out run for dynamic caching), ``psnr`` and ``ssim`` of the images against the full-compute
+   images of the same seeds (the headline quality), and the CLIP score of the bundled CLIP.
+3. **Matched speed-ups** (2x, 2.5x, 3x): the searched schedule is chosen with
+   ``pick(frontier, speedup)`` -- by *calibration* quality, never by held-out results -- and
+   compared with each heuristic family's best held-out PSNR among its members reaching the same
+   MAC ratio (generous to the baselines).
+4. **Dominance**: for every heuristic configuration, whether some frontier schedule is at least as
+   fast (MAC ratio) and at least as good (held-out PSNR).
+5. **Wall-clock**: median denoiser time of interleaved runs (one batch) of the full model, the picked
+   schedules and the matched heuristics: measured denoiser speed-up next to the MAC ratio.
+6. **Generalisation**: the picked schedules and the matched FORA resampled to other step counts and
+   run at a resolution the search never used, on held-out prompts (PSNR against full compute of
+   that setting).
+
+    python benchmarks/search.py                        # bundled model (~30 min on 2 CPU cores)
+    python benchmarks/search.py --quick                # smaller search and held-out set
+    python benchmarks/search.py --model tiny:pixart-alpha --quick   # plumbing check, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion_accel import AccelerationConfig
+from diffusion_accel.api import find_denoisers
+from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig, search_schedule
+from diffusion_accel.caching.search import CandidateEvaluator, pick_entry
+from diffusion_accel.caching.search.runner import load_search_pipeline, search_call_kwargs
+from diffusion_accel.eval import metrics as M
+from diffusion_accel.eval.generate import make_items, to_uint8
+from diffusion_accel.eval.prompts import load_prompts
+
+TARGETS = (2.0, 2.5, 3.0)
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline grids
+
+
+def heuristic_grid(pipe: Any, steps: int, quick: bool) -> dict[str, tuple[str, AccelerationConfig]]:
+    """name -> (family, config) of the hand-made policies, each family spanning the target speed-ups."""
+    def static(schedule: CacheSchedule) -> AccelerationConfig:
+        return AccelerationConfig(cache=StaticCacheConfig(schedule))
+
+    blocks = len(CacheSchedule.full(pipe, steps).compute[0])
+    grid: dict[str, tuple[str, AccelerationConfig]] = {}
+    for interval in (2, 3, 4) if quick else (2, 3, 4, 5):
+        grid[f"fora-{interval}"] = ("fora", static(CacheSchedule.fora(pipe, steps, interval)))
+    cached_options = sorted({max(1, blocks // 2), max(1, (3 * blocks) // 4), max(1, blocks - 1)})
+    for interval in (2, 3, 4) if quick else (2, 3, 4, 5, 6):
+        for cached in cached_options:
+            grid[f"delta-dit-{interval}-b{cached}"] = (
+                "delta_dit", static(CacheSchedule.delta_dit(pipe, steps, interval=interval, num_cached_blocks=cached)))
+    for gate in sorted({max(1, steps // 4), max(1, steps // 2), max(1, (3 * steps) // 4)}):
+        try:
+            grid[f"tgate-{gate}"] = ("tgate", static(CacheSchedule.tgate(pipe, steps, gate)))
+        except ValueError:
+            pass
+    thresholds = (0.1, 0.3, 0.6) if quick else (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+    for skips in (3,) if quick else (2, 3, 5):
+        for threshold in thresholds:
+            grid[f"dynamic-{threshold}-s{skips}"] = (
+                "dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=threshold,
+                                                                       max_consecutive_skips=skips)))
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+class DenoiserMacs:
+    """Counts the MACs executed inside the pipeline's denoisers while open (FlopCounterMode)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe, self.total = pipe, 0.0
+
+    def __enter__(self) -> "DenoiserMacs":
+        self.mode = FlopCounterMode(display=False)
+        self.mode.__enter__()
+        self.handles, self.start = [], []
+        for _, module in find_denoisers(self.pipe):
+            self.handles.append(module.register_forward_pre_hook(lambda m, a: self.start.append(
+                self.mode.get_total_flops())))
+            self.handles.append(module.register_forward_hook(self._post))
+        return self
+
+    def _post(self, module, args, output) -> None:
+        self.total += (self.mode.get_total_flops() - self.start.pop()) / 2
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.mode.__exit__(*exc)
+
+
+def heldout_record(ev: CandidateEvaluator, name: str, family: str, config: AccelerationConfig | None,
+                   full_macs: float, clip: Any) -> dict[str, Any]:
+    """Quality (vs full compute, same seeds) and MAC ratio of ``config`` on the held-out items."""
+    cache = config.cache if config is not None else None
+    if cache is None or isinstance(cache, StaticCacheConfig):
+        outputs, _ = ev.run(config)
+        ratio = 1.0 if cache is None else ev.macs_ratio(cache.schedule)
+    else:  # data-dependent: count what the denoiser really executes over the whole held-out set
+        with DenoiserMacs(ev.pipe) as counter:
+            outputs, _ = ev.run(config)
+        ratio = full_macs / counter.total
+    images, reference = to_uint8(outputs), to_uint8(ev.reference)
+    record = {"name": name, "family": family, "macs_ratio": ratio, "psnr": M.psnr(images, reference),
+              "ssim": M.ssim(images, reference)}
+    if clip is not None:
+        record["clip_score"] = M.clip_score(images, ev.prompts, clip)
+    if config is not None:
+        record["config"] = config.to_dict()
+    return record
+
+
+def denoiser_times(pipe: Any, configs: dict[str, AccelerationConfig | None], ev: CandidateEvaluator,
+                   runs: int) -> dict[str, float]:
+    """Median seconds inside the denoiser for one batch of ``ev``'s items, runs interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    batch_ev = CandidateEvaluator(pipe, ev.batches[0], ev.call_kwargs, quality="psnr", batch_size=len(ev.batches[0]),
+                                  memo=ev.memo)
+    for r in range(runs + 1):  # the first round warms up
+        for name, config in configs.items():
+            _, seconds = batch_ev.run(config)
+            if r:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def best_at(records: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    ok = [r for r in records if r["macs_ratio"] >= target * (1 - 1e-9)]
+    return max(ok, key=lambda r: r["psnr"]) if ok else None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = args.out or tempfile.mkdtemp(prefix="search-bench-")
+    benchmark = args.model == "benchmark"
+    call = search_call_kwargs(args.model)
+    call["num_inference_steps"] = args.steps
+    if not benchmark:
+        call.update(height=32, width=32)
+    train = "benchmark:train" if benchmark else ["a red cat", "a blue dog", "a green tree", "a yellow car"]
+    heldout = "benchmark:heldout" if benchmark else ["a white bird", "a black horse", "a pink flower", "a grey boat"]
+
+    # 1. Search on calibration prompts.
+    log(f"search: {args.population} x {args.generations} generations, {args.calib_prompts} train prompts")
+    t0 = time.perf_counter()
+    result = search_schedule(
+        args.model, train, out=os.path.join(out, "search"), num_steps=args.steps, population=args.population,
+        generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
+        batch_size=args.batch, call_kwargs=call, pick_speedups=TARGETS, generalise=True, resume=args.resume,
+        progress=not args.no_progress)
+    search_s = time.perf_counter() - t0
+
+    # 2. Held-out evaluation.
+    pipe = load_search_pipeline(args.model)
+    items = make_items(load_prompts(heldout, num=args.heldout_prompts if benchmark else None, seed=args.seed + 1),
+                       seed=args.seed + 1)
+    ev = CandidateEvaluator(pipe, items, call, quality="psnr", batch_size=args.batch)
+    ev.prepare()
+    with DenoiserMacs(pipe) as counter:
+        ev.run(None)
+    full_macs = counter.total
+    clip = M.load_clip("benchmark") if benchmark else None
+    records = [heldout_record(ev, "full", "full", None, full_macs, clip)]
+    frontier = [e for e in result.frontier if e["speedup"] > 1.0]
+    log(f"held-out: {len(frontier)} frontier schedules")
+    searched = []
+    for entry in frontier:
+        rec = heldout_record(ev, entry["name"], "search", AccelerationConfig.from_dict(entry["config"]),
+                             full_macs, clip)
+        rec["calibration_latent_mse"] = entry["quality"]
+        searched.append(rec)
+    grid = heuristic_grid(pipe, args.steps, args.quick)
+    log(f"held-out: {len(grid)} heuristic configurations")
+    baselines = [heldout_record(ev, name, family, config, full_macs, clip) for name, (family, config) in grid.items()]
+    records += searched + baselines
+    families = sorted({r["family"] for r in baselines})
+
+    # 3. Matched speed-ups.
+    matched = []
+    for target in TARGETS:
+        row: dict[str, Any] = {"target_speedup": target}
+        try:
+            name = pick_entry(result.frontier, target)["name"]
+            rec = next(r for r in searched if r["name"] == name)
+            row["search"] = {k: rec[k] for k in ("name", "macs_ratio", "psnr", "ssim", "clip_score") if k in rec}
+        except (ValueError, StopIteration):
+            row["search"] = None
+        for family in families:
+            best = best_at([r for r in baselines if r["family"] == family], target)
+            row[family] = None if best is None else {k: best[k] for k in ("name", "macs_ratio", "psnr", "ssim",
+                                                                        "clip_score") if k in best}
+        reachable = [row[f]["psnr"] for f in families if row[f] is not None]
+        row["search_beats_all_heuristics"] = (row["search"] is not None and bool(reachable)
+                                             and all(row["search"]["psnr"] > q for q in reachable))
+        matched.append(row)
+
+    # 4. Dominance.
+    not_dominated = [r["name"] for r in baselines
+                     if not any(s["macs_ratio"] >= r["macs_ratio"] * (1 - 1e-9) and s["psnr"] >= r["psnr"]
+                                for s in searched + records[:1])]
+
+    # 5. Wall-clock (one batch, interleaved).
+    timed: dict[str, AccelerationConfig | None] = {"full": None}
+    for row in matched:
+        for key in ["search", *families]:
+            if row.get(key):
+                name = row[key]["name"]
+                timed[name] = next(AccelerationConfig.from_dict(r["config"]) for r in records[1:] if r["name"] == name)
+    log(f"timing {len(timed)} configurations x {args.runs} runs")
+    seconds = denoiser_times(pipe, timed, ev, args.runs)
+    wall = {name: {"denoiser_s": s, "denoiser_speedup": seconds["full"] / s} for name, s in seconds.items()}
+    for row in matched:
+        for key in ["search", *families]:
+            if row.get(key):
+                row[key]["denoiser_speedup"] = wall[row[key]["name"]]["denoiser_speedup"]
+
+    # 6. Generalisation on held-out prompts.
+    general = []
+    settings = [{"label": f"steps={s}", "num_inference_steps": s} for s in (args.steps // 2, args.steps * 3 // 2)]
+    size = call.get("height") or 32
+    settings.append({"label": f"{size * 3 // 2}x{size * 3 // 2}", "height": size * 3 // 2, "width": size * 3 // 2})
+    chosen = {}
+    for row in matched:
+        if row["search"]:
+            chosen[row["search"]["name"]] = timed[row["search"]["name"]].cache.schedule
+        if row.get("fora"):
+            chosen[row["fora"]["name"]] = timed[row["fora"]["name"]].cache.schedule
+    for setting in settings:
+        extra = {k: v for k, v in setting.items() if k != "label"}
+        sev = CandidateEvaluator(pipe, items, {**call, **extra}, quality="psnr", batch_size=args.batch, memo=ev.memo)
+        sev.prepare()
+        for name, schedule in chosen.items():
+            s = schedule.resample(sev.profile.num_steps)
+            outputs, _ = sev.run(AccelerationConfig(cache=StaticCacheConfig(s)))
+            general.append({"setting": setting["label"], "name": name, "macs_ratio": sev.macs_ratio(s),
+                            "psnr": M.psnr(to_uint8(outputs), to_uint8(sev.reference))})
+
+    return {
+        "benchmark": "search",
+        "model": args.model,
+        "steps": args.steps,
+        "threads": args.threads,
+        "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
+                   "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
+                   "out": os.path.join(out, "search"), "objective": "latent_mse vs full compute, cost = MACs"},
+        "heldout_prompts": len(items),
+        "speedup_definition": "macs_ratio = full / accelerated denoiser MACs; denoiser_speedup = measured wall-clock",
+        "matched": matched,
+        "heuristics_not_dominated_by_frontier": not_dominated,
+        "frontier_dominates_every_heuristic": not not_dominated,
+        "generalisation_heldout": general,
+        "generalisation_calibration": result.generalisation,
+        "wall_clock": wall,
+        "heldout": records,
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--population", type=int, default=24)
+    parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--calib-prompts", type=int, default=16, help="train prompts the search scores on")
+    parser.add_argument("--heldout-prompts", type=int, default=64, help="held-out prompts of the comparison")
+    parser.add_argument("--batch", type=int, default=16, help="prompts per pipeline call")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="folder of the search (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true", help="resume the search in --out")
+    parser.add_argument("--quick", action="store_true", help="smaller search, held-out set and grids")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.population, args.generations = min(args.population, 12), min(args.generations, 6)
+        args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 8), min(args.heldout_prompts, 16)
+        args.runs = min(args.runs, 2)
+        if args.model != "benchmark":
+            args.steps = min(args.steps, 8)
+        args.batch = min(args.batch, args.heldout_prompts)
+    report = run(args)
+    text = json.dumps(report, indent=2, default=float)
+    if args.json:
+        from diffusion_accel.utils import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
