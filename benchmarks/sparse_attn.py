@@ -39,17 +39,38 @@ def log(msg: str) -> None:
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Time each fn ``repeats`` times, round-robin; returns {name: {"min": s, "median": s}}."""
+    """Time each fn ``repeats`` times, round-robin.
+
+    Returns ``{name: {"min", "median", "cpu_min", "cpu_median"}}`` in seconds: wall-clock time and
+    the process's CPU time. With one torch thread the CPU time excludes the time the process
+    waits for a core, so on a shared machine it is the steadier of the two.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: {"min": min(t), "median": statistics.median(t)} for name, t in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {
+        name: {"min": min(wall[name]), "median": statistics.median(wall[name]),
+               "cpu_min": min(cpu[name]), "cpu_median": statistics.median(cpu[name])}
+        for name in fns
+    }
+
+
+def ratios(base: dict, other: dict) -> dict:
+    """Speedups of ``other`` over ``base`` from wall and CPU time (min and median)."""
+    return {
+        "speedup_min": round(base["min"] / other["min"], 2),
+        "speedup_median": round(base["median"] / other["median"], 2),
+        "speedup_cpu_min": round(base["cpu_min"] / other["cpu_min"], 2),
+        "speedup_cpu_median": round(base["cpu_median"] / other["cpu_median"], 2),
+    }
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,8 +101,8 @@ def bench_op(seqs, head_dims, densities, dtypes, heads, repeats, shapes, error_s
                         "seq": seq, "heads": heads, "head_dim": d, "dtype": dtype_name, "density": dens,
                         "block_q": block_q, "block_k": block_k,
                         "sdpa_s": round(t["sdpa"]["min"], 4), "sparse_s": round(s["min"], 4),
-                        "speedup_min": round(t["sdpa"]["min"] / s["min"], 2),
-                        "speedup_median": round(t["sdpa"]["median"] / s["median"], 2),
+                        "sdpa_cpu_s": round(t["sdpa"]["cpu_min"], 4), "sparse_cpu_s": round(s["cpu_min"], 4),
+                        **ratios(t["sdpa"], s),
                     }
                     if seq <= error_seq:
                         res = block_sparse_attention(q, k, v, density=dens, block_q=block_q, block_k=block_k,
@@ -107,8 +128,8 @@ def bench_linear(seq, heads, head_dim, dtypes, repeats) -> list:
         row = {
             "seq": seq, "heads": heads, "head_dim": head_dim, "dtype": dtype_name,
             "sdpa_s": round(t["sdpa"]["min"], 4), "linear_s": round(t["linear"]["min"], 4),
-            "speedup_min": round(t["sdpa"]["min"] / t["linear"]["min"], 1),
-            "speedup_median": round(t["sdpa"]["median"] / t["linear"]["median"], 1),
+            "sdpa_cpu_s": round(t["sdpa"]["cpu_min"], 4), "linear_cpu_s": round(t["linear"]["cpu_min"], 4),
+            **ratios(t["sdpa"], t["linear"]),
         }
         rows.append(row)
         log(json.dumps(row))
@@ -146,40 +167,41 @@ def bench_end_to_end(height, width, frames, steps, repeats, heads, head_dim, lay
     kwargs = tiny_call_kwargs("wan", height=height, width=width, num_frames=frames, num_inference_steps=steps)
     tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
 
-    transformer_time = {"t": 0.0, "start": 0.0}
+    clock = {"wall": 0.0, "cpu": 0.0, "start": (0.0, 0.0)}
 
     def _start(module, args, kwargs):
-        transformer_time["start"] = time.perf_counter()
+        clock["start"] = (time.perf_counter(), time.process_time())
 
     def _stop(module, args, kwargs, output):
-        transformer_time["t"] += time.perf_counter() - transformer_time["start"]
+        clock["wall"] += time.perf_counter() - clock["start"][0]
+        clock["cpu"] += time.process_time() - clock["start"][1]
 
     pipe.transformer.register_forward_pre_hook(_start, with_kwargs=True)
     pipe.transformer.register_forward_hook(_stop, with_kwargs=True)
 
     def call():
-        transformer_time["t"] = 0.0
-        t0 = time.perf_counter()
+        clock["wall"] = clock["cpu"] = 0.0
+        t0, c0 = time.perf_counter(), time.process_time()
         out = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-        return out, time.perf_counter() - t0, transformer_time["t"]
+        return out, {"pipeline_s": time.perf_counter() - t0, "pipeline_cpu_s": time.process_time() - c0,
+                     "transformer_s": clock["wall"], "transformer_cpu_s": clock["cpu"]}
 
     def measure():
         runs = [call() for _ in range(repeats)]
-        return runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs)
+        return runs[0][0], {key: round(min(r[1][key] for r in runs), 3) for key in runs[0][1]}
 
     log(f"end_to_end: {tokens} tokens, {steps} steps, measuring dense")
-    dense_out, dense_s, dense_tf = measure()
+    dense_out, dense_t = measure()
     results = {"model": f"tiny Wan ({layers} layers, {heads} heads x {head_dim}, random weights)",
                "tokens": tokens, "height": height, "width": width, "frames": frames, "steps": steps,
-               "guidance_calls_per_step": 2, "dense": {"pipeline_s": round(dense_s, 3), "transformer_s": round(dense_tf, 3)},
-               "methods": {}}
+               "guidance_calls_per_step": 2, "dense": dense_t, "methods": {}}
     for name, cfg in methods.items():
         diffusion_accel.apply(pipe, AccelerationConfig(attention=SparseAttentionConfig(**cfg)))
-        out, s, tf = measure()
+        out, t = measure()
         report = diffusion_accel.api.acceleration_state(pipe).report()["attention"]
         diffusion_accel.remove(pipe)
-        row = {"config": cfg, "pipeline_s": round(s, 3), "transformer_s": round(tf, 3),
-               "pipeline_speedup": round(dense_s / s, 2), "transformer_speedup": round(dense_tf / tf, 2),
+        row = {"config": cfg, **t,
+               **{key.replace("_s", "_speedup"): round(dense_t[key] / t[key], 2) for key in t},
                "psnr_db_vs_dense": round(_psnr(out, dense_out), 2), "mean_density": report["mean_density"]}
         results["methods"][name] = row
         log(f"end_to_end {name}: {json.dumps(row)}")
@@ -199,7 +221,9 @@ def main(argv=None) -> dict:
     sections = set(args.sections.split(","))
     result = {
         "benchmark": "sparse_attn", "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "quick": args.quick, "repeats": repeats, "timing": "min over interleaved runs; ratios vs SDPA in the same run",
+        "quick": args.quick, "repeats": repeats,
+        "timing": "interleaved runs in one process; speedup_* = SDPA time / method time (wall and process "
+                  "CPU time, min and median); end_to_end: one run each, wall and CPU time",
     }
     if "op" in sections:
         if args.quick:

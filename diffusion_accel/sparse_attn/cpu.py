@@ -29,10 +29,12 @@ import torch.nn.functional as F
 
 from .masks import num_blocks
 
-__all__ = ["block_sparse_attention_torch", "attention_with_lse", "DEFAULT_KV_BUDGET"]
+__all__ = ["block_sparse_attention_torch", "attention_with_lse", "DEFAULT_KV_BUDGET", "DEFAULT_KV_SPLIT"]
 
 #: Gathered key tokens per SDPA call (chunk size ``g = budget // (c * block_k)``, 1..8 blocks).
 DEFAULT_KV_BUDGET = 16384
+#: Most key tokens one query block attends to in one SDPA call (more are split and merged).
+DEFAULT_KV_SPLIT = 32768
 
 
 def attention_with_lse(q, k, v, mask=None, scale=None):
@@ -64,6 +66,46 @@ def _sdpa(q, k, v, mask, scale, need_lse):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None
 
 
+def _gathered_attention(qc, kb, vb, sel, nk, tail, scale, need_lse, bufs, grad):
+    """Attention of query blocks ``qc (n, bq, D)`` over their selected key blocks ``sel (n, c)``.
+
+    ``kb``/``vb`` are one head's key/value blocks ``(nk, bk, D)``; ``tail`` real tokens in the last
+    key block. Returns ``(o (1, n, bq, D), lse (1, n, bq) | None)``.
+    """
+    n, c = sel.shape
+    block_k, D = kb.shape[1], kb.shape[2]
+    flat = sel.reshape(-1)
+    if grad:
+        kc, vc = kb.index_select(0, flat), vb.index_select(0, flat)
+    else:
+        need = n * c
+        if bufs.get("k") is None or bufs["k"].shape[0] < need:
+            bufs["k"] = torch.empty(need, block_k, D, dtype=kb.dtype, device=kb.device)
+            bufs["v"] = torch.empty(need, block_k, D, dtype=vb.dtype, device=vb.device)
+        kc = torch.index_select(kb, 0, flat, out=bufs["k"][:need])
+        vc = torch.index_select(vb, 0, flat, out=bufs["v"][:need])
+    kc = kc.view(1, n, c * block_k, D)
+    vc = vc.view(1, n, c * block_k, D)
+    mask = None
+    if tail < block_k:
+        has_tail = sel[:, -1] == nk - 1  # ascending order: the last block is last
+        if bool(has_tail.any()):
+            mask = torch.ones(n, c * block_k, dtype=torch.bool, device=qc.device)
+            mask[has_tail, (c - 1) * block_k + tail :] = False
+            mask = mask.view(1, n, 1, c * block_k)
+    return _sdpa(qc.unsqueeze(0), kc, vc, mask, scale, need_lse)
+
+
+def _merge_partials(outs, lses):
+    """Combine attention over disjoint key sets: ``sum_p exp(lse_p - lse) o_p``."""
+    lse = torch.logsumexp(torch.stack(lses), 0)
+    acc = None
+    for o, l in zip(outs, lses):
+        term = o.float() * torch.exp(l - lse).unsqueeze(-1)
+        acc = term if acc is None else acc.add_(term)
+    return acc.to(outs[0].dtype), lse
+
+
 def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
     pad = length - x.shape[-2]
     return F.pad(x, (0, 0, 0, pad)) if pad else x
@@ -80,11 +122,16 @@ def block_sparse_attention_torch(
     *,
     return_lse: bool = False,
     kv_budget: int = DEFAULT_KV_BUDGET,
+    kv_split: int = DEFAULT_KV_SPLIT,
 ):
     """Block-sparse attention; q ``(B, H, Sq, D)``, k/v ``(B, H, Sk, D)``, map ``(B, H, nq, nk)``.
 
     Returns ``out`` in q's dtype (and lse fp32 ``(B, H, Sq)`` if ``return_lse``). Differentiable
     when autograd is on (the reused gather buffer is only used without autograd).
+
+    ``kv_budget``: gathered key tokens per SDPA call (sets the chunk of query blocks);
+    ``kv_split``: query blocks selecting more key tokens than this are computed in parts of at
+    most this many keys, merged by log-sum-exp (keeps each part's K/V cache-resident).
     """
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
@@ -104,7 +151,7 @@ def block_sparse_attention_torch(
     lse_rows: list[torch.Tensor] = []
     out = None if grad else torch.empty(B, H, nq, block_q, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, nq, block_q, dtype=torch.float32, device=q.device) if return_lse else None
-    kbuf = vbuf = None
+    bufs: dict = {}
     for b in range(B):
         for h in range(H):
             kb = kp[b, h].view(nk, block_k, D)
@@ -115,34 +162,23 @@ def block_sparse_attention_torch(
             lse_pieces = [None] * nq if (grad and return_lse) else None
             for c in row_counts.unique().tolist():
                 rows = (row_counts == c).nonzero().flatten()
-                g = max(1, min(8, kv_budget // (c * block_k)))
+                g = max(1, min(8, kv_budget // (min(c * block_k, kv_split) if not grad else c * block_k)))
                 for start in range(0, rows.numel(), g):
                     chunk = rows[start : start + g]
                     n = chunk.numel()
                     sel = order_cpu[b, h, chunk, :c].to(q.device)  # (n, c)
-                    flat = sel.reshape(-1)
-                    if grad:
-                        kc = kb.index_select(0, flat)
-                        vc = vb.index_select(0, flat)
-                    else:
-                        need = n * c
-                        if kbuf is None or kbuf.shape[0] < need:
-                            kbuf = torch.empty(need, block_k, D, dtype=k.dtype, device=k.device)
-                            vbuf = torch.empty(need, block_k, D, dtype=v.dtype, device=v.device)
-                        kc = torch.index_select(kb, 0, flat, out=kbuf[:need])
-                        vc = torch.index_select(vb, 0, flat, out=vbuf[:need])
-                    kc = kc.view(1, n, c * block_k, D)
-                    vc = vc.view(1, n, c * block_k, D)
                     lo, hi = int(chunk[0]), int(chunk[-1]) + 1
                     qc = qb[lo:hi] if hi - lo == n else qb.index_select(0, chunk.to(q.device))
-                    mask = None
-                    if tail < block_k:
-                        has_tail = sel[:, -1] == nk - 1  # ascending order: last block is last
-                        if bool(has_tail.any()):
-                            mask = torch.ones(n, c * block_k, dtype=torch.bool, device=q.device)
-                            mask[has_tail, (c - 1) * block_k + tail :] = False
-                            mask = mask.view(1, n, 1, c * block_k)
-                    o, l = _sdpa(qc.unsqueeze(0), kc, vc, mask, scale, return_lse)
+                    parts = 1 if grad else max(1, -(-c * block_k // kv_split))
+                    if parts == 1:
+                        o, l = _gathered_attention(qc, kb, vb, sel, nk, tail, scale, return_lse, bufs, grad)
+                    else:  # split the key blocks, merge the partial results by their log-sum-exp
+                        per = -(-c // parts)
+                        outs, lses = zip(*(
+                            _gathered_attention(qc, kb, vb, sel[:, j : j + per], nk, tail, scale, True, bufs, grad)
+                            for j in range(0, c, per)
+                        ))
+                        o, l = _merge_partials(outs, lses)
                     if grad:
                         for i, r in enumerate(chunk.tolist()):
                             pieces[r] = o[0, i]

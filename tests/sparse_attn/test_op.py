@@ -140,3 +140,16 @@ def test_bad_block_map_and_dtype_raise():
         block_sparse_attention(q, k, v, block_map=torch.zeros(1, 1, 2, 2, dtype=torch.bool), block_q=32, block_k=32)
     with pytest.raises(ValueError, match="dtype"):
         block_sparse_attention(q, k.half(), v, density=0.5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_split_key_parts_merge_exactly(dtype, tol):
+    from diffusion_accel.sparse_attn.cpu import block_sparse_attention_torch
+
+    q, k, v = qkv(1, 2, 200, 190, 72, dtype=dtype)
+    res = block_sparse_attention(q, k, v, density=0.75, block_q=32, block_k=16, return_block_map=True)
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, res.block_map, 32, 16, return_lse=True)
+    for kv_split in (16, 48, 100):  # one block per part, several blocks, uneven parts
+        out, lse = block_sparse_attention_torch(q, k, v, res.block_map, 32, 16, return_lse=True, kv_split=kv_split)
+        assert rel_err(out, ref) <= tol
+        assert (lse - ref_lse).abs().max() <= 1e-4
