@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -85,13 +86,12 @@ def bench_op(seqs, head_dims, densities, dtypes, heads, repeats, shapes, error_s
             for seq in seqs:
                 g = torch.Generator().manual_seed(seq + d)
                 q, k, v = (torch.randn(1, heads, seq, d, generator=g).to(DTYPES[dtype_name]) for _ in range(3))
-                fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
+                fns = {"sdpa": functools.partial(F.scaled_dot_product_attention, q, k, v)}
                 for block_q, block_k in shapes:
                     for dens in densities:
-                        fns[(block_q, block_k, dens)] = (
-                            lambda dens=dens, block_q=block_q, block_k=block_k: block_sparse_attention(
-                                q, k, v, density=dens, block_q=block_q, block_k=block_k, backend="torch"
-                            )
+                        fns[(block_q, block_k, dens)] = functools.partial(
+                            block_sparse_attention, q, k, v, density=dens, block_q=block_q, block_k=block_k,
+                            backend="torch",
                         )
                 warmup = 1 if seq <= 8192 else 0
                 t = interleaved(fns, repeats, warmup=warmup)
@@ -122,7 +122,8 @@ def bench_linear(seq, heads, head_dim, dtypes, repeats) -> list:
         g = torch.Generator().manual_seed(1)
         q, k, v = (torch.randn(1, heads, seq, head_dim, generator=g).to(DTYPES[dtype_name]) for _ in range(3))
         t = interleaved(
-            {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v), "linear": lambda: linear_attention(q, k, v)},
+            {"sdpa": functools.partial(F.scaled_dot_product_attention, q, k, v),
+             "linear": functools.partial(linear_attention, q, k, v)},
             repeats, warmup=0,
         )
         row = {
@@ -237,14 +238,14 @@ def main(argv=None) -> dict:
                                         1 if args.quick else 2)
     if "end_to_end" in sections:
         methods = {
-            "block_sparse_0.25": dict(density=0.25, dense_steps=1),
-            "block_sparse_0.25_256x64": dict(density=0.25, dense_steps=1, block_q=256),
-            "paro_0.25": dict(density=0.25, dense_steps=1, reorder="paro"),
-            "rettention_0.25": dict(method="rettention", density=0.25, dense_steps=1),
+            "block_sparse_0.25": {"density": 0.25, "dense_steps": 1},
+            "block_sparse_0.25_256x64": {"density": 0.25, "dense_steps": 1, "block_q": 256},
+            "paro_0.25": {"density": 0.25, "dense_steps": 1, "reorder": "paro"},
+            "rettention_0.25": {"method": "rettention", "density": 0.25, "dense_steps": 1},
         }
         if not args.quick:
-            methods["block_sparse_0.1"] = dict(density=0.1, dense_steps=1)
-            methods["rettention_0.1"] = dict(method="rettention", density=0.1, dense_steps=1)
+            methods["block_sparse_0.1"] = {"density": 0.1, "dense_steps": 1}
+            methods["rettention_0.1"] = {"method": "rettention", "density": 0.1, "dense_steps": 1}
         result["end_to_end"] = bench_end_to_end(512, 512, 13, 4 if args.quick else 6, 1,
                                                 4 if args.quick else 8, 64, 2 if args.quick else 4, methods)
     text = json.dumps(result, indent=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_qkv", "check_block_size", "check_selection", "check_fraction", "FLOAT_DTYPES"]
+__all__ = ["FLOAT_DTYPES", "check_block_size", "check_fraction", "check_qkv", "check_selection"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

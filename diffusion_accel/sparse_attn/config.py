@@ -16,7 +16,7 @@ from ..techniques import TechniqueConfig
 from ._validate import check_block_size, check_fraction, check_selection
 from .features import FEATURE_MAPS
 
-__all__ = ["SparseAttentionConfig", "METHODS", "REORDERS", "BACKEND_NAMES"]
+__all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
 
 #: ``block_sparse``: predicted block masks (SpargeAttn-style), optionally PARO-reordered.
 #: ``sla``: critical blocks exact + marginal blocks linear (+ zero-initialised projection).

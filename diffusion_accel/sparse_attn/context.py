@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
 
-__all__ = ["CallContext", "DenoiserContextHook", "GRID_READERS", "register_grid_reader", "grid_for_tokens"]
+__all__ = ["GRID_READERS", "CallContext", "DenoiserContextHook", "grid_for_tokens", "register_grid_reader"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class CallContext:
     grid: tuple[int, int, int] | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params(model_class: type) -> tuple[str, ...]:
     return tuple(list(inspect.signature(model_class.forward).parameters)[1:])
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .masks import num_blocks
 
-__all__ = ["block_sparse_attention_torch", "attention_with_lse", "DEFAULT_KV_BUDGET", "DEFAULT_KV_SPLIT"]
+__all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_KV_SPLIT", "attention_with_lse", "block_sparse_attention_torch"]
 
 #: Gathered key tokens per SDPA call (chunk size ``g = budget // (c * block_k)``, 1..8 blocks).
 DEFAULT_KV_BUDGET = 16384

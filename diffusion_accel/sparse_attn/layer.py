@@ -27,8 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +37,11 @@ from .config import SparseAttentionConfig
 from .context import CallContext, grid_for_tokens
 from .cpu import attention_with_lse
 from .linear import linear_attention
-from .masks import block_density, block_scores, forced_masks, predict_block_map, select_blocks
+from .masks import block_density, block_scores, forced_masks, predict_block_map
 from .ops import run_block_sparse, sla_block_maps, sla_branches
 from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
 
-__all__ = ["TokenLayout", "SparseLayer", "LAYER_METHODS", "dense_with_lse"]
+__all__ = ["LAYER_METHODS", "SparseLayer", "TokenLayout", "dense_with_lse"]
 
 
 @dataclass(frozen=True)

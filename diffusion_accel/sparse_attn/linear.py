@@ -25,7 +25,7 @@ from ._validate import check_qkv
 from .features import feature_map_fn
 from .masks import num_blocks
 
-__all__ = ["linear_attention", "sla_linear_branch", "block_states"]
+__all__ = ["block_states", "linear_attention", "sla_linear_branch"]
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def sla_linear_branch(
 
     ``marginal_map``: bool ``(B, H, nq, nk)``. Query blocks without marginal blocks give zeros.
     """
-    B, H, Sq, D = q.shape
+    _B, _H, Sq, D = q.shape
     nq = num_blocks(Sq, block_q)
     h, z = block_states(k, v, block_k, feature_map)
     sel = marginal_map.float()

@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "num_blocks",
-    "pool_blocks",
+    "block_density",
     "block_scores",
     "block_self_similarity",
-    "select_blocks",
     "forced_blocks",
     "forced_masks",
+    "num_blocks",
+    "pool_blocks",
     "predict_block_map",
-    "block_density",
+    "select_blocks",
 ]
 
 

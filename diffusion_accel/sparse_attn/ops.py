@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -31,10 +32,10 @@ __all__ = [
     "BACKENDS",
     "SparseAttentionOutput",
     "block_sparse_attention",
+    "resolve_backend",
+    "run_block_sparse",
     "sla_attention",
     "sla_block_maps",
-    "run_block_sparse",
-    "resolve_backend",
 ]
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .masks import num_blocks
 
-__all__ = ["axis_orders", "order_index", "head_permutation", "calibrate_orders", "permute_heads", "unpermute_heads"]
+__all__ = ["axis_orders", "calibrate_orders", "head_permutation", "order_index", "permute_heads", "unpermute_heads"]
 
 
 def axis_orders() -> list[tuple[int, int, int]]:

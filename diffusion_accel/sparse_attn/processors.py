@@ -42,13 +42,13 @@ from diffusers.models.transformers.transformer_wan import _get_qkv_projections a
 from .layer import SparseLayer, TokenLayout
 
 __all__ = [
-    "SparseProcessor",
-    "SelfAttentionSparseProcessor",
-    "JointSparseProcessor",
-    "FluxSparseProcessor",
-    "CogVideoXSparseProcessor",
-    "WanSparseProcessor",
     "SPARSE_PROCESSORS",
+    "CogVideoXSparseProcessor",
+    "FluxSparseProcessor",
+    "JointSparseProcessor",
+    "SelfAttentionSparseProcessor",
+    "SparseProcessor",
+    "WanSparseProcessor",
     "register_sparse_processor",
     "sparse_processor_for",
 ]

@@ -101,7 +101,7 @@ def sla_reference(
     o_sparse = block_sparse_attention_reference(q, k, v, critical_map, block_q, block_k, scale)
     phi = feature_map_fn(feature_map)
     fq, fk, v32 = phi(q.float()), phi(k.float()), v.float()
-    B, H, Sq, D = q.shape
+    B, H, Sq, _D = q.shape
     Sk = k.shape[2]
     o_lin = torch.zeros(B, H, Sq, v.shape[-1], dtype=torch.float32, device=q.device)
     for b in range(B):

@@ -30,7 +30,7 @@ from .context import DenoiserContextHook
 from .layer import SparseLayer
 from .processors import sparse_processor_for
 
-__all__ = ["AttentionSite", "attention_sites", "apply_sparse_attention", "sparse_layers"]
+__all__ = ["AttentionSite", "apply_sparse_attention", "attention_sites", "sparse_layers"]
 
 CONTEXT_HOOK = "sparse_attn.context"
 _SPARSE_KINDS = ("self_attn", "joint_attn")

@@ -29,7 +29,7 @@ import torch
 from .layer import _RidgeFit
 from .technique import sparse_layers
 
-__all__ = ["sla_parameters", "fit_sla_projections"]
+__all__ = ["fit_sla_projections", "sla_parameters"]
 
 
 def _sla_layers(pipe):

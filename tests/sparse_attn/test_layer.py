@@ -1,6 +1,5 @@
 """SparseLayer policies: dense steps, Re-ttention, PARO, SLA fitting — against dense attention."""
 
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +105,7 @@ def test_rettention_caches_per_branch_and_reset():
 
 def _video_qkv(frames=8, height=8, width=8, d=32, seed=0):
     """Each token attends to the same pixel in every frame (temporal heads)."""
-    f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    _f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
     g = torch.Generator().manual_seed(seed)
     pix = torch.randn(height * width, d, generator=g)[(h * width + w).flatten()] * 2.0
     q = pix + 0.2 * torch.randn(pix.shape, generator=g)
@@ -118,7 +117,7 @@ def _video_qkv(frames=8, height=8, width=8, d=32, seed=0):
 def test_paro_at_density_one_is_exact_and_at_low_density_beats_raster_order():
     q, k, v = _video_qkv()
     grid = (8, 8, 8)
-    ctx = lambda: CallContext(grid=grid)  # noqa: E731
+    ctx = lambda: CallContext(grid=grid)
     text = torch.randn(1, 1, 20, 32)
     qt, kt, vt = (torch.cat([text, x], 2) for x in (q, k, v))
     layout = TokenLayout(dense_tokens=((0, 20),), span=(20, 532))

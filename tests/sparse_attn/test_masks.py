@@ -98,9 +98,9 @@ def test_config_defaults_round_trip_and_validation():
               SparseAttentionConfig(method="linear", blocks=(1,), feature_map="elu")):
         full = AccelerationConfig(attention=c)
         assert AccelerationConfig.from_json(full.to_json()) == full
-    bad = [dict(density=0.0), dict(density=2.0), dict(block_q=100), dict(method="magic"),
-           dict(density=0.5, topk=3), dict(reorder="zigzag"), dict(dense_steps=-1), dict(blocks=(-1,)),
-           dict(method="sla", topk=3), dict(feature_map="tanh"), dict(backend="cuda"), dict(skip_fraction=1.5)]
+    bad = [{"density": 0.0}, {"density": 2.0}, {"block_q": 100}, {"method": "magic"},
+           {"density": 0.5, "topk": 3}, {"reorder": "zigzag"}, {"dense_steps": -1}, {"blocks": (-1,)},
+           {"method": "sla", "topk": 3}, {"feature_map": "tanh"}, {"backend": "cuda"}, {"skip_fraction": 1.5}]
     for kwargs in bad:
         with pytest.raises(ValueError):
             SparseAttentionConfig(**kwargs)

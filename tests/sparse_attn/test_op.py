@@ -97,16 +97,16 @@ def test_reference_chunking_is_exact():
 
 
 BAD = [
-    (dict(density=0.0), "density"),
-    (dict(density=1.5), "density"),
-    (dict(density=-0.2), "density"),
-    (dict(density=0.5, block_q=48), "block_q"),
-    (dict(density=0.5, block_k=0), "block_k"),
-    (dict(), "exactly one"),
-    (dict(density=0.5, topk=2), "exactly one"),
-    (dict(topk=0), "topk"),
-    (dict(cdf_threshold=1.2), "cdf_threshold"),
-    (dict(density=0.5, backend="cuda-magic"), "backend"),
+    ({"density": 0.0}, "density"),
+    ({"density": 1.5}, "density"),
+    ({"density": -0.2}, "density"),
+    ({"density": 0.5, "block_q": 48}, "block_q"),
+    ({"density": 0.5, "block_k": 0}, "block_k"),
+    ({}, "exactly one"),
+    ({"density": 0.5, "topk": 2}, "exactly one"),
+    ({"topk": 0}, "topk"),
+    ({"cdf_threshold": 1.2}, "cdf_threshold"),
+    ({"density": 0.5, "backend": "cuda-magic"}, "backend"),
 ]
 
 

@@ -6,7 +6,12 @@ import torch
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.api import acceleration_state
-from diffusion_accel.sparse_attn import SparseAttentionConfig, fit_sla_projections, sla_parameters, sparse_layers
+from diffusion_accel.sparse_attn import (
+    SparseAttentionConfig,
+    fit_sla_projections,
+    sla_parameters,
+    sparse_layers,
+)
 from diffusion_accel.sparse_attn.processors import SparseProcessor
 from diffusion_accel.testing import TINY_PIPELINES, tiny_call_kwargs, tiny_pipeline
 

@@ -31,7 +31,7 @@ import triton.language as tl
 from ..linear import block_states
 from ..masks import num_blocks
 
-__all__ = ["block_sparse_attention_triton", "sla_attention_triton", "build_lut"]
+__all__ = ["block_sparse_attention_triton", "build_lut", "sla_attention_triton"]
 
 _FEATURE_IDS = {"elu": 0, "relu": 1, "softmax": 2}
 
@@ -66,7 +66,7 @@ def _block_sparse_fwd(
 
     row = pid_bh * n_qblocks + pid_m
     count = tl.load(CNT + row)
-    for i in range(0, count):
+    for i in range(count):
         kb = tl.load(LUT + row * max_blocks + i)
         offs_n = kb * BLOCK_N + offs_n0
         n_ok = offs_n < seq_k
@@ -120,7 +120,7 @@ def _block_sparse_fwd(
 
 def build_lut(block_map: torch.Tensor):
     """``(lut int32 (B*H, nq, max_count), count int32 (B*H, nq))``: selected key blocks, ascending."""
-    B, H, nq, nk = block_map.shape
+    B, H, nq, _nk = block_map.shape
     counts = block_map.sum(-1).to(torch.int32).reshape(B * H, nq)
     max_count = max(1, int(counts.max()))
     order = torch.argsort((~block_map).to(torch.int8), dim=-1, stable=True)[..., :max_count]
@@ -170,7 +170,7 @@ def sla_attention_triton(q, k, v, critical_map, marginal_map, block_q, block_k, 
     """
     if feature_map not in _FEATURE_IDS:
         raise ValueError(f"Unknown feature_map {feature_map!r}; choose one of {sorted(_FEATURE_IDS)}.")
-    B, H, Sq, D = q.shape
+    B, H, _Sq, D = q.shape
     h, z = block_states(k, v, block_k, feature_map)
     sel = marginal_map.float()
     hm = (sel @ h.flatten(-2)).reshape(B * H, -1, D * D).contiguous()
