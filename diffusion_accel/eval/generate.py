@@ -274,7 +274,8 @@ def generate_images(
 
 def _run_batch(pipe: Any, batch: list[Item], call_kwargs: dict[str, Any]) -> np.ndarray:
     generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
-    with torch.inference_mode():
+    # no_grad as diffusers itself; inference_mode would break techniques that track tensor versions.
+    with torch.no_grad():
         out = pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np", **call_kwargs)
     values = getattr(out, "frames", None)
     if values is None:

@@ -4,8 +4,9 @@
   synchronising the accelerator before and after each run); median, spread (IQR, std, min, max).
 * :func:`count_macs`: ``torch.utils.flop_counter.FlopCounterMode`` around one call; MACs = FLOPs / 2,
   in total and inside the named denoiser modules. Operators from non-``aten`` namespaces (custom
-  or Triton kernels) have no flop formula unless their author registered one; they are listed in
-  ``uncounted_ops`` so a lower MAC count is never silently an artefact.
+  or Triton kernels, oneDNN int8 GEMMs) have no flop formula unless their author registered one
+  (``torch.utils.flop_counter.register_flop_formula``); they are listed in ``uncounted_ops`` so a
+  lower MAC count is never silently an artefact.
 * :func:`peak_memory`: CUDA/XPU: peak allocator bytes during the call (``max_memory_allocated``);
   CPU: peak resident set size of the process sampled every millisecond during the call.
 * :func:`operator_breakdown`: ``torch.profiler`` over one call; the time of each top-level ``aten``
@@ -105,27 +106,40 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 1, runs: int = 5,
 
 @dataclass
 class MacsResult:
-    """Multiply-accumulates of one call: ``total`` and inside the ``modules`` named when counting."""
+    """Multiply-accumulates of one call: ``total`` and inside the ``modules`` named when counting.
+
+    ``uncounted_ops`` lists operators without a flop formula met anywhere in the call;
+    ``uncounted_in_modules`` those met inside the modules. When a list is not empty the matching
+    count misses those operators' MACs (treat it as unknown).
+    """
 
     total: int
     modules: int
     uncounted_ops: list[str] = field(default_factory=list)
+    uncounted_in_modules: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records operators outside ``aten``/``prims`` (they have no built-in flop formula)."""
+    """Records operators outside ``aten``/``prims`` that have no registered flop formula."""
 
-    def __init__(self) -> None:
+    def __init__(self, inside: Callable[[], bool]) -> None:
         super().__init__()
+        self.inside = inside
         self.names: set[str] = set()
+        self.names_inside: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils.flop_counter import flop_registry
+
         namespace = getattr(func, "namespace", "aten")
-        if namespace not in ("aten", "prims"):
-            self.names.add(f"{namespace}::{func._opname if hasattr(func, '_opname') else func}")
+        if namespace not in ("aten", "prims") and getattr(func, "_overloadpacket", func) not in flop_registry:
+            name = f"{namespace}::{getattr(func, '_opname', func)}"
+            self.names.add(name)
+            if self.inside():
+                self.names_inside.add(name)
         return func(*args, **(kwargs or {}))
 
 
@@ -172,16 +186,16 @@ def count_macs(fn: Callable[[], Any], modules: Iterable[torch.nn.Module] = ()) -
     a module that is skipped or not called contributes nothing)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    recorder = _OpRecorder()
     counter = FlopCounterMode(display=False)
     inside = _ModuleFlops(modules)
+    recorder = _OpRecorder(lambda: inside.depth > 0)
     try:
-        with torch.inference_mode(), counter, recorder:
+        with torch.no_grad(), counter, recorder:
             fn()
     finally:
         inside.remove()
     return MacsResult(total=counter.get_total_flops() // 2, modules=inside.total // 2,
-                      uncounted_ops=sorted(recorder.names))
+                      uncounted_ops=sorted(recorder.names), uncounted_in_modules=sorted(recorder.names_inside))
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None) -> tuple[int, str]:

@@ -19,7 +19,7 @@ quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpi
 ``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
 denoising MACs, the convention of :func:`diffusion_accel.caching.macs`; ``pipeline_macs`` and
 ``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
-flop formula) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
+flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
 ``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
 timing fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
 
@@ -368,7 +368,7 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, runs
 
     def call() -> Any:
         generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
-        with torch.inference_mode():
+        with torch.no_grad():
             return pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np",
                         **call_kwargs)
 
@@ -381,16 +381,19 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, runs
         shares = operator_breakdown(call, device)
     finally:
         pipe._progress_bar_config = old
+    # A count that missed operators without a flop formula is unknown, not small.
     cost = {"latency": latency.to_dict(), "peak_memory_bytes": memory, "peak_memory_source": source,
-            "operator_shares": shares, "macs": macs.modules, "pipeline_macs": macs.total,
+            "operator_shares": shares, "macs": None if macs.uncounted_in_modules else macs.modules,
+            "pipeline_macs": None if macs.uncounted_ops else macs.total,
             "uncounted_ops": macs.uncounted_ops, "batch_size": len(batch)}
     atomic_write_json(path, cost)
     return cost
 
 
-def _ratio(full: int, accelerated: int) -> float | None:
-    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.caching.macs``)."""
-    if not full:
+def _ratio(full: int | None, accelerated: int | None) -> float | None:
+    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.caching.macs``);
+    ``None`` when either count is unknown."""
+    if not full or accelerated is None:
         return None
     return full / accelerated if accelerated else float("inf")
 
@@ -431,7 +434,9 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         record["pipeline_macs_ratio"] = _ratio(base_cost["pipeline_macs"], cost["pipeline_macs"])
         record["uncounted_ops"] = cost["uncounted_ops"]
         if cost["uncounted_ops"]:
-            notes.append(f"MACs exclude operators without a flop formula: {cost['uncounted_ops']}.")
+            notes.append(f"{name}: MACs not measurable (null) where operators without a flop formula ran: "
+                         f"{cost['uncounted_ops']}; register one with "
+                         "torch.utils.flop_counter.register_flop_formula.")
         is_video = arrays.ndim == 5
         record["clip_score"] = None
         if clip is not None:

@@ -28,14 +28,30 @@ def test_count_macs_total_and_inside_named_modules():
     assert count_macs(lambda: nested(x), [nested, inner]).modules == 4 * 32 * 16  # counted once
 
 
-def test_count_macs_lists_operators_it_cannot_count():
+def test_count_macs_lists_operators_it_cannot_count_until_they_have_a_formula():
+    from torch.utils.flop_counter import register_flop_formula
+
     @torch.library.custom_op("evaltest::mystery_mm", mutates_args=())
     def mystery_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a @ b
 
-    a, b = torch.randn(4, 4), torch.randn(4, 4)
-    result = count_macs(lambda: mystery_mm(a, b))
-    assert any("evaltest::mystery_mm" in name for name in result.uncounted_ops)
+    class Inner(torch.nn.Module):
+        def forward(self, a, b):
+            return mystery_mm(a, b)
+
+    inner = Inner()
+    a, b = torch.randn(4, 8), torch.randn(8, 2)
+    result = count_macs(lambda: (inner(a, b), mystery_mm(a, b)), [inner])
+    assert result.uncounted_ops == ["evaltest::mystery_mm"] == result.uncounted_in_modules
+    assert result.total == 0
+    assert count_macs(lambda: mystery_mm(a, b), [inner]).uncounted_in_modules == []
+
+    @register_flop_formula(torch.ops.evaltest.mystery_mm)
+    def _flops(a_shape, b_shape, *args, out_shape=None, **kwargs):
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    counted = count_macs(lambda: inner(a, b), [inner])
+    assert counted.uncounted_ops == [] and counted.modules == counted.total == 4 * 8 * 2
 
 
 def test_operator_breakdown_assigns_time_to_categories():
