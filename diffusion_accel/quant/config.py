@@ -51,6 +51,8 @@ class QuantConfig(TechniqueConfig):
             ``"onednn"``, ``"int_mm"``, ``"triton"`` or ``"fake"`` (quantize-dequantize in float).
         compile: run the memory-bound quantize / rescale steps through ``torch.compile`` (fused
             into one pass; the first calls compile).
+        fuse_activations: compute the GELU that follows a quantized ``proj`` (diffusers ``GELU``
+            modules) inside that layer's rescale step instead of a separate pass.
         keep_original: where the original float layers wait for :func:`diffusion_accel.remove`:
             ``"memory"`` (fast), or ``"disk"`` (a temporary safetensors file; the process really
             frees their memory and ``remove`` reloads them bit-exactly).
@@ -73,6 +75,7 @@ class QuantConfig(TechniqueConfig):
     text_encoder_bits: int | None = None
     backend: str = "auto"
     compile: bool = False
+    fuse_activations: bool = True
     keep_original: str = "memory"
 
     def __post_init__(self) -> None:

@@ -18,6 +18,9 @@ triton     the Triton W8A8 / W4A8 kernel (:mod:`.kernels`)                      
 fake       float quantize-dequantize: ``F.linear(xq * x_scale, Wint * weight_scale)``   any
 =========  ==========================================================================  ==========
 
+A fused activation (``layer.activation``, see :mod:`.fuse`) is applied in the same epilogue:
+oneDNN's ``gelu`` post-op for static scales, the fused rescale step otherwise.
+
 Example:
     >>> import torch
     >>> from diffusion_accel.quant import QuantLinear
@@ -57,7 +60,7 @@ def _fake(layer, xq, x_scale, out_dtype):
     x = xq.float() * x_scale
     w = layer.dequantized_weight(torch.float32)
     bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x, w, bias).to(out_dtype)
+    return layer._activate(F.linear(x, w, bias)).to(out_dtype)
 
 
 def _int_mm(layer, xq, x_scale, out_dtype):
@@ -67,7 +70,7 @@ def _int_mm(layer, xq, x_scale, out_dtype):
         xq = F.pad(xq, (0, 0, 0, 17 - m))
     acc = torch._int_mm(xq, w.t())[:m]
     acc = acc.float() * layer.weight_scale
-    return ops.rescale_output(acc, x_scale, layer.bias, out_dtype, _compiled(layer))
+    return ops.rescale_output(acc, x_scale, layer.bias, out_dtype, _compiled(layer), layer.activation)
 
 
 def _triton(layer, xq, x_scale, out_dtype):
@@ -81,7 +84,7 @@ def _triton(layer, xq, x_scale, out_dtype):
     else:
         out = qgemm(xq, xs, layer.qweight, layer.weight_scale, bias, group_scale=layer.group_scale,
                     group_size=layer.group_size, k=layer.in_features)
-    return out.to(out_dtype)
+    return layer._activate(out).to(out_dtype)
 
 
 def _onednn(layer, xq, x_scale, out_dtype):
@@ -93,13 +96,14 @@ def _onednn(layer, xq, x_scale, out_dtype):
         bias = layer.bias
         if bias is not None and bias.dtype not in (torch.float32, gemm_dtype):
             bias = bias.float()
+        post_op, algorithm = ("none", "") if layer.activation is None else ("gelu", layer.activation)
         y = torch.ops.onednn.qlinear_pointwise(
             xq, float(x_scale), 0, packed, layer.weight_scale, _EMPTY_ZP, bias, 1.0, 0, gemm_dtype,
-            "none", [], "")
+            post_op, [], algorithm)
         return y.to(out_dtype)
     y = torch.ops.onednn.qlinear_pointwise(
         xq, 1.0, 0, packed, layer.weight_scale, _EMPTY_ZP, None, 1.0, 0, gemm_dtype, "none", [], "")
-    return ops.rescale_output(y, x_scale, layer.bias, out_dtype, _compiled(layer))
+    return ops.rescale_output(y, x_scale, layer.bias, out_dtype, _compiled(layer), layer.activation)
 
 
 _EMPTY_ZP = torch.zeros(0, dtype=torch.int32)
@@ -112,7 +116,7 @@ def _int4_as_bf16(layer, xq, x_scale, out_dtype):
                                 compute, _compiled(layer))
     acc = F.linear(xq.to(compute), w)  # exact integer products, fp32 accumulation
     acc = acc * layer.weight_scale.to(acc.dtype)
-    return ops.rescale_output(acc, x_scale, layer.bias, out_dtype, _compiled(layer))
+    return ops.rescale_output(acc, x_scale, layer.bias, out_dtype, _compiled(layer), layer.activation)
 
 
 def _onednn_packed(layer) -> torch.Tensor:

@@ -130,6 +130,7 @@ class QuantLinear(torch.nn.Module):
             self.register_buffer("act_scale", torch.ones(num_ranges, dtype=torch.float32, device=device))
         else:
             self.act_scale = None
+        self.activation: str | None = None  # GELU fused in the epilogue: "none" | "tanh" (see fuse.py)
         self._runtime: QuantRuntime | None = None
         self._packed = None  # backend-specific execution copy of the weight (see gemm.py)
 
@@ -244,16 +245,18 @@ class QuantLinear(torch.nn.Module):
         if self.fp_tokens and x.dim() == 3 and x.shape[1] > self.fp_tokens:
             head = F.linear(x[:, : self.fp_tokens], self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
             tail = self._forward_quantized(x[:, self.fp_tokens:])
-            return torch.cat((head, tail), dim=1)
+            return torch.cat((self._activate(head), tail), dim=1)
         return self._forward_quantized(x)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.activation is None else F.gelu(y, approximate=self.activation)
 
     def _forward_quantized(self, x: torch.Tensor) -> torch.Tensor:
         from .gemm import run_gemm
 
         lead = x.shape[:-1]
         if self.act_bits is None:
-            y = F.linear(x, self.effective_weight(x.dtype), _cast(self.bias, x.dtype))
-            return y
+            return self._activate(F.linear(x, self.effective_weight(x.dtype), _cast(self.bias, x.dtype)))
         xq, x_scale = self.quantize_input(x)
         y = run_gemm(self, xq, x_scale, x.dtype)
         return y.reshape(*lead, self.out_features)
@@ -305,6 +308,8 @@ class QuantLinear(torch.nn.Module):
         w = f"W{self.weight_bits}" + (f"(g{self.group_size})" if self.weight_bits == 4 else "")
         a = "A16" if self.act_bits is None else f"A{self.act_bits}({self.act_mode})"
         extra = ", smooth" if self.inv_smooth is not None else ""
+        if self.activation is not None:
+            extra += f", fused gelu({self.activation})"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {w}{a}, "
                 f"bias={self.bias is not None}, backend={self.backend}{extra}")
 

@@ -40,10 +40,13 @@ def _static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tensor | Non
     return quantize_act_per_tensor(x, scale, 8, inv_smooth)
 
 
-def _rescale(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+def _rescale(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+             activation: str | None = None):
     out = y.float() * x_scale
     if bias is not None:
         out = out + bias.float()
+    if activation is not None:
+        out = torch.nn.functional.gelu(out, approximate=activation)
     return out.to(out_dtype)
 
 
@@ -73,9 +76,10 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tens
 
 
 def rescale_output(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None,
-                   out_dtype: torch.dtype, compiled: bool = False) -> torch.Tensor:
-    """``(y * x_scale + bias).to(out_dtype)`` for ``y`` ``(M, N)``, ``x_scale`` ``(M, 1)``."""
-    return _maybe_compiled("rescale", _rescale, compiled)(y, x_scale, bias, out_dtype)
+                   out_dtype: torch.dtype, compiled: bool = False, activation: str | None = None) -> torch.Tensor:
+    """``act(y * x_scale + bias).to(out_dtype)`` for ``y`` ``(M, N)``, ``x_scale`` ``(M, 1)`` or 0-d;
+    ``activation`` is ``None`` or a GELU ``approximate`` mode (``"none"``, ``"tanh"``)."""
+    return _maybe_compiled("rescale", _rescale, compiled)(y, x_scale, bias, out_dtype, activation)
 
 
 def int4_to_int8_weight(packed: torch.Tensor, group_scale: torch.Tensor, k: int, group_size: int,

@@ -30,6 +30,7 @@ import torch
 from ..hooks import add_hook
 from ..models import find_model_adapter
 from ..utils import atomic_write_json
+from .fuse import FusedActivation
 from .linear import QuantLinear
 from .replace import set_submodule
 from .runtime import QuantRuntime, TimestepRangeHook
@@ -48,7 +49,7 @@ def _layer_meta(m: QuantLinear) -> dict[str, Any]:
         "weight_bits": m.weight_bits, "act_bits": m.act_bits, "group_size": m.group_size,
         "act_mode": m.act_mode, "num_ranges": m.num_ranges, "smooth": m.inv_smooth is not None,
         "bias_dtype": str(m.bias.dtype).replace("torch.", "") if m.bias is not None else "float32",
-        "act_group": m.act_group, "fp_tokens": m.fp_tokens,
+        "act_group": m.act_group, "fp_tokens": m.fp_tokens, "activation": m.activation,
     }
 
 
@@ -104,13 +105,18 @@ def load_quantized(model: torch.nn.Module, directory: str | os.PathLike, backend
     modules = dict(model.named_modules())
     runtime = QuantRuntime(compile=compile)
     for name, args in meta["layers"].items():
+        modules = dict(model.named_modules())
         if name not in modules:
             raise ValueError(f"The saved layer {name!r} does not exist in {type(model).__name__}.")
         args = dict(args)
         args["bias_dtype"] = getattr(torch, args["bias_dtype"])
+        activation = args.pop("activation", None)
         layer = QuantLinear(**args, backend=backend)
         layer._runtime = runtime
         set_submodule(model, name, layer)
+        if activation is not None:  # the GELU was fused into this layer's epilogue
+            layer.activation = activation
+            set_submodule(model, name.rpartition(".")[0], FusedActivation(layer))
     state = load_file(os.path.join(directory, _WEIGHTS))
     model.load_state_dict(state, strict=True)
     adapter = find_model_adapter(model)

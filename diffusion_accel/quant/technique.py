@@ -26,6 +26,7 @@ from ..hooks import Denoiser, add_hook, remove_hook
 from ..techniques import TechniqueHandle, register_technique
 from .calibrate import CalibrationResult, calibrate_denoisers
 from .config import QuantConfig
+from .fuse import fuse_activations, unfuse_activations
 from .linear import QuantLinear
 from .memory import bf16_weight_bytes, quantized_linear_bytes, weight_bytes
 from .replace import OriginalStore, linear_names, quantize_linears, restore_linears
@@ -113,6 +114,9 @@ def _quantize_denoiser(d: Denoiser, layer_bits, config: QuantConfig, calibration
 
     undo.append(restore)
     store.offload({r.name: r.original for r in records})
+    if config.fuse_activations:
+        fused = fuse_activations(d.module, records)
+        undo.append(lambda: unfuse_activations(d.module, fused))
     runtime = QuantRuntime(compile=config.compile)
     for r in records:
         r.quantized._runtime = runtime

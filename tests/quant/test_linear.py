@@ -80,7 +80,7 @@ def test_weight_only_is_close_to_float():
 
 
 def test_memory_is_measured_from_real_tensors():
-    n, k = 4608, 1152
+    n, k = 1152, 1152  # a DiT attention projection
     lin = torch.nn.Linear(k, n).to(torch.bfloat16)
     w8 = QuantLinear.from_linear(lin, weight_bits=8)
     assert w8.memory_bytes() == n * k + 4 * n + 2 * n  # int8 + fp32 scales + bf16 bias
@@ -144,3 +144,17 @@ def test_bad_constructor_arguments():
         QuantLinear(8, 8, backend="cutlass")
     with pytest.raises(ValueError, match="calibrated act_scale"):
         QuantLinear.from_linear(torch.nn.Linear(8, 8), act_mode="static")
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_fused_gelu_epilogue_equals_separate_gelu(approximate, mode):
+    lin = torch.nn.Linear(64, 48)
+    kw = dict(act_mode=mode, act_scale=torch.tensor([0.03]) if mode == "static" else None)
+    fake = QuantLinear.from_linear(lin, backend="fake", **kw)
+    real = QuantLinear.from_linear(lin, backend=BACKENDS[-1], **kw)
+    x = torch.randn(12, 64)
+    separate = torch.nn.functional.gelu(fake(x), approximate=approximate)
+    fake.activation = real.activation = approximate
+    assert _rel_err(fake(x), separate) < 1e-6
+    assert _rel_err(real(x), separate) < 1e-4  # oneDNN's GELU post-op: its own float evaluation
