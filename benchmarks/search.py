@@ -22,7 +22,7 @@ One run, one machine, baselines measured alongside:
    run at a resolution the search never used, on held-out prompts (PSNR against full compute of
    that setting).
 
-    python benchmarks/search.py                        # bundled model (~30 min on 2 CPU cores)
+    python benchmarks/search.py                        # bundled model (~30 min on 2 free CPU cores)
     python benchmarks/search.py --quick                # smaller search and held-out set
     python benchmarks/search.py --model tiny:pixart-alpha --quick   # plumbing check, random weights
 """
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = args.out or tempfile.mkdtemp(prefix="search-bench-")
-    benchmark = args.model == "benchmark"
-    call = search_call_kwargs(args.model)
+    benchmark = args.model == "benchmark" or os.path.isdir(args.model)  # the bundled model (or a copy of it)
+    call = search_call_kwargs("benchmark" if benchmark else args.model)
     call["num_inference_steps"] = args.steps
     if not benchmark:
         call.update(height=32, width=32)
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with DenoiserMacs(pipe) as counter:
         ev.run(None)
     full_macs = counter.total
-    clip = M.load_clip("benchmark") if benchmark else None
+    clip = M.load_clip(args.clip) if benchmark else None
     records = [heldout_record(ev, "full", "full", None, full_macs, clip)]
     frontier = [e for e in result.frontier if e["speedup"] > 1.0]
     log(f"held-out: {len(frontier)} frontier schedules")
@@ -293,12 +293,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
+    parser.add_argument("--model", default="benchmark",
+                        help="'benchmark', a folder holding a copy of it, or 'tiny:<name>' (plumbing only)")
+    parser.add_argument("--clip", default="benchmark", help="CLIP for the CLIP score (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--population", type=int, default=24)
-    parser.add_argument("--generations", type=int, default=20)
-    parser.add_argument("--calib-prompts", type=int, default=16, help="train prompts the search scores on")
-    parser.add_argument("--heldout-prompts", type=int, default=64, help="held-out prompts of the comparison")
+    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--calib-prompts", type=int, default=8, help="train prompts the search scores on")
+    parser.add_argument("--heldout-prompts", type=int, default=32, help="held-out prompts of the comparison")
     parser.add_argument("--batch", type=int, default=16, help="prompts per pipeline call")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration")
     parser.add_argument("--threads", type=int, default=2)
@@ -310,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.population, args.generations = min(args.population, 12), min(args.generations, 6)
-        args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 8), min(args.heldout_prompts, 16)
+        args.population, args.generations = min(args.population, 10), min(args.generations, 5)
+        args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 4), min(args.heldout_prompts, 16)
         args.runs = min(args.runs, 2)
         if args.model != "benchmark":
             args.steps = min(args.steps, 8)

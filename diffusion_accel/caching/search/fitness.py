@@ -43,10 +43,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -301,7 +302,7 @@ class CandidateEvaluator:
         device = getattr(self.pipe, "device", torch.device("cpu"))
         self.metric.prepare(device)
         first = self.batches[0]
-        with memoize_text_encoders(self.pipe, self.memo):
+        with _quiet(self.pipe), memoize_text_encoders(self.pipe, self.memo):
             self.profile = profile_macs(self.pipe, prompt=[it.prompt for it in first],
                                         generator=_generators(first), output_type="latent", **self.call_kwargs)
         if self.cost_name == "latency":
@@ -317,12 +318,9 @@ class CandidateEvaluator:
         if config is not None:
             apply(pipe, config)
         timer = _DenoiserTimer(pipe)
-        old_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
         outputs = []
         try:
-            with memoize_text_encoders(pipe, self.memo), torch.inference_mode():
+            with _quiet(pipe), memoize_text_encoders(pipe, self.memo), torch.inference_mode():
                 for batch in self.batches:
                     out = pipe(prompt=[it.prompt for it in batch], generator=_generators(batch),
                                output_type=self.metric.output_type, **self.call_kwargs)
@@ -330,8 +328,6 @@ class CandidateEvaluator:
         finally:
             timer.close()
             remove(pipe)
-            if hasattr(pipe, "_progress_bar_config"):
-                pipe._progress_bar_config = old_bar
         return torch.cat(outputs), timer.total
 
     def score(self, outputs: torch.Tensor) -> float:
@@ -350,6 +346,19 @@ class CandidateEvaluator:
         ratio = self.macs_ratio(schedule)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
+
+
+@contextlib.contextmanager
+def _quiet(pipe: Any) -> Iterator[None]:
+    """No per-step progress bar from the pipeline while the search calls it (restored after)."""
+    old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        if hasattr(pipe, "_progress_bar_config"):
+            pipe._progress_bar_config = old
 
 
 def _generators(batch: Sequence[Item]) -> list[torch.Generator]:

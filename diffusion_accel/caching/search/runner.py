@@ -100,14 +100,21 @@ def load_search_pipeline(model: Any, device: Any = None) -> Any:
 
 
 def search_call_kwargs(model: Any) -> dict[str, Any]:
-    """Default pipeline arguments of a search on ``model`` (the benchmark's settings, tiny defaults, or ``{}``)."""
+    """Default pipeline arguments of a search on ``model`` (the benchmark's settings, tiny defaults, or ``{}``).
+
+    The bundled (PixArt) model also gets ``clean_caption=False``: its templated captions need no
+    cleaning, and cleaning needs bs4/ftfy (without them PixArt warns at every call).
+    """
     if isinstance(model, str) and model.startswith("tiny:"):
         from ...testing import tiny_call_kwargs
 
         return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in ("prompt", "output_type")}
     from ...eval.sweep import default_call_kwargs
 
-    return dict(default_call_kwargs(model))
+    kwargs = dict(default_call_kwargs(model))
+    if model == "benchmark":
+        kwargs.setdefault("clean_caption", False)
+    return kwargs
 
 
 def _positive_int(name: str, value: Any, minimum: int, hint: str) -> int:
@@ -188,7 +195,8 @@ def search_schedule(
     Raises:
         ValueError: population < 2, generations < 1, an empty or unreadable prompt set, unknown
             metric/cost, ``out`` holds a search and ``resume`` is false, or the checkpoint does not
-            match (another model, step count or settings). ``out`` is left untouched.
+            match (another model, step count or settings, or more generations than asked for).
+            ``out`` is left untouched.
     """
     # 1. Validate.
     _positive_int("population", population, 2, "NSGA-II needs at least 2 candidates per generation")
@@ -241,11 +249,15 @@ def search_schedule(
     }
     if saved is not None:
         check_compatible(saved["settings"], settings, out)
+        if int(saved["completed"]) > generations + 1:
+            raise ValueError(f"{out!r} already holds {int(saved['completed']) - 1} generations; resume with "
+                             f"--generations {int(saved['completed']) - 1} or more.")
 
-    # 3. References and the optimiser.
+    # 3. References (only if there is something left to evaluate) and the optimiser.
     evaluator = CandidateEvaluator(pipe, items, call_kwargs, quality=quality, cost=cost, batch_size=batch_size,
                                    quality_options=quality_options)
-    evaluator.prepare()
+    if saved is None or int(saved["completed"]) < generations + 1:
+        evaluator.prepare()
     seed_names, initial = initial_population(pipe, genome, population, seed, num_heuristics)
     problem = ScheduleProblem(genome)
     driver = NsgaDriver(problem, initial, seed, operators)

@@ -31,7 +31,7 @@ __all__ = ["heuristic_schedules", "initial_population"]
 
 
 def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
-    half, third = max(1, steps // 2), max(1, steps // 3)
+    half, quarter, late = max(1, steps // 2), max(1, steps // 4), max(1, (3 * steps) // 4)
     most = max(1, (3 * blocks) // 4)
     out: list[tuple[str, Callable[[Any], CacheSchedule]]] = [
         ("full", lambda m: full_compute(m, steps)),
@@ -43,7 +43,7 @@ def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], Cach
         ("fora-4", lambda m: fora(m, steps, 4)),
         ("delta-dit-3", lambda m: delta_dit(m, steps, interval=3)),
         (f"delta-dit-3-b{most}", lambda m: delta_dit(m, steps, interval=3, num_cached_blocks=most)),
-        (f"tgate-{third}", lambda m: tgate(m, steps, third)),
+        (f"tgate-{quarter}", lambda m: tgate(m, steps, quarter)),
         ("encoder-propagation-2", lambda m: encoder_propagation(m, steps, interval=2)),
         ("deepcache-3", lambda m: deepcache(m, steps, 3)),
         ("fora-5", lambda m: fora(m, steps, 5)),
@@ -51,6 +51,7 @@ def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], Cach
         ("delta-dit-4", lambda m: delta_dit(m, steps, interval=4)),
         (f"delta-dit-2-b{most}", lambda m: delta_dit(m, steps, interval=2, num_cached_blocks=most)),
         ("fora-6", lambda m: fora(m, steps, 6)),
+        (f"tgate-{late}", lambda m: tgate(m, steps, late)),
     ]
     return out
 

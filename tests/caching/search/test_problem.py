@@ -50,6 +50,7 @@ def test_genome_rejects_bad_input(pixart, sd3):
 def test_heuristics_apply_only_where_they_make_sense(pixart, sd3):
     names = [s.name for s in heuristic_schedules(pixart, 8)]
     assert names[:3] == ["full", "fora-2", "fora-3"] and "tgate-4" in names and "delta-dit-2" in names
+    assert "tgate-2" in names and "tgate-6" in names
     assert not any(n.startswith(("deepcache", "encoder-propagation")) for n in names)
     sd3_names = [s.name for s in heuristic_schedules(sd3, 8)]
     assert not any(n.startswith("tgate") for n in sd3_names)  # joint attention, no cross-attention

@@ -108,7 +108,11 @@ def test_bad_input_is_one_clear_error_and_leaves_the_checkpoint_untouched(pixart
         search(tiny_pipeline("sd3"), {"height": 32, "width": 32}, generations=1, out=out, resume=True)
     with pytest.raises(ValueError, match="pass --resume"):
         search(pixart, tiny_call, generations=1, out=out)
-    assert snapshot(out) == before
+    search(pixart, tiny_call, generations=2, out=tmp_path / "longer")
+    longer = snapshot(tmp_path / "longer")
+    with pytest.raises(ValueError, match="already holds 2 generations; resume with --generations 2 or more"):
+        search(pixart, tiny_call, generations=1, out=tmp_path / "longer", resume=True)
+    assert snapshot(out) == before and snapshot(tmp_path / "longer") == longer
 
 
 def test_full_schedule_is_exact_with_memoised_text_encoders(pixart, tiny_call, one_thread):
