@@ -5,8 +5,9 @@ One run, one machine, baselines measured alongside:
 1. **Search** (:func:`diffusion_accel.caching.search_schedule`) on *train* (calibration) prompts of
    the bundled benchmark model: quality = latent MSE to the full-compute output, cost = MACs.
 2. **Held-out evaluation** on other prompts and seeds (``benchmark:heldout``), for the full
-   schedule, every frontier schedule, and grids of FORA (intervals), Δ-DiT (interval x cached
-   blocks), TGATE (gate step) and dynamic caching (threshold x max skips):
+   schedule, the frontier schedules (up to ``--max-frontier``, spread over the speed-ups, the picks
+   always included), and grids of FORA (intervals), Δ-DiT (interval x cached blocks), TGATE (gate
+   step) and dynamic caching (threshold):
    ``macs_ratio`` (full / accelerated denoiser MACs: analytic for schedules, counted during the
    held-out run for dynamic caching), ``psnr`` and ``ssim`` of the images against the full-compute
    images of the same seeds (the headline quality), and the CLIP score of the bundled CLIP.
@@ -72,7 +73,7 @@ def heuristic_grid(pipe: Any, steps: int, quick: bool) -> dict[str, tuple[str, A
     for interval in (2, 3, 4) if quick else (2, 3, 4, 5):
         grid[f"fora-{interval}"] = ("fora", static(CacheSchedule.fora(pipe, steps, interval)))
     cached_options = sorted({max(1, blocks // 2), max(1, (3 * blocks) // 4), max(1, blocks - 1)})
-    for interval in (2, 3, 4) if quick else (2, 3, 4, 5, 6):
+    for interval in (2, 3, 4):
         for cached in cached_options:
             grid[f"delta-dit-{interval}-b{cached}"] = (
                 "delta_dit", static(CacheSchedule.delta_dit(pipe, steps, interval=interval, num_cached_blocks=cached)))
@@ -81,12 +82,8 @@ def heuristic_grid(pipe: Any, steps: int, quick: bool) -> dict[str, tuple[str, A
             grid[f"tgate-{gate}"] = ("tgate", static(CacheSchedule.tgate(pipe, steps, gate)))
         except ValueError:
             pass
-    thresholds = (0.1, 0.3, 0.6) if quick else (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
-    for skips in (3,) if quick else (2, 3, 5):
-        for threshold in thresholds:
-            grid[f"dynamic-{threshold}-s{skips}"] = (
-                "dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=threshold,
-                                                                       max_consecutive_skips=skips)))
+    for threshold in (0.1, 0.3, 0.6) if quick else (0.1, 0.2, 0.3, 0.5, 0.8):
+        grid[f"dynamic-{threshold}"] = ("dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=threshold)))
     return grid
 
 
@@ -141,11 +138,11 @@ def heldout_record(ev: CandidateEvaluator, name: str, family: str, config: Accel
 
 
 def denoiser_times(pipe: Any, configs: dict[str, AccelerationConfig | None], ev: CandidateEvaluator,
-                   runs: int) -> dict[str, float]:
-    """Median seconds inside the denoiser for one batch of ``ev``'s items, runs interleaved."""
+                   runs: int, timing_batch: int) -> dict[str, float]:
+    """Median seconds inside the denoiser for one batch (``timing_batch`` of ``ev``'s items), runs interleaved."""
     times: dict[str, list[float]] = {name: [] for name in configs}
-    batch_ev = CandidateEvaluator(pipe, ev.batches[0], ev.call_kwargs, quality="psnr", batch_size=len(ev.batches[0]),
-                                  memo=ev.memo)
+    batch = ev.items[:timing_batch]
+    batch_ev = CandidateEvaluator(pipe, batch, ev.call_kwargs, quality="psnr", batch_size=len(batch), memo=ev.memo)
     for r in range(runs + 1):  # the first round warms up
         for name, config in configs.items():
             _, seconds = batch_ev.run(config)
@@ -156,6 +153,20 @@ def denoiser_times(pipe: Any, configs: dict[str, AccelerationConfig | None], ev:
 
 # ---------------------------------------------------------------------------------------------
 # The run
+
+
+def reachable(frontier: list[dict[str, Any]], target: float) -> bool:
+    return any(e["speedup"] >= target * (1 - 1e-9) for e in frontier)
+
+
+def spread(entries: list[dict[str, Any]], limit: int, keep: set[str]) -> list[dict[str, Any]]:
+    """At most ``limit`` entries evenly spaced in speed-up (always those named in ``keep``)."""
+    if len(entries) <= limit:
+        return entries
+    chosen = {e["name"] for e in entries if e["name"] in keep}
+    for i in np.linspace(0, len(entries) - 1, max(0, limit - len(chosen))).round().astype(int):
+        chosen.add(entries[int(i)]["name"])
+    return [e for e in entries if e["name"] in chosen]
 
 
 def best_at(records: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -196,7 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     full_macs = counter.total
     clip = M.load_clip(args.clip) if benchmark else None
     records = [heldout_record(ev, "full", "full", None, full_macs, clip)]
-    frontier = [e for e in result.frontier if e["speedup"] > 1.0]
+    frontier = spread([e for e in result.frontier if e["speedup"] > 1.0], args.max_frontier,
+                      keep={pick_entry(result.frontier, t)["name"] for t in TARGETS if reachable(result.frontier, t)})
     log(f"held-out: {len(frontier)} frontier schedules")
     searched = []
     for entry in frontier:
@@ -224,9 +236,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             best = best_at([r for r in baselines if r["family"] == family], target)
             row[family] = None if best is None else {k: best[k] for k in ("name", "macs_ratio", "psnr", "ssim",
                                                                         "clip_score") if k in best}
-        reachable = [row[f]["psnr"] for f in families if row[f] is not None]
-        row["search_beats_all_heuristics"] = (row["search"] is not None and bool(reachable)
-                                             and all(row["search"]["psnr"] > q for q in reachable))
+        rivals = [row[f]["psnr"] for f in families if row[f] is not None]
+        row["search_beats_all_heuristics"] = (row["search"] is not None and bool(rivals)
+                                             and all(row["search"]["psnr"] > q for q in rivals))
         matched.append(row)
 
     # 4. Dominance.
@@ -242,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 name = row[key]["name"]
                 timed[name] = next(AccelerationConfig.from_dict(r["config"]) for r in records[1:] if r["name"] == name)
     log(f"timing {len(timed)} configurations x {args.runs} runs")
-    seconds = denoiser_times(pipe, timed, ev, args.runs)
+    seconds = denoiser_times(pipe, timed, ev, args.runs, args.timing_batch)
     wall = {name: {"denoiser_s": s, "denoiser_speedup": seconds["full"] / s} for name, s in seconds.items()}
     for row in matched:
         for key in ["search", *families]:
@@ -300,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--calib-prompts", type=int, default=8, help="train prompts the search scores on")
-    parser.add_argument("--heldout-prompts", type=int, default=32, help="held-out prompts of the comparison")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per pipeline call")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per configuration")
+    parser.add_argument("--heldout-prompts", type=int, default=24, help="held-out prompts of the comparison")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration")
+    parser.add_argument("--timing-batch", type=int, default=8, help="held-out prompts per timed call")
+    parser.add_argument("--max-frontier", type=int, default=12, help="frontier schedules evaluated on held-out")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder of the search (default: a temporary one)")
@@ -314,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.population, args.generations = min(args.population, 10), min(args.generations, 5)
         args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 4), min(args.heldout_prompts, 16)
-        args.runs = min(args.runs, 2)
+        args.runs, args.max_frontier = min(args.runs, 2), min(args.max_frontier, 8)
         if args.model != "benchmark":
             args.steps = min(args.steps, 8)
         args.batch = min(args.batch, args.heldout_prompts)
