@@ -184,9 +184,10 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return records
 
 
-def load_arrays(out_dir: str | os.PathLike, keys: list[str]) -> np.ndarray:
-    """Stack the stored outputs of ``keys`` (in that order): ``(N, H, W, 3)`` or ``(N, F, H, W, 3)``."""
-    manifest = read_manifest(out_dir)
+def load_arrays(out_dir: str | os.PathLike, keys: list[str], manifest: dict | None = None) -> np.ndarray:
+    """Stack the stored outputs of ``keys`` (in that order): ``(N, H, W, 3)`` or ``(N, F, H, W, 3)``.
+    ``manifest``: the folder's :func:`read_manifest`, when already read."""
+    manifest = read_manifest(out_dir) if manifest is None else manifest
     missing = [k for k in keys if k not in manifest]
     if missing:
         raise ValueError(f"{os.fspath(out_dir)!r} lacks {len(missing)} item(s), e.g. {missing[:3]}; "

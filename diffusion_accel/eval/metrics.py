@@ -40,19 +40,27 @@ __all__ = [
     "FID_FEATURES",
     "Clip",
     "ClipFeatures",
+    "DeviationSums",
+    "FeatureSums",
     "ReferenceStats",
     "as_frames",
     "clip_score",
     "fid",
     "fid_features",
+    "fid_metric",
+    "fid_value",
     "load_clip",
     "load_image_folder",
     "load_reference",
     "lpips",
+    "lpips_metric",
     "numeric_deviation",
     "psnr",
+    "psnr_metric",
     "reference_stats",
     "ssim",
+    "ssim_metric",
+    "unit_pair",
     "video_clip_metrics",
 ]
 
@@ -266,26 +274,54 @@ def _batches(frames: np.ndarray, batch_size: int):
         yield _nchw(frames[i : i + batch_size])
 
 
+class FeatureSums:
+    """Running sums of FID features (the reference side), fed chunk by chunk.
+
+    Example:
+        >>> # sums = FeatureSums(fid_features("clip", clip)); sums.update(chunk); stats = sums.stats()
+    """
+
+    def __init__(self, extractor: torch.nn.Module | int) -> None:
+        self.extractor = extractor
+        self.metric = _fid_metric(extractor) if isinstance(extractor, int) else None
+        self.total: torch.Tensor | None = None
+        self.cov: torch.Tensor | None = None
+        self.n = 0
+
+    def update(self, images: torch.Tensor | list[torch.Tensor]) -> None:
+        """Add uint8 images ``(N, 3, H, W)`` (or a list of ``(3, H, W)`` for a CLIP extractor)."""
+        if self.metric is not None:
+            self.metric.update(images, real=True)
+            return
+        with torch.inference_mode():
+            feats = self.extractor(images).double().reshape(len(images), -1)
+        self.total = feats.sum(0) if self.total is None else self.total + feats.sum(0)
+        self.cov = feats.T @ feats if self.cov is None else self.cov + feats.T @ feats
+        self.n += len(images)
+
+    def update_frames(self, array: np.ndarray, batch_size: int = 64) -> None:
+        """Add uint8 images ``(N, H, W, 3)`` or videos ``(N, F, H, W, 3)`` (frames)."""
+        for batch in _batches(as_frames(array), batch_size):
+            self.update(batch)
+
+    def stats(self) -> ReferenceStats:
+        if self.metric is not None:
+            m = self.metric
+            return ReferenceStats(m.real_features_sum.numpy(), m.real_features_cov_sum.numpy(),
+                                  int(m.real_features_num_samples), _feature_kind(self.extractor))
+        if self.n == 0:
+            raise ValueError("No reference images: FID needs at least 2.")
+        return ReferenceStats(self.total.numpy(), self.cov.numpy(), self.n, _feature_kind(self.extractor))
+
+
 def reference_stats(images: np.ndarray | Sequence[np.ndarray], extractor: torch.nn.Module | int,
                     batch_size: int = 64) -> ReferenceStats:
     """Feature statistics of reference images (uint8 ``(N, H, W, 3)``, or a list of ``(H, W, 3)``
     of any sizes) for :func:`fid`."""
-    if isinstance(extractor, int):
-        metric = _fid_metric(extractor)
-        for batch in _list_batches(images, batch_size, same_size=True):
-            metric.update(batch, real=True)
-        return ReferenceStats(metric.real_features_sum.numpy(), metric.real_features_cov_sum.numpy(),
-                              int(metric.real_features_num_samples), _feature_kind(extractor))
-    total, cov, n = None, None, 0
-    with torch.inference_mode():
-        for batch in _list_batches(images, batch_size, same_size=False):
-            feats = extractor(batch).double().reshape(len(batch), -1)
-            total = feats.sum(0) if total is None else total + feats.sum(0)
-            cov = feats.T @ feats if cov is None else cov + feats.T @ feats
-            n += len(batch)
-    if n == 0:
-        raise ValueError("No reference images: FID needs at least 2.")
-    return ReferenceStats(total.numpy(), cov.numpy(), n, _feature_kind(extractor))
+    sums = FeatureSums(extractor)
+    for batch in _list_batches(images, batch_size, same_size=isinstance(extractor, int)):
+        sums.update(batch)
+    return sums.stats()
 
 
 def _list_batches(images: Any, batch_size: int, same_size: bool):
@@ -367,16 +403,27 @@ def fid(images: np.ndarray, reference: Any, extractor: torch.nn.Module | int,
     frames = as_frames(images)
     if len(frames) < 2:
         raise ValueError(f"FID needs at least 2 images, got {len(frames)}.")
-    stats = load_reference(reference, extractor, batch_size)
+    metric = fid_metric(load_reference(reference, extractor, batch_size), extractor)
+    with torch.inference_mode():
+        for batch in _batches(frames, batch_size):
+            metric.update(batch, real=False)
+        return fid_value(metric)
+
+
+def fid_metric(stats: ReferenceStats, extractor: torch.nn.Module | int):
+    """A torchmetrics ``FrechetInceptionDistance`` whose real side holds ``stats``; feed it the
+    generated images with ``update(uint8 (N, 3, H, W), real=False)`` and read :func:`fid_value`."""
     metric = _fid_metric(extractor)
     metric.real_features_sum = torch.as_tensor(stats.features_sum, dtype=torch.float64)
     metric.real_features_cov_sum = torch.as_tensor(stats.cov_sum, dtype=torch.float64)
     metric.real_features_num_samples = torch.tensor(stats.num_samples)
-    with torch.inference_mode():
-        for batch in _batches(frames, batch_size):
-            metric.update(batch, real=False)
-        # FID is >= 0; identical sets can give a round-off of about -1e-11.
-        return max(float(metric.compute()), 0.0)
+    return metric
+
+
+def fid_value(metric) -> float:
+    """``metric.compute()`` as a float; FID is >= 0 and the round-off of identical sets (about
+    -1e-11) is reported as 0.0."""
+    return max(float(metric.compute()), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +476,8 @@ def video_clip_metrics(videos: np.ndarray, prompts: Sequence[str], clip: Clip) -
 # Fidelity to the full-compute output
 
 
-def _pair(images: np.ndarray, reference: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_pair(images: np.ndarray, reference: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two uint8 sets of the same items -> float64 ``(M, 3, H, W)`` in [0, 1] (videos as frames)."""
     a, b = as_frames(images), as_frames(reference)
     if a.shape != b.shape:
         raise ValueError(f"Cannot compare outputs of shapes {tuple(np.shape(images))} and "
@@ -437,35 +485,103 @@ def _pair(images: np.ndarray, reference: np.ndarray) -> tuple[torch.Tensor, torc
     return _nchw(a).double() / 255.0, _nchw(b).double() / 255.0
 
 
+def psnr_metric():
+    """torchmetrics PSNR (data range 1) pooling the squared error of every update (float64 states)."""
+    from torchmetrics.image import PeakSignalNoiseRatio
+
+    return PeakSignalNoiseRatio(data_range=1.0, **_LOCAL).set_dtype(torch.float64)
+
+
+def ssim_metric():
+    """torchmetrics SSIM (Gaussian window 11, data range 1), averaged over every image of every update."""
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    return StructuralSimilarityIndexMeasure(data_range=1.0, **_LOCAL).set_dtype(torch.float64)
+
+
+def lpips_metric(net: str = "alex"):
+    """``(torchmetrics LPIPS, None)``, or ``(None, reason)`` when torchvision or the weights are missing."""
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, **_LOCAL), None
+    except Exception as exc:  # noqa: BLE001 - any failure to get the network means "not available"
+        return None, (f"LPIPS not computed: {exc} (it needs torchvision and the LPIPS weights; "
+                      "pip install 'diffusion-accel[fid]').")
+
+
 def psnr(images: np.ndarray, reference: np.ndarray) -> float:
     """PSNR in dB (data range 1) of the whole set: ``10 log10(1 / MSE)`` with the MSE pooled over all
     pixels of all items. Identical sets give ``float("inf")`` (not an error)."""
-    from torchmetrics.image import PeakSignalNoiseRatio
-
-    a, b = _pair(images, reference)
-    return float(PeakSignalNoiseRatio(data_range=1.0, **_LOCAL)(a, b))
+    return float(psnr_metric()(*unit_pair(images, reference)))
 
 
 def ssim(images: np.ndarray, reference: np.ndarray) -> float:
     """Mean SSIM (Gaussian window 11, data range 1) over items (frames for videos); 1.0 = identical."""
-    from torchmetrics.image import StructuralSimilarityIndexMeasure
-
-    a, b = _pair(images, reference)
-    return float(StructuralSimilarityIndexMeasure(data_range=1.0, **_LOCAL)(a, b))
+    return float(ssim_metric()(*unit_pair(images, reference)))
 
 
 def lpips(images: np.ndarray, reference: np.ndarray, net: str = "alex") -> tuple[float | None, str | None]:
     """Mean LPIPS distance, or ``(None, reason)`` when torchvision or the LPIPS weights are missing."""
-    try:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, **_LOCAL)
-    except Exception as exc:  # noqa: BLE001 - any failure to get the network means "not available"
-        return None, (f"LPIPS not computed: {exc} (it needs torchvision and the LPIPS weights; "
-                      "pip install 'diffusion-accel[fid]').")
-    a, b = _pair(images, reference)
+    metric, reason = lpips_metric(net)
+    if metric is None:
+        return None, reason
+    a, b = unit_pair(images, reference)
     with torch.inference_mode():
         return float(metric(a.float(), b.float())), None
+
+
+class DeviationSums:
+    """Running numeric deviation between outputs and reference values, fed chunk by chunk.
+
+    uint8 inputs (scaled to [0, 1]) are summarised by 256-bin histograms, so the Wasserstein
+    distance between the two value distributions is exact (``scipy.stats.wasserstein_distance``
+    with weights) in constant memory; float inputs are kept whole.
+    """
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.count = 0
+        self.hist_a = np.zeros(256, dtype=np.int64)
+        self.hist_b = np.zeros(256, dtype=np.int64)
+        self.values_a: list[np.ndarray] = []
+        self.values_b: list[np.ndarray] = []
+
+    def update(self, outputs: np.ndarray, reference: np.ndarray) -> None:
+        a, b = np.asarray(outputs), np.asarray(reference)
+        if a.shape != b.shape:
+            raise ValueError(f"Cannot compare outputs of shapes {a.shape} and {b.shape}.")
+        if a.dtype != b.dtype:
+            raise ValueError(f"Cannot compare {a.dtype} outputs with {b.dtype} reference values.")
+        uint8 = a.dtype == np.uint8
+        scale = 255.0 if uint8 else 1.0
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64)).ravel() / scale
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.sum_abs += float(diff.sum())
+            self.count += diff.size
+        if uint8:
+            self.hist_a += np.bincount(a.ravel(), minlength=256)
+            self.hist_b += np.bincount(b.ravel(), minlength=256)
+        else:
+            self.values_a.append(a.astype(np.float64).ravel())
+            self.values_b.append(b.astype(np.float64).ravel())
+
+    def compute(self) -> dict[str, float]:
+        from scipy.stats import wasserstein_distance
+
+        if self.count == 0:
+            return {"max_abs_error": 0.0, "mean_abs_error": 0.0, "wasserstein": 0.0}
+        if self.values_a:
+            if self.hist_a.any():
+                raise ValueError("DeviationSums got both uint8 and float values; use one kind.")
+            w = wasserstein_distance(np.concatenate(self.values_a), np.concatenate(self.values_b))
+        else:
+            levels = np.arange(256) / 255.0
+            w = wasserstein_distance(levels, levels, self.hist_a, self.hist_b)
+        return {"max_abs_error": self.max_abs, "mean_abs_error": self.sum_abs / self.count,
+                "wasserstein": float(w)}
 
 
 def numeric_deviation(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -474,17 +590,6 @@ def numeric_deviation(outputs: np.ndarray, reference: np.ndarray) -> dict[str, f
     Returns ``max_abs_error``, ``mean_abs_error`` (elementwise) and ``wasserstein`` (the 1-D
     Wasserstein distance between the two value distributions, ``scipy.stats.wasserstein_distance``).
     """
-    from scipy.stats import wasserstein_distance
-
-    a, b = np.asarray(outputs), np.asarray(reference)
-    if a.shape != b.shape:
-        raise ValueError(f"Cannot compare outputs of shapes {a.shape} and {b.shape}.")
-    scale = 255.0 if a.dtype == np.uint8 else 1.0
-    a = a.astype(np.float64).ravel() / scale
-    b = b.astype(np.float64).ravel() / scale
-    diff = np.abs(a - b)
-    return {
-        "max_abs_error": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
-        "wasserstein": float(wasserstein_distance(a, b)) if diff.size else 0.0,
-    }
+    sums = DeviationSums()
+    sums.update(outputs, reference)
+    return sums.compute()

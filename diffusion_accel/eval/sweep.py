@@ -398,30 +398,48 @@ def _ratio(full: int | None, accelerated: int | None) -> float | None:
     return full / accelerated if accelerated else float("inf")
 
 
+#: Items scored at once: every metric is fed chunk by chunk, so memory does not grow with the run.
+SCORE_CHUNK = 32
+
+
+def _chunks(out: str, name: str, items: list, manifests: dict[str, dict]):
+    """``(outputs, baseline outputs, prompts)`` for consecutive chunks of ``items``."""
+    for i in range(0, len(items), SCORE_CHUNK):
+        chunk = items[i : i + SCORE_CHUNK]
+        keys = [it.key for it in chunk]
+        yield (load_arrays(os.path.join(out, name), keys, manifests[name]),
+               load_arrays(os.path.join(out, BASELINE), keys, manifests[BASELINE]),
+               [it.prompt for it in chunk])
+
+
 def _score(variants, items, out, costs, clip, reference, fid_features, progress) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    keys = [it.key for it in items]
-    prompts = [it.prompt for it in items]
-    extractor = stats = None
+    from .generate import read_manifest
+    from .scoring import QualityScorer
+
+    manifests = {name: read_manifest(os.path.join(out, name)) for name, _ in variants}
+    extractor = stats = baseline_stats = None
     notes_common: list[str] = []
     if clip is not None or not (isinstance(fid_features, str) and fid_features == "clip"):
         extractor = M.fid_features(fid_features, clip)
         if reference is not None:
             stats = M.load_reference(reference, extractor)
+        sums = M.FeatureSums(extractor)
+        for _, baseline_chunk, _ in _chunks(out, BASELINE, items, manifests):
+            sums.update_frames(baseline_chunk)
+        baseline_stats = sums.stats()
+        if baseline_stats.num_samples < 2:
+            baseline_stats = None
     else:
         notes_common.append("No CLIP model: clip_score and CLIP-feature FID are not computed.")
-    baseline_arrays = load_arrays(os.path.join(out, BASELINE), keys)
-    baseline_stats = None
-    if extractor is not None and len(M.as_frames(baseline_arrays)) >= 2:
-        baseline_stats = M.reference_stats(baseline_arrays, extractor)
+    if stats is None:
+        notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
     records = []
     for name, config in tqdm(variants, desc="metrics", disable=not progress, dynamic_ncols=True):
-        arrays = load_arrays(os.path.join(out, name), keys)
         cost = costs[name]
-        notes = list(notes_common)
-        record: dict[str, Any] = {"name": name, "config": config.to_dict(), "num_items": len(keys)}
+        record: dict[str, Any] = {"name": name, "config": config.to_dict(), "num_items": len(items)}
         record["speedup"] = base_cost["latency"]["median_s"] / cost["latency"]["median_s"]
         record["latency_s"] = cost["latency"]["median_s"]
         record["latency"] = cost["latency"]
@@ -433,31 +451,16 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         record["pipeline_macs"] = cost["pipeline_macs"]
         record["pipeline_macs_ratio"] = _ratio(base_cost["pipeline_macs"], cost["pipeline_macs"])
         record["uncounted_ops"] = cost["uncounted_ops"]
+        notes = list(notes_common)
         if cost["uncounted_ops"]:
             notes.append(f"{name}: MACs not measurable (null) where operators without a flop formula ran: "
                          f"{cost['uncounted_ops']}; register one with "
                          "torch.utils.flop_counter.register_flop_formula.")
-        is_video = arrays.ndim == 5
-        record["clip_score"] = None
-        if clip is not None:
-            if is_video:
-                record.update(M.video_clip_metrics(arrays, prompts, clip))
-            else:
-                record["clip_score"] = M.clip_score(arrays, prompts, clip)
-        enough = len(M.as_frames(arrays)) >= 2
-        record["fid"] = M.fid(arrays, stats, extractor) if stats is not None and enough else None
-        if stats is None:
-            notes.append("fid: no reference images (pass --reference).")
-        elif not enough:
-            notes.append("fid: needs at least 2 images (raise --num-images or the number of prompts).")
-        record["fid_vs_baseline"] = (M.fid(arrays, baseline_stats, extractor)
-                                     if baseline_stats is not None and enough else None)
-        record["psnr"] = M.psnr(arrays, baseline_arrays)
-        record["ssim"] = M.ssim(arrays, baseline_arrays)
-        record["lpips"], why = M.lpips(arrays, baseline_arrays)
-        if why:
-            notes.append(why)
-        record.update(M.numeric_deviation(arrays, baseline_arrays))
-        record["notes"] = notes
+        scorer = QualityScorer(clip=clip, extractor=extractor, reference=stats, baseline=baseline_stats)
+        for chunk in _chunks(out, name, items, manifests):
+            scorer.update(*chunk)
+        values, quality_notes = scorer.compute()
+        record.update(values)
+        record["notes"] = notes + quality_notes
         records.append(record)
     return records
