@@ -2,8 +2,8 @@
 
 * :func:`evaluate` runs a sweep (baseline + configs) and writes ``results.json``, ``results.csv``,
   ``pareto.png`` and ``report.md``; ``diffusion-accel eval`` is its command line.
-* :mod:`.prompts`, :mod:`.generate`, :mod:`.metrics`, :mod:`.latency`, :mod:`.report` are usable
-  on their own (e.g. :func:`~.metrics.fid`, :func:`~.latency.measure_latency`).
+* :mod:`.prompts`, :mod:`.generate`, :mod:`.metrics`, :mod:`.scoring`, :mod:`.latency`, :mod:`.report`
+  are usable on their own (e.g. :func:`~.metrics.fid`, :func:`~.latency.measure_latency`).
 
 Example:
     >>> from diffusion_accel.eval import evaluate
