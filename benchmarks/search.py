@@ -97,7 +97,7 @@ class DenoiserMacs:
     def __init__(self, pipe: Any) -> None:
         self.pipe, self.total = pipe, 0.0
 
-    def __enter__(self) -> "DenoiserMacs":
+    def __enter__(self):
         self.mode = FlopCounterMode(display=False)
         self.mode.__enter__()
         self.handles, self.start = [], []

@@ -27,17 +27,17 @@ from .problem import ScheduleGenome
 from .runner import SearchResult, search_schedule
 
 __all__ = [
-    "search_schedule",
-    "SearchResult",
-    "pick",
-    "pick_entry",
-    "load_frontier",
-    "non_dominated",
-    "ScheduleGenome",
-    "NsgaDriver",
-    "Operators",
+    "QUALITY_METRICS",
     "CandidateEvaluator",
     "Evaluation",
-    "QUALITY_METRICS",
+    "NsgaDriver",
+    "Operators",
+    "ScheduleGenome",
+    "SearchResult",
+    "load_frontier",
+    "non_dominated",
+    "pick",
+    "pick_entry",
     "quality_metric",
+    "search_schedule",
 ]

@@ -31,7 +31,7 @@ from typing import Any
 
 from ...utils import atomic_write_json
 
-__all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "check_compatible", "RESUMABLE_CHANGES"]
+__all__ = ["CHECKPOINT", "RESUMABLE_CHANGES", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT = "checkpoint.json"
 _FORMAT = "diffusion-accel/search-checkpoint"

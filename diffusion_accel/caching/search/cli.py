@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "main", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

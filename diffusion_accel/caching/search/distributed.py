@@ -16,12 +16,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["map_tasks", "check_agreement"]
+__all__ = ["check_agreement", "map_tasks"]
 
 
 def map_tasks(

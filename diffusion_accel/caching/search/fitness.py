@@ -46,8 +46,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,12 +62,12 @@ from ..static import StaticCacheConfig
 from .memo import TextEncoderMemo, memoize_text_encoders
 
 __all__ = [
-    "QualityMetric",
-    "QUALITY_METRICS",
     "COST_MODELS",
-    "quality_metric",
-    "Evaluation",
+    "QUALITY_METRICS",
     "CandidateEvaluator",
+    "Evaluation",
+    "QualityMetric",
+    "quality_metric",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -225,7 +226,7 @@ class Evaluation:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Evaluation":
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
         return cls(**{k: float(data[k]) for k in ("cost", "quality", "objective", "macs_ratio", "denoiser_seconds")})
 
 

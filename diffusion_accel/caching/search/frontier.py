@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ...config import AccelerationConfig
 from ...utils import atomic_write_json
 
-__all__ = ["non_dominated", "pick", "pick_entry", "load_frontier", "save_frontier", "plot_frontier",
-           "FRONTIER_FORMAT"]
+__all__ = [
+    "FRONTIER_FORMAT",
+    "load_frontier",
+    "non_dominated",
+    "pick",
+    "pick_entry",
+    "plot_frontier",
+    "save_frontier",
+]
 
 FRONTIER_FORMAT = "diffusion-accel/search-frontier"
 FRONTIER_VERSION = 1

@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ...eval.generate import Item
 from ..schedule import CacheSchedule
@@ -55,7 +56,7 @@ def default_settings(call_kwargs: dict[str, Any], num_steps: int, pipe: Any = No
 
 
 def _bigger(size: int) -> int:
-    new = int(round(size * 1.5 / 16)) * 16
+    new = round(size * 1.5 / 16) * 16
     return new if new != size else size + 16
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .problem import bits_to_str, str_to_bits
 
-__all__ = ["Operators", "CROSSOVERS", "NsgaDriver"]
+__all__ = ["CROSSOVERS", "NsgaDriver", "Operators"]
 
 
 def _uniform():

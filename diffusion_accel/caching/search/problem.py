@@ -60,7 +60,7 @@ class ScheduleGenome:
     applicable: np.ndarray
 
     @classmethod
-    def for_model(cls, model: Any, num_steps: int) -> "ScheduleGenome":
+    def for_model(cls, model: Any, num_steps: int) -> ScheduleGenome:
         """The genome of ``model`` (a denoiser or a pipeline) for ``num_steps`` steps."""
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
             raise ValueError(
@@ -115,7 +115,7 @@ class ScheduleGenome:
         return CacheSchedule(compute, self.components, self.family, applicable=self.applicable, name=name)
 
 
-def ScheduleProblem(genome: ScheduleGenome):  # noqa: N802 - reads as a class at the call site
+def ScheduleProblem(genome: ScheduleGenome):
     """A pymoo ``Problem`` of ``genome.num_bits`` binary variables and 2 objectives (cost, quality).
 
     Candidates are evaluated outside pymoo (ask/tell), so the problem has no ``_evaluate``.

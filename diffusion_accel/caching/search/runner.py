@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ from .nsga import NsgaDriver, Operators
 from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
 from .seeding import initial_population
 
-__all__ = ["search_schedule", "SearchResult", "load_search_pipeline", "search_call_kwargs"]
+__all__ = ["SearchResult", "load_search_pipeline", "search_call_kwargs", "search_schedule"]
 
 FRONTIER_FILE = "frontier.json"
 GENERALISATION_FILE = "generalisation.json"
@@ -287,7 +288,7 @@ def search_schedule(
             inner = tqdm(total=len(todo), desc=f"generation {generation}", unit="cand", leave=False,
                          disable=not show, dynamic_ncols=True)
 
-            def evaluate(key: str, generation: int = generation) -> dict[str, Any]:
+            def evaluate(key: str, generation: int = generation, todo: list[str] = todo) -> dict[str, Any]:
                 result = evaluator.evaluate(genome.decode(str_to_bits(key)))
                 if callback is not None:
                     callback({"event": "candidate", "generation": generation, "index": todo.index(key)})

@@ -69,4 +69,4 @@ def test_initial_population_is_seeded_distinct_and_reproducible(pixart):
     other = initial_population(pixart, g, 10, seed=4)
     assert np.array_equal(again[1], bits) and not np.array_equal(other[1], bits)
     names2, bits2 = initial_population(pixart, g, 2, seed=0)
-    assert names2 == ["full", "fora-2"]
+    assert names2 == ["full", "fora-2"] and bits2.shape == (2, g.num_bits)
