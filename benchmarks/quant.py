@@ -11,8 +11,9 @@ Two parts, each against baselines measured in the same run:
   tiny PixArt-α pipeline. Images of held-out prompts with fixed seeds, scored against the
   full-precision images (PSNR, SSIM) and, when the bundled CLIP is available, CLIP score and
   CLIP-feature FID against real held-out images. Variants: W8A8, uniform W4A8, mixed-precision
-  W4/W8 allocated by MILP on decoupled sensitivities measured on *training* prompts, and random
-  W4/W8 plans at the same average bits.
+  W4/W8 allocated by MILP on decoupled sensitivities measured on *training* prompts, random
+  W4/W8 plans at the same average bits, and — at equal *memory* — uniform W4A8 with small groups
+  vs a MILP W4/W8 plan of the same bytes.
 
 Usage::
 
@@ -40,6 +41,7 @@ from diffusion_accel import AccelerationConfig
 from diffusion_accel.hooks import Denoiser, StepTracker
 from diffusion_accel.models import get_model_adapter
 from diffusion_accel.quant import QuantConfig, QuantPlan, measure_sensitivity, quantize_denoiser, sqnr_db
+from diffusion_accel.quant.allocate import layer_bytes
 from diffusion_accel.quant.calibrate import collect_statistics
 from diffusion_accel.quant.memory import quantized_linear_bytes, weight_bytes
 from diffusion_accel.quant.replace import linear_names
@@ -260,6 +262,15 @@ def bench_pipeline(args) -> dict:
         for seed in range(args.random_plans):
             plans[f"W4A8-random@{avg}#{seed}"] = QuantConfig(plan=_random_plan(sizes, avg, seed), act_bits=8,
                                                               group_size=group)
+    # Equal *memory*: uniform W4A8 with small groups (more scale bytes) vs a W4/W8 plan of the same bytes.
+    modules = dict(pipe.transformer.named_modules())
+    shapes = {n: (modules[n].in_features, modules[n].out_features) for n in sizes}
+    small = max(2, group // 4)
+    budget = sum(layer_bytes(k, n, 4, small) for k, n in shapes.values())
+    costs = {name: {b: layer_bytes(k, n, b, group) for b in (4, 8)} for name, (k, n) in shapes.items()}
+    plans[f"W4A8-uniform-g{small}"] = QuantConfig(weight_bits=4, act_bits=8, group_size=small)
+    plans[f"W4A8-mixed-g{group}@bytes(uniform-g{small})"] = QuantConfig(
+        plan=sens.allocate(memory_bytes=budget, layer_costs=costs), act_bits=8, group_size=group)
     for name, config in plans.items():
         diffusion_accel.apply(pipe, AccelerationConfig(quant=config))
         try:
@@ -270,6 +281,7 @@ def bench_pipeline(args) -> dict:
         avg_bits = config.resolved_plan().average_bits(sizes)
         result["variants"][name] = {**_quality(images, reference, eval_prompts, clip, real),
                                     "average_weight_bits": round(avg_bits, 3),
+                                    "quantized_linear_bytes": report["quantized_linear_bytes"],
                                     "memory_ratio_vs_bf16": report["ratio_vs_bf16"]}
     # pipeline latency, fp32 vs bf16 vs W8A8 on this (small) model
     lat_prompts = eval_prompts[:2]
