@@ -42,7 +42,9 @@ __all__ = [
     "measure_latency",
     "operator_breakdown",
     "peak_memory",
+    "summarize_times",
     "synchronize",
+    "time_call",
 ]
 
 
@@ -85,11 +87,24 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 1, runs: int = 5,
         fn()
     times = []
     for _ in range(runs):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(time_call(fn, device))
+    return summarize_times(times, warmup)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device | str | None = None) -> float:
+    """Seconds of one ``fn()`` call, the accelerator synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def summarize_times(times: list[float], warmup: int = 0) -> LatencyResult:
+    """Median, mean, spread of timed runs (seconds)."""
+    if not times:
+        raise ValueError("summarize_times needs at least one timed run.")
+    runs = len(times)
     quartiles = statistics.quantiles(times, n=4, method="inclusive") if runs > 1 else [times[0]] * 3
     return LatencyResult(
         median_s=statistics.median(times),
@@ -100,7 +115,7 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 1, runs: int = 5,
         max_s=max(times),
         runs=runs,
         warmup=warmup,
-        times_s=times,
+        times_s=list(times),
     )
 
 

@@ -1,14 +1,17 @@
 """Evaluate acceleration configs against the full-compute baseline in one run: :func:`evaluate`.
 
-For the baseline and then each config, :func:`evaluate` applies the config, generates every
+For the baseline and then each config, :func:`evaluate` applies the config and generates every
 (prompt, image) item with the same seeds into ``<out>/<name>/`` (resumable, multi-process; see
-:mod:`.generate`), measures the cost of one batch on the main process (``<out>/<name>/cost.json``),
-removes the config, and finally scores every variant on the main process and writes
-``results.json``, ``results.csv``, ``pareto.png`` and ``report.md`` (see :mod:`.report`).
+:mod:`.generate`). Then the main process alone measures MACs, peak memory and operator shares of
+one batch per variant (``<out>/<name>/cost.json``) and the latency in interleaved rounds (each
+round times every variant once, so a drift in machine load affects all alike;
+``<out>/latency.json``), scores every variant (:mod:`.scoring`) and writes ``results.json``,
+``results.csv``, ``pareto.png`` and ``report.md`` (see :mod:`.report`).
 
 Output folder::
 
     run.json                 the settings of the run (a resumed run must match them)
+    latency.json             the interleaved latency measurement
     baseline/, <name>/       images/, manifest.jsonl, cost.json per variant
     results.json  results.csv  pareto.png  report.md  grid.png
 
@@ -44,7 +47,7 @@ from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
 from .generate import distributed_state, generate_images, load_arrays, make_batches, make_items
-from .latency import count_macs, measure_latency, operator_breakdown, peak_memory
+from .latency import count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import load_prompts
 
 __all__ = [
@@ -62,6 +65,7 @@ TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_m
                  "operator_shares")
 RUN_FILE = "run.json"
 COST_FILE = "cost.json"
+LATENCY_FILE = "latency.json"
 
 
 def deterministic_view(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -285,9 +289,7 @@ def evaluate(
 
     try:
         for name, config in variants:
-            diffusion_accel.remove(pipe)
-            if name != BASELINE:
-                diffusion_accel.apply(pipe, config)
+            _use(pipe, name, config)
             generate_images(pipe, items, os.path.join(out, name), batch_size=batch_size,
                             call_kwargs=call_kwargs, progress=progress, desc=name, state=state)
         if not state.is_main_process:
@@ -296,11 +298,12 @@ def evaluate(
         # processes never wait on it.
         costs = {}
         for name, config in variants:
-            diffusion_accel.remove(pipe)
-            if name != BASELINE:
-                diffusion_accel.apply(pipe, config)
-            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name),
-                                latency_runs, warmup, device)
+            _use(pipe, name, config)
+            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device)
+        latencies = _interleaved_latency(pipe, variants, items[:batch_size], call_kwargs, out, latency_runs,
+                                         warmup, device)
+        for name, cost in costs.items():
+            cost["latency"] = latencies[name]
     finally:
         diffusion_accel.remove(pipe)
 
@@ -358,36 +361,80 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
     state.wait_for_everyone()
 
 
-def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, runs: int, warmup: int,
-          device: torch.device) -> dict[str, Any]:
-    path = os.path.join(folder, COST_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    from ..api import find_denoisers
+def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:
+    import diffusion_accel
 
+    diffusion_accel.remove(pipe)
+    if name != BASELINE:
+        diffusion_accel.apply(pipe, config)
+
+
+def _batch_call(pipe: Any, batch: list, call_kwargs: dict[str, Any]):
     def call() -> Any:
         generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
         with torch.no_grad():
             return pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np",
                         **call_kwargs)
 
-    old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-    pipe.set_progress_bar_config(disable=True)
-    try:
+    return call
+
+
+class _QuietPipe:
+    """Context: the pipeline's own progress bar is off (restored after)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __enter__(self) -> None:
+        self.old = dict(getattr(self.pipe, "_progress_bar_config", {}) or {})
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipe._progress_bar_config = self.old
+
+
+def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device) -> dict:
+    """MACs, peak memory and operator shares of one call of ``batch`` (cached in ``cost.json``)."""
+    path = os.path.join(folder, COST_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    from ..api import find_denoisers
+
+    call = _batch_call(pipe, batch, call_kwargs)
+    with _QuietPipe(pipe):
         macs = count_macs(call, [m for _, m in find_denoisers(pipe)])
-        latency = measure_latency(call, warmup=warmup, runs=runs, device=device)
         memory, source = peak_memory(call, device)
         shares = operator_breakdown(call, device)
-    finally:
-        pipe._progress_bar_config = old
     # A count that missed operators without a flop formula is unknown, not small.
-    cost = {"latency": latency.to_dict(), "peak_memory_bytes": memory, "peak_memory_source": source,
+    cost = {"peak_memory_bytes": memory, "peak_memory_source": source,
             "operator_shares": shares, "macs": None if macs.uncounted_in_modules else macs.modules,
             "pipeline_macs": None if macs.uncounted_ops else macs.total,
             "uncounted_ops": macs.uncounted_ops, "batch_size": len(batch)}
     atomic_write_json(path, cost)
     return cost
+
+
+def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: dict[str, Any], out: str,
+                         runs: int, warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Latency of every variant, timed in ``runs`` rounds that each time every variant once (after
+    ``warmup`` calls), so a drift in machine load affects all variants alike (cached in ``latency.json``)."""
+    path = os.path.join(out, LATENCY_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    call = _batch_call(pipe, batch, call_kwargs)
+    with _QuietPipe(pipe):
+        for _ in range(runs):
+            for name, config in variants:
+                _use(pipe, name, config)
+                for _ in range(warmup):
+                    call()
+                times[name].append(time_call(call, device))
+    latencies = {name: summarize_times(t, warmup).to_dict() for name, t in times.items()}
+    atomic_write_json(path, latencies)
+    return latencies
 
 
 def _ratio(full: int | None, accelerated: int | None) -> float | None:

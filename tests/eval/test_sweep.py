@@ -93,7 +93,8 @@ def test_sweep_records_and_files(pipe, finished_run):
     assert fast["config"] == fora(pipe).to_dict()
     assert fast["lpips"] is None and any("LPIPS" in n for n in fast["notes"])
     assert load_results(out) == records
-    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json"):
+    assert all(r["latency"]["runs"] == 1 and r["latency_s"] > 0 for r in records)
+    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json", "latency.json"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "fora/images/p00000-i00.png" in report and "baseline/images/p00000-i00.png" in report
