@@ -67,7 +67,7 @@ class QuantLinear(torch.nn.Module):
         act_mode: ``"dynamic"`` (per token) or ``"static"`` (per tensor, needs ``act_scale``).
         num_ranges: number of timestep ranges with their own static activation scale.
         smooth: whether the layer has channel-balancing factors ``inv_smooth``.
-        bias_dtype: dtype of the bias.
+        bias_dtype: dtype of the bias and of the float layer replaced (``compute_dtype``).
         backend: GEMM backend name (``"auto"``, ``"onednn"``, ``"int_mm"``, ``"triton"``, ``"fake"``).
         act_group: layers with the same ``act_group`` (and the same runtime) that read the same
             input tensor quantize it once.
@@ -130,6 +130,7 @@ class QuantLinear(torch.nn.Module):
             self.register_buffer("act_scale", torch.ones(num_ranges, dtype=torch.float32, device=device))
         else:
             self.act_scale = None
+        self.compute_dtype = bias_dtype  # the float dtype of the layer it replaced
         self.activation: str | None = None  # GELU fused in the epilogue: "none" | "tanh" (see fuse.py)
         self._runtime: QuantRuntime | None = None
         self._packed = None  # backend-specific execution copy of the weight (see gemm.py)
@@ -177,7 +178,7 @@ class QuantLinear(torch.nn.Module):
             k, weight.shape[0], bias=linear.bias is not None, weight_bits=weight_bits, act_bits=act_bits,
             group_size=group_size, act_mode=act_mode,
             num_ranges=1 if act_scale is None else int(act_scale.numel()), smooth=smooth is not None,
-            bias_dtype=linear.weight.dtype if linear.bias is None else linear.bias.dtype, backend=backend,
+            bias_dtype=linear.weight.dtype, backend=backend,
             act_group=act_group, fp_tokens=fp_tokens, device=weight.device,
         )
         with torch.no_grad():
@@ -210,11 +211,13 @@ class QuantLinear(torch.nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The stored integer weight viewed as int8 (for libraries that check ``.weight.dtype`` /
-        ``.device``); its values are not the float weight — use :meth:`dequantized_weight`."""
-        if self.qweight is None:
-            return torch.empty(0, dtype=torch.int8, device=self.weight_scale.device)
-        return self.qweight.view(torch.int8)
+        """A zero-memory placeholder with the float weight's shape, dtype and device.
+
+        Libraries read ``linear.weight.dtype`` / ``.device`` / ``.shape`` (e.g. to cast inputs); those
+        stay correct. Its *values* are zeros, not the weight: use :meth:`dequantized_weight`.
+        """
+        return torch.zeros((), dtype=self.compute_dtype, device=self.weight_scale.device).expand(
+            self.out_features, self.in_features)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Float ``(N, K)`` weight the integers represent (smoothing factors still folded in)."""
@@ -291,7 +294,15 @@ class QuantLinear(torch.nn.Module):
         from .gemm import release_execution_weight
 
         release_execution_weight(self)  # packed copies are device-specific; rebuilt lazily
-        return super()._apply(fn, recurse)
+        probe = fn(torch.zeros(1, dtype=self.compute_dtype, device=self.weight_scale.device))
+        out = super()._apply(fn, recurse)
+        if probe.is_floating_point():
+            self.compute_dtype = probe.dtype
+        for name in ("weight_scale", "inv_smooth", "act_scale"):  # scales stay float32 under .to(dtype)
+            buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return out
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -48,7 +48,7 @@ def _layer_meta(m: QuantLinear) -> dict[str, Any]:
         "in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
         "weight_bits": m.weight_bits, "act_bits": m.act_bits, "group_size": m.group_size,
         "act_mode": m.act_mode, "num_ranges": m.num_ranges, "smooth": m.inv_smooth is not None,
-        "bias_dtype": str(m.bias.dtype).replace("torch.", "") if m.bias is not None else "float32",
+        "bias_dtype": str(m.compute_dtype).replace("torch.", ""),
         "act_group": m.act_group, "fp_tokens": m.fp_tokens, "activation": m.activation,
     }
 

@@ -158,3 +158,17 @@ def test_fused_gelu_epilogue_equals_separate_gelu(approximate, mode):
     fake.activation = real.activation = approximate
     assert _rel_err(fake(x), separate) < 1e-6
     assert _rel_err(real(x), separate) < 1e-4  # oneDNN's GELU post-op: its own float evaluation
+
+
+def test_weight_placeholder_and_dtype_moves_keep_scales_float32():
+    lin, q = _layer()
+    w = q.weight
+    assert w.shape == lin.weight.shape and w.dtype == torch.float32 and w.untyped_storage().nbytes() <= 4
+    x = torch.randn(4, 96)
+    y = q(x)
+    q.to(torch.bfloat16)
+    assert q.weight.dtype == torch.bfloat16 and q.bias.dtype == torch.bfloat16
+    assert q.weight_scale.dtype == torch.float32  # scales are never rounded to bf16
+    yb = q(x.to(torch.bfloat16))
+    assert yb.dtype == torch.bfloat16
+    assert sqnr_db(y, yb.float()) >= 35.0
