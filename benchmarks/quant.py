@@ -221,6 +221,7 @@ def _random_plan(sizes: dict, average_bits: float, seed: int) -> QuantPlan:
 
 def bench_pipeline(args) -> dict:
     pipe, source, kwargs, train, heldout, why = _load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
     n_eval = 8 if args.quick else args.eval_prompts
     n_cal = 2 if args.quick else args.calibration_prompts
     eval_prompts, cal_prompts = heldout[:n_eval], train[:n_cal]
