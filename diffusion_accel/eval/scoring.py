@@ -53,6 +53,7 @@ class QualityScorer:
         self.ssim = M.ssim_metric()
         self.lpips, self.lpips_reason = M.lpips_metric() if lpips else (None, "LPIPS not requested.")
         self.deviation = M.DeviationSums()
+        self.num_features = extractor if isinstance(extractor, int) else getattr(extractor, "num_features", None)
         self.frames = 0
         self.video: bool | None = None
 
@@ -109,6 +110,10 @@ class QualityScorer:
             enough = self.frames >= 2
             if not enough and (self.fid is not None or self.fid_baseline is not None):
                 notes.append("fid: needs at least 2 images (raise --num-images or the number of prompts).")
+            if enough and self.fid is not None and self.num_features and self.frames < self.num_features:
+                notes.append(f"fid: {self.frames} images for {self.num_features} features: the covariance is "
+                             "rank-deficient and FID is dominated by sample bias; compare only runs of the same "
+                             "size, and use many more images than features for absolute values.")
             values["fid"] = M.fid_value(self.fid) if self.fid is not None and enough else None
             values["fid_vs_baseline"] = (M.fid_value(self.fid_baseline)
                                          if self.fid_baseline is not None and enough else None)

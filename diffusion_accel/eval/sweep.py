@@ -189,7 +189,9 @@ def default_call_kwargs(model: Any) -> dict[str, Any]:
     if isinstance(model, str) and model == "benchmark":
         from ..assets import BENCHMARK_GENERATION_KWARGS
 
-        return dict(BENCHMARK_GENERATION_KWARGS)
+        # The benchmark is a PixArt pipeline: caption cleaning needs beautifulsoup and only prints a
+        # warning per call without it; its captions need no cleaning.
+        return {"clean_caption": False, **BENCHMARK_GENERATION_KWARGS}
     return {}
 
 
