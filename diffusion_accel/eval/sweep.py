@@ -52,6 +52,7 @@ from .prompts import load_prompts
 
 __all__ = [
     "BASELINE",
+    "COST_MEASURES",
     "TIMING_FIELDS",
     "deterministic_view",
     "evaluate",
@@ -61,6 +62,9 @@ __all__ = [
 
 BASELINE = "baseline"
 #: Record fields that depend on the machine's load (everything else is deterministic).
+#: Optional per-variant cost measurements of :func:`evaluate` (latency is always measured).
+COST_MEASURES = ("macs", "memory", "operators")
+
 TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
                  "operator_shares")
 RUN_FILE = "run.json"
@@ -221,6 +225,7 @@ def evaluate(
     dtype: torch.dtype | None = None,
     resume: bool = False,
     progress: bool = True,
+    measure: Iterable[str] = COST_MEASURES,
 ) -> list[dict[str, Any]]:
     """Evaluate ``configs`` against the baseline; write results and reports to ``out``.
 
@@ -246,6 +251,9 @@ def evaluate(
             device, or CPU; the model's own dtype).
         resume: continue a run in ``out`` (same settings); without it ``out`` must not hold a run.
         progress: tqdm progress bars.
+        measure: the per-variant cost measurements besides latency, each one more pipeline call:
+            ``"macs"``, ``"memory"`` (peak memory), ``"operators"`` (profiled operator shares);
+            the fields of the ones left out are ``None``.
 
     Returns:
         The records (one per variant, baseline first) on the main process; ``[]`` on the others.
@@ -271,6 +279,10 @@ def evaluate(
         M.fid_features(fid_features)  # unknown names and missing optional packages fail here
     if latency_runs < 1 or warmup < 0:
         raise ValueError(f"latency_runs must be >= 1 and warmup >= 0, got {latency_runs} and {warmup}.")
+    measure = tuple(measure)
+    unknown = sorted(set(measure) - set(COST_MEASURES))
+    if unknown:
+        raise ValueError(f"Unknown cost measure(s) {unknown}; choose from {list(COST_MEASURES)}.")
     settings = {
         "model": _model_label(model),
         "prompts": [[p.index, p.text] for p in prompt_list],
@@ -301,7 +313,7 @@ def evaluate(
         costs = {}
         for name, config in variants:
             _use(pipe, name, config)
-            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device)
+            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device, measure)
         latencies = _interleaved_latency(pipe, variants, items[:batch_size], call_kwargs, out, latency_runs,
                                          warmup, device)
         for name, cost in costs.items():
@@ -395,8 +407,10 @@ class _QuietPipe:
         self.pipe._progress_bar_config = self.old
 
 
-def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device) -> dict:
-    """MACs, peak memory and operator shares of one call of ``batch`` (cached in ``cost.json``)."""
+def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device,
+          measure: tuple[str, ...] = COST_MEASURES) -> dict:
+    """The ``measure`` costs (MACs, peak memory, operator shares) of one call of ``batch`` (cached in
+    ``cost.json``); measures left out are ``None``."""
     path = os.path.join(folder, COST_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
@@ -404,15 +418,18 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, devi
     from ..api import find_denoisers
 
     call = _batch_call(pipe, batch, call_kwargs)
+    cost: dict[str, Any] = {"peak_memory_bytes": None, "peak_memory_source": None, "operator_shares": None,
+                            "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
     with _QuietPipe(pipe):
-        macs = count_macs(call, [m for _, m in find_denoisers(pipe)])
-        memory, source = peak_memory(call, device)
-        shares = operator_breakdown(call, device)
-    # A count that missed operators without a flop formula is unknown, not small.
-    cost = {"peak_memory_bytes": memory, "peak_memory_source": source,
-            "operator_shares": shares, "macs": None if macs.uncounted_in_modules else macs.modules,
-            "pipeline_macs": None if macs.uncounted_ops else macs.total,
-            "uncounted_ops": macs.uncounted_ops, "batch_size": len(batch)}
+        if "macs" in measure:
+            macs = count_macs(call, [m for _, m in find_denoisers(pipe)])
+            # A count that missed operators without a flop formula is unknown, not small.
+            cost.update(macs=None if macs.uncounted_in_modules else macs.modules,
+                        pipeline_macs=None if macs.uncounted_ops else macs.total, uncounted_ops=macs.uncounted_ops)
+        if "memory" in measure:
+            cost["peak_memory_bytes"], cost["peak_memory_source"] = peak_memory(call, device)
+        if "operators" in measure:
+            cost["operator_shares"] = operator_breakdown(call, device)
     atomic_write_json(path, cost)
     return cost
 

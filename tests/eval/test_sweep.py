@@ -173,3 +173,13 @@ def test_load_configs_reads_the_search_frontier_file(pipe, tmp_path):
     got = load_configs([tmp_path / "frontier.json"])
     assert [name for name, _ in got] == ["search-03", "heuristic_fora"]
     assert all(config == fora(pipe) for _, config in got)
+
+
+def test_measure_selects_the_cost_measurements(pipe, tmp_path):
+    records = _run(pipe, None, tmp_path / "out", None, [("fora", fora(pipe))], measure=("macs",))
+    for record in records:
+        assert record["macs"] is not None
+        assert record["peak_memory_bytes"] is None and record["operator_shares"] is None
+    assert records[1]["macs_ratio"] > 1.0
+    with pytest.raises(ValueError, match="Unknown cost measure"):
+        _run(pipe, None, tmp_path / "other", None, [], measure=("flops",))
