@@ -26,8 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# OpenMP threads that spin while waiting waste the CPU share of a shared machine: with other
+# jobs on the same cores, spinning made training steps several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -56,20 +60,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=30000)
     parser.add_argument("--heldout-images", type=int, default=512)
     parser.add_argument("--train-sample", type=int, default=512, help="train images exported in the asset")
-    parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--vae-minutes", type=float, default=11.0)
+    parser.add_argument("--vae-steps", type=int, default=500)
+    parser.add_argument("--vae-minutes", type=float, default=9.0)
     parser.add_argument("--diffusion-minutes", type=float, default=33.0)
     parser.add_argument("--diffusion-steps", type=int, default=10**9, help="stop after this many steps")
     parser.add_argument("--clip-minutes", type=float, default=5.0)
     parser.add_argument("--clip-steps", type=int, default=500)
+    parser.add_argument("--clip-batch-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--foreground-boost", type=float, default=3.0, help="latent-loss weight on digit cells")
     parser.add_argument("--layers", type=int, default=BenchmarkArchitecture.transformer_layers)
     parser.add_argument("--heads", type=int, default=BenchmarkArchitecture.transformer_heads)
     parser.add_argument("--prediction-type", default=BenchmarkArchitecture.prediction_type)
     parser.add_argument("--vae-from", type=Path, help="reuse the VAE of a previous run's model folder")
+    parser.add_argument(
+        "--resume-from", type=Path,
+        help="assets folder of a previous run: reuse its VAE and CLIP, continue training its transformer and T5",
+    )
+    parser.add_argument("--retrain-clip", action="store_true", help="with --resume-from: train CLIP again")
+    parser.add_argument(
+        "--clip-reconstruction-fraction", type=float, default=0.5,
+        help="share of CLIP training images shown as VAE reconstructions",
+    )
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--data-only", action="store_true", help="only regenerate and export benchmark_data.npz")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the pipeline end to end")
     args = parser.parse_args()
     if args.quick:
@@ -162,10 +177,12 @@ def main() -> None:
     scans = load_digit_scans()
     train = make_split("train", args.train_images, args.seed, scans=scans)
     heldout = make_split("heldout", args.heldout_images, args.seed, scans=scans)
-    train_sample = make_split("train", args.train_sample, args.seed + 1, scans=scans)
+    train_sample = make_split("train", args.train_sample, args.seed, scans=scans, sample_seed=args.seed + 1)
     export_data(args.out / "benchmark_data.npz", heldout, train_sample)
     timings["data_s"] = time.time() - t0
     log(f"data: {len(train)} train, {len(heldout)} held-out scenes, {len(set(train.captions))} distinct train captions")
+    if args.data_only:
+        return
 
     words = caption_vocabulary()
     t5_tokenizer, clip_tokenizer = build_t5_tokenizer(words), build_clip_tokenizer(words)
@@ -173,6 +190,10 @@ def main() -> None:
     # 2. VAE
     t0 = time.time()
     train_x = to_model_input(train.images)
+    previous = None
+    if args.resume_from is not None:
+        previous = json.loads((args.resume_from / "training_summary.json").read_text())
+        args.vae_from = args.resume_from / "benchmark_model"
     if args.vae_from is not None:
         from diffusers import AutoencoderKL
 
@@ -182,7 +203,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         vae, vae_steps = train_vae(
             arch.build_vae(), train_x, torch.from_numpy(train.alpha), steps=args.vae_steps,
-            seconds=args.vae_minutes * 60, seed=args.seed, log=log,
+            seconds=args.vae_minutes * 60, batch_size=48, seed=args.seed, log=log, bf16=False,
         )
     timings["vae_s"] = time.time() - t0
     vae_metrics = check_vae(vae, heldout, log, args.work)
@@ -207,12 +228,22 @@ def main() -> None:
     empty_ids, empty_mask = tokenize(t5_tokenizer, [""], arch.max_caption_tokens)
     scheduler = arch.build_scheduler()
     torch.manual_seed(args.seed)
-    transformer, text_encoder = arch.build_transformer(), arch.build_text_encoder(len(t5_tokenizer))
+    if args.resume_from is not None:
+        from diffusers import PixArtTransformer2DModel
+        from transformers import T5EncoderModel
+
+        transformer = PixArtTransformer2DModel.from_pretrained(args.resume_from / "benchmark_model" / "transformer")
+        text_encoder = T5EncoderModel.from_pretrained(args.resume_from / "benchmark_model" / "text_encoder")
+        log(f"transformer and T5 resumed from {args.resume_from} ({previous['training']['diffusion_steps']} steps)")
+    else:
+        transformer, text_encoder = arch.build_transformer(), arch.build_text_encoder(len(t5_tokenizer))
     transformer, text_encoder, diffusion_steps = train_diffusion(
         transformer, text_encoder, latents, weights, token_ids, token_mask, caption_index,
         empty_ids[0], empty_mask[0], dict(scheduler.config),
         seconds=args.diffusion_minutes * 60, max_steps=args.diffusion_steps, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, log=log,
+        lr=args.lr, log=log,
+        # a resumed session draws new batches and noise rather than replaying the first session's
+        seed=args.seed + (previous["training"]["diffusion_steps"] if previous else 0),
     )
     timings["diffusion_s"] = time.time() - t0
 
@@ -229,14 +260,30 @@ def main() -> None:
     from transformers import CLIPImageProcessor, CLIPProcessor
 
     torch.manual_seed(args.seed)
-    clip = arch.build_clip(
-        len(clip_tokenizer), clip_tokenizer.pad_token_id, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id
-    )
-    clip_ids, clip_mask = tokenize(clip_tokenizer, unique, arch.max_caption_tokens)
-    clip, clip_steps = train_clip(
-        clip, torch.from_numpy(train.images), clip_ids, clip_mask, caption_index,
-        seconds=args.clip_minutes * 60, max_steps=args.clip_steps, seed=args.seed, log=log,
-    )
+    clip_retrained = args.resume_from is None or args.retrain_clip
+    if not clip_retrained:
+        from transformers import CLIPModel
+
+        clip, clip_steps = CLIPModel.from_pretrained(args.resume_from / "benchmark_clip"), previous["training"]["clip_steps"]
+        log(f"clip reused from {args.resume_from}")
+    else:
+        clip = arch.build_clip(
+            len(clip_tokenizer), clip_tokenizer.pad_token_id, clip_tokenizer.bos_token_id, clip_tokenizer.eos_token_id
+        )
+        clip_ids, clip_mask = tokenize(clip_tokenizer, unique, arch.max_caption_tokens)
+        reconstructions = None
+        if args.clip_reconstruction_fraction > 0:
+            with torch.no_grad():
+                reconstructions = torch.cat([
+                    vae.decode(latents[i : i + 512] / scaling).sample.clamp(-1, 1).add(1).mul(127.5).round().byte()
+                    for i in range(0, len(latents), 512)
+                ]).permute(0, 2, 3, 1).contiguous()
+        clip, clip_steps = train_clip(
+            clip, torch.from_numpy(train.images), clip_ids, clip_mask, caption_index,
+            seconds=args.clip_minutes * 60, max_steps=args.clip_steps, batch_size=args.clip_batch_size,
+            seed=args.seed, log=log, reconstructions_uint8=reconstructions,
+            reconstruction_fraction=args.clip_reconstruction_fraction,
+        )
     image_processor = CLIPImageProcessor(
         do_resize=True, size={"shortest_edge": arch.image_size}, do_center_crop=True,
         crop_size={"height": arch.image_size, "width": arch.image_size},
@@ -261,14 +308,31 @@ def main() -> None:
         "training": {
             "seed": args.seed, "threads": args.threads, "vae_steps": vae_steps,
             "vae_reused_from": str(args.vae_from) if args.vae_from else None,
-            "diffusion_steps": diffusion_steps, "diffusion_batch_size": args.batch_size, "lr": args.lr,
+            "diffusion_steps": diffusion_steps + (previous["training"]["diffusion_steps"] if previous else 0),
+            "diffusion_steps_this_session": diffusion_steps,
+            "diffusion_batch_size": args.batch_size, "lr": args.lr,
             "foreground_boost": args.foreground_boost, "clip_steps": clip_steps,
+            "clip_batch_size": args.clip_batch_size, "vae_batch_size": 48,
+            "clip_reconstruction_fraction": args.clip_reconstruction_fraction if clip_retrained else previous[
+                "training"].get("clip_reconstruction_fraction", 0.0),
             "latent_scaling_factor": scaling, "torch": torch.__version__,
         },
         "vae_check": vae_metrics,
         "timings_s": {key: round(value, 1) for key, value in timings.items()},
         "total_training_minutes": round((time.time() - log.start) / 60, 1),
     }
+    summary["session_minutes"] = summary["total_training_minutes"]
+    if previous is not None:
+        # each entry keeps its own session's minutes; the top level adds them all up
+        summary["previous_sessions"] = previous.get("previous_sessions", []) + [
+            {key: previous[key] for key in ("training", "timings_s", "vae_check")}
+            | {"session_minutes": previous.get("session_minutes", previous["total_training_minutes"])}
+        ]
+        summary["training"]["vae_steps"] = previous["training"]["vae_steps"]
+        summary["vae_check"] = previous["vae_check"]
+        summary["total_training_minutes"] = round(
+            summary["session_minutes"] + sum(p["session_minutes"] for p in summary["previous_sessions"]), 1
+        )
     (args.out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"training done in {summary['total_training_minutes']} min: {summary['timings_s']}")
 

@@ -39,7 +39,7 @@ class BenchmarkArchitecture:
     max_caption_tokens: int = 32
     # PixArt-alpha transformer
     transformer_layers: int = 8
-    transformer_heads: int = 6
+    transformer_heads: int = 5
     transformer_head_dim: int = 32
     patch_size: int = 1
     # noise schedule / sampler

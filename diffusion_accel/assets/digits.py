@@ -270,11 +270,14 @@ def make_split(
     seed: int = 0,
     recipe: SceneRecipe = RECIPE,
     scans: tuple[np.ndarray, np.ndarray] | None = None,
+    sample_seed: int | None = None,
 ) -> DigitScenes:
     """Generate ``count`` scenes of ``split`` (``"train"`` or ``"heldout"``), deterministically.
 
-    ``seed`` fixes the scan split and held-out combinations (seed 0 is the shipped recipe) and
-    the scene sampling; ``scans`` may pass pre-loaded ``load_digit_scans()`` output.
+    ``seed`` fixes the scan split and the held-out combinations (seed 0 is the shipped recipe);
+    ``sample_seed`` (default: ``seed``) fixes which scenes are drawn, so another sample of the
+    same split is ``make_split(split, n, seed, sample_seed=other)``. ``scans`` may pass
+    pre-loaded ``load_digit_scans()`` output.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
@@ -285,7 +288,7 @@ def make_split(
     pool = train_scans if split == "train" else heldout_scans
     by_digit = [pool[labels[pool] == d] for d in range(len(recipe.digit_names))]
     novel_table = heldout_combinations(recipe, seed)
-    rng = np.random.default_rng([seed, SPLITS.index(split), 2024])
+    rng = np.random.default_rng([seed if sample_seed is None else sample_seed, SPLITS.index(split), 2024])
 
     n_colours, n_digits = len(recipe.colours), len(recipe.digit_names)
     corners = np.asarray(recipe.corner_positions)

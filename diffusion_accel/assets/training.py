@@ -297,14 +297,23 @@ def train_clip(
     seed: int = 0,
     log: Logger | None = None,
     bf16: bool = True,
+    reconstructions_uint8: torch.Tensor | None = None,
+    reconstruction_fraction: float = 0.0,
 ):
     """Contrastive training; pairs with the same caption all count as matches (soft targets).
+
+    With ``reconstructions_uint8`` (the same images passed through the VAE, same shape), a
+    ``reconstruction_fraction`` of each batch shows the reconstruction instead, so the CLIP
+    judges content rather than the VAE's softer rendering of strokes.
 
     images_uint8 ``(N, H, W, 3)``; caption_index ``(N,)`` into token_ids/token_mask ``(K, L)``.
     Cosine learning-rate decay over ``max_steps`` if given, else constant after warm-up.
     """
     generator = torch.Generator().manual_seed(seed)
     clip.train()
+    # eager (matmul) attention: SDPA's CPU backward is ~10x slower under bf16 autocast
+    original_attention = clip.config._attn_implementation
+    clip.set_attn_implementation("eager")
     optimiser = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
     start, step, running = time.time(), 0, 0.0
     while step < max_steps and time.time() - start < seconds:
@@ -315,7 +324,11 @@ def train_clip(
             group["lr"] = lr * scale
         index = torch.randint(len(images_uint8), (batch_size,), generator=generator)
         captions = caption_index[index]
-        pixels = _clip_pixels(images_uint8[index])
+        batch_images = images_uint8[index]
+        if reconstructions_uint8 is not None and reconstruction_fraction > 0:
+            use = torch.rand(batch_size, generator=generator) < reconstruction_fraction
+            batch_images = torch.where(use[:, None, None, None], reconstructions_uint8[index], batch_images)
+        pixels = _clip_pixels(batch_images)
         same = (captions[:, None] == captions[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -335,6 +348,7 @@ def train_clip(
         if step % 100 == 0:
             _log(log, f"clip step {step} loss {running:.3f} {time.time() - start:.0f}s")
         step += 1
+    clip.set_attn_implementation(original_attention)
     clip.eval()
     _log(log, f"clip done: {step} steps in {time.time() - start:.0f}s, loss {running:.3f}")
     return clip, step
