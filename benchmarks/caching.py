@@ -9,8 +9,10 @@ Measured side by side in one run against the un-accelerated pipeline (same promp
 * ``pipeline_speedup`` the same for the whole pipeline call (text encoder and VAE included);
 * ``psnr_db``          PSNR of the images against the full-compute images of the same seeds.
 
-Policies: the full schedule, FORA 2 and 3, Δ-DiT, TGATE, dynamic caching, and diffusers' own
-FirstBlockCache / TaylorSeer / MagCache where they run on the model (otherwise the reason).
+Policies: the full schedule, FORA 2 and 3, Δ-DiT, TGATE (component-output reuse), FORA and Δ-DiT
+again with block-residual reuse (``-res``), the searched schedule bundled with the benchmark
+model (``searched``), dynamic caching, and diffusers' own FirstBlockCache / TaylorSeer /
+MagCache where they run on the model (otherwise the reason).
 
     python benchmarks/caching.py                      # bundled benchmark model
     python benchmarks/caching.py --model tiny:pixart-alpha --quick
@@ -19,6 +21,7 @@ FirstBlockCache / TaylorSeer / MagCache where they run on the model (otherwise t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -105,8 +108,8 @@ def diffusers_cache(config_factory: Callable[[], Any]) -> Callable[[Any], Callab
 def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
-    def static(schedule):
-        return ours(AccelerationConfig(cache=StaticCacheConfig(schedule)))
+    def static(schedule, reuse="outputs"):
+        return ours(AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse)))
 
     out = {
         "full": static(CacheSchedule.full(pipe, steps)),
@@ -114,6 +117,19 @@ def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
         "fora-3": static(CacheSchedule.fora(pipe, steps, 3)),
         "delta-dit": static(CacheSchedule.delta_dit(pipe, steps, interval=3)),
     }
+    if all(b.group.io is not None for b in diffusion_accel.models.get_model_adapter(pipe.transformer).blocks(
+            pipe.transformer)):  # block-residual reuse (StaticCacheConfig(reuse="block_residual"))
+        for name in ("fora-2", "fora-3"):
+            out[f"{name}-res"] = static(CacheSchedule.fora(pipe, steps, int(name[-1])), "block_residual")
+        out["delta-dit-res"] = static(CacheSchedule.delta_dit(pipe, steps, interval=3), "block_residual")
+    try:  # the schedule the NSGA-II search found for the bundled model
+        from diffusion_accel.assets import benchmark_search_config
+
+        searched = benchmark_search_config()
+        searched.cache.schedule.check_model(pipe.transformer)
+        out["searched"] = ours(AccelerationConfig(cache=dataclasses.replace(searched.cache, auto_resample=True)))
+    except (FileNotFoundError, ValueError) as exc:
+        out["searched"] = exc
     try:
         out["tgate"] = static(CacheSchedule.tgate(pipe, steps, gate_step=max(1, steps // 2)))
     except ValueError as exc:
@@ -189,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         r["speedup_over_macs_ratio"] = r["denoiser_speedup"] / r["macs_ratio"]
 
-    static_2x = [r for n, r in results.items() if r.get("supported") and n.split("-")[0] in ("fora", "delta")
+    static_2x = [r for n, r in results.items() if r.get("supported") and n.split("-")[0] in ("fora", "delta", "searched")
                  and r["macs_ratio"] >= 2.0]
     return {
         "benchmark": "caching",

@@ -3,7 +3,8 @@
 One run, one machine, baselines measured alongside:
 
 1. **Search** (:func:`diffusion_accel.caching.search_schedule`) on *train* (calibration) prompts of
-   the bundled benchmark model: quality = latent MSE to the full-compute output, cost = MACs.
+   the bundled benchmark model: quality = PSNR of the images against the full-compute images of
+   the same seeds (``--quality``; the held-out comparison's metric), cost = MACs.
 2. **Held-out evaluation** on other prompts and seeds (``benchmark:heldout``), for the full
    schedule, the frontier schedules (up to ``--max-frontier``, spread over the speed-ups, the picks
    always included), and grids of FORA (intervals), Δ-DiT (interval x cached blocks), TGATE (gate
@@ -31,6 +32,7 @@ One run, one machine, baselines measured alongside:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -64,22 +66,29 @@ def log(*args: Any) -> None:
 
 
 def heuristic_grid(pipe: Any, steps: int, quick: bool) -> dict[str, tuple[str, AccelerationConfig]]:
-    """name -> (family, config) of the hand-made policies, each family spanning the target speed-ups."""
-    def static(schedule: CacheSchedule) -> AccelerationConfig:
-        return AccelerationConfig(cache=StaticCacheConfig(schedule))
+    """name -> (family, config) of the hand-made policies, each family spanning the target speed-ups.
+
+    Every static heuristic runs in both reuse modes (component outputs, as FORA and TGATE define
+    it, and block residuals, as Δ-DiT's Δ-cache does; ``-res`` names): the comparison takes each
+    family's best, so the baselines get the better engine too.
+    """
+    grid: dict[str, tuple[str, AccelerationConfig]] = {}
+
+    def add(name: str, family: str, schedule: CacheSchedule) -> None:
+        grid[name] = (family, AccelerationConfig(cache=StaticCacheConfig(schedule)))
+        grid[f"{name}-res"] = (family, AccelerationConfig(cache=StaticCacheConfig(schedule, reuse="block_residual")))
 
     blocks = len(CacheSchedule.full(pipe, steps).compute[0])
-    grid: dict[str, tuple[str, AccelerationConfig]] = {}
     for interval in (2, 3, 4) if quick else (2, 3, 4, 5):
-        grid[f"fora-{interval}"] = ("fora", static(CacheSchedule.fora(pipe, steps, interval)))
+        add(f"fora-{interval}", "fora", CacheSchedule.fora(pipe, steps, interval))
     cached_options = sorted({max(1, blocks // 2), max(1, (3 * blocks) // 4), max(1, blocks - 1)})
     for interval in (2, 3, 4):
         for cached in cached_options:
-            grid[f"delta-dit-{interval}-b{cached}"] = (
-                "delta_dit", static(CacheSchedule.delta_dit(pipe, steps, interval=interval, num_cached_blocks=cached)))
+            add(f"delta-dit-{interval}-b{cached}", "delta_dit",
+                CacheSchedule.delta_dit(pipe, steps, interval=interval, num_cached_blocks=cached))
     for gate in sorted({max(1, steps // 4), max(1, steps // 2), max(1, (3 * steps) // 4)}):
         try:
-            grid[f"tgate-{gate}"] = ("tgate", static(CacheSchedule.tgate(pipe, steps, gate)))
+            add(f"tgate-{gate}", "tgate", CacheSchedule.tgate(pipe, steps, gate))
         except ValueError:
             pass
     for threshold in (0.1, 0.3, 0.6) if quick else (0.1, 0.2, 0.3, 0.5, 0.8):
@@ -193,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.model, train, out=os.path.join(out, "search"), num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
         batch_size=args.batch, call_kwargs=call, pick_speedups=TARGETS, generalise=True, resume=args.resume,
-        progress=not args.no_progress)
+        progress=not args.no_progress, quality=args.quality)
     search_s = time.perf_counter() - t0
 
     # 2. Held-out evaluation.
@@ -266,19 +275,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = [{"label": f"steps={s}", "num_inference_steps": s} for s in (args.steps // 2, args.steps * 3 // 2)]
     size = call.get("height") or 32
     settings.append({"label": f"{size * 3 // 2}x{size * 3 // 2}", "height": size * 3 // 2, "width": size * 3 // 2})
-    chosen = {}
+    chosen: dict[str, StaticCacheConfig] = {}
     for row in matched:
-        if row["search"]:
-            chosen[row["search"]["name"]] = timed[row["search"]["name"]].cache.schedule
-        if row.get("fora"):
-            chosen[row["fora"]["name"]] = timed[row["fora"]["name"]].cache.schedule
+        for key in ("search", "fora"):
+            if row.get(key):
+                chosen[row[key]["name"]] = timed[row[key]["name"]].cache
     for setting in settings:
         extra = {k: v for k, v in setting.items() if k != "label"}
         sev = CandidateEvaluator(pipe, items, {**call, **extra}, quality="psnr", batch_size=args.batch, memo=ev.memo)
         sev.prepare()
-        for name, schedule in chosen.items():
-            s = schedule.resample(sev.profile.num_steps)
-            outputs, _ = sev.run(AccelerationConfig(cache=StaticCacheConfig(s)))
+        for name, cache in chosen.items():
+            s = cache.schedule.resample(sev.profile.num_steps)
+            outputs, _ = sev.run(AccelerationConfig(cache=dataclasses.replace(cache, schedule=s)))
             general.append({"setting": setting["label"], "name": name, "macs_ratio": sev.macs_ratio(s),
                             "psnr": M.psnr(to_uint8(outputs), to_uint8(sev.reference))})
 
@@ -289,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
                    "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
-                   "out": os.path.join(out, "search"), "objective": "latent_mse vs full compute, cost = MACs"},
+                   "out": os.path.join(out, "search"), "objective": f"{args.quality} vs full compute, cost = MACs"},
         "heldout_prompts": len(items),
         "speedup_definition": "macs_ratio = full / accelerated denoiser MACs; denoiser_speedup = measured wall-clock",
         "matched": matched,
@@ -309,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="'benchmark', a folder holding a copy of it, or 'tiny:<name>' (plumbing only)")
     parser.add_argument("--clip", default="benchmark", help="CLIP for the CLIP score (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=10)
-    parser.add_argument("--calib-prompts", type=int, default=8, help="train prompts the search scores on")
+    parser.add_argument("--population", type=int, default=24)
+    parser.add_argument("--generations", type=int, default=12)
+    parser.add_argument("--calib-prompts", type=int, default=12, help="train prompts the search scores on")
+    parser.add_argument("--quality", default="psnr",
+                        help="search objective (default psnr: the metric of the held-out comparison)")
     parser.add_argument("--heldout-prompts", type=int, default=24, help="held-out prompts of the comparison")
-    parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call")
+    parser.add_argument("--batch", type=int, default=12, help="prompts per pipeline call")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration")
     parser.add_argument("--timing-batch", type=int, default=8, help="held-out prompts per timed call")
     parser.add_argument("--max-frontier", type=int, default=12, help="frontier schedules evaluated on held-out")

@@ -13,27 +13,44 @@ from typing import Any
 
 from .config import AccelerationConfig
 
-__all__ = ["demo_configs", "run_demo", "format_table", "add_arguments", "run"]
+__all__ = ["demo_cache_config", "demo_configs", "run_demo", "format_table", "add_arguments", "run"]
 
 
 def demo_configs(model: Any, num_steps: int) -> list[tuple[str, AccelerationConfig]]:
-    """The accelerations the demo compares, built for ``model`` (a denoiser or pipeline)."""
-    from .caching import DynamicCacheConfig, StaticCacheConfig
+    """The accelerations the demo compares, built for ``model`` (a denoiser or pipeline).
+
+    The cache schedule is the one the schedule search found for the bundled model
+    (:func:`diffusion_accel.assets.benchmark_search_config`, resampled to each call's step
+    count) when it fits ``model``; FORA with interval 2 otherwise.
+    """
+    from .caching import DynamicCacheConfig
     from .quant import QuantConfig
 
-    cache = StaticCacheConfig(_demo_schedule(model, num_steps), auto_resample=True)
+    cache = demo_cache_config(model, num_steps)
+    w8a8 = QuantConfig(weight_bits=8, act_bits=8)
     return [
         (f"cache-{cache.schedule.name}", AccelerationConfig(cache=cache)),
-        ("cache-dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=0.1))),
-        ("quant-w8a8", AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8))),
-        ("cache-and-w8a8", AccelerationConfig(cache=cache, quant=QuantConfig(weight_bits=8, act_bits=8))),
+        ("cache-dynamic", AccelerationConfig(cache=DynamicCacheConfig(threshold=0.3))),
+        ("quant-w8a8", AccelerationConfig(quant=w8a8)),
+        (f"cache-{cache.schedule.name}-w8a8", AccelerationConfig(cache=cache, quant=w8a8)),
     ]
 
 
-def _demo_schedule(model: Any, num_steps: int):
-    from .caching import CacheSchedule
+def demo_cache_config(model: Any, num_steps: int):
+    """The bundled searched cache config if it fits ``model``, else FORA(2); resampled automatically."""
+    import dataclasses
 
-    return CacheSchedule.fora(model, num_steps, 2)
+    from .assets import benchmark_search_config
+    from .caching import CacheSchedule, StaticCacheConfig
+    from .caching.schedule import resolve_denoiser
+
+    denoiser = resolve_denoiser(model)
+    try:
+        cache = benchmark_search_config().cache
+        cache.schedule.check_model(denoiser)
+    except (FileNotFoundError, ValueError, AttributeError):
+        return StaticCacheConfig(CacheSchedule.fora(denoiser, num_steps, 2), auto_resample=True)
+    return dataclasses.replace(cache, auto_resample=True)
 
 
 def format_table(records: list[dict[str, Any]]) -> str:

@@ -33,6 +33,8 @@ __all__ = [
     "benchmark_images",
     "benchmark_attributes",
     "model_card_path",
+    "benchmark_search_config",
+    "benchmark_search_config_path",
 ]
 
 BENCHMARK_SPLITS = ("train", "heldout")
@@ -70,6 +72,29 @@ def model_card_path() -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"MODEL_CARD.md is missing at {path}; {_RETRAIN}")
     return path
+
+
+def benchmark_search_config_path() -> str:
+    """Path of ``benchmark_search_config.json``: the ``AccelerationConfig`` (a static cache
+    schedule) the NSGA-II schedule search picked for the bundled model at 20 steps; how it was
+    found is in ``MODEL_CARD.md``."""
+    path = os.path.join(_HERE, "benchmark_search_config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"bundled asset 'benchmark_search_config.json' is missing at {path}; "
+                                "run benchmarks/search.py and save a picked config there")
+    return path
+
+
+def benchmark_search_config():
+    """The searched :class:`~diffusion_accel.AccelerationConfig` of the bundled model.
+
+    >>> config = benchmark_search_config()  # doctest: +SKIP
+    >>> config.cache.schedule.num_steps  # doctest: +SKIP
+    20
+    """
+    from ..config import AccelerationConfig
+
+    return AccelerationConfig.load(benchmark_search_config_path())
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,8 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +34,13 @@ import torch
 from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
-from ..models import Block, BlockIO
+from ..models import Block
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
+from .block_io import add_stream as _add
+from .block_io import block_argument as _argument
+from .block_io import block_streams as _streams
+from .block_io import pack_block_output as _pack
+from .block_io import sub_stream as _sub
 
 __all__ = ["DynamicCacheConfig", "apply_dynamic_cache"]
 
@@ -73,46 +76,6 @@ class DynamicCacheConfig(TechniqueConfig):
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-@functools.lru_cache(maxsize=None)
-def _param_index(block_class: type, name: str) -> int | None:
-    params = list(inspect.signature(block_class.forward).parameters)[1:]
-    return params.index(name) if name in params else None
-
-
-def _argument(module: torch.nn.Module, name: str | None, args: tuple, kwargs: dict) -> Any:
-    if name is None:
-        return None
-    if name in kwargs:
-        return kwargs[name]
-    index = _param_index(type(module), name)
-    return args[index] if index is not None and index < len(args) else None
-
-
-def _streams(io: BlockIO, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden_states, encoder_hidden_states or None) from a block's output."""
-    if io.output_hidden_states_index is None:
-        return output, None
-    enc = None if io.output_encoder_hidden_states_index is None else output[io.output_encoder_hidden_states_index]
-    return output[io.output_hidden_states_index], enc
-
-
-def _pack(io: BlockIO, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Any:
-    if io.output_hidden_states_index is None:
-        return hidden
-    out: list[Any] = [None, None]
-    out[io.output_hidden_states_index] = hidden
-    out[io.output_encoder_hidden_states_index] = encoder
-    return tuple(out)
-
-
-def _sub(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    return None if a is None or b is None else a - b
-
-
-def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    return a if a is None or b is None else a + b
-
-
 @dataclass
 class _BranchState:
     previous_signal: torch.Tensor | None = None
@@ -137,6 +100,10 @@ class _Controller:
         self.branches: dict[str, _BranchState] = {}
         self.computed_steps = 0
         self.skipped_steps = 0
+        #: denoising step -> number of denoiser calls at that step that skipped (every call so far)
+        self.skips_by_step: dict[int, int] = {}
+        #: denoising step -> number of denoiser calls at that step (every call so far)
+        self.calls_by_step: dict[int, int] = {}
 
     def state(self) -> _BranchState:
         return self.branches.setdefault(self.tracker.current.branch, _BranchState())
@@ -166,6 +133,8 @@ class _Controller:
             state.consecutive_skips += 1
             self.skipped_steps += 1
         state.skipping = skip
+        self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
+        self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
         return skip
 
 
@@ -262,6 +231,12 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
         return {
             "steps_computed": sum(c.computed_steps for c in controllers),
             "steps_skipped": sum(c.skipped_steps for c in controllers),
+            # per denoising step, the share of denoiser calls that skipped (all calls so far)
+            "skip_share_by_step": {
+                step: sum(c.skips_by_step.get(step, 0) for c in controllers)
+                / sum(c.calls_by_step.get(step, 0) for c in controllers)
+                for step in sorted({s for c in controllers for s in c.calls_by_step})
+            },
         }
 
     return TechniqueHandle(remove=hooks.remove, report=report, details=controllers)

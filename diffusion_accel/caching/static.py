@@ -29,12 +29,17 @@ from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
+from .block_io import add_stream, block_argument, block_streams, pack_block_output, sub_stream
 from .schedule import CacheSchedule
 from .state import BranchCache, CacheStats
 
 __all__ = ["StaticCacheConfig", "apply_static_cache"]
 
 _HOOK_NAME = "static_cache"
+_BLOCK_HOOK_NAME = "static_cache_block"
+
+#: Values of :attr:`StaticCacheConfig.reuse`.
+REUSE_MODES = ("outputs", "block_residual")
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,20 @@ class StaticCacheConfig(TechniqueConfig):
         schedule: the :class:`CacheSchedule` (made for this model family and depth).
         auto_resample: resample the schedule to each call's step count instead of raising a
             ``ValueError`` when they differ.
+        reuse: what a reused component contributes. ``"outputs"`` (default; FORA, ECAD): its
+            output from the last step where it ran, fed through the block's current modulation.
+            ``"block_residual"`` (Δ-DiT's Δ-cache, FBCache): a block all of whose components
+            are reused at a step is skipped as a whole and adds its residual (output - input)
+            of the last step where it ran; blocks that compute some components reuse outputs.
+            Needs blocks whose input/output streams are declared (``BlockIO``: every covered
+            transformer; UNets have none).
     """
 
     field_name = "cache"
 
     schedule: CacheSchedule = field(metadata={"encode": CacheSchedule.to_dict, "decode": CacheSchedule.from_dict})
     auto_resample: bool = False
+    reuse: str = "outputs"
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, CacheSchedule):
@@ -59,6 +72,8 @@ class StaticCacheConfig(TechniqueConfig):
             )
         if not isinstance(self.auto_resample, bool):
             raise TypeError(f"auto_resample must be a bool, got {self.auto_resample!r}.")
+        if self.reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}.")
 
 
 def scheduler_num_steps(pipe: Any) -> int | None:
@@ -141,6 +156,50 @@ class ComponentCacheHook(ModelHook):
         return module
 
 
+class BlockResidualHook(ModelHook):
+    """Skips a block whose every component is reused at this step: returns its input plus the
+    residual (output - input, per stream) from the last step where the block ran."""
+
+    _is_stateful = True
+
+    def __init__(self, plan: _SchedulePlan, tracker: StepTracker, block: Any, keys: list[tuple[str, int, int]],
+                 stats: CacheStats):
+        super().__init__()
+        self.plan, self.tracker, self.io, self.stats = plan, tracker, block.group.io, stats
+        self.block = block.index
+        self.components = [key[2] for key in keys]
+        self.keys = keys
+        self.cache = BranchCache(stats)
+
+    def _skipped(self, table: np.ndarray, step: int) -> bool:
+        return not table[step, self.block, self.components].any()
+
+    def new_forward(self, module, *args, **kwargs):
+        call = self.tracker.current
+        if call is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        table = self.plan.compute_table(self.tracker)
+        hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
+        encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
+        if self._skipped(table, call.step) and call.branch in self.cache:
+            for key in self.keys:
+                self.stats.reused[key] += 1
+            residual, encoder_residual = self.cache.get(call.branch)
+            return pack_block_output(self.io, add_stream(hidden, residual), add_stream(encoder, encoder_residual))
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        next_step = call.step + 1
+        if next_step < table.shape[0] and self._skipped(table, next_step):
+            out_hidden, out_encoder = block_streams(self.io, output)
+            self.cache.put(call.branch, (sub_stream(out_hidden, hidden), sub_stream(out_encoder, encoder)))
+        else:
+            self.cache.drop(call.branch)
+        return output
+
+    def reset_state(self, module):
+        self.cache.clear()
+        return module
+
+
 @register_technique(StaticCacheConfig)
 def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Denoiser]) -> TechniqueHandle:
     """Install a :class:`ComponentCacheHook` on every component of every denoiser."""
@@ -148,12 +207,31 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
     hooks = HookSet(_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
         config.schedule.check_model(denoiser.module, denoiser.adapter)
+    if config.reuse == "block_residual":
+        for denoiser in denoisers:
+            if any(block.group.io is None for block in denoiser.blocks()):
+                raise ValueError(
+                    f"reuse='block_residual' needs blocks with declared input/output streams (BlockIO); "
+                    f"{type(denoiser.module).__name__} ({denoiser.adapter.family}) has blocks without one. "
+                    "Use StaticCacheConfig(schedule, reuse='outputs')."
+                )
+    block_hooks = HookSet(_BLOCK_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
         plan = _SchedulePlan(config.schedule, config.auto_resample, pipe)
         names = denoiser.adapter.component_names
         for block in denoiser.blocks():
+            keys = []
             for comp_name, module in block.components().items():
                 key = (denoiser.name, block.index, names.index(comp_name))
                 hooks.add(module, ComponentCacheHook(plan, denoiser.tracker, key, stats))
+                keys.append(key)
+            if config.reuse == "block_residual" and keys:
+                block_hooks.add(block.module, BlockResidualHook(plan, denoiser.tracker, block, keys, stats))
     hooks.added()
-    return TechniqueHandle(remove=hooks.remove, report=stats.report, details=stats)
+    block_hooks.added()
+
+    def remove() -> None:
+        block_hooks.remove()
+        hooks.remove()
+
+    return TechniqueHandle(remove=remove, report=stats.report, details=stats)

@@ -34,11 +34,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -205,6 +206,7 @@ def generate_images(
     progress: bool = True,
     desc: str | None = None,
     state: Any = None,
+    wrap_first_batch: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Generate the items of ``items`` that ``out_dir`` lacks; return the manifest of all items.
 
@@ -221,6 +223,9 @@ def generate_images(
         state: an ``accelerate.PartialState``; default :func:`distributed_state` for the pipeline's
             device. With several processes, batches are split across them and the records are
             gathered on the main process, which writes ``manifest.jsonl``.
+        wrap_first_batch: called as ``wrap_first_batch(run)`` instead of ``run()`` for the first
+            batch of ``items`` when this process generates it now (the evaluation harness counts
+            that call's MACs this way instead of running it once more).
 
     Returns:
         key -> manifest record (``key``, ``prompt_index``, ``image_index``, ``prompt``, ``seed``,
@@ -253,7 +258,8 @@ def generate_images(
         pipe.set_progress_bar_config(disable=True)
     try:
         for batch in todo:
-            arrays = _run_batch(pipe, batch, call_kwargs)
+            run = functools.partial(_run_batch, pipe, batch, call_kwargs)
+            arrays = wrap_first_batch(run) if wrap_first_batch is not None and batch is batches[0] else run()
             lines = []
             for item, array in zip(batch, arrays):
                 ext, data = _encode(array)

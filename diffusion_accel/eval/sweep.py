@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
 from .generate import distributed_state, generate_images, load_arrays, make_batches, make_items
-from .latency import count_macs, operator_breakdown, peak_memory, summarize_times, time_call
+from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import load_prompts
 
 __all__ = [
@@ -302,10 +302,14 @@ def evaluate(
     import diffusion_accel
 
     try:
+        counted: dict[str, MacsResult] = {}
         for name, config in variants:
             _use(pipe, name, config)
+            # The MACs of the first batch are counted while it is generated (one call fewer).
+            count = _macs_counter(pipe, counted, name) if "macs" in measure and state.is_main_process else None
             generate_images(pipe, items, os.path.join(out, name), batch_size=batch_size,
-                            call_kwargs=call_kwargs, progress=progress, desc=name, state=state)
+                            call_kwargs=call_kwargs, progress=progress, desc=name, state=state,
+                            wrap_first_batch=count)
         if not state.is_main_process:
             return []
         # The cost is measured on the main process alone, after generation, so that the other
@@ -313,7 +317,8 @@ def evaluate(
         costs = {}
         for name, config in variants:
             _use(pipe, name, config)
-            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device, measure)
+            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device, measure,
+                                counted.get(name))
         latencies = _interleaved_latency(pipe, variants, items[:batch_size], call_kwargs, out, latency_runs,
                                          warmup, device)
         for name, cost in costs.items():
@@ -407,10 +412,22 @@ class _QuietPipe:
         self.pipe._progress_bar_config = self.old
 
 
+def _macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callable[[Callable[[], Any]], Any]:
+    """A ``wrap_first_batch`` for :func:`generate_images` that stores the call's MACs in ``counted[name]``."""
+    from ..api import find_denoisers
+
+    def count(run: Callable[[], Any]) -> Any:
+        output: list[Any] = []
+        counted[name] = count_macs(lambda: output.append(run()), [m for _, m in find_denoisers(pipe)])
+        return output[0]
+
+    return count
+
+
 def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device,
-          measure: tuple[str, ...] = COST_MEASURES) -> dict:
+          measure: tuple[str, ...] = COST_MEASURES, macs: MacsResult | None = None) -> dict:
     """The ``measure`` costs (MACs, peak memory, operator shares) of one call of ``batch`` (cached in
-    ``cost.json``); measures left out are ``None``."""
+    ``cost.json``); measures left out are ``None``. ``macs``: that call's count, if already made."""
     path = os.path.join(folder, COST_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
@@ -422,7 +439,7 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, devi
                             "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
     with _QuietPipe(pipe):
         if "macs" in measure:
-            macs = count_macs(call, [m for _, m in find_denoisers(pipe)])
+            macs = macs or count_macs(call, [m for _, m in find_denoisers(pipe)])
             # A count that missed operators without a flop formula is unknown, not small.
             cost.update(macs=None if macs.uncounted_in_modules else macs.modules,
                         pipeline_macs=None if macs.uncounted_ops else macs.total, uncounted_ops=macs.uncounted_ops)

@@ -16,6 +16,7 @@ from . import technique as _technique  # noqa: F401  (registers QuantConfig)
 from .allocate import allocate_bits
 from .calibrate import CalibrationResult, calibrate, collect_statistics
 from .config import QuantConfig
+from .flops import register_quant_flop_formulas
 from .linear import QuantLinear
 from .memory import bf16_weight_bytes, weight_bytes
 from .plan import QuantPlan
@@ -24,6 +25,8 @@ from .sensitivity import measure_sensitivity
 from .serialize import load_quantized, save_quantized
 from .technique import quantize_denoiser
 from .text_encoder import quantize_text_encoder
+
+register_quant_flop_formulas()
 
 __all__ = [
     "QuantConfig",

@@ -7,7 +7,8 @@ import torch
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.api import acceleration_state
-from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
+from diffusion_accel.caching.static import REUSE_MODES
 from diffusion_accel.hooks import StepTracker
 from diffusion_accel.models import get_model_adapter
 from diffusion_accel.testing import TINY_PIPELINES, tiny_call_kwargs, tiny_pipeline
@@ -21,12 +22,15 @@ def _apply(pipe, schedule, **kw):
     return diffusion_accel.apply(pipe, AccelerationConfig(cache=StaticCacheConfig(schedule, **kw)))
 
 
+@pytest.mark.parametrize("reuse", REUSE_MODES)
 @pytest.mark.parametrize("name", TINY_PIPELINES)
-def test_full_schedule_is_bit_identical(name, run_pipe):
+def test_full_schedule_is_bit_identical(name, reuse, run_pipe):
+    if name == "sd15" and reuse == "block_residual":
+        pytest.skip("UNet blocks declare no BlockIO (see test_block_residual_needs_block_io)")
     pipe = tiny_pipeline(name)
     reference = run_pipe(pipe, name)
     steps = tiny_call_kwargs(name)["num_inference_steps"]
-    _apply(pipe, CacheSchedule.full(pipe, steps))
+    _apply(pipe, CacheSchedule.full(pipe, steps), reuse=reuse)
     assert torch.equal(run_pipe(pipe, name), reference)
     report = acceleration_state(pipe).report()["cache"]
     assert report["component_calls_reused"] == 0 and report["peak_cache_bytes"] == 0
@@ -42,13 +46,16 @@ def test_full_schedule_is_bit_identical(name, run_pipe):
     ],
 )
 @pytest.mark.parametrize("kind", ["fora2", "random"])
-def test_components_run_exactly_as_scheduled(name, extra, kind, run_pipe):
+@pytest.mark.parametrize("reuse", REUSE_MODES)
+def test_components_run_exactly_as_scheduled(name, extra, kind, reuse, run_pipe):
+    if name == "sd15" and reuse == "block_residual":
+        pytest.skip("UNet blocks declare no BlockIO")
     steps = 4
     pipe = tiny_pipeline(name)
     schedule = (
         CacheSchedule.fora(pipe, steps, 2) if kind == "fora2" else CacheSchedule.random(pipe, steps, 0.5, seed=1)
     )
-    _apply(pipe, schedule)
+    _apply(pipe, schedule, reuse=reuse)
     denoiser = pipe.unet if name == "sd15" else pipe.transformer
     adapter = get_model_adapter(denoiser)
     with ParameterUseCounter(watch_components(adapter, denoiser)) as counter:
@@ -123,3 +130,31 @@ def test_cache_memory_is_reported(run_pipe):
     tokens = (64 // 8 // pipe.transformer.config.patch_size) ** 2
     one_output = 2 * tokens * hidden * 4  # CFG batch 2, fp32
     assert report["peak_cache_bytes"] == 2 * 3 * one_output  # 2 blocks x 3 components
+
+
+@pytest.mark.parametrize("name", ["pixart-alpha", "sd3", "flux"])
+def test_block_residual_reuse_replays_dynamic_caching(name, run_pipe):
+    """Skipping blocks 1.. at the steps dynamic caching skips adds, block by block, the residuals
+    dynamic caching adds at once: the same images up to float summation order."""
+    steps = 6
+    pipe = tiny_pipeline(name)
+    diffusion_accel.apply(pipe, AccelerationConfig(cache=DynamicCacheConfig(threshold=1e9)))
+    dynamic = run_pipe(pipe, name, num_inference_steps=steps)
+    skipped = [s for s, share in acceleration_state(pipe).report()["cache"]["skip_share_by_step"].items() if share]
+    assert skipped == [1, 2, 3, 5]
+    compute = CacheSchedule.full(pipe, steps).compute.copy()
+    compute[skipped, 1:] = False
+    schedule = CacheSchedule.from_model(pipe, compute)
+    _apply(pipe, schedule, reuse="block_residual")
+    replay = run_pipe(pipe, name, num_inference_steps=steps)
+    assert torch.allclose(replay, dynamic, atol=1e-5, rtol=1e-4)
+    _apply(pipe, schedule)  # reusing component outputs is a different approximation
+    assert not torch.equal(run_pipe(pipe, name, num_inference_steps=steps), replay)
+
+
+def test_block_residual_needs_block_io():
+    pipe = tiny_pipeline("sd15")
+    with pytest.raises(ValueError, match="reuse='block_residual' needs blocks with declared"):
+        _apply(pipe, CacheSchedule.fora(pipe, 4, 2), reuse="block_residual")
+    with pytest.raises(ValueError, match="reuse must be one of"):
+        StaticCacheConfig(CacheSchedule.fora(pipe, 4, 2), reuse="residual")

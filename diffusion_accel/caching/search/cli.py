@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mutation-prob", type=float, default=1.0, help="probability that a child is mutated")
     parser.add_argument("--bit-flip-prob", type=float, default=None, help="per-bit flip probability (default 1/bits)")
     parser.add_argument("--num-heuristics", type=int, default=None, help="at most this many heuristic seeds")
+    parser.add_argument("--dynamic-seeds", type=float, nargs="*", default=None, metavar="THRESHOLD",
+                        help="dynamic-caching thresholds whose decisions seed the search (default 0.1 0.2 0.3 "
+                        "0.5 0.8; no value: no such seeds)")
+    parser.add_argument("--reuse", default="auto", choices=["auto", "outputs", "block_residual"],
+                        help="how reused components contribute (StaticCacheConfig.reuse; default auto: block "
+                        "residuals where the blocks allow it)")
     parser.add_argument("--clip", default="benchmark", help="CLIP model for --quality clip / fid")
     parser.add_argument("--fid-reference", default="benchmark:train", help="FID reference for --quality fid")
     parser.add_argument("--pick-speedup", type=float, action="append", default=None,
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if call_kwargs is not None:
         call_kwargs = {**search_call_kwargs(args.model), **call_kwargs}
     operators = Operators(args.crossover, args.crossover_prob, args.mutation_prob, args.bit_flip_prob)
+    extra = {} if args.dynamic_seeds is None else {"dynamic_seeds": tuple(args.dynamic_seeds)}
     result = search_schedule(
         args.model, args.prompts, out=args.out, num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, quality=args.quality, cost=args.cost,
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         fid_reference=args.fid_reference, pick_speedups=args.pick_speedup or (2.0, 3.0),
         generalise=not args.no_generalise, generalise_steps=args.generalise_steps,
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, reuse=args.reuse, **extra,
     )
     from accelerate import PartialState
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...api import apply, find_denoisers, remove
+from ...api import acceleration_state, apply, find_denoisers, remove
 from ...config import AccelerationConfig
 from ...eval.generate import Item, make_batches, to_uint8
 from ..macs import MacProfile, profile_macs
@@ -262,6 +262,7 @@ class CandidateEvaluator:
         batch_size: items per pipeline call (fixed, so results never depend on how work is split).
         memo: text-encoder memo to share between evaluators of the same prompts.
         quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
+        reuse: :attr:`StaticCacheConfig.reuse` of the evaluated schedules.
     """
 
     def __init__(
@@ -275,6 +276,7 @@ class CandidateEvaluator:
         batch_size: int = 8,
         memo: TextEncoderMemo | None = None,
         quality_options: dict[str, Any] | None = None,
+        reuse: str = "outputs",
     ) -> None:
         reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
         if reserved:
@@ -283,6 +285,11 @@ class CandidateEvaluator:
             raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
         if not items:
             raise ValueError("The search needs at least one calibration prompt.")
+        from ..static import REUSE_MODES
+
+        if reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}.")
+        self.reuse = reuse
         self.pipe = pipe
         self.items = list(items)
         self.call_kwargs = dict(call_kwargs)
@@ -311,9 +318,11 @@ class CandidateEvaluator:
         if self.metric.needs_reference or self.cost_name == "latency":
             self.reference, self.reference_seconds = self.run(None)
 
-    def run(self, config: AccelerationConfig | None) -> tuple[torch.Tensor, float]:
+    def run(self, config: AccelerationConfig | None,
+            observe: Callable[[dict[str, Any]], None] | None = None) -> tuple[torch.Tensor, float]:
         """Outputs ``(N, ...)`` (in the metric's ``output_type``) of every item under ``config``
-        (``None``: full compute), and the seconds spent inside the denoiser."""
+        (``None``: full compute), and the seconds spent inside the denoiser. ``observe`` receives
+        the techniques' reports (``AccelerationState.report()``) after the last call."""
         pipe = self.pipe
         remove(pipe)
         if config is not None:
@@ -326,6 +335,8 @@ class CandidateEvaluator:
                     out = pipe(prompt=[it.prompt for it in batch], generator=_generators(batch),
                                output_type=self.metric.output_type, **self.call_kwargs)
                     outputs.append(_as_tensor(out))
+            if observe is not None and config is not None:
+                observe(acceleration_state(pipe).report())
         finally:
             timer.close()
             remove(pipe)
@@ -338,11 +349,15 @@ class CandidateEvaluator:
     def macs_ratio(self, schedule: CacheSchedule) -> float:
         return self.profile.full_macs(schedule.num_steps) / self.profile.schedule_macs(schedule)
 
+    def config(self, schedule: CacheSchedule) -> AccelerationConfig:
+        """The configuration that runs ``schedule`` the way this evaluator scores it."""
+        return AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=self.reuse))
+
     def evaluate(self, schedule: CacheSchedule) -> Evaluation:
         """Cost and quality of ``schedule`` (call :meth:`prepare` first)."""
         if self.profile is None:
             raise RuntimeError("Call CandidateEvaluator.prepare() before evaluate().")
-        outputs, seconds = self.run(AccelerationConfig(cache=StaticCacheConfig(schedule)))
+        outputs, seconds = self.run(self.config(schedule))
         quality = self.score(outputs)
         ratio = self.macs_ratio(schedule)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds

@@ -84,6 +84,7 @@ def evaluate_generalisation(
     memo: TextEncoderMemo | None = None,
     quality_options: dict[str, Any] | None = None,
     progress: Any = None,
+    reuse: str = "outputs",
 ) -> list[dict[str, Any]]:
     """Records ``{setting, steps, height, width, name, macs_ratio, quality}`` for every
     (setting, schedule), computed across processes (every process gets all records)."""
@@ -94,7 +95,7 @@ def evaluate_generalisation(
         if index not in evaluators:
             setting = {k: v for k, v in settings[index].items() if k != "label"}
             ev = CandidateEvaluator(pipe, items, {**call_kwargs, **setting}, quality=quality, batch_size=batch_size,
-                                    memo=memo, quality_options=quality_options)
+                                    memo=memo, quality_options=quality_options, reuse=reuse)
             ev.prepare()
             evaluators[index] = ev
         return evaluators[index]

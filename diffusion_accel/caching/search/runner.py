@@ -50,7 +50,7 @@ from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver, Operators
 from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
-from .seeding import initial_population
+from .seeding import DYNAMIC_SEED_THRESHOLDS, dynamic_schedules, initial_population
 
 __all__ = ["SearchResult", "load_search_pipeline", "search_call_kwargs", "search_schedule"]
 
@@ -149,6 +149,8 @@ def search_schedule(
     call_kwargs: dict[str, Any] | None = None,
     operators: Operators | None = None,
     num_heuristics: int | None = None,
+    dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS,
+    reuse: str = "auto",
     clip: Any = "benchmark",
     fid_reference: Any = "benchmark:train",
     pick_speedups: Sequence[float] = (2.0, 3.0),
@@ -178,6 +180,11 @@ def search_schedule(
             benchmark's settings for the benchmark model, tiny defaults for ``tiny:<name>``).
         operators: crossover and mutation settings (:class:`.nsga.Operators`).
         num_heuristics: at most this many heuristic seeds in the initial population.
+        dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
+            the initial population (:func:`.seeding.dynamic_schedules`); ``()`` for none.
+        reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
+            ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
+            its streams (all covered transformers), else ``"outputs"`` (UNets).
         clip, fid_reference: CLIP model (``clip`` metric and CLIP-feature FID) and FID reference.
         pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
         generalise: evaluate the picked schedules (and the best heuristics at the same targets)
@@ -231,6 +238,7 @@ def search_schedule(
     state = distributed_state(device)
     pipe = load_search_pipeline(model, device=device if device is not None else state.device)
     genome = ScheduleGenome.for_model(pipe, num_steps)
+    reuse = _resolve_reuse(pipe, reuse)
     quality_options = {"clip": clip, "reference": fid_reference}
     settings = {
         "model": _model_label(model),
@@ -247,6 +255,8 @@ def search_schedule(
         "call_kwargs": _jsonable(call_kwargs),
         "operators": operators.to_dict(),
         "num_heuristics": num_heuristics,
+        "dynamic_seeds": [float(t) for t in dynamic_seeds],
+        "reuse": reuse,
     }
     if saved is not None:
         check_compatible(saved["settings"], settings, out)
@@ -256,10 +266,13 @@ def search_schedule(
 
     # 3. References (only if there is something left to evaluate) and the optimiser.
     evaluator = CandidateEvaluator(pipe, items, call_kwargs, quality=quality, cost=cost, batch_size=batch_size,
-                                   quality_options=quality_options)
+                                   quality_options=quality_options, reuse=reuse)
     if saved is None or int(saved["completed"]) < generations + 1:
         evaluator.prepare()
-    seed_names, initial = initial_population(pipe, genome, population, seed, num_heuristics)
+    # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
+    # population, and the seeds' names, in the checkpoint).
+    extra = dynamic_schedules(evaluator, genome, dynamic_seeds) if saved is None and dynamic_seeds else []
+    seed_names, initial = initial_population(pipe, genome, population, seed, num_heuristics, extra)
     problem = ScheduleProblem(genome)
     driver = NsgaDriver(problem, initial, seed, operators)
     archive: dict[str, dict[str, Any]] = {}
@@ -271,6 +284,7 @@ def search_schedule(
         history = saved["history"]
         completed = int(saved["completed"])
     names = dict(zip((bits_to_str(b) for b in initial), seed_names))
+    names.update({key: record["name"] for key, record in archive.items() if record.get("name")})
 
     # 4. Generations.
     from tqdm.auto import tqdm
@@ -315,9 +329,9 @@ def search_schedule(
         bar.close()
 
     # 5. Frontier, picks, generalisation.
-    frontier = [_entry(genome, k, archive[k]) for k in _frontier_keys(archive)]
+    frontier = [_entry(genome, k, archive[k], reuse) for k in _frontier_keys(archive)]
     frontier.sort(key=lambda e: (e["speedup"], e["objectives"][1]))
-    heuristics = [_entry(genome, k, archive[k]) for k in names if k in archive and _is_heuristic(names[k])]
+    heuristics = [_entry(genome, k, archive[k], reuse) for k in names if k in archive and _is_heuristic(names[k])]
     picked: dict[float, str] = {}
     for target in targets:
         try:
@@ -351,14 +365,27 @@ def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
     return [keys[i] for i in non_dominated(F)]
 
 
-def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any]) -> dict[str, Any]:
+def _resolve_reuse(pipe: Any, reuse: str) -> str:
+    from ...api import find_denoisers
+    from ...models import get_model_adapter
+    from ..static import REUSE_MODES
+
+    if reuse == "auto":
+        blocks = [b for _, m in find_denoisers(pipe) for b in get_model_adapter(m).blocks(m)]
+        return "block_residual" if all(b.group.io is not None for b in blocks) else "outputs"
+    if reuse not in REUSE_MODES:
+        raise ValueError(f"reuse must be 'auto' or one of {list(REUSE_MODES)}, got {reuse!r}.")
+    return reuse
+
+
+def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs") -> dict[str, Any]:
     evaluation = Evaluation.from_dict(record)
     name = record.get("name") or f"search-g{record['generation']}-{key_digest(key)}"
     schedule = genome.decode(str_to_bits(key), name=name)
     return {
         "name": name,
         "origin": "heuristic" if _is_heuristic(record.get("name")) else "random" if record.get("name") else "search",
-        "config": AccelerationConfig(cache=StaticCacheConfig(schedule)).to_dict(),
+        "config": AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
         "speedup": 1.0 / evaluation.cost,
         "macs_ratio": evaluation.macs_ratio,
         "cost": evaluation.cost,
@@ -411,6 +438,6 @@ def _generalise(pipe, items, call_kwargs, genome, frontier, heuristics, targets,
     try:
         return evaluate_generalisation(pipe, items, call_kwargs, chosen, settings, quality=quality,
                                        batch_size=batch_size, state=state, memo=evaluator.memo,
-                                       quality_options=quality_options, progress=bar)
+                                       quality_options=quality_options, progress=bar, reuse=evaluator.reuse)
     finally:
         bar.close()

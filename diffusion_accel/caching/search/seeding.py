@@ -4,6 +4,8 @@
 (full compute first, so the search always knows the exact model; then FORA, TGATE where the
 model has cross-attention, Δ-DiT, DeepCache and encoder propagation on UNets). A heuristic that
 does not apply to a model raises ``ValueError`` in its factory and is left out.
+:func:`dynamic_schedules` adds data-driven seeds: static replays of dynamic caching's per-step
+decisions on the calibration items.
 :func:`initial_population` keeps the first distinct ones that fit in the population and fills
 the rest with random schedules whose compute probability is spread over ``[0.3, 0.9]``, drawn
 from a generator seeded by the search seed.
@@ -19,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from ..heuristics import deepcache, delta_dit, encoder_propagation, fora, full_c
 from ..schedule import CacheSchedule
 from .problem import ScheduleGenome
 
-__all__ = ["heuristic_schedules", "initial_population"]
+__all__ = ["DYNAMIC_SEED_THRESHOLDS", "dynamic_schedules", "heuristic_schedules", "initial_population"]
 
 
 def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
@@ -54,6 +56,10 @@ def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], Cach
         ("fora-6", lambda m: fora(m, steps, 6)),
         (f"tgate-{late}", lambda m: tgate(m, steps, late)),
     ]
+    if blocks - 1 > most:  # Δ-DiT caching every block but the first
+        out += [(f"delta-dit-{n}-b{blocks - 1}", lambda m, n=n: delta_dit(m, steps, interval=n,
+                                                                          num_cached_blocks=blocks - 1))
+                for n in (3, 2, 4)]
     return out
 
 
@@ -71,8 +77,51 @@ def heuristic_schedules(model: Any, num_steps: int) -> list[CacheSchedule]:
     return out
 
 
+#: Thresholds of the dynamic-caching runs whose decisions seed the search (:func:`dynamic_schedules`).
+DYNAMIC_SEED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.8)
+
+
+def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
+                      thresholds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS) -> list[CacheSchedule]:
+    """Static replays of dynamic caching on the calibration items: one schedule per threshold.
+
+    Dynamic caching (:class:`~diffusion_accel.caching.DynamicCacheConfig`) decides per step,
+    from the first block's change, whether the other blocks rerun. Its decisions on the
+    calibration items are a data-driven starting point the search can refine: at every step
+    where most denoiser calls skipped, every block but the first reuses all its components.
+    Thresholds whose replay is the full schedule, or a duplicate, are left out.
+
+    Args:
+        evaluator: a prepared :class:`~diffusion_accel.caching.search.CandidateEvaluator`.
+        genome: the search layout (its step count must be the evaluator's).
+        thresholds: dynamic-caching thresholds to replay.
+    """
+    from ...config import AccelerationConfig
+    from ..dynamic import DynamicCacheConfig
+
+    out: list[CacheSchedule] = []
+    for threshold in thresholds:
+        reports: list[dict[str, Any]] = []
+        try:
+            evaluator.run(AccelerationConfig(cache=DynamicCacheConfig(threshold=float(threshold))),
+                          observe=reports.append)
+        except ValueError:  # dynamic caching does not apply to this model
+            return []
+        shares = reports[0]["cache"]["skip_share_by_step"] if reports else {}
+        compute = np.ones((genome.num_steps, *genome.applicable.shape), dtype=bool)
+        for step, share in shares.items():
+            if 0 < int(step) < genome.num_steps and share >= 0.5:
+                compute[int(step), 1:] = False
+        schedule = CacheSchedule(compute, genome.components, genome.family, applicable=genome.applicable,
+                                 name=f"dynamic-{float(threshold):g}")
+        if not compute.all() and schedule not in out:
+            out.append(schedule)
+    return out
+
+
 def initial_population(
-    model: Any, genome: ScheduleGenome, size: int, seed: int, num_heuristics: int | None = None
+    model: Any, genome: ScheduleGenome, size: int, seed: int, num_heuristics: int | None = None,
+    extra: Sequence[CacheSchedule] = (),
 ) -> tuple[list[str], np.ndarray]:
     """``(names, bits)``: ``size`` distinct genomes, heuristics first, then random ones.
 
@@ -83,11 +132,14 @@ def initial_population(
         seed: seeds the random schedules.
         num_heuristics: at most this many heuristic seeds (default: as many as fit, but at least
             one random schedule when ``size >= 4``, so the search starts with some diversity).
+        extra: further seed schedules (e.g. :func:`dynamic_schedules`), placed right after the
+            full schedule; they count as heuristics.
 
     Returns:
         names ``list[str]`` (``"random-<i>"`` for random ones) and bits ``(size, genome.num_bits)``.
     """
     heuristics = heuristic_schedules(model, genome.num_steps)
+    heuristics = heuristics[:1] + list(extra) + heuristics[1:]
     limit = size - 1 if size >= 4 else size
     if num_heuristics is not None:
         limit = min(limit, num_heuristics)

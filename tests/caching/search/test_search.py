@@ -202,3 +202,27 @@ def test_generalisation_is_reported(pixart, tiny_call, tmp_path, one_thread):
     assert saved["generalisation"] == records and saved["picked"] == {"1.2": picked}
     assert AccelerationConfig.load(tmp_path / "picked-1.2x.json").to_dict() == next(
         e["config"] for e in result.frontier if e["name"] == picked)
+
+
+def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_thread):
+    from diffusion_accel.caching import DynamicCacheConfig
+    from diffusion_accel.caching.search import ScheduleGenome
+    from diffusion_accel.caching.search.seeding import dynamic_schedules, initial_population
+
+    items = make_items(load_prompts(PROMPTS), seed=0)
+    call = {**tiny_call, "num_inference_steps": 6}
+    ev = CandidateEvaluator(pixart, items, call, quality="latent_mse", batch_size=4)
+    ev.prepare()
+    genome = ScheduleGenome.for_model(pixart, 6)
+    reports = []
+    ev.run(AccelerationConfig(cache=DynamicCacheConfig(threshold=1e9)), observe=reports.append)
+    skipped = [int(s) for s, share in reports[0]["cache"]["skip_share_by_step"].items() if share >= 0.5]
+    assert skipped == [1, 2, 3, 5]  # step 0 computes; at most 3 skips in a row
+
+    seeds = dynamic_schedules(ev, genome, thresholds=(0.0, 1e9))
+    assert [s.name for s in seeds] == ["dynamic-1e+09"]  # threshold 0 never skips: no seed
+    compute = seeds[0].compute
+    assert compute[:, 0].all() and compute[[0, 4]].all()
+    assert not compute[[1, 2, 3, 5], 1:].any()
+    names, bits = initial_population(pixart, genome, 6, seed=0, extra=seeds)
+    assert names[:2] == ["full", "dynamic-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))

@@ -1,0 +1,48 @@
+"""FLOP formulas of the oneDNN int8 operators, so ``torch.utils.flop_counter.FlopCounterMode``
+(and every MAC count built on it: ``diffusion_accel.caching.macs``, the evaluation harness) counts
+quantized linears like the float ones they replace: ``2 * rows * in_features * out_features``.
+
+An integer multiply-accumulate counts as one MAC, exactly like a float one; the saving of W8A8 is
+in bytes and in the speed of each MAC, not in their number.
+
+Example::
+
+    >>> from diffusion_accel.quant.flops import register_quant_flop_formulas
+    >>> register_quant_flop_formulas()  # idempotent; done when diffusion_accel.quant is imported
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["register_quant_flop_formulas"]
+
+
+def _qlinear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """``x`` ``(..., K)`` times a packed ``(N, K)`` weight gives ``(..., N)``: 2*M*K*N FLOPs."""
+    rows = math.prod(x_shape[:-1])
+    return 2 * rows * x_shape[-1] * out_shape[-1]
+
+
+def _free(*args, **kwargs) -> int:
+    return 0
+
+
+def register_quant_flop_formulas() -> None:
+    """Register the formulas once per process (a no-op when oneDNN's int8 ops are absent).
+
+    Registering an operator's FLOP formula is per-operator metadata, like the operator itself:
+    it changes no pipeline and no module.
+    """
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    onednn = getattr(torch.ops, "onednn", None)
+    for name, formula in (("qlinear_pointwise", _qlinear_flops), ("qlinear_prepack", _free)):
+        try:
+            op = getattr(onednn, name)
+        except (AttributeError, RuntimeError):
+            continue
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)

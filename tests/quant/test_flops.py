@@ -1,0 +1,23 @@
+"""MAC counts see quantized linears: a W8A8 layer counts the MACs of the float layer it replaces."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffusion_accel.eval.latency import count_macs
+from diffusion_accel.quant import QuantLinear
+from diffusion_accel.quant.gemm import onednn_available
+
+
+@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN int8 ops")
+@pytest.mark.parametrize("shape", [(5, 96), (2, 7, 96)])
+def test_onednn_w8a8_linear_counts_the_float_macs(shape):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 80)
+    layer = QuantLinear.from_linear(lin, weight_bits=8, backend="onednn")
+    x = torch.randn(*shape)
+    with FlopCounterMode(display=False) as ref:
+        lin(x)
+    result = count_macs(lambda: layer(x), [layer])
+    assert result.uncounted_ops == [] and result.uncounted_in_modules == []
+    assert result.modules == ref.get_total_flops() // 2 == 80 * 96 * (x.numel() // 96)
