@@ -33,7 +33,14 @@ import torch
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig, denoiser_macs, profile_macs
+from diffusion_accel.caching import (
+    CacheSchedule,
+    DynamicCacheConfig,
+    StaticCacheConfig,
+    denoiser_macs,
+    profile_macs,
+)
+from diffusion_accel.caching.static import block_residual_supported
 from diffusion_accel.eval.metrics import psnr
 
 
@@ -117,8 +124,7 @@ def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
         "fora-3": static(CacheSchedule.fora(pipe, steps, 3)),
         "delta-dit": static(CacheSchedule.delta_dit(pipe, steps, interval=3)),
     }
-    if all(b.group.io is not None for b in diffusion_accel.models.get_model_adapter(pipe.transformer).blocks(
-            pipe.transformer)):  # block-residual reuse (StaticCacheConfig(reuse="block_residual"))
+    if block_residual_supported(pipe.transformer):  # StaticCacheConfig(reuse="block_residual")
         for name in ("fora-2", "fora-3"):
             out[f"{name}-res"] = static(CacheSchedule.fora(pipe, steps, int(name[-1])), "block_residual")
         out["delta-dit-res"] = static(CacheSchedule.delta_dit(pipe, steps, interval=3), "block_residual")

@@ -33,7 +33,7 @@ from .block_io import add_stream, block_argument, block_streams, pack_block_outp
 from .schedule import CacheSchedule
 from .state import BranchCache, CacheStats
 
-__all__ = ["StaticCacheConfig", "apply_static_cache"]
+__all__ = ["REUSE_MODES", "StaticCacheConfig", "apply_static_cache", "block_residual_supported"]
 
 _HOOK_NAME = "static_cache"
 _BLOCK_HOOK_NAME = "static_cache_block"
@@ -200,16 +200,25 @@ class BlockResidualHook(ModelHook):
         return module
 
 
+def block_residual_supported(model: Any) -> bool:
+    """Whether every block of ``model`` (a denoiser) declares its streams, as
+    ``reuse="block_residual"`` needs (every covered transformer; not UNets)."""
+    from ..models import get_model_adapter
+
+    return all(block.group.io is not None for block in get_model_adapter(model).blocks(model))
+
+
 @register_technique(StaticCacheConfig)
 def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Denoiser]) -> TechniqueHandle:
-    """Install a :class:`ComponentCacheHook` on every component of every denoiser."""
+    """Install a :class:`ComponentCacheHook` on every component of every denoiser (and, with
+    ``reuse="block_residual"``, a :class:`BlockResidualHook` on every block)."""
     stats = CacheStats()
     hooks = HookSet(_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
         config.schedule.check_model(denoiser.module, denoiser.adapter)
     if config.reuse == "block_residual":
         for denoiser in denoisers:
-            if any(block.group.io is None for block in denoiser.blocks()):
+            if not block_residual_supported(denoiser.module):
                 raise ValueError(
                     f"reuse='block_residual' needs blocks with declared input/output streams (BlockIO); "
                     f"{type(denoiser.module).__name__} ({denoiser.adapter.family}) has blocks without one. "

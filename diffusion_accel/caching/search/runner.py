@@ -367,12 +367,11 @@ def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
 
 def _resolve_reuse(pipe: Any, reuse: str) -> str:
     from ...api import find_denoisers
-    from ...models import get_model_adapter
-    from ..static import REUSE_MODES
+    from ..static import REUSE_MODES, block_residual_supported
 
     if reuse == "auto":
-        blocks = [b for _, m in find_denoisers(pipe) for b in get_model_adapter(m).blocks(m)]
-        return "block_residual" if all(b.group.io is not None for b in blocks) else "outputs"
+        supported = all(block_residual_supported(m) for _, m in find_denoisers(pipe))
+        return "block_residual" if supported else "outputs"
     if reuse not in REUSE_MODES:
         raise ValueError(f"reuse must be 'auto' or one of {list(REUSE_MODES)}, got {reuse!r}.")
     return reuse

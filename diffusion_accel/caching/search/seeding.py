@@ -113,7 +113,7 @@ def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
             if 0 < int(step) < genome.num_steps and share >= 0.5:
                 compute[int(step), 1:] = False
         schedule = CacheSchedule(compute, genome.components, genome.family, applicable=genome.applicable,
-                                 name=f"dynamic-{float(threshold):g}")
+                                 name=f"dynamic-replay-{float(threshold):g}")
         if not compute.all() and schedule not in out:
             out.append(schedule)
     return out

@@ -220,9 +220,9 @@ def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_t
     assert skipped == [1, 2, 3, 5]  # step 0 computes; at most 3 skips in a row
 
     seeds = dynamic_schedules(ev, genome, thresholds=(0.0, 1e9))
-    assert [s.name for s in seeds] == ["dynamic-1e+09"]  # threshold 0 never skips: no seed
+    assert [s.name for s in seeds] == ["dynamic-replay-1e+09"]  # threshold 0 never skips: no seed
     compute = seeds[0].compute
     assert compute[:, 0].all() and compute[[0, 4]].all()
     assert not compute[[1, 2, 3, 5], 1:].any()
     names, bits = initial_population(pixart, genome, 6, seed=0, extra=seeds)
-    assert names[:2] == ["full", "dynamic-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))
+    assert names[:2] == ["full", "dynamic-replay-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))
