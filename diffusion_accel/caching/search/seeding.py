@@ -110,7 +110,7 @@ def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
         shares = reports[0]["cache"]["skip_share_by_step"] if reports else {}
         compute = np.ones((genome.num_steps, *genome.applicable.shape), dtype=bool)
         for step, share in shares.items():
-            if 0 < int(step) < genome.num_steps and share >= 0.5:
+            if 0 < int(step) < genome.num_steps and share > 0.5:
                 compute[int(step), 1:] = False
         schedule = CacheSchedule(compute, genome.components, genome.family, applicable=genome.applicable,
                                  name=f"dynamic-replay-{float(threshold):g}")

@@ -226,3 +226,17 @@ def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_t
     assert not compute[[1, 2, 3, 5], 1:].any()
     names, bits = initial_population(pixart, genome, 6, seed=0, extra=seeds)
     assert names[:2] == ["full", "dynamic-replay-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))
+
+
+def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
+    from diffusion_accel.caching.search import ScheduleGenome
+    from diffusion_accel.caching.search.seeding import dynamic_schedules
+
+    class Recorded:  # an evaluator whose dynamic-caching run skipped step 2 in both batches, step 1 in one
+        def run(self, config, observe=None):
+            observe({"cache": {"skip_share_by_step": {0: 0.0, 1: 0.5, 2: 1.0, 3: 0.0}}})
+
+    genome = ScheduleGenome.for_model(pixart, 4)
+    (seed,) = dynamic_schedules(Recorded(), genome, thresholds=(0.3,))
+    assert seed.name == "dynamic-replay-0.3"
+    assert seed.compute[[0, 1, 3]].all() and seed.compute[2, 0].all() and not seed.compute[2, 1:].any()
