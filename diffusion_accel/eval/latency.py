@@ -169,8 +169,15 @@ class _MacCounter(torch.utils._python_dispatch.TorchDispatchMode):
         from torch.utils.flop_counter import flop_registry
 
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = flop_registry.get(getattr(func, "_overloadpacket", func))
+        if formula is None and getattr(func, "namespace", None) == "aten":
+            # Under inference_mode composite ops (aten.linear, ...) reach the mode undecomposed:
+            # price their decomposition, as FlopCounterMode does.
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
         if formula is not None:
             flops = int(formula(*args, **kwargs, out_val=out))
             self.total += flops

@@ -82,3 +82,12 @@ def test_peak_memory_on_cpu_is_process_rss_and_sees_allocations():
 
     peak, _ = peak_memory(allocate)
     assert peak >= base
+
+
+def test_count_macs_is_the_same_under_inference_mode():
+    layer = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.GELU(), torch.nn.Linear(8, 4))
+    x = torch.randn(5, 16)
+    plain = count_macs(lambda: layer(x), [layer])
+    with torch.inference_mode():
+        inference = count_macs(lambda: layer(x), [layer])
+    assert plain.modules == inference.modules == plain.total == 5 * (16 * 8 + 8 * 4)
