@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.api import find_denoisers
@@ -52,6 +51,7 @@ from diffusion_accel.caching.search import CandidateEvaluator, pick_entry
 from diffusion_accel.caching.search.runner import load_search_pipeline, search_call_kwargs
 from diffusion_accel.eval import metrics as M
 from diffusion_accel.eval.generate import make_items, to_uint8
+from diffusion_accel.eval.latency import count_macs
 from diffusion_accel.eval.prompts import load_prompts
 
 TARGETS = (2.0, 2.5, 3.0)
@@ -100,29 +100,11 @@ def heuristic_grid(pipe: Any, steps: int, quick: bool) -> dict[str, tuple[str, A
 # Measurements
 
 
-class DenoiserMacs:
-    """Counts the MACs executed inside the pipeline's denoisers while open (FlopCounterMode)."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe, self.total = pipe, 0.0
-
-    def __enter__(self):
-        self.mode = FlopCounterMode(display=False)
-        self.mode.__enter__()
-        self.handles, self.start = [], []
-        for _, module in find_denoisers(self.pipe):
-            self.handles.append(module.register_forward_pre_hook(lambda m, a: self.start.append(
-                self.mode.get_total_flops())))
-            self.handles.append(module.register_forward_hook(self._post))
-        return self
-
-    def _post(self, module, args, output) -> None:
-        self.total += (self.mode.get_total_flops() - self.start.pop()) / 2
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.mode.__exit__(*exc)
+def denoiser_macs_of(pipe: Any, fn: Any) -> tuple[Any, float]:
+    """``(fn(), MACs executed inside the pipeline's denoisers during it)``."""
+    result: list[Any] = []
+    counted = count_macs(lambda: result.append(fn()), [m for _, m in find_denoisers(pipe)])
+    return result[0], float(counted.modules)
 
 
 def heldout_record(ev: CandidateEvaluator, name: str, family: str, config: AccelerationConfig | None,
@@ -133,9 +115,8 @@ def heldout_record(ev: CandidateEvaluator, name: str, family: str, config: Accel
         outputs, _ = ev.run(config)
         ratio = 1.0 if cache is None else ev.macs_ratio(cache.schedule)
     else:  # data-dependent: count what the denoiser really executes over the whole held-out set
-        with DenoiserMacs(ev.pipe) as counter:
-            outputs, _ = ev.run(config)
-        ratio = full_macs / counter.total
+        (outputs, _), macs = denoiser_macs_of(ev.pipe, lambda: ev.run(config))
+        ratio = full_macs / macs
     images, reference = to_uint8(outputs), to_uint8(ev.reference)
     record = {"name": name, "family": family, "macs_ratio": ratio, "psnr": M.psnr(images, reference),
               "ssim": M.ssim(images, reference)}
@@ -211,9 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        seed=args.seed + 1)
     ev = CandidateEvaluator(pipe, items, call, quality="psnr", batch_size=args.batch)
     ev.prepare()
-    with DenoiserMacs(pipe) as counter:
-        ev.run(None)
-    full_macs = counter.total
+    _, full_macs = denoiser_macs_of(pipe, lambda: ev.run(None))
     clip = M.load_clip(args.clip) if benchmark else None
     records = [heldout_record(ev, "full", "full", None, full_macs, clip)]
     frontier = spread([e for e in result.frontier if e["speedup"] > 1.0], args.max_frontier,

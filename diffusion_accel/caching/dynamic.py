@@ -98,12 +98,20 @@ class _Controller:
         self.residual_mode = all(b.group.io is not None for b in blocks)
         self.pipe = pipe
         self.branches: dict[str, _BranchState] = {}
-        self.computed_steps = 0
-        self.skipped_steps = 0
         #: denoising step -> number of denoiser calls at that step that skipped (every call so far)
         self.skips_by_step: dict[int, int] = {}
         #: denoising step -> number of denoiser calls at that step (every call so far)
         self.calls_by_step: dict[int, int] = {}
+
+    @property
+    def skipped_steps(self) -> int:
+        """Denoiser calls (all calls so far) that skipped the blocks after the first."""
+        return sum(self.skips_by_step.values())
+
+    @property
+    def computed_steps(self) -> int:
+        """Denoiser calls (all calls so far) that ran every block."""
+        return sum(self.calls_by_step.values()) - self.skipped_steps
 
     def state(self) -> _BranchState:
         return self.branches.setdefault(self.tracker.current.branch, _BranchState())
@@ -128,10 +136,8 @@ class _Controller:
         if not skip:
             state.accumulated = 0.0
             state.consecutive_skips = 0
-            self.computed_steps += 1
         else:
             state.consecutive_skips += 1
-            self.skipped_steps += 1
         state.skipping = skip
         self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)

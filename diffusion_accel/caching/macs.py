@@ -189,25 +189,9 @@ def _attribute(module: torch.nn.Module, counter: FlopCounterMode, out: np.ndarra
 def denoiser_macs(pipe: Any, **call_kwargs: Any) -> float:
     """MACs the pipeline's denoisers execute during one call of ``pipe(**call_kwargs)``, as it is
     (with whatever acceleration or third-party hooks are installed)."""
-    total = [0.0]
-    with FlopCounterMode(display=False) as counter:
-        handles = []
-        for _, module in find_denoisers(pipe):
-            start: list[int] = []
+    from ..eval.latency import count_macs
 
-            def pre(mod, args, start=start):
-                start.append(counter.get_total_flops())
-
-            def post(mod, args, output, start=start):
-                total[0] += (counter.get_total_flops() - start.pop()) / 2
-
-            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-        try:
-            pipe(**call_kwargs)
-        finally:
-            for h in handles:
-                h.remove()
-    return total[0]
+    return float(count_macs(lambda: pipe(**call_kwargs), [m for _, m in find_denoisers(pipe)]).modules)
 
 
 def _measured_macs(pipe: Any, config: AccelerationConfig, call_kwargs: dict) -> float:
