@@ -4,7 +4,9 @@ One run, one machine, baselines measured alongside:
 
 1. **Search** (:func:`diffusion_accel.caching.search_schedule`) on *train* (calibration) prompts of
    the bundled benchmark model: quality = PSNR of the images against the full-compute images of
-   the same seeds (``--quality``; the held-out comparison's metric), cost = MACs.
+   the same seeds (``--quality``; the held-out comparison's metric), cost = MACs; genes switch
+   whole blocks (``--granularity``); the picks are chosen on other *train* prompts
+   (``--validation-prompts``), never on held-out ones.
 2. **Held-out evaluation** on other prompts and seeds (``benchmark:heldout``), for the full
    schedule, the frontier schedules (up to ``--max-frontier``, spread over the speed-ups, the picks
    always included), and grids of FORA (intervals), Δ-DiT (interval x cached blocks), TGATE (gate
@@ -12,8 +14,8 @@ One run, one machine, baselines measured alongside:
    ``macs_ratio`` (full / accelerated denoiser MACs: analytic for schedules, counted during the
    held-out run for dynamic caching), ``psnr`` and ``ssim`` of the images against the full-compute
    images of the same seeds (the headline quality), and the CLIP score of the bundled CLIP.
-3. **Matched speed-ups** (2x, 2.5x, 3x): the searched schedule is chosen with
-   ``pick(frontier, speedup)`` -- by *calibration* quality, never by held-out results -- and
+3. **Matched speed-ups** (2x, 2.5x, 3x): the searched schedule is the search's pick
+   (``pick(frontier, speedup)``) -- by validation (or calibration) quality, never by held-out results -- and
    compared with each heuristic family's best held-out PSNR among its members reaching the same
    MAC ratio (generous to the baselines).
 4. **Dominance**: for every heuristic configuration, whether some frontier schedule is at least as
@@ -174,6 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not benchmark:
         call.update(height=32, width=32)
     train = "benchmark:train" if benchmark else ["a red cat", "a blue dog", "a green tree", "a yellow car"]
+    if not benchmark:  # four fixed calibration prompts: none to spare for validation
+        args.validation_prompts = 0
     heldout = "benchmark:heldout" if benchmark else ["a white bird", "a black horse", "a pink flower", "a grey boat"]
 
     # 1. Search on calibration prompts.
@@ -183,7 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.model, train, out=os.path.join(out, "search"), num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
         batch_size=args.batch, call_kwargs=call, pick_speedups=TARGETS, generalise=True, resume=args.resume,
-        progress=not args.no_progress, quality=args.quality)
+        progress=not args.no_progress, quality=args.quality, granularity=args.granularity,
+        validation_prompts=args.validation_prompts, validate_top=args.validate_top)
     search_s = time.perf_counter() - t0
 
     # 2. Held-out evaluation.
@@ -195,14 +200,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _, full_macs = denoiser_macs_of(pipe, lambda: ev.run(None))
     clip = M.load_clip(args.clip) if benchmark else None
     records = [heldout_record(ev, "full", "full", None, full_macs, clip)]
+    picks = {t: pick_entry(result, t) for t in TARGETS if reachable(result.frontier, t)}
     frontier = spread([e for e in result.frontier if e["speedup"] > 1.0], args.max_frontier,
-                      keep={pick_entry(result.frontier, t)["name"] for t in TARGETS if reachable(result.frontier, t)})
-    log(f"held-out: {len(frontier)} frontier schedules")
+                      keep={e["name"] for e in picks.values()})
+    frontier += [e for e in {e["name"]: e for e in picks.values()}.values()  # validated picks off the frontier
+                 if e["name"] not in {f["name"] for f in frontier}]
+    log(f"held-out: {len(frontier)} searched schedules")
     searched = []
     for entry in frontier:
         rec = heldout_record(ev, entry["name"], "search", AccelerationConfig.from_dict(entry["config"]),
                              full_macs, clip)
-        rec["calibration_latent_mse"] = entry["quality"]
+        rec["calibration_quality"] = entry["quality"]
+        if "validation_quality" in entry:
+            rec["validation_quality"] = entry["validation_quality"]
         searched.append(rec)
     grid = heuristic_grid(pipe, args.steps, args.quick)
     log(f"held-out: {len(grid)} heuristic configurations")
@@ -214,11 +224,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     matched = []
     for target in TARGETS:
         row: dict[str, Any] = {"target_speedup": target}
-        try:
-            name = pick_entry(result.frontier, target)["name"]
-            rec = next(r for r in searched if r["name"] == name)
+        if target in picks:
+            rec = next(r for r in searched if r["name"] == picks[target]["name"])
             row["search"] = {k: rec[k] for k in ("name", "macs_ratio", "psnr", "ssim", "clip_score") if k in rec}
-        except (ValueError, StopIteration):
+        else:
             row["search"] = None
         for family in families:
             best = best_at([r for r in baselines if r["family"] == family], target)
@@ -275,6 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "threads": args.threads,
         "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
+                   "granularity": args.granularity, "validation_prompts": args.validation_prompts,
+                   "validate_top": args.validate_top, "validated": len(result.validated),
                    "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
                    "out": os.path.join(out, "search"), "objective": f"{args.quality} vs full compute, cost = MACs"},
         "heldout_prompts": len(items),
@@ -299,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population", type=int, default=24)
     parser.add_argument("--generations", type=int, default=12)
     parser.add_argument("--calib-prompts", type=int, default=12, help="train prompts the search scores on")
+    parser.add_argument("--granularity", default="block", choices=["component", "block"],
+                        help="what a gene switches (default block: whole blocks per step)")
+    parser.add_argument("--validation-prompts", type=int, default=24,
+                        help="train prompts (not calibration, not held-out) the picks are chosen on (0: none)")
+    parser.add_argument("--validate-top", type=int, default=4, help="candidates validated per target speed-up")
     parser.add_argument("--quality", default="psnr",
                         help="search objective (default psnr: the metric of the held-out comparison)")
     parser.add_argument("--heldout-prompts", type=int, default=24, help="held-out prompts of the comparison")
@@ -317,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.population, args.generations = min(args.population, 10), min(args.generations, 5)
         args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 4), min(args.heldout_prompts, 16)
+        args.validation_prompts = min(args.validation_prompts, 4)
         args.runs, args.max_frontier = min(args.runs, 2), min(args.max_frontier, 8)
         if args.model != "benchmark":
             args.steps = min(args.steps, 8)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the bundled benchmark model from scratch on CPU, end to end (about an hour on 2 cores).
+"""Train the bundled benchmark model from scratch on CPU, end to end (46 min on 2 free cores).
 
 Steps: regenerate the digit-scene data (needs scikit-learn) and export the runtime asset,
 train the VAE (foreground-weighted), encode a latent bank once, train the PixArt-alpha

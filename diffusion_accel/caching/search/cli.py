@@ -53,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", default="auto", choices=["auto", "outputs", "block_residual"],
                         help="how reused components contribute (StaticCacheConfig.reuse; default auto: block "
                         "residuals where the blocks allow it)")
+    parser.add_argument("--granularity", default="component", choices=["component", "block"],
+                        help="what one gene switches: each component of each block per step (default, ECAD's) "
+                        "or whole blocks per step (smaller space, Δ-DiT's unit)")
+    parser.add_argument("--validation-prompts", type=int, default=0,
+                        help="hold this many prompts back to choose the picks on (disjoint from the calibration "
+                        "prompts; default 0: pick on calibration quality)")
+    parser.add_argument("--validate-top", type=int, default=4,
+                        help="with --validation-prompts: validate this many best candidates per target (default 4)")
     parser.add_argument("--clip", default="benchmark", help="CLIP model for --quality clip / fid")
     parser.add_argument("--fid-reference", default="benchmark:train", help="FID reference for --quality fid")
     parser.add_argument("--pick-speedup", type=float, action="append", default=None,
@@ -90,7 +98,8 @@ def _pick_only(args: argparse.Namespace) -> int:
     entry = pick_entry(args.pick_from, target)
     path = args.pick_out or f"picked-{target:g}x.json"
     pick(args.pick_from, target).save(path)
-    print(f"picked {entry['name']}: speed-up {entry['speedup']:.3g}x, quality {entry['quality']:.6g} -> {path}")
+    validated = f", validation quality {entry['validation_quality']:.6g}" if "validation_quality" in entry else ""
+    print(f"picked {entry['name']}: speed-up {entry['speedup']:.3g}x, quality {entry['quality']:.6g}{validated} -> {path}")
     return 0
 
 
@@ -128,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         fid_reference=args.fid_reference, pick_speedups=args.pick_speedup or (2.0, 3.0),
         generalise=not args.no_generalise, generalise_steps=args.generalise_steps,
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
-        progress=not args.no_progress, reuse=args.reuse, **extra,
+        progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
+        validation_prompts=args.validation_prompts, validate_top=args.validate_top, **extra,
     )
     from accelerate import PartialState
 
@@ -148,7 +158,11 @@ def _report(result) -> None:
             print(f"pick {target:g}x: no schedule reaches it (fastest {max(e['speedup'] for e in result.frontier):.3g}x)",
                   file=sys.stderr)
         else:
-            print(f"pick {target:g}x: {name} -> {os.path.join(result.out, f'picked-{target:g}x.json')}")
+            entry = result.entry(name)
+            how = (f"validation quality {entry['validation_quality']:.6g}" if "validation_quality" in entry
+                   else f"quality {entry['quality']:.6g}")
+            print(f"pick {target:g}x: {name} (speed-up {entry['speedup']:.3g}x, {how}) -> "
+                  f"{os.path.join(result.out, f'picked-{target:g}x.json')}")
     if result.generalisation:
         print("generalisation (quality at other settings):")
         for r in result.generalisation:

@@ -8,9 +8,13 @@ A frontier entry is a JSON object::
      "compute_fraction": 0.41, "generation": 5}
 
 ``frontier.json`` holds ``{"format", "version", "metric", "cost", "settings", "frontier": [...],
-"generalisation": [...]}``; :func:`diffusion_accel.eval.sweep.load_configs` reads it directly (each
-entry's ``config`` and ``name``). :func:`pick` returns the best-quality schedule whose speed-up is
-at least the target, as a ready :class:`~diffusion_accel.AccelerationConfig`.
+"generalisation": [...]}`` and, when the search validated its picks (:mod:`.validation`),
+``"validation": {"prompts", "top", "entries": [...]}`` -- entries as above plus
+``validation_quality``, ``validation_objective`` and ``targets`` (the speed-ups they competed for).
+:func:`diffusion_accel.eval.sweep.load_configs` reads it directly (each entry's ``config`` and
+``name``). :func:`pick` returns the best-quality schedule whose speed-up is at least the target, as
+a ready :class:`~diffusion_accel.AccelerationConfig`: at a validated target the best on the
+validation prompts, elsewhere the frontier's best on the calibration prompts.
 
 Example:
     >>> import numpy as np
@@ -34,6 +38,7 @@ from ...utils import atomic_write_json
 __all__ = [
     "FRONTIER_FORMAT",
     "load_frontier",
+    "load_validation",
     "non_dominated",
     "pick",
     "pick_entry",
@@ -63,19 +68,36 @@ def non_dominated(F: Any) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
+def _read(source: Any) -> Any:
+    """A ``frontier.json`` path (or its folder) -> the parsed document; anything else unchanged."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, "frontier.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Cannot read frontier file {path!r}: {exc}") from exc
+
+
+def load_validation(source: Any) -> list[dict[str, Any]]:
+    """Validated entries (see the module doc) of a ``frontier.json`` path, dict or search result; ``[]``
+    when the search did not validate (or ``source`` is a plain list of entries)."""
+    source = _read(source)
+    if hasattr(source, "validated") and not isinstance(source, dict):
+        return list(source.validated)
+    if isinstance(source, dict):
+        return list((source.get("validation") or {}).get("entries", []))
+    return []
+
+
 def load_frontier(source: Any) -> list[dict[str, Any]]:
     """Frontier entries from a ``frontier.json`` path, a frontier dict, a search result or a list."""
     if hasattr(source, "frontier") and not isinstance(source, dict):
         source = source.frontier
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            path = os.path.join(path, "frontier.json")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                source = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read frontier file {path!r}: {exc}") from exc
+    source = _read(source)
     if isinstance(source, dict):
         if source.get("format") != FRONTIER_FORMAT or "frontier" not in source:
             raise ValueError(f"Not a search frontier (format {source.get('format')!r}, expected {FRONTIER_FORMAT!r}).")
@@ -89,10 +111,17 @@ def load_frontier(source: Any) -> list[dict[str, Any]]:
 
 
 def pick_entry(frontier: Any, speedup: float) -> dict[str, Any]:
-    """The entry with the best (lowest minimised) quality among those with ``speedup >= speedup``."""
-    entries = load_frontier(frontier)
+    """The entry to use at ``speedup``: if the search validated that target, the validated entry with
+    the best validation quality; otherwise the frontier entry with the best (lowest minimised)
+    calibration quality among those with ``speedup >= speedup``."""
+    source = _read(frontier)
+    entries = load_frontier(source)
     if not isinstance(speedup, (int, float)) or not speedup > 0:
         raise ValueError(f"The target speed-up must be a positive number, got {speedup!r}.")
+    validated = [e for e in load_validation(source)
+                 if any(abs(t - speedup) <= 1e-9 * speedup for t in e.get("targets", ()))]
+    if validated:
+        return min(validated, key=lambda e: (e["validation_objective"], -e["speedup"]))
     fast = [e for e in entries if e["speedup"] >= speedup * (1 - 1e-9)]
     if not fast:
         best = max(e["speedup"] for e in entries)
@@ -104,7 +133,8 @@ def pick_entry(frontier: Any, speedup: float) -> dict[str, Any]:
 
 
 def pick(frontier: Any, speedup: float) -> AccelerationConfig:
-    """The best-quality schedule with at least ``speedup`` (``frontier.json`` path, dict, result or list).
+    """The best-quality schedule with at least ``speedup`` (``frontier.json`` path, dict, result or list;
+    see :func:`pick_entry` for how validated targets are chosen).
 
     Raises:
         ValueError: no entry reaches the target (the message names the fastest one).

@@ -1,9 +1,14 @@
 """The search space: a :class:`CacheSchedule`'s free bits as a flat boolean genome.
 
 A schedule is ``compute[step, block, component]``. Step 0 always computes and entries for
-components a block lacks are forced ``True``, so the genome holds only the free entries:
-``(steps - 1) x (number of applicable (block, component) pairs)`` bits, in C order of
-``compute[1:, applicable]``. :class:`ScheduleGenome` encodes and decodes;
+components a block lacks are forced ``True``, so the genome holds only the free entries. Two
+granularities (:data:`GRANULARITIES`):
+
+* ``"component"`` (ECAD's): ``(steps - 1) x (number of applicable (block, component) pairs)`` bits,
+  in C order of ``compute[1:, applicable]`` -- every component of every block at every step.
+* ``"block"``: ``(steps - 1) x blocks`` bits -- a block computes or reuses all its components
+  together (Δ-DiT's and FBCache's unit, which block-residual reuse serves exactly). A much smaller
+  space: fewer evaluations to search it and less room to fit the calibration prompts' noise. :class:`ScheduleGenome` encodes and decodes;
 :class:`ScheduleProblem` is the matching pymoo problem (binary variables, two objectives, no
 ``_evaluate``: the search evaluates candidates itself in ask/tell steps).
 
@@ -17,6 +22,8 @@ Example:
     >>> fora = CacheSchedule.fora(pipe.transformer, 4, 2)
     >>> genome.decode(genome.encode(fora)) == fora
     True
+    >>> ScheduleGenome.for_model(pipe.transformer, num_steps=4, granularity="block").num_bits  # 3 x 2 blocks
+    6
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ import numpy as np
 from ...models import get_model_adapter
 from ..schedule import CacheSchedule, resolve_denoiser
 
-__all__ = ["ScheduleGenome", "ScheduleProblem", "bits_to_str", "str_to_bits"]
+__all__ = ["GRANULARITIES", "ScheduleGenome", "ScheduleProblem", "bits_to_str", "str_to_bits"]
+
+#: What one gene switches: one component of one block at one step, or a whole block at one step.
+GRANULARITIES = ("component", "block")
 
 
 def bits_to_str(bits: Any) -> str:
@@ -52,15 +62,21 @@ class ScheduleGenome:
         family, components: the model family and component names (schedule axes).
         num_steps: schedule steps (step 0 is not in the genome).
         applicable: ``(blocks, components)`` bool mask of components that exist.
+        granularity: one of :data:`GRANULARITIES`.
     """
 
     family: str
     components: tuple[str, ...]
     num_steps: int
     applicable: np.ndarray
+    granularity: str = "component"
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}.")
 
     @classmethod
-    def for_model(cls, model: Any, num_steps: int) -> ScheduleGenome:
+    def for_model(cls, model: Any, num_steps: int, granularity: str = "component") -> ScheduleGenome:
         """The genome of ``model`` (a denoiser or a pipeline) for ``num_steps`` steps."""
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
             raise ValueError(
@@ -70,7 +86,7 @@ class ScheduleGenome:
         adapter = get_model_adapter(model)
         applicable = np.array(adapter.applicable(model), dtype=bool)
         applicable.setflags(write=False)
-        return cls(adapter.family, tuple(adapter.component_names), num_steps, applicable)
+        return cls(adapter.family, tuple(adapter.component_names), num_steps, applicable, granularity)
 
     @property
     def num_blocks(self) -> int:
@@ -78,7 +94,8 @@ class ScheduleGenome:
 
     @property
     def num_bits(self) -> int:
-        return (self.num_steps - 1) * int(self.applicable.sum())
+        per_step = self.num_blocks if self.granularity == "block" else int(self.applicable.sum())
+        return (self.num_steps - 1) * per_step
 
     def signature(self) -> dict[str, Any]:
         """JSON description of the layout; two genomes are interchangeable iff signatures match."""
@@ -88,11 +105,21 @@ class ScheduleGenome:
             "steps": self.num_steps,
             "blocks": self.num_blocks,
             "applicable": bits_to_str(self.applicable),
+            "granularity": self.granularity,
             "num_bits": self.num_bits,
         }
 
-    def encode(self, schedule: CacheSchedule) -> np.ndarray:
-        """``schedule`` -> ``(num_bits,)`` bool genome (raises ``ValueError`` on a layout mismatch)."""
+    def encode(self, schedule: CacheSchedule, project: bool = False) -> np.ndarray:
+        """``schedule`` -> ``(num_bits,)`` bool genome.
+
+        With ``granularity="block"`` a block whose components disagree at a step (e.g. TGATE
+        reusing only cross-attention) has no exact gene: ``project=True`` makes it compute (the
+        nearest block schedule that skips nothing the given one computes), otherwise it is an error.
+
+        Raises:
+            ValueError: the schedule's layout does not fit, or (block granularity, no ``project``)
+                a block's components disagree.
+        """
         if (
             schedule.family != self.family
             or schedule.components != self.components
@@ -102,7 +129,19 @@ class ScheduleGenome:
                 f"Schedule {schedule.name!r} ({schedule.family}, shape {schedule.compute.shape}) does not fit "
                 f"the search layout ({self.family}, shape {(self.num_steps, *self.applicable.shape)})."
             )
-        return schedule.compute[1:][:, self.applicable].reshape(-1).copy()
+        if self.granularity == "component":
+            return schedule.compute[1:][:, self.applicable].reshape(-1).copy()
+        free = schedule.compute[1:]
+        any_computes = (free & self.applicable).any(axis=2)
+        all_compute = (free | ~self.applicable).all(axis=2)
+        if not project and not np.array_equal(any_computes, all_compute):
+            step, block = np.argwhere(any_computes != all_compute)[0]
+            raise ValueError(
+                f"Schedule {schedule.name!r} reuses only some components of block {block} at step {step + 1}: "
+                "a block-granularity genome switches whole blocks. Use granularity='component', or "
+                "encode(..., project=True) to compute such blocks."
+            )
+        return any_computes.reshape(-1).copy()
 
     def decode(self, bits: Any, name: str = "searched") -> CacheSchedule:
         """``(num_bits,)`` genome -> :class:`CacheSchedule` (step 0 and inapplicable entries ``True``)."""
@@ -111,7 +150,10 @@ class ScheduleGenome:
             raise ValueError(f"Genome has {bits.size} bits, the layout needs {self.num_bits}.")
         compute = np.ones((self.num_steps, *self.applicable.shape), dtype=bool)
         free = compute[1:]
-        free[:, self.applicable] = bits.reshape(self.num_steps - 1, -1)
+        if self.granularity == "block":
+            free[:] = bits.reshape(self.num_steps - 1, self.num_blocks, 1) | ~self.applicable
+        else:
+            free[:, self.applicable] = bits.reshape(self.num_steps - 1, -1)
         return CacheSchedule(compute, self.components, self.family, applicable=self.applicable, name=name)
 
 

@@ -7,9 +7,11 @@
 4. Generation 0 is the seeded population (:mod:`.seeding`); each further generation asks NSGA-II
    (:mod:`.nsga`) for offspring, evaluates the new ones across processes (:mod:`.distributed`),
    tells the objectives, then -- on the main process -- writes the checkpoint and a Pareto plot.
-5. The frontier (non-dominated among every evaluated candidate) goes to ``frontier.json``; the
-   picked schedules at ``pick_speedups`` to ``picked-<x>x.json``; the generalisation report
-   (:mod:`.generalise`) to ``frontier.json`` and ``generalisation.json``.
+5. The frontier (non-dominated among every evaluated candidate) goes to ``frontier.json``; with
+   ``validation_prompts``, the best candidates per target are scored again on validation prompts
+   (:mod:`.validation`) and the picks are the best there; the picked schedules at
+   ``pick_speedups`` go to ``picked-<x>x.json``; the generalisation report (:mod:`.generalise`) to
+   ``frontier.json`` and ``generalisation.json``.
 
 Output folder::
 
@@ -49,8 +51,9 @@ from .fitness import COST_MODELS, QUALITY_METRICS, CandidateEvaluator, Evaluatio
 from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver, Operators
-from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .problem import GRANULARITIES, ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
 from .seeding import DYNAMIC_SEED_THRESHOLDS, dynamic_schedules, initial_population
+from .validation import candidates_to_validate, split_prompts, validated_entries
 
 __all__ = ["SearchResult", "load_search_pipeline", "search_call_kwargs", "search_schedule"]
 
@@ -71,6 +74,7 @@ class SearchResult:
         requested: the target speed-ups asked for (``pick_speedups``).
         evaluations: candidates evaluated (over all generations, resumed runs included).
         out: the output folder, or ``None``.
+        validated: entries scored on the validation prompts (see :mod:`.validation`; ``[]`` without).
     """
 
     frontier: list[dict[str, Any]]
@@ -80,12 +84,17 @@ class SearchResult:
     evaluations: int = 0
     out: str | None = None
     requested: list[float] = field(default_factory=list)
+    validated: list[dict[str, Any]] = field(default_factory=list)
 
     def pick(self, speedup: float) -> AccelerationConfig:
         """The best-quality schedule with at least ``speedup`` (see :func:`.frontier.pick`)."""
         from .frontier import pick
 
-        return pick(self.frontier, speedup)
+        return pick(self, speedup)
+
+    def entry(self, name: str) -> dict[str, Any]:
+        """The frontier or validated entry called ``name``."""
+        return next(e for e in [*self.validated, *self.frontier] if e["name"] == name)
 
 
 def load_search_pipeline(model: Any, device: Any = None) -> Any:
@@ -151,6 +160,9 @@ def search_schedule(
     num_heuristics: int | None = None,
     dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS,
     reuse: str = "auto",
+    granularity: str = "component",
+    validation_prompts: int = 0,
+    validate_top: int = 4,
     clip: Any = "benchmark",
     fid_reference: Any = "benchmark:train",
     pick_speedups: Sequence[float] = (2.0, 3.0),
@@ -185,6 +197,14 @@ def search_schedule(
         reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
             ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
             its streams (all covered transformers), else ``"outputs"`` (UNets).
+        granularity: what one gene switches (:data:`.problem.GRANULARITIES`): ``"component"``
+            (default, ECAD's: each component of each block at each step) or ``"block"`` (whole
+            blocks per step: a smaller space, Δ-DiT's unit).
+        validation_prompts: hold this many prompts of ``prompts`` back (disjoint from the
+            calibration prompts, seeded) to choose the picks on (:mod:`.validation`); 0 (default)
+            picks on calibration quality. With ``num_prompts`` the source gives
+            ``num_prompts + validation_prompts`` prompts.
+        validate_top: per target speed-up, this many best calibration candidates are validated.
         clip, fid_reference: CLIP model (``clip`` metric and CLIP-feature FID) and FID reference.
         pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
         generalise: evaluate the picked schedules (and the best heuristics at the same targets)
@@ -211,12 +231,19 @@ def search_schedule(
     _positive_int("generations", generations, 1, "run at least one generation after the initial population")
     _positive_int("num_images", num_images, 1, "generate at least one image per prompt")
     _positive_int("batch_size", batch_size, 1, "use at least one item per call")
+    _positive_int("validate_top", validate_top, 1, "validate at least one candidate per target speed-up")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}.")
     if quality not in QUALITY_METRICS:
         raise ValueError(f"Unknown quality metric {quality!r}; choose one of {sorted(QUALITY_METRICS)}.")
     if cost not in COST_MODELS:
         raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
     operators = operators or Operators()
-    prompt_list = load_prompts(prompts, num=num_prompts, seed=seed)
+    if not isinstance(validation_prompts, int) or isinstance(validation_prompts, bool) or validation_prompts < 0:
+        raise ValueError(f"validation_prompts must be an integer >= 0, got {validation_prompts!r}.")
+    wanted = None if num_prompts is None else num_prompts + validation_prompts
+    prompt_list, validation_list = split_prompts(load_prompts(prompts, num=wanted, seed=seed),
+                                                 validation_prompts, seed)
     items = make_items(prompt_list, num_images=num_images, seed=seed)
     call_kwargs = dict(search_call_kwargs(model) if call_kwargs is None else call_kwargs)
     reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
@@ -237,7 +264,7 @@ def search_schedule(
     # 2. Pipeline, search space, settings.
     state = distributed_state(device)
     pipe = load_search_pipeline(model, device=device if device is not None else state.device)
-    genome = ScheduleGenome.for_model(pipe, num_steps)
+    genome = ScheduleGenome.for_model(pipe, num_steps, granularity)
     reuse = _resolve_reuse(pipe, reuse)
     quality_options = {"clip": clip, "reference": fid_reference}
     settings = {
@@ -257,6 +284,8 @@ def search_schedule(
         "num_heuristics": num_heuristics,
         "dynamic_seeds": [float(t) for t in dynamic_seeds],
         "reuse": reuse,
+        "validation": {"prompts": [[p.index, p.text] for p in validation_list], "top": validate_top}
+        if validation_list else None,
     }
     if saved is not None:
         check_compatible(saved["settings"], settings, out)
@@ -332,31 +361,59 @@ def search_schedule(
     frontier = [_entry(genome, k, archive[k], reuse) for k in _frontier_keys(archive)]
     frontier.sort(key=lambda e: (e["speedup"], e["objectives"][1]))
     heuristics = [_entry(genome, k, archive[k], reuse) for k in names if k in archive and _is_heuristic(names[k])]
-    picked: dict[float, str] = {}
+    result = SearchResult(frontier, heuristics, evaluations=len(archive), out=out, requested=targets)
+    if validation_list:
+        result.validated = _validate(pipe, validation_list, num_images, seed, call_kwargs, quality, cost,
+                                     batch_size, quality_options, reuse, genome, archive, targets,
+                                     validate_top, state, show)
     for target in targets:
         try:
-            picked[target] = pick_entry(frontier, target)["name"]
+            result.picked[target] = pick_entry(result, target)["name"]
         except ValueError:
             continue
     extra = {"metric": evaluator.metric.describe(), "cost": cost, "settings": settings, "heuristics": heuristics,
-             "picked": {f"{t:g}": picked.get(t) for t in targets}}
+             "picked": {f"{t:g}": result.picked.get(t) for t in targets}}
+    if result.validated:
+        extra["validation"] = {**settings["validation"], "entries": result.validated}
     if out is not None and state.is_main_process:
         save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra)
-        for target, name in picked.items():
-            entry = next(e for e in frontier if e["name"] == name)
-            AccelerationConfig.from_dict(entry["config"]).save(os.path.join(out, f"picked-{target:g}x.json"))
-    generalisation: list[dict[str, Any]] = []
+        for target, name in result.picked.items():
+            AccelerationConfig.from_dict(result.entry(name)["config"]).save(
+                os.path.join(out, f"picked-{target:g}x.json"))
     if generalise:
-        generalisation = _generalise(pipe, items, call_kwargs, genome, frontier, heuristics, targets, state,
-                                     quality, batch_size, evaluator, quality_options, generalise_steps,
-                                     generalise_resolution, show)
+        result.generalisation = _generalise(pipe, items, call_kwargs, genome, result, heuristics, targets, state,
+                                            quality, batch_size, evaluator, quality_options, generalise_steps,
+                                            generalise_resolution, show)
         if out is not None and state.is_main_process:
-            save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=generalisation)
+            save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=result.generalisation)
             from ...utils import atomic_write_json
 
-            atomic_write_json(os.path.join(out, "generalisation.json"), generalisation)
+            atomic_write_json(os.path.join(out, "generalisation.json"), result.generalisation)
     state.wait_for_everyone()
-    return SearchResult(frontier, heuristics, generalisation, picked, len(archive), out, targets)
+    return result
+
+
+def _validate(pipe, validation_list, num_images, seed, call_kwargs, quality, cost, batch_size, quality_options,
+              reuse, genome, archive, targets, top, state, show) -> list[dict[str, Any]]:
+    """Score the best calibration candidates per target on the validation prompts (:mod:`.validation`)."""
+    from tqdm.auto import tqdm
+
+    chosen = candidates_to_validate(archive, targets, top)
+    if not chosen:
+        return []
+    validator = CandidateEvaluator(pipe, make_items(validation_list, num_images=num_images, seed=seed), call_kwargs,
+                                   quality=quality, cost=cost, batch_size=batch_size,
+                                   quality_options=quality_options, reuse=reuse)
+    validator.prepare()
+    bar = tqdm(total=len(chosen), desc="validation", unit="cand", disable=not show, dynamic_ncols=True)
+
+    def evaluate(keys: list[str]) -> list[dict[str, Any]]:
+        return map_tasks(lambda k: validator.evaluate(genome.decode(str_to_bits(k))).to_dict(), keys, state, bar)
+
+    try:
+        return validated_entries(chosen, {k: _entry(genome, k, archive[k], reuse) for k in chosen}, evaluate)
+    finally:
+        bar.close()
 
 
 def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
@@ -416,12 +473,12 @@ def _plot(out: str, generation: int, archive: dict[str, dict[str, Any]], populat
                   title=f"generation {generation}: {len(archive)} schedules evaluated")
 
 
-def _generalise(pipe, items, call_kwargs, genome, frontier, heuristics, targets, state, quality, batch_size,
+def _generalise(pipe, items, call_kwargs, genome, result, heuristics, targets, state, quality, batch_size,
                 evaluator, quality_options, steps, resolution, show) -> list[dict[str, Any]]:
     """Evaluate, per target, the picked schedule and the best heuristic reaching it, in new settings."""
     chosen: dict[str, Any] = {}
     for target in targets:
-        for pool in (frontier, [h for h in heuristics if h["speedup"] > 1.0 + 1e-9]):
+        for pool in (result, [h for h in heuristics if h["speedup"] > 1.0 + 1e-9]):
             try:
                 entry = pick_entry(pool, target)
             except ValueError:

@@ -135,6 +135,10 @@ def initial_population(
         extra: further seed schedules (e.g. :func:`dynamic_schedules`), placed right after the
             full schedule; they count as heuristics.
 
+    A block-granularity genome holds each heuristic's nearest block schedule (blocks reusing only
+    some components compute); heuristics that become a duplicate (TGATE becomes full compute) are
+    skipped and the next one takes their place.
+
     Returns:
         names ``list[str]`` (``"random-<i>"`` for random ones) and bits ``(size, genome.num_bits)``.
     """
@@ -144,8 +148,10 @@ def initial_population(
     if num_heuristics is not None:
         limit = min(limit, num_heuristics)
     names, rows, seen = [], [], set()
-    for schedule in heuristics[:limit]:
-        bits = genome.encode(schedule)
+    for schedule in heuristics:
+        if len(rows) >= limit:
+            break
+        bits = genome.encode(schedule, project=True)  # block genomes: blocks reusing only a part compute
         key = bits.tobytes()
         if key not in seen:
             seen.add(key)

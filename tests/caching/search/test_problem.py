@@ -70,3 +70,36 @@ def test_initial_population_is_seeded_distinct_and_reproducible(pixart):
     assert np.array_equal(again[1], bits) and not np.array_equal(other[1], bits)
     names2, bits2 = initial_population(pixart, g, 2, seed=0)
     assert names2 == ["full", "fora-2"] and bits2.shape == (2, g.num_bits)
+
+
+def test_block_genome_switches_whole_blocks(pixart, sd3):
+    g = ScheduleGenome.for_model(pixart, 5, granularity="block")
+    assert g.num_bits == 4 * 2 and g.signature()["granularity"] == "block"
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        bits = rng.random(g.num_bits) < 0.5
+        schedule = g.decode(bits)
+        assert schedule.compute[0].all()
+        assert np.array_equal(schedule.compute[1:].all(axis=2), schedule.compute[1:].any(axis=2))  # whole blocks
+        assert np.array_equal(schedule.compute[1:, :, 0].reshape(-1), bits)
+        assert np.array_equal(g.encode(schedule), bits)
+    fora = CacheSchedule.fora(pixart, 5, 2)
+    assert g.decode(g.encode(fora)) == fora
+    # SD3: components a block lacks stay True whatever the block's gene
+    g3 = ScheduleGenome.for_model(sd3, 3, granularity="block")
+    zeros = g3.decode(np.zeros(g3.num_bits, dtype=bool))
+    assert zeros.compute[1:, :, 1].all() and zeros.compute[1:, 1, 3].all() and not zeros.compute[1:, 0, 0].any()
+    assert g3.encode(zeros).tolist() == [False] * g3.num_bits
+
+
+def test_block_genome_refuses_or_projects_partial_blocks(pixart):
+    g = ScheduleGenome.for_model(pixart, 8, granularity="block")
+    tgate = CacheSchedule.tgate(pixart, 8, 4)  # reuses cross-attention only: no whole-block gene
+    with pytest.raises(ValueError, match="project=True"):
+        g.encode(tgate)
+    assert g.encode(tgate, project=True).all()  # its nearest block schedule computes everything
+    with pytest.raises(ValueError, match="granularity"):
+        ScheduleGenome.for_model(pixart, 8, granularity="layer")
+    names, bits = initial_population(pixart, g, 12, seed=0)
+    assert len({b.tobytes() for b in bits}) == 12 and not any(n.startswith("tgate") for n in names)
+    assert names[:3] == ["full", "fora-2", "fora-3"]

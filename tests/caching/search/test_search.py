@@ -240,3 +240,15 @@ def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     (seed,) = dynamic_schedules(Recorded(), genome, thresholds=(0.3,))
     assert seed.name == "dynamic-replay-0.3"
     assert seed.compute[[0, 1, 3]].all() and seed.compute[2, 0].all() and not seed.compute[2, 1:].any()
+
+
+def test_block_granularity_search_keeps_whole_blocks(pixart, tiny_call, tmp_path, one_thread):
+    result = search(pixart, tiny_call, out=tmp_path, granularity="block")
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert saved["settings"]["search_space"]["granularity"] == "block"
+    assert saved["settings"]["search_space"]["num_bits"] == 3 * 2
+    for entry in result.frontier:
+        compute = AccelerationConfig.from_dict(entry["config"]).cache.schedule.compute
+        assert np.array_equal(compute.all(axis=2), compute.any(axis=2)), entry["name"]
+    with pytest.raises(ValueError, match="6 bits"):  # resuming with the other granularity: another search space
+        search(pixart, tiny_call, out=tmp_path, resume=True)
