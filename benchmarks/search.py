@@ -309,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--population", type=int, default=24)
     parser.add_argument("--generations", type=int, default=12)
-    parser.add_argument("--calib-prompts", type=int, default=12, help="train prompts the search scores on")
+    parser.add_argument("--calib-prompts", type=int, default=24, help="train prompts the search scores on")
     parser.add_argument("--granularity", default="block", choices=["component", "block"],
                         help="what a gene switches (default block: whole blocks per step)")
     parser.add_argument("--validation-prompts", type=int, default=24,
                         help="train prompts (not calibration, not held-out) the picks are chosen on (0: none)")
-    parser.add_argument("--validate-top", type=int, default=4, help="candidates validated per target speed-up")
+    parser.add_argument("--validate-top", type=int, default=6, help="candidates validated per target speed-up")
     parser.add_argument("--quality", default="psnr",
                         help="search objective (default psnr: the metric of the held-out comparison)")
     parser.add_argument("--heldout-prompts", type=int, default=24, help="held-out prompts of the comparison")
