@@ -239,8 +239,7 @@ def search_schedule(
     if cost not in COST_MODELS:
         raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
     operators = operators or Operators()
-    if not isinstance(validation_prompts, int) or isinstance(validation_prompts, bool) or validation_prompts < 0:
-        raise ValueError(f"validation_prompts must be an integer >= 0, got {validation_prompts!r}.")
+    _positive_int("validation_prompts", validation_prompts, 0, "0 picks on calibration quality")
     wanted = None if num_prompts is None else num_prompts + validation_prompts
     prompt_list, validation_list = split_prompts(load_prompts(prompts, num=wanted, seed=seed),
                                                  validation_prompts, seed)
