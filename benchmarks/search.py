@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
         batch_size=args.batch, call_kwargs=call, pick_speedups=TARGETS, generalise=True, resume=args.resume,
         progress=not args.no_progress, quality=args.quality, granularity=args.granularity,
-        validation_prompts=args.validation_prompts, validate_top=args.validate_top)
+        validation_prompts=args.validation_prompts, validate_top=args.validate_top,
+        refine_rounds=args.refine_rounds)
     search_s = time.perf_counter() - t0
 
     # 2. Held-out evaluation.
@@ -285,7 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
                    "granularity": args.granularity, "validation_prompts": args.validation_prompts,
-                   "validate_top": args.validate_top, "validated": len(result.validated),
+                   "validate_top": args.validate_top, "refine_rounds": args.refine_rounds,
+                   "validated": len(result.validated),
                    "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
                    "out": os.path.join(out, "search"), "objective": f"{args.quality} vs full compute, cost = MACs"},
         "heldout_prompts": len(items),
@@ -308,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", default="benchmark", help="CLIP for the CLIP score (default: the bundled one)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--population", type=int, default=24)
-    parser.add_argument("--generations", type=int, default=12)
+    parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--refine-rounds", type=int, default=3,
+                        help="refinement rounds at the target speed-ups after the generations (0: none)")
     parser.add_argument("--calib-prompts", type=int, default=24, help="train prompts the search scores on")
     parser.add_argument("--granularity", default="block", choices=["component", "block"],
                         help="what a gene switches (default block: whole blocks per step)")
@@ -332,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.population, args.generations = min(args.population, 10), min(args.generations, 5)
+        args.refine_rounds = min(args.refine_rounds, 1)
         args.calib_prompts, args.heldout_prompts = min(args.calib_prompts, 4), min(args.heldout_prompts, 16)
         args.validation_prompts = min(args.validation_prompts, 4)
         args.runs, args.max_frontier = min(args.runs, 2), min(args.max_frontier, 8)

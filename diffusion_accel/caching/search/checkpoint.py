@@ -4,13 +4,15 @@ Contents::
 
     {"format": "diffusion-accel/search-checkpoint", "version": 1,
      "settings": {...},           # everything the result depends on (see search_schedule)
-     "completed": 3,              # generations told so far (1 = the initial population)
+     "completed": 3,              # rounds done: generations told (1 = the initial population), then
+                                  # refinement rounds (settings["refine"])
      "nsga": {...},               # NsgaDriver.state(): population, objectives, rank, crowding, RNG
      "archive": {"0110...": {"cost", "quality", "objective", "macs_ratio", "denoiser_seconds",
-                             "generation", "name", "process"}},   # every candidate evaluated so far
+                             "generation", "name", "process", ["origin"]}},   # every candidate evaluated
      "history": [{"generation": 0, "population": ["0110...", ...]}]}
 
-A resumed search must have the same settings, except ``generations`` (a search may be extended).
+A resumed search must have the same settings, except ``generations`` (a search may be extended,
+until its refinement rounds have begun).
 :func:`check_compatible` compares them and raises one ``ValueError`` naming the differences; a
 different search space (another model or step count: another number of schedule bits) gets its
 own message. Nothing is written before that check, so a refused resume leaves the file untouched.

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "prompts; default 0: pick on calibration quality)")
     parser.add_argument("--validate-top", type=int, default=4,
                         help="with --validation-prompts: validate this many best candidates per target (default 4)")
+    parser.add_argument("--refine-rounds", type=int, default=0,
+                        help="after the generations, this many rounds of --population candidates refine the "
+                        "frontier at the --pick-speedup targets (surrogate-guided local search; default 0)")
     parser.add_argument("--clip", default="benchmark", help="CLIP model for --quality clip / fid")
     parser.add_argument("--fid-reference", default="benchmark:train", help="FID reference for --quality fid")
     parser.add_argument("--pick-speedup", type=float, action="append", default=None,
@@ -138,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         generalise=not args.no_generalise, generalise_steps=args.generalise_steps,
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
-        validation_prompts=args.validation_prompts, validate_top=args.validate_top, **extra,
+        validation_prompts=args.validation_prompts, validate_top=args.validate_top,
+        refine_rounds=args.refine_rounds, **extra,
     )
     from accelerate import PartialState
 

@@ -295,11 +295,20 @@ class CandidateEvaluator:
         self.call_kwargs = dict(call_kwargs)
         self.metric = quality_metric(quality, **(quality_options or {}))
         self.cost_name = cost
+        self.batch_size = batch_size
         self.batches = make_batches(self.items, batch_size)
         self.memo = memo if memo is not None else TextEncoderMemo()
         self.profile: MacProfile | None = None
         self.reference: torch.Tensor | None = None
         self.reference_seconds = float("nan")
+
+    def variant(self, items: Sequence[Item] | None = None,
+                call_kwargs: dict[str, Any] | None = None) -> CandidateEvaluator:
+        """An evaluator (not yet prepared) scoring the same way on other ``items`` or ``call_kwargs``:
+        same metric, cost, batch size, reuse mode and text-encoder memo."""
+        return CandidateEvaluator(self.pipe, self.items if items is None else items,
+                                  self.call_kwargs if call_kwargs is None else call_kwargs, quality=self.metric,
+                                  cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse)
 
     @property
     def prompts(self) -> list[str]:

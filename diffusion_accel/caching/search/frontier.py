@@ -2,7 +2,8 @@
 
 A frontier entry is a JSON object::
 
-    {"name": "search-03", "origin": "search" | "heuristic", "config": {AccelerationConfig},
+    {"name": "search-g3-4951b7", "origin": "search" | "refine" | "heuristic" | "random",
+     "config": {AccelerationConfig},
      "speedup": 2.4,        # 1 / cost: the MAC ratio (cost "macs") or the latency ratio ("latency")
      "macs_ratio": 2.4, "cost": 0.417, "quality": 0.0123, "objectives": [cost, minimised quality],
      "compute_fraction": 0.41, "generation": 5}

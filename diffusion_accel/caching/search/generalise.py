@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...eval.generate import Item
 from ..schedule import CacheSchedule
 from .distributed import map_tasks
 from .fitness import CandidateEvaluator
-from .memo import TextEncoderMemo
 
 __all__ = ["default_settings", "evaluate_generalisation"]
 
@@ -72,30 +70,25 @@ def _default_size(pipe: Any) -> int | None:
 
 
 def evaluate_generalisation(
-    pipe: Any,
-    items: Sequence[Item],
-    call_kwargs: dict[str, Any],
+    search: CandidateEvaluator,
     schedules: dict[str, CacheSchedule],
     settings: Sequence[dict[str, Any]],
     *,
-    quality: Any,
-    batch_size: int,
     state: Any,
-    memo: TextEncoderMemo | None = None,
-    quality_options: dict[str, Any] | None = None,
     progress: Any = None,
-    reuse: str = "outputs",
 ) -> list[dict[str, Any]]:
     """Records ``{setting, steps, height, width, name, macs_ratio, quality}`` for every
-    (setting, schedule), computed across processes (every process gets all records)."""
-    memo = memo if memo is not None else TextEncoderMemo()
+    (setting, schedule), computed across processes (every process gets all records).
+
+    ``search`` is the search's evaluator: each setting is scored by its :meth:`~CandidateEvaluator.variant`
+    with the setting's pipeline arguments (same items, metric, batch size and reuse mode).
+    """
     evaluators: dict[int, CandidateEvaluator] = {}
 
     def evaluator(index: int) -> CandidateEvaluator:
         if index not in evaluators:
             setting = {k: v for k, v in settings[index].items() if k != "label"}
-            ev = CandidateEvaluator(pipe, items, {**call_kwargs, **setting}, quality=quality, batch_size=batch_size,
-                                    memo=memo, quality_options=quality_options, reuse=reuse)
+            ev = search.variant(call_kwargs={**search.call_kwargs, **setting})
             ev.prepare()
             evaluators[index] = ev
         return evaluators[index]

@@ -7,6 +7,8 @@
 4. Generation 0 is the seeded population (:mod:`.seeding`); each further generation asks NSGA-II
    (:mod:`.nsga`) for offspring, evaluates the new ones across processes (:mod:`.distributed`),
    tells the objectives, then -- on the main process -- writes the checkpoint and a Pareto plot.
+   With ``refine_rounds``, further rounds refine the frontier at the target speed-ups
+   (:mod:`.refine`), checkpointed the same way.
 5. The frontier (non-dominated among every evaluated candidate) goes to ``frontier.json``; with
    ``validation_prompts``, the best candidates per target are scored again on validation prompts
    (:mod:`.validation`) and the picks are the best there; the picked schedules at
@@ -15,7 +17,7 @@
 
 Output folder::
 
-    checkpoint.json             state after the last finished generation (resume from it)
+    checkpoint.json             state after the last finished generation or refinement round (resume from it)
     frontier.json               non-dominated schedules with objectives (+ heuristics, generalisation)
     plots/generation-<g>.png    Pareto plot after generation g
     picked-<x>x.json            AccelerationConfig of the best schedule with speed-up >= x
@@ -52,6 +54,7 @@ from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver, Operators
 from .problem import GRANULARITIES, ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .refine import gene_savings, refine_candidates
 from .seeding import DYNAMIC_SEED_THRESHOLDS, dynamic_schedules, initial_population
 from .validation import candidates_to_validate, split_prompts, validated_entries
 
@@ -163,6 +166,7 @@ def search_schedule(
     granularity: str = "component",
     validation_prompts: int = 0,
     validate_top: int = 4,
+    refine_rounds: int = 0,
     clip: Any = "benchmark",
     fid_reference: Any = "benchmark:train",
     pick_speedups: Sequence[float] = (2.0, 3.0),
@@ -205,6 +209,9 @@ def search_schedule(
             picks on calibration quality. With ``num_prompts`` the source gives
             ``num_prompts + validation_prompts`` prompts.
         validate_top: per target speed-up, this many best calibration candidates are validated.
+        refine_rounds: after the generations, this many rounds of ``population`` candidates each
+            refine the frontier at the ``pick_speedups`` (:mod:`.refine`: surrogate-guided local
+            search that spends each target's whole MAC budget); 0 (default) for none.
         clip, fid_reference: CLIP model (``clip`` metric and CLIP-feature FID) and FID reference.
         pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
         generalise: evaluate the picked schedules (and the best heuristics at the same targets)
@@ -232,6 +239,7 @@ def search_schedule(
     _positive_int("num_images", num_images, 1, "generate at least one image per prompt")
     _positive_int("batch_size", batch_size, 1, "use at least one item per call")
     _positive_int("validate_top", validate_top, 1, "validate at least one candidate per target speed-up")
+    _positive_int("refine_rounds", refine_rounds, 0, "0 runs no refinement after the generations")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}.")
     if quality not in QUALITY_METRICS:
@@ -285,17 +293,24 @@ def search_schedule(
         "reuse": reuse,
         "validation": {"prompts": [[p.index, p.text] for p in validation_list], "top": validate_top}
         if validation_list else None,
+        "refine": {"rounds": refine_rounds, "targets": targets} if refine_rounds else None,
     }
+    total_rounds = generations + 1 + refine_rounds
     if saved is not None:
         check_compatible(saved["settings"], settings, out)
-        if int(saved["completed"]) > generations + 1:
-            raise ValueError(f"{out!r} already holds {int(saved['completed']) - 1} generations; resume with "
-                             f"--generations {int(saved['completed']) - 1} or more.")
+        done, saved_generations = int(saved["completed"]), int(saved["settings"]["generations"])
+        if done > saved_generations + 1:  # refinement rounds have begun: the generations are fixed
+            if generations != saved_generations:
+                raise ValueError(f"{out!r} has started refining after {saved_generations} generations; resume "
+                                 f"with --generations {saved_generations}.")
+        elif done > generations + 1:
+            raise ValueError(f"{out!r} already holds {done - 1} generations; resume with "
+                             f"--generations {done - 1} or more.")
 
     # 3. References (only if there is something left to evaluate) and the optimiser.
     evaluator = CandidateEvaluator(pipe, items, call_kwargs, quality=quality, cost=cost, batch_size=batch_size,
                                    quality_options=quality_options, reuse=reuse)
-    if saved is None or int(saved["completed"]) < generations + 1:
+    if saved is None or int(saved["completed"]) < total_rounds:
         evaluator.prepare()
     # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
     # population, and the seeds' names, in the checkpoint).
@@ -314,20 +329,27 @@ def search_schedule(
     names = dict(zip((bits_to_str(b) for b in initial), seed_names))
     names.update({key: record["name"] for key, record in archive.items() if record.get("name")})
 
-    # 4. Generations.
+    # 4. Generations, then refinement rounds (:mod:`.refine`) at the target speed-ups.
     from tqdm.auto import tqdm
 
     show = progress and state.is_main_process
-    total_rounds = generations + 1
+    savings = gene_savings(genome, evaluator.profile) if refine_rounds and completed < total_rounds else None
     bar = tqdm(total=total_rounds, initial=min(completed, total_rounds), desc="generations", unit="gen",
                disable=not show, dynamic_ncols=True)
     try:
         for generation in range(completed, total_rounds):
-            X = driver.ask()
-            check_agreement(np.packbits(X).tobytes(), state, f"the candidates of generation {generation}")
+            refining = generation > generations
+            if refining:
+                rng = np.random.default_rng([int(seed), generation])
+                X = np.array(refine_candidates(archive, savings, targets, population, rng), dtype=bool)
+                X = X.reshape(-1, genome.num_bits)
+            else:
+                X = driver.ask()
+            what = "refinement round" if refining else "generation"
+            check_agreement(np.packbits(X).tobytes(), state, f"the candidates of {what} {generation}")
             keys = [bits_to_str(x) for x in X]
             todo = list(dict.fromkeys(k for k in keys if k not in archive))
-            inner = tqdm(total=len(todo), desc=f"generation {generation}", unit="cand", leave=False,
+            inner = tqdm(total=len(todo), desc=f"{what} {generation}", unit="cand", leave=False,
                          disable=not show, dynamic_ncols=True)
 
             def evaluate(key: str, generation: int = generation, todo: list[str] = todo) -> dict[str, Any]:
@@ -341,10 +363,15 @@ def search_schedule(
             finally:
                 inner.close()
             for key, result in zip(todo, results):
-                archive[key] = {**result, "generation": generation, "name": names.get(key)}
-            F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
-            driver.tell(X, F)
-            history.append({"generation": generation, "population": [bits_to_str(x) for x in driver.population()[0]]})
+                archive[key] = {**result, "generation": generation, "name": names.get(key),
+                                **({"origin": "refine"} if refining else {})}
+            if refining:
+                history.append({"generation": generation, "population": keys, "refine": True})
+            else:
+                F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
+                driver.tell(X, F)
+                history.append({"generation": generation,
+                                "population": [bits_to_str(x) for x in driver.population()[0]]})
             if out is not None and state.is_main_process:
                 save_checkpoint(out, {"settings": settings, "completed": generation + 1, "nsga": driver.state(),
                                       "archive": archive, "history": history})
@@ -362,9 +389,8 @@ def search_schedule(
     heuristics = [_entry(genome, k, archive[k], reuse) for k in names if k in archive and _is_heuristic(names[k])]
     result = SearchResult(frontier, heuristics, evaluations=len(archive), out=out, requested=targets)
     if validation_list:
-        result.validated = _validate(pipe, validation_list, num_images, seed, call_kwargs, quality, cost,
-                                     batch_size, quality_options, reuse, genome, archive, targets,
-                                     validate_top, state, show)
+        validator = evaluator.variant(items=make_items(validation_list, num_images=num_images, seed=seed))
+        result.validated = _validate(validator, genome, archive, targets, validate_top, state, show)
     for target in targets:
         try:
             result.picked[target] = pick_entry(result, target)["name"]
@@ -380,8 +406,7 @@ def search_schedule(
             AccelerationConfig.from_dict(result.entry(name)["config"]).save(
                 os.path.join(out, f"picked-{target:g}x.json"))
     if generalise:
-        result.generalisation = _generalise(pipe, items, call_kwargs, genome, result, heuristics, targets, state,
-                                            quality, batch_size, evaluator, quality_options, generalise_steps,
+        result.generalisation = _generalise(evaluator, genome, result, heuristics, targets, state, generalise_steps,
                                             generalise_resolution, show)
         if out is not None and state.is_main_process:
             save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=result.generalisation)
@@ -392,18 +417,17 @@ def search_schedule(
     return result
 
 
-def _validate(pipe, validation_list, num_images, seed, call_kwargs, quality, cost, batch_size, quality_options,
-              reuse, genome, archive, targets, top, state, show) -> list[dict[str, Any]]:
-    """Score the best calibration candidates per target on the validation prompts (:mod:`.validation`)."""
+def _validate(validator: CandidateEvaluator, genome: ScheduleGenome, archive: dict[str, dict[str, Any]],
+              targets: list[float], top: int, state: Any, show: bool) -> list[dict[str, Any]]:
+    """Score the best calibration candidates per target with ``validator`` (the search's evaluator on the
+    validation prompts; :mod:`.validation`)."""
     from tqdm.auto import tqdm
 
     chosen = candidates_to_validate(archive, targets, top)
     if not chosen:
         return []
-    validator = CandidateEvaluator(pipe, make_items(validation_list, num_images=num_images, seed=seed), call_kwargs,
-                                   quality=quality, cost=cost, batch_size=batch_size,
-                                   quality_options=quality_options, reuse=reuse)
     validator.prepare()
+    reuse = validator.reuse
     bar = tqdm(total=len(chosen), desc="validation", unit="cand", disable=not show, dynamic_ncols=True)
 
     def evaluate(keys: list[str]) -> list[dict[str, Any]]:
@@ -435,11 +459,13 @@ def _resolve_reuse(pipe: Any, reuse: str) -> str:
 
 def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs") -> dict[str, Any]:
     evaluation = Evaluation.from_dict(record)
-    name = record.get("name") or f"search-g{record['generation']}-{key_digest(key)}"
+    prefix = "refine" if record.get("origin") == "refine" else "search"
+    name = record.get("name") or f"{prefix}-g{record['generation']}-{key_digest(key)}"
     schedule = genome.decode(str_to_bits(key), name=name)
     return {
         "name": name,
-        "origin": "heuristic" if _is_heuristic(record.get("name")) else "random" if record.get("name") else "search",
+        "origin": record.get("origin") or ("heuristic" if _is_heuristic(record.get("name"))
+                                           else "random" if record.get("name") else "search"),
         "config": AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
         "speedup": 1.0 / evaluation.cost,
         "macs_ratio": evaluation.macs_ratio,
@@ -472,8 +498,9 @@ def _plot(out: str, generation: int, archive: dict[str, dict[str, Any]], populat
                   title=f"generation {generation}: {len(archive)} schedules evaluated")
 
 
-def _generalise(pipe, items, call_kwargs, genome, result, heuristics, targets, state, quality, batch_size,
-                evaluator, quality_options, steps, resolution, show) -> list[dict[str, Any]]:
+def _generalise(evaluator: CandidateEvaluator, genome: ScheduleGenome, result: SearchResult,
+                heuristics: list[dict[str, Any]], targets: list[float], state: Any, steps: Sequence[int] | None,
+                resolution: tuple[int, int] | None, show: bool) -> list[dict[str, Any]]:
     """Evaluate, per target, the picked schedule and the best heuristic reaching it, in new settings."""
     chosen: dict[str, Any] = {}
     for target in targets:
@@ -485,14 +512,12 @@ def _generalise(pipe, items, call_kwargs, genome, result, heuristics, targets, s
             chosen.setdefault(entry["name"], AccelerationConfig.from_dict(entry["config"]).cache.schedule)
     if not chosen:
         return []
-    settings = default_settings(call_kwargs, genome.num_steps, pipe, steps, resolution)
+    settings = default_settings(evaluator.call_kwargs, genome.num_steps, evaluator.pipe, steps, resolution)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(settings) * len(chosen), desc="generalisation", unit="eval", disable=not show,
                dynamic_ncols=True)
     try:
-        return evaluate_generalisation(pipe, items, call_kwargs, chosen, settings, quality=quality,
-                                       batch_size=batch_size, state=state, memo=evaluator.memo,
-                                       quality_options=quality_options, progress=bar, reuse=evaluator.reuse)
+        return evaluate_generalisation(evaluator, chosen, settings, state=state, progress=bar)
     finally:
         bar.close()
