@@ -1,4 +1,5 @@
-"""``diffusion-accel search`` end to end: two processes = one, SIGKILL + --resume = uninterrupted.
+"""``diffusion-accel search`` end to end: two processes = one, SIGKILL + --resume = uninterrupted
+(generations and a refinement round).
 
 Every run searches the tiny PixArt pipeline with the same settings; ``OMP_NUM_THREADS=1`` and
 ``--threads 1`` in every process (the in-process runs pin one thread too) so that float
@@ -26,7 +27,7 @@ def cli_args(prompts, out, *extra):
     return ["--model", "tiny:pixart-alpha", "--prompts", str(prompts), "--steps", "4", "--population", "4",
             "--generations", str(GENERATIONS), "--out", str(out), "--batch-size", "2", "--threads", "1",
             "--call-kwargs", json.dumps({"height": 32, "width": 32}), "--no-generalise", "--no-progress",
-            "--pick-speedup", "1.2", *extra]
+            "--pick-speedup", "1.2", "--refine-rounds", "1", *extra]
 
 
 def launch(env, args, **extra_env):
@@ -81,6 +82,8 @@ def test_two_processes_give_the_same_frontier_as_one(prompts, reference, tmp_pat
     assert frontier(out) == frontier(reference)
     archive = json.loads((out / "checkpoint.json").read_text())["archive"]
     assert {r["process"] for r in archive.values()} == {0, 1}  # candidates were split
+    refined = [r for r in archive.values() if r.get("origin") == "refine"]
+    assert refined and all(r["generation"] == GENERATIONS + 1 for r in refined)  # the refinement round ran too
     assert (out / "picked-1.2x.json").read_text() == (reference / "picked-1.2x.json").read_text()
 
 
@@ -96,7 +99,7 @@ def test_killed_search_resumes_to_the_same_frontier(prompts, reference, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     completed = json.loads(checkpoint.read_text())["completed"]
-    assert 1 <= completed < GENERATIONS + 1 and not (out / "frontier.json").exists()
+    assert 1 <= completed < GENERATIONS + 2 and not (out / "frontier.json").exists()
 
     assert main(["search", *cli_args(prompts, out)]) == 2  # without --resume: refused
     assert "pass --resume" in capsys.readouterr().err
@@ -121,6 +124,7 @@ def test_bad_input_is_one_clear_error(prompts, tmp_path, capsys):
     cases = [
         (["--population", "1"], "population must be an integer >= 2"),
         (["--generations", "0"], "generations must be an integer >= 1"),
+        (["--refine-rounds", "-1"], "refine_rounds must be an integer >= 0"),
         (["--prompts", str(tmp_path / "empty.txt")], "holds no prompts"),
         (["--call-kwargs", "{x"], "--call-kwargs is not valid JSON"),
         (["--generalise-resolution", "big"], "--generalise-resolution must look like 48x48"),
