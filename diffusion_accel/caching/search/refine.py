@@ -14,8 +14,12 @@ target ``t`` (MAC budget ``1 / t`` of the full loop), one round:
    budget still holds. A child thus spends its whole budget (quality rises with compute).
 3. **Surrogate**: predicted harm comes from a ridge regression of the calibration objective on
    which genes a schedule reuses, fitted on every schedule evaluated so far, weighted towards
-   costs near the budget. Noise on the harms (a fresh draw per child) diversifies the repairs;
-   the children the surrogate ranks best are evaluated for real.
+   costs near the budget, negative harms set to 0 (reusing more never helps in expectation).
+   Noise on the harms (a fresh draw per child) diversifies the repairs.
+   The surrogate only compares children of the same parent (by the predicted harm of the genes
+   they changed: a linear model is trusted for small steps, not across the space). Evaluation
+   slots go round-robin over the parents, best measured parent first, each time to that
+   parent's best predicted child not yet evaluated.
 
 Costs here are MAC fractions from the caching engine's profile (:func:`gene_savings`), also when
 the search's cost objective is measured latency (then they are its proxy). Candidates depend
@@ -130,33 +134,43 @@ def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, t
     X = np.stack([str_to_bits(k) for k in keys])
     y = np.array([float(archive[k]["objective"]) for k in keys])
     costs = np.array([schedule_cost(x, savings) for x in X])
-    y = np.minimum(y, np.quantile(y, 0.9))  # the worst schedules must not dominate the fit
+    fit_y = np.minimum(y, np.quantile(y, 0.9))  # the worst schedules must not dominate the fit
     per_target = _split(count, len(targets))
     seen = set(keys)
     out: list[np.ndarray] = []
     for target, n in zip(targets, per_target):
         budget = 1.0 / float(target)
         near = np.exp(-((np.log(costs) - np.log(budget)) / 0.35) ** 2) + 0.05
-        intercept, w = fit_surrogate(X, y, near)
+        # Reusing never helps in expectation (less compute, further from the full model): fitted
+        # negative harms are noise, and would make children that reuse more look better.
+        w = np.maximum(fit_surrogate(X, fit_y, near)[1], 0.0)
         order = np.lexsort((costs, y))
         reach = [i for i in order if costs[i] <= budget + 1e-12][:parents]
         almost = [i for i in order if budget < costs[i] <= budget * (1 + band)][:parents]
-        pool = reach + almost
+        pool = sorted(reach + almost, key=lambda i: (y[i], costs[i]))  # best measured first
         if not pool or n == 0:
             continue
         scale = noise * float(np.std(w)) if w.size > 1 else 0.0
-        drawn: dict[str, tuple[float, np.ndarray]] = {}
-        for _ in range(n * POOL_FACTOR):
-            child = X[pool[rng.integers(len(pool))]].copy()
+        children: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in pool]
+        for draw in range(n * POOL_FACTOR):
+            slot = draw % len(pool)
+            parent = X[pool[slot]]
+            child = parent.copy()
             flips = rng.choice(child.size, size=min(int(rng.integers(0, 3)), child.size), replace=False)
             child[flips] = ~child[flips]
             child = repair(child, savings, budget, w + rng.normal(0.0, scale, size=w.size))
             key = bits_to_str(child)
-            if key not in seen and key not in drawn:
-                drawn[key] = (intercept + float(w[~child].sum()), child)
-        for key, (_, child) in sorted(drawn.items(), key=lambda kv: (kv[1][0], kv[0]))[:n]:
-            seen.add(key)
-            out.append(child)
+            if key not in seen:
+                change = float(w[parent & ~child].sum() - w[~parent & child].sum())
+                children[slot][key] = (change, child)
+        ranked = [sorted(c.items(), key=lambda kv: (kv[1][0], kv[0])) for c in children]
+        taken = 0
+        for rank in range(max(len(r) for r in ranked)):
+            for options in ranked:
+                if taken < n and rank < len(options) and options[rank][0] not in seen:
+                    seen.add(options[rank][0])
+                    out.append(options[rank][1][1])
+                    taken += 1
     return out
 
 

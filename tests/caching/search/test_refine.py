@@ -144,3 +144,18 @@ def test_search_killed_while_refining_resumes_to_the_same_frontier(pixart, tiny_
     assert resumed.frontier == straight.frontier
     ck = [json.loads((tmp_path / d / "checkpoint.json").read_text()) for d in ("straight", "killed")]
     assert ck[0]["archive"].keys() == ck[1]["archive"].keys() and ck[0]["history"] == ck[1]["history"]
+
+
+def test_the_best_measured_parent_gets_the_first_slot_whatever_the_surrogate_predicts_elsewhere():
+    rng = np.random.default_rng(3)
+    bits = 30
+    savings = np.full(bits, 0.03)
+    best = np.ones(bits, bool)
+    best[:16] = False  # cost 0.52: just over the 2x budget, and the best schedule measured
+    archive = {bits_to_str(best): {"objective": 1.0}}
+    for _ in range(40):  # worse schedules, some reaching 2x with slack for recomputing genes
+        x = rng.random(bits) < rng.uniform(0.2, 0.8)
+        archive.setdefault(bits_to_str(x), {"objective": 5.0 + float((~x).sum())})
+    (kid,) = refine_candidates(archive, savings, [2.0], count=1, rng=np.random.default_rng(0))
+    assert schedule_cost(kid, savings) <= 0.5 + 1e-12
+    assert int((kid != best).sum()) <= 2 + 2 + 2  # two random flips, their repair, one reuse for the budget
