@@ -16,10 +16,11 @@ target ``t`` (MAC budget ``1 / t`` of the full loop), one round:
    which genes a schedule reuses, fitted on every schedule evaluated so far, weighted towards
    costs near the budget, negative harms set to 0 (reusing more never helps in expectation).
    Noise on the harms (a fresh draw per child) diversifies the repairs.
-   The surrogate only compares children of the same parent (by the predicted harm of the genes
-   they changed: a linear model is trusted for small steps, not across the space). Evaluation
-   slots go round-robin over the parents, best measured parent first, each time to that
-   parent's best predicted child not yet evaluated.
+   The surrogate only compares children of the same parent that change as many genes (by the
+   predicted harm of the genes they changed: a linear model is trusted for small steps, not
+   across the space): a parent's children are ranked smallest move first, then by prediction.
+   Evaluation slots go round-robin over the parents, best measured parent first, each time to
+   that parent's next child not yet evaluated.
 
 Costs here are MAC fractions from the caching engine's profile (:func:`gene_savings`), also when
 the search's cost objective is measured latency (then they are its proxy). Candidates depend
@@ -162,14 +163,14 @@ def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, t
             key = bits_to_str(child)
             if key not in seen:
                 change = float(w[parent & ~child].sum() - w[~parent & child].sum())
-                children[slot][key] = (change, child)
-        ranked = [sorted(c.items(), key=lambda kv: (kv[1][0], kv[0])) for c in children]
+                children[slot][key] = (int((parent != child).sum()), change, child)
+        ranked = [sorted(c.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0])) for c in children]
         taken = 0
         for rank in range(max(len(r) for r in ranked)):
             for options in ranked:
                 if taken < n and rank < len(options) and options[rank][0] not in seen:
                     seen.add(options[rank][0])
-                    out.append(options[rank][1][1])
+                    out.append(options[rank][1][2])
                     taken += 1
     return out
 
