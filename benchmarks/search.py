@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = search_schedule(
         args.model, train, out=os.path.join(out, "search"), num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
-        batch_size=args.batch, call_kwargs=call, pick_speedups=TARGETS, generalise=True, resume=args.resume,
+        batch_size=args.batch, call_kwargs=call, pick_speedups=sorted({*TARGETS, *args.pick_speedups}),
+        generalise=True, resume=args.resume,
         progress=not args.no_progress, quality=args.quality, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
         refine_rounds=args.refine_rounds)
@@ -287,6 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
                    "granularity": args.granularity, "validation_prompts": args.validation_prompts,
                    "validate_top": args.validate_top, "refine_rounds": args.refine_rounds,
+                   "pick_speedups": sorted({*TARGETS, *args.pick_speedups}),
                    "validated": len(result.validated),
                    "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
                    "out": os.path.join(out, "search"), "objective": f"{args.quality} vs full compute, cost = MACs"},
@@ -311,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--population", type=int, default=24)
     parser.add_argument("--generations", type=int, default=10)
-    parser.add_argument("--refine-rounds", type=int, default=3,
-                        help="refinement rounds at the target speed-ups after the generations (0: none)")
+    parser.add_argument("--refine-rounds", type=int, default=6,
+                        help="refinement rounds at the pick speed-ups after the generations (0: none)")
+    parser.add_argument("--pick-speedups", type=float, nargs="*", default=[],
+                        help="further speed-ups the search picks (and refines) at, besides the compared 2, 2.5, 3")
     parser.add_argument("--calib-prompts", type=int, default=24, help="train prompts the search scores on")
     parser.add_argument("--granularity", default="block", choices=["component", "block"],
                         help="what a gene switches (default block: whole blocks per step)")
@@ -325,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=12, help="prompts per pipeline call")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration")
     parser.add_argument("--timing-batch", type=int, default=8, help="held-out prompts per timed call")
-    parser.add_argument("--max-frontier", type=int, default=12, help="frontier schedules evaluated on held-out")
+    parser.add_argument("--max-frontier", type=int, default=40, help="frontier schedules evaluated on held-out")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder of the search (default: a temporary one)")
