@@ -1,4 +1,4 @@
-"""FLOP formulas of the oneDNN int8 operators, so ``torch.utils.flop_counter.FlopCounterMode``
+"""FLOP formulas of the int8 GEMM operators (oneDNN's and ``aten._int_mm``), so ``torch.utils.flop_counter.FlopCounterMode``
 (and every MAC count built on it: ``diffusion_accel.caching.macs``, the evaluation harness) counts
 quantized linears like the float ones they replace: ``2 * rows * in_features * out_features``.
 
@@ -26,6 +26,11 @@ def _qlinear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * rows * x_shape[-1] * out_shape[-1]
 
 
+def _int_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """``(M, K) @ (K, N)`` int8 -> int32: 2*M*K*N FLOPs (torch has no formula: it counted 0)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 def _free(*args, **kwargs) -> int:
     return 0
 
@@ -39,9 +44,10 @@ def register_quant_flop_formulas() -> None:
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
     onednn = getattr(torch.ops, "onednn", None)
-    for name, formula in (("qlinear_pointwise", _qlinear_flops), ("qlinear_prepack", _free)):
+    for namespace, name, formula in ((onednn, "qlinear_pointwise", _qlinear_flops), (onednn, "qlinear_prepack", _free),
+                                     (torch.ops.aten, "_int_mm", _int_mm_flops)):
         try:
-            op = getattr(onednn, name)
+            op = getattr(namespace, name)
         except (AttributeError, RuntimeError):
             continue
         if op not in flop_registry:

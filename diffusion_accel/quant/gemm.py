@@ -2,7 +2,8 @@
 
 A backend computes ``y = (xq @ Wint^T) * x_scale * weight_scale + bias`` from int8 activations
 ``xq`` ``(M, K)``, their float32 scale (``(M, 1)`` per token or 0-d per tensor) and the layer's
-integer weight. Backends are registered by name; ``"auto"`` picks by device:
+integer weight. Backends are registered by name; ``"auto"`` picks by device (CPU: oneDNN where
+the CPU has AMX tiles, else ``int_mm``; CUDA: ``int_mm``, else Triton):
 
 =========  ==========================================================================  ==========
 name       how                                                                         devices
@@ -20,6 +21,12 @@ fake       float quantize-dequantize: ``F.linear(xq * x_scale, Wint * weight_sca
 
 A fused activation (``layer.activation``, see :mod:`.fuse`) is applied in the same epilogue:
 oneDNN's ``gelu`` post-op for static scales, the fused rescale step otherwise.
+
+Why ``auto`` asks for AMX before oneDNN: on an Intel CPU with AMX, ``qlinear_pointwise`` is
+1.6-1.9x faster than a bf16 ``F.linear`` while ``torch._int_mm`` is 0.6-0.9x of it; on an AMD EPYC
+with AVX-512 VNNI but no AMX, ``qlinear_pointwise`` took 35 ms for a 128x160x160 GEMM that fp32
+does in 0.6 ms, while ``torch._int_mm`` ran 4.5x faster than fp32 at 1024x1152x4608 (both
+measured with torch 2.13.0). ``backend="onednn"`` still selects it explicitly.
 
 Example:
     >>> import torch
@@ -39,7 +46,7 @@ import torch.nn.functional as F
 from . import ops
 
 __all__ = ["GEMM_BACKENDS", "check_backend_name", "resolve_backend", "run_gemm",
-           "release_execution_weight", "unpack_execution_weight", "onednn_available"]
+           "release_execution_weight", "unpack_execution_weight", "onednn_available", "onednn_fast"]
 
 
 def onednn_available() -> bool:
@@ -48,6 +55,12 @@ def onednn_available() -> bool:
         return hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available()
     except (AttributeError, RuntimeError):
         return False
+
+
+def onednn_fast() -> bool:
+    """Whether ``auto`` should prefer oneDNN on this CPU: its int8 ops exist and the CPU has AMX tiles."""
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return onednn_available() and bool(is_amx is not None and is_amx())
 
 
 def _triton_available() -> bool:
@@ -138,6 +151,8 @@ GEMM_BACKENDS: dict[str, tuple[Callable, tuple[str, ...], Callable[[], bool]]] =
     "fake": (_fake, ("cpu", "cuda", "mps", "xpu"), lambda: True),
 }
 _AUTO_ORDER = {"cpu": ("onednn", "int_mm", "fake"), "cuda": ("int_mm", "triton", "fake")}
+#: backends ``auto`` takes only when this also holds (besides being available on the device).
+_AUTO_PREFERRED_WHEN: dict[str, Callable[[], bool]] = {"onednn": onednn_fast}
 
 
 def check_backend_name(name: str) -> str:
@@ -159,7 +174,7 @@ def resolve_backend(layer, device: torch.device) -> str:
         return name
     for candidate in _AUTO_ORDER.get(device.type, ("fake",)):
         _, devices, available = GEMM_BACKENDS[candidate]
-        if device.type in devices and available():
+        if device.type in devices and available() and _AUTO_PREFERRED_WHEN.get(candidate, available)():
             return candidate
     return "fake"
 

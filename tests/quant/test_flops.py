@@ -1,4 +1,5 @@
-"""MAC counts see quantized linears: a W8A8 layer counts the MACs of the float layer it replaces."""
+"""MAC counts see quantized linears: a W8A8 layer (oneDNN or ``torch._int_mm``) counts the MACs of the float
+layer it replaces."""
 
 import pytest
 import torch
@@ -9,12 +10,15 @@ from diffusion_accel.quant import QuantLinear
 from diffusion_accel.quant.gemm import onednn_available
 
 
-@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN int8 ops")
+BACKENDS = ["int_mm"] + (["onednn"] if onednn_available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(5, 96), (2, 7, 96)])
-def test_onednn_w8a8_linear_counts_the_float_macs(shape):
+def test_w8a8_linear_counts_the_float_macs(shape, backend):
     torch.manual_seed(0)
     lin = torch.nn.Linear(96, 80)
-    layer = QuantLinear.from_linear(lin, weight_bits=8, backend="onednn")
+    layer = QuantLinear.from_linear(lin, weight_bits=8, backend=backend)
     x = torch.randn(*shape)
     with FlopCounterMode(display=False) as ref:
         lin(x)

@@ -172,3 +172,16 @@ def test_weight_placeholder_and_dtype_moves_keep_scales_float32():
     yb = q(x.to(torch.bfloat16))
     assert yb.dtype == torch.bfloat16
     assert sqnr_db(y, yb.float()) >= 35.0
+
+
+@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN int8 ops")
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_backend_takes_onednn_only_on_cpus_with_amx(monkeypatch, amx):
+    from diffusion_accel.quant.gemm import resolve_backend
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    layer = QuantLinear.from_linear(torch.nn.Linear(32, 16), weight_bits=8)
+    assert layer.backend == "auto"
+    assert resolve_backend(layer, torch.device("cpu")) == ("onednn" if amx else "int_mm")
+    explicit = QuantLinear.from_linear(torch.nn.Linear(32, 16), weight_bits=8, backend="onednn")
+    assert resolve_backend(explicit, torch.device("cpu")) == "onednn"
