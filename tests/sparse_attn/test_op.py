@@ -87,13 +87,15 @@ def test_given_block_map_and_grad_matches_reference():
         assert rel_err(a.grad, b.grad) <= 1e-4
 
 
-def test_reference_chunking_is_exact():
+def test_reference_chunking_matches_to_float_rounding():
+    # Rows are computed independently, but BLAS picks its kernel (and summation order) by the
+    # number of rows: bit-equal on the Intel CPU it was written on, 5e-7 apart on an AMD EPYC.
     q, k, v = qkv(1, 2, 100, 90, 16)
     bm = torch.ones(1, 2, 4, 3, dtype=torch.bool)
     bm[0, 1, 1, 2] = False
     a = block_sparse_attention_reference(q, k, v, bm, 32, 32)
     b = block_sparse_attention_reference(q, k, v, bm, 32, 32, max_scores=7 * 90)
-    assert torch.equal(a, b)
+    torch.testing.assert_close(a, b, rtol=0, atol=4e-6)
 
 
 BAD = [
