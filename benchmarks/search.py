@@ -180,13 +180,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.validation_prompts = 0
     heldout = "benchmark:heldout" if benchmark else ["a white bird", "a black horse", "a pink flower", "a grey boat"]
 
+    pick_speedups = sorted({*TARGETS, *args.pick_speedups})
+
     # 1. Search on calibration prompts.
     log(f"search: {args.population} x {args.generations} generations, {args.calib_prompts} train prompts")
     t0 = time.perf_counter()
     result = search_schedule(
         args.model, train, out=os.path.join(out, "search"), num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, num_prompts=args.calib_prompts if benchmark else None,
-        batch_size=args.batch, call_kwargs=call, pick_speedups=sorted({*TARGETS, *args.pick_speedups}),
+        batch_size=args.batch, call_kwargs=call, pick_speedups=pick_speedups,
         generalise=True, resume=args.resume,
         progress=not args.no_progress, quality=args.quality, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
@@ -288,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "search": {"population": args.population, "generations": args.generations, "calib_prompts": args.calib_prompts,
                    "granularity": args.granularity, "validation_prompts": args.validation_prompts,
                    "validate_top": args.validate_top, "refine_rounds": args.refine_rounds,
-                   "pick_speedups": sorted({*TARGETS, *args.pick_speedups}),
+                   "pick_speedups": pick_speedups,
                    "validated": len(result.validated),
                    "evaluations": result.evaluations, "seconds": search_s, "frontier_size": len(result.frontier),
                    "out": os.path.join(out, "search"), "objective": f"{args.quality} vs full compute, cost = MACs"},

@@ -1,4 +1,5 @@
-"""FLOP formulas of the int8 GEMM operators (oneDNN's and ``aten._int_mm``), so ``torch.utils.flop_counter.FlopCounterMode``
+"""FLOP formulas of the int8 GEMM operators (oneDNN's and ``aten._int_mm``), so
+``torch.utils.flop_counter.FlopCounterMode``
 (and every MAC count built on it: ``diffusion_accel.caching.macs``, the evaluation harness) counts
 quantized linears like the float ones they replace: ``2 * rows * in_features * out_features``.
 
@@ -44,7 +45,8 @@ def register_quant_flop_formulas() -> None:
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
     onednn = getattr(torch.ops, "onednn", None)
-    for namespace, name, formula in ((onednn, "qlinear_pointwise", _qlinear_flops), (onednn, "qlinear_prepack", _free),
+    for namespace, name, formula in ((onednn, "qlinear_pointwise", _qlinear_flops),
+                                     (onednn, "qlinear_prepack", _free),
                                      (torch.ops.aten, "_int_mm", _int_mm_flops)):
         try:
             op = getattr(namespace, name)

@@ -151,7 +151,7 @@ GEMM_BACKENDS: dict[str, tuple[Callable, tuple[str, ...], Callable[[], bool]]] =
     "fake": (_fake, ("cpu", "cuda", "mps", "xpu"), lambda: True),
 }
 _AUTO_ORDER = {"cpu": ("onednn", "int_mm", "fake"), "cuda": ("int_mm", "triton", "fake")}
-#: backends ``auto`` takes only when this also holds (besides being available on the device).
+#: backend -> the check ``auto`` uses instead of its availability check (each includes it).
 _AUTO_PREFERRED_WHEN: dict[str, Callable[[], bool]] = {"onednn": onednn_fast}
 
 
@@ -174,7 +174,7 @@ def resolve_backend(layer, device: torch.device) -> str:
         return name
     for candidate in _AUTO_ORDER.get(device.type, ("fake",)):
         _, devices, available = GEMM_BACKENDS[candidate]
-        if device.type in devices and available() and _AUTO_PREFERRED_WHEN.get(candidate, available)():
+        if device.type in devices and _AUTO_PREFERRED_WHEN.get(candidate, available)():
             return candidate
     return "fake"
 

@@ -9,7 +9,6 @@ from diffusion_accel.eval.latency import count_macs
 from diffusion_accel.quant import QuantLinear
 from diffusion_accel.quant.gemm import onednn_available
 
-
 BACKENDS = ["int_mm"] + (["onednn"] if onednn_available() else [])
 
 

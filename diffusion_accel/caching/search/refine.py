@@ -59,8 +59,8 @@ def gene_savings(genome: ScheduleGenome, profile: Any) -> np.ndarray:
     """
     per_step = np.asarray(profile.component_macs, dtype=float).sum(axis=0)  # (blocks, components)
     if per_step.shape != genome.applicable.shape:
-        raise ValueError(f"MAC profile of shape {per_step.shape} does not match the genome's blocks x components "
-                         f"{genome.applicable.shape}.")
+        raise ValueError(f"MAC profile of shape {per_step.shape} does not match the genome's blocks x "
+                         f"components {genome.applicable.shape}.")
     full = profile.full_macs(genome.num_steps)
     if genome.granularity == "block":
         step = (per_step * genome.applicable).sum(axis=1)
@@ -116,10 +116,11 @@ def repair(bits: np.ndarray, savings: np.ndarray, budget: float, harm: np.ndarra
     return bits
 
 
-def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, targets: Sequence[float], count: int,
-                      rng: np.random.Generator, parents: int = 4, band: float = 0.25,
+def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, targets: Sequence[float],
+                      count: int, rng: np.random.Generator, parents: int = 4, band: float = 0.25,
                       noise: float = 0.5) -> list[np.ndarray]:
-    """Up to ``count`` new genomes (not in ``archive``), split evenly over ``targets``, each reaching its target.
+    """Up to ``count`` new genomes (not in ``archive``), split evenly over ``targets``, each reaching its
+    target.
 
     Args:
         archive: genome key -> record with a minimised ``"objective"`` (every evaluated schedule).
@@ -134,7 +135,7 @@ def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, t
     keys = list(archive)
     X = np.stack([str_to_bits(k) for k in keys])
     y = np.array([float(archive[k]["objective"]) for k in keys])
-    costs = np.array([schedule_cost(x, savings) for x in X])
+    costs = 1.0 - (~X) @ savings  # schedule_cost of every row
     fit_y = np.minimum(y, np.quantile(y, 0.9))  # the worst schedules must not dominate the fit
     per_target = _split(count, len(targets))
     seen = set(keys)
@@ -152,7 +153,7 @@ def refine_candidates(archive: dict[str, dict[str, Any]], savings: np.ndarray, t
         if not pool or n == 0:
             continue
         scale = noise * float(np.std(w)) if w.size > 1 else 0.0
-        children: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in pool]
+        children: list[dict[str, tuple[int, float, np.ndarray]]] = [{} for _ in pool]  # (moved, change, bits)
         for draw in range(n * POOL_FACTOR):
             slot = draw % len(pool)
             parent = X[pool[slot]]
