@@ -40,8 +40,16 @@ def test_tgate_freezes_only_cross_attention(pixart):
 
 
 def test_tgate_on_a_joint_attention_model_is_refused():
-    with pytest.raises(ValueError, match="no.*cross-attention|have none"):
+    with pytest.raises(ValueError, match="have none: their text enters through joint attention"):
         CacheSchedule.tgate(tiny_pipeline("flux").transformer, 6, 2)
+
+
+def test_tgate_on_the_unet_is_refused_with_the_true_reason(unet):
+    """The SD1.5 UNet has cross-attention, inside whole-block components: it used to be refused
+    because "text enters through joint attention", which is false for a UNet."""
+    with pytest.raises(ValueError, match="schedules whole blocks") as error:
+        CacheSchedule.tgate(unet, 6, 2)
+    assert "joint attention" not in str(error.value) and "deepcache" in str(error.value)
 
 
 def test_deepcache_and_encoder_propagation(unet):
