@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from .config import AccelerationConfig
 from .hooks import TRACKER_HOOK, Denoiser, StepTracker, remove_hook, reset_denoiser_state
@@ -52,14 +53,18 @@ class AccelerationState:
 
 
 def find_denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
-    """The pipeline's components that have a model adapter, as ``(name, module)``."""
+    """The pipeline's components that have a model adapter, as ``(name, module)``.
+
+    A component compiled with ``torch.compile`` is returned as its original module (``_orig_mod``),
+    where hooks belong: the compiled wrapper calls it.
+    """
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict):
         raise TypeError(
             f"Expected a diffusers pipeline (with .components), got {type(pipe).__name__}."
         )
     found = [
-        (name, module)
+        (name, unwrap_module(module))
         for name, module in components.items()
         if isinstance(module, torch.nn.Module) and find_model_adapter(module) is not None
     ]

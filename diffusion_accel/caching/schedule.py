@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from ..models import ModelAdapter, get_model_adapter
 from ..utils import atomic_write_text
@@ -39,13 +40,14 @@ _VERSION = 1
 
 
 def resolve_denoiser(model_or_pipe: Any) -> torch.nn.Module:
-    """Accept a denoiser module or a pipeline (its ``transformer`` or ``unet``)."""
+    """Accept a denoiser module or a pipeline (its ``transformer`` or ``unet``); a ``torch.compile``
+    wrapper stands for its original module."""
     if isinstance(model_or_pipe, torch.nn.Module):
-        return model_or_pipe
+        return unwrap_module(model_or_pipe)
     for name in ("transformer", "unet"):
         module = getattr(model_or_pipe, name, None)
         if isinstance(module, torch.nn.Module):
-            return module
+            return unwrap_module(module)
     raise TypeError(
         f"Expected a denoiser module or a pipeline with a transformer/unet, got {type(model_or_pipe).__name__}."
     )
