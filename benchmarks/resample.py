@@ -39,7 +39,8 @@ def legacy_resample(schedule: CacheSchedule, num_steps: int) -> CacheSchedule:
     source = np.rint(np.arange(num_steps) * (old - 1) / max(num_steps - 1, 1)).astype(int)
     compute = schedule.compute[source].copy()
     compute[0] = True
-    return CacheSchedule(compute, schedule.components, schedule.family, name=f"{schedule.name}@{num_steps}-legacy")
+    name = f"{schedule.name}@{num_steps}-legacy"
+    return CacheSchedule(compute, schedule.components, schedule.family, name=name)
 
 
 def longest_reuse_run(schedule: CacheSchedule) -> int:
@@ -114,10 +115,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
     parser.add_argument("--steps", type=int, default=10, help="steps of the calls (the target)")
-    parser.add_argument("--source-steps", type=int, default=20, help="steps the resampled schedules are made for")
+    parser.add_argument("--source-steps", type=int, default=20,
+                        help="steps the resampled schedules are made for")
     parser.add_argument("--batch", type=int, default=16, help="prompts per call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -58,7 +58,8 @@ def get_model_adapter(model: torch.nn.Module) -> ModelAdapter:
     adapter = find_model_adapter(model)
     if adapter is None:
         raise ValueError(
-            f"diffusion-accel has no model adapter for {type(unwrap_module(model)).__name__}. Supported denoisers: "
+            f"diffusion-accel has no model adapter for {type(unwrap_module(model)).__name__}. "
+            "Supported denoisers: "
             f"{', '.join(supported_model_classes())}. To describe your own model, call "
             "diffusion_accel.models.register_model_adapter(YourModelClass, ModelAdapter(family=..., "
             "groups=(BlockGroup(name, path_to_block_list, components),)))."

@@ -31,14 +31,16 @@ def _cache_entries() -> dict[str, int]:
     out = {}
     for ref in input_codes.seen:
         code = ref()
-        if code is not None and _debug_get_cache_entry_list(code):
-            out[f"{code.co_name} {code.co_filename}:{code.co_firstlineno}"] = len(_debug_get_cache_entry_list(code))
+        entries = _debug_get_cache_entry_list(code) if code is not None else []
+        if entries:
+            out[f"{code.co_name} {code.co_filename}:{code.co_firstlineno}"] = len(entries)
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kind, order", [("fora", "compile-first"), ("random-block-residual", "apply-first"), ("dynamic", "compile-first")]
+    "kind, order",
+    [("fora", "compile-first"), ("random-block-residual", "apply-first"), ("dynamic", "compile-first")],
 )
 def test_compiled_denoiser_with_caching(kind, order, run_pipe):
     torch._dynamo.reset()

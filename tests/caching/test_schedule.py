@@ -145,7 +145,8 @@ def test_resample_keeps_fora_and_delta_dit_spacing(pixart):
 @pytest.mark.parametrize("source, target", [(20, 10), (10, 20), (20, 7), (7, 20), (50, 28), (28, 50), (9, 1)])
 def test_resample_never_lengthens_reuse_runs_and_keeps_compute(pixart, source, target):
     schedules = [CacheSchedule.random(pixart, source, p, seed=s) for p in (0.2, 0.5, 0.8) for s in range(4)]
-    schedules += [CacheSchedule.delta_dit(pixart, source, 2), CacheSchedule.tgate(pixart, source, max(1, source // 2))]
+    schedules += [CacheSchedule.delta_dit(pixart, source, 2),
+                  CacheSchedule.tgate(pixart, source, max(1, source // 2))]
     for schedule in schedules:
         new = schedule.resample(target)
         assert new.num_steps == target and new.compute[0].all()
