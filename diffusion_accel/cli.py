@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("diffusion_accel.demo", "generate with and without acceleration on the bundled model"),
     "info": ("diffusion_accel.info", "list supported models and registered techniques"),
     "eval": ("diffusion_accel.eval.cli", "evaluate acceleration configs: quality, speed-up, MACs, Pareto report"),
-    "search": ("diffusion_accel.caching.search.cli", "search cache schedules (NSGA-II): a Pareto frontier"),
+    "search": ("diffusion_accel.search.cli", "search cache schedules (NSGA-II): a Pareto frontier"),
 }
 
 

@@ -20,7 +20,7 @@ quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpi
 ``max_abs_error``, ``mean_abs_error``, ``wasserstein``; videos add ``frame_consistency``), work
 (``macs``: MACs run inside the denoisers during one generation of the first batch, counted with
 ``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
-denoising MACs, the convention of :func:`diffusion_accel.caching.macs`; ``pipeline_macs`` and
+denoising MACs, the convention of :func:`diffusion_accel.cost.macs`; ``pipeline_macs`` and
 ``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
 flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
 ``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
@@ -474,7 +474,7 @@ def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: di
 
 
 def _ratio(full: int | None, accelerated: int | None) -> float | None:
-    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.caching.macs``);
+    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.cost.macs``);
     ``None`` when either count is unknown."""
     if not full or accelerated is None:
         return None

@@ -75,7 +75,7 @@ def test_unreadable_config_is_one_clear_error(tmp_path, content, match):
 
 
 def test_sweep_records_and_files(pipe, finished_run):
-    from diffusion_accel.caching import macs
+    from diffusion_accel.cost import macs
 
     out, records = finished_run
     assert [r["name"] for r in records] == ["baseline", "fora"]
@@ -165,7 +165,7 @@ def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
 
 
 def test_load_configs_reads_the_search_frontier_file(pipe, tmp_path):
-    from diffusion_accel.caching.search.frontier import save_frontier
+    from diffusion_accel.search.frontier import save_frontier
 
     entries = [{"name": "search-03", "origin": "search", "config": fora(pipe).to_dict(), "speedup": 1.3},
                {"name": "heuristic fora", "origin": "heuristic", "config": fora(pipe).to_dict(), "speedup": 1.3}]

@@ -174,7 +174,7 @@ def _report(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ...cli import main as cli_main
+    from ..cli import main as cli_main
 
     return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
 

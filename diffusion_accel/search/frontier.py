@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ...config import AccelerationConfig
-from ...utils import atomic_write_json
+from ..config import AccelerationConfig
+from ..utils import atomic_write_json
 
 __all__ = [
     "FRONTIER_FORMAT",
@@ -162,7 +162,7 @@ def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: n
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ...utils import atomic_write_bytes
+    from ..utils import atomic_write_bytes
 
     fig = Figure(figsize=(6, 4.2), dpi=100)
     FigureCanvasAgg(fig)

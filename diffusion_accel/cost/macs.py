@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..api import acceleration_state, apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..models import get_model_adapter
-from .schedule import CacheSchedule
-from .static import StaticCacheConfig, scheduler_num_steps
+from ..caching.schedule import CacheSchedule
+from ..caching.static import StaticCacheConfig, scheduler_num_steps
 
 __all__ = ["MacProfile", "MacReport", "profile_macs", "macs", "denoiser_macs"]
 

@@ -14,7 +14,7 @@ Command line: ``diffusion-accel search --model benchmark --prompts benchmark:tra
 search ...``).
 
 Example:
-    >>> from diffusion_accel.caching import search_schedule, pick
+    >>> from diffusion_accel.search import search_schedule, pick
     >>> # result = search_schedule("benchmark", "benchmark:train", out="search-out", population=16,
     >>> #                          generations=10)
     >>> # config = pick("search-out/frontier.json", speedup=2.0)

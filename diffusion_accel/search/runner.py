@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from ...config import AccelerationConfig
-from ...eval.generate import distributed_state, make_items
-from ...eval.prompts import load_prompts
-from ..static import StaticCacheConfig
+from ..config import AccelerationConfig
+from ..eval.generate import distributed_state, make_items
+from ..eval.prompts import load_prompts
+from ..caching.static import StaticCacheConfig
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import check_agreement, map_tasks
 from .fitness import COST_MODELS, QUALITY_METRICS, CandidateEvaluator, Evaluation
@@ -103,11 +103,11 @@ class SearchResult:
 def load_search_pipeline(model: Any, device: Any = None) -> Any:
     """``"benchmark"``, ``"tiny:<name>"`` (an offline tiny pipeline), a folder, a hub id, or a pipeline."""
     if isinstance(model, str) and model.startswith("tiny:"):
-        from ...testing import tiny_pipeline
+        from ..testing import tiny_pipeline
 
         pipe = tiny_pipeline(model.split(":", 1)[1])
         return pipe.to(device) if device is not None else pipe
-    from ...eval.sweep import load_pipeline
+    from ..eval.sweep import load_pipeline
 
     return load_pipeline(model, device=device)
 
@@ -119,10 +119,10 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
     cleaning, and cleaning needs bs4/ftfy (without them PixArt warns at every call).
     """
     if isinstance(model, str) and model.startswith("tiny:"):
-        from ...testing import tiny_call_kwargs
+        from ..testing import tiny_call_kwargs
 
         return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in ("prompt", "output_type")}
-    from ...eval.sweep import default_call_kwargs
+    from ..eval.sweep import default_call_kwargs
 
     kwargs = dict(default_call_kwargs(model))
     if model == "benchmark":
@@ -410,7 +410,7 @@ def search_schedule(
                                             generalise_resolution, show)
         if out is not None and state.is_main_process:
             save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=result.generalisation)
-            from ...utils import atomic_write_json
+            from ..utils import atomic_write_json
 
             atomic_write_json(os.path.join(out, "generalisation.json"), result.generalisation)
     state.wait_for_everyone()
@@ -446,8 +446,8 @@ def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _resolve_reuse(pipe: Any, reuse: str) -> str:
-    from ...api import find_denoisers
-    from ..static import REUSE_MODES, block_residual_supported
+    from ..api import find_denoisers
+    from ..caching.static import REUSE_MODES, block_residual_supported
 
     if reuse == "auto":
         supported = all(block_residual_supported(m) for _, m in find_denoisers(pipe))

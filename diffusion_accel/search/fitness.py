@@ -53,12 +53,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...api import acceleration_state, apply, find_denoisers, remove
-from ...config import AccelerationConfig
-from ...eval.generate import Item, make_batches, to_uint8
-from ..macs import MacProfile, profile_macs
-from ..schedule import CacheSchedule
-from ..static import StaticCacheConfig
+from ..api import acceleration_state, apply, find_denoisers, remove
+from ..config import AccelerationConfig
+from ..eval.generate import Item, make_batches, to_uint8
+from ..cost.macs import MacProfile, profile_macs
+from ..caching.schedule import CacheSchedule
+from ..caching.static import StaticCacheConfig
 from .memo import TextEncoderMemo, memoize_text_encoders
 
 __all__ = [
@@ -133,12 +133,12 @@ class ClipScoreMetric(QualityMetric):
         self.clip = None
 
     def prepare(self, device):
-        from ...eval.metrics import load_clip
+        from ..eval.metrics import load_clip
 
         self.clip = load_clip(self.source, device=str(device))
 
     def value(self, outputs, reference, prompts):
-        from ...eval.metrics import clip_score
+        from ..eval.metrics import clip_score
 
         return float(clip_score(to_uint8(outputs), list(prompts), self.clip))
 
@@ -154,14 +154,14 @@ class FidMetric(QualityMetric):
         self.extractor = self.stats = None
 
     def prepare(self, device):
-        from ...eval.metrics import fid_features, load_clip, load_reference
+        from ..eval.metrics import fid_features, load_clip, load_reference
 
         clip = load_clip(self.source, device=str(device)) if self.features == "clip" else None
         self.extractor = fid_features(self.features, clip)
         self.stats = load_reference(self.reference_source, self.extractor)
 
     def value(self, outputs, reference, prompts):
-        from ...eval.metrics import fid
+        from ..eval.metrics import fid
 
         return float(fid(to_uint8(outputs), self.stats, self.extractor))
 
@@ -285,7 +285,7 @@ class CandidateEvaluator:
             raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
         if not items:
             raise ValueError("The search needs at least one calibration prompt.")
-        from ..static import REUSE_MODES
+        from ..caching.static import REUSE_MODES
 
         if reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}.")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..schedule import CacheSchedule
+from ..caching.schedule import CacheSchedule
 from .distributed import map_tasks
 from .fitness import CandidateEvaluator
 
