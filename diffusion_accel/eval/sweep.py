@@ -43,10 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._diffusers import progress_bar_disabled
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
-from .generate import distributed_state, generate_images, load_arrays, make_batches, make_items
+from .generate import distributed_state, generate_images, item_call_inputs, load_arrays, make_batches, make_items
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import load_prompts
 
@@ -392,24 +393,9 @@ def _batch_call(pipe: Any, batch: list, call_kwargs: dict[str, Any]):
     def call() -> Any:
         generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
         with torch.no_grad():
-            return pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np",
-                        **call_kwargs)
+            return pipe(**item_call_inputs(batch), generator=generators, output_type="np", **call_kwargs)
 
     return call
-
-
-class _QuietPipe:
-    """Context: the pipeline's own progress bar is off (restored after)."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-
-    def __enter__(self) -> None:
-        self.old = dict(getattr(self.pipe, "_progress_bar_config", {}) or {})
-        self.pipe.set_progress_bar_config(disable=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.pipe._progress_bar_config = self.old
 
 
 def _macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callable[[Callable[[], Any]], Any]:
@@ -437,7 +423,7 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, devi
     call = _batch_call(pipe, batch, call_kwargs)
     cost: dict[str, Any] = {"peak_memory_bytes": None, "peak_memory_source": None, "operator_shares": None,
                             "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
-    with _QuietPipe(pipe):
+    with progress_bar_disabled(pipe):
         if "macs" in measure:
             macs = macs or count_macs(call, [m for _, m in find_denoisers(pipe)])
             # A count that missed operators without a flop formula is unknown, not small.
@@ -461,7 +447,7 @@ def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: di
             return json.load(fh)
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     call = _batch_call(pipe, batch, call_kwargs)
-    with _QuietPipe(pipe):
+    with progress_bar_disabled(pipe):
         for _ in range(runs):
             for name, config in variants:
                 _use(pipe, name, config)

@@ -43,19 +43,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._diffusers import progress_bar_disabled
 from ..api import acceleration_state, apply, find_denoisers, remove
 from ..config import AccelerationConfig
-from ..eval.generate import Item, make_batches, to_uint8
+from ..eval.generate import Item, check_item_call_kwargs, item_call_inputs, make_batches, to_uint8
 from ..cost.macs import MacProfile, profile_macs
 from ..caching.schedule import CacheSchedule
 from ..caching.static import StaticCacheConfig
@@ -278,9 +278,7 @@ class CandidateEvaluator:
         quality_options: dict[str, Any] | None = None,
         reuse: str = "outputs",
     ) -> None:
-        reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
-        if reserved:
-            raise ValueError(f"call_kwargs must not set {reserved}: the search sets them per calibration item.")
+        check_item_call_kwargs(items, call_kwargs, "the search")
         if cost not in COST_MODELS:
             raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
         if not items:
@@ -319,9 +317,9 @@ class CandidateEvaluator:
         device = getattr(self.pipe, "device", torch.device("cpu"))
         self.metric.prepare(device)
         first = self.batches[0]
-        with _quiet(self.pipe), memoize_text_encoders(self.pipe, self.memo):
-            self.profile = profile_macs(self.pipe, prompt=[it.prompt for it in first],
-                                        generator=_generators(first), output_type="latent", **self.call_kwargs)
+        with progress_bar_disabled(self.pipe), memoize_text_encoders(self.pipe, self.memo):
+            self.profile = profile_macs(self.pipe, **item_call_inputs(first), generator=_generators(first),
+                                        output_type="latent", **self.call_kwargs)
         if self.cost_name == "latency":
             self.run(None)  # warm-up: the first call of a process is slower
         if self.metric.needs_reference or self.cost_name == "latency":
@@ -339,9 +337,9 @@ class CandidateEvaluator:
         timer = _DenoiserTimer(pipe)
         outputs = []
         try:
-            with _quiet(pipe), memoize_text_encoders(pipe, self.memo), torch.inference_mode():
+            with progress_bar_disabled(pipe), memoize_text_encoders(pipe, self.memo), torch.inference_mode():
                 for batch in self.batches:
-                    out = pipe(prompt=[it.prompt for it in batch], generator=_generators(batch),
+                    out = pipe(**item_call_inputs(batch), generator=_generators(batch),
                                output_type=self.metric.output_type, **self.call_kwargs)
                     outputs.append(_as_tensor(out))
             if observe is not None and config is not None:
@@ -371,19 +369,6 @@ class CandidateEvaluator:
         ratio = self.macs_ratio(schedule)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
-
-
-@contextlib.contextmanager
-def _quiet(pipe: Any) -> Iterator[None]:
-    """No per-step progress bar from the pipeline while the search calls it (restored after)."""
-    old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    try:
-        yield
-    finally:
-        if hasattr(pipe, "_progress_bar_config"):
-            pipe._progress_bar_config = old
 
 
 def _generators(batch: Sequence[Item]) -> list[torch.Generator]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..hooks import add_hook, remove_hook
+from ..pipeline_state import acceleration_state
 from ..techniques import TechniqueHandle, register_technique
 from .config import SparseAttentionConfig
 from .context import DenoiserContextHook
@@ -129,8 +130,6 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
 
 def sparse_layers(pipe) -> list[SparseLayer]:
     """The :class:`SparseLayer` objects of an accelerated pipeline (empty if none)."""
-    from ..api import acceleration_state
-
     state = acceleration_state(pipe)
     if state is None:
         return []
