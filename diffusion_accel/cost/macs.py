@@ -31,10 +31,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..api import acceleration_state, apply, find_denoisers, remove
-from ..config import AccelerationConfig
-from ..models import get_model_adapter
 from ..caching.schedule import CacheSchedule
 from ..caching.static import StaticCacheConfig, scheduler_num_steps
+from ..config import AccelerationConfig
+from ..models import get_model_adapter
+from .counting import count_macs
 
 __all__ = ["MacProfile", "MacReport", "profile_macs", "macs", "denoiser_macs"]
 
@@ -189,8 +190,6 @@ def _attribute(module: torch.nn.Module, counter: FlopCounterMode, out: np.ndarra
 def denoiser_macs(pipe: Any, **call_kwargs: Any) -> float:
     """MACs the pipeline's denoisers execute during one call of ``pipe(**call_kwargs)``, as it is
     (with whatever acceleration or third-party hooks are installed)."""
-    from ..eval.latency import count_macs
-
     return float(count_macs(lambda: pipe(**call_kwargs), [m for _, m in find_denoisers(pipe)]).modules)
 
 

@@ -34,8 +34,7 @@ import csv
 import json
 import os
 import random
-from collections.abc import Iterable
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -47,7 +47,14 @@ from .._diffusers import progress_bar_disabled
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
-from .generate import distributed_state, generate_images, item_call_inputs, load_arrays, make_batches, make_items
+from .generate import (
+    distributed_state,
+    generate_images,
+    item_call_inputs,
+    load_arrays,
+    make_batches,
+    make_items,
+)
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import load_prompts
 

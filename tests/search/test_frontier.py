@@ -7,8 +7,7 @@ import pytest
 
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
-from diffusion_accel.search import pick
-from diffusion_accel.search import non_dominated, pick_entry
+from diffusion_accel.search import non_dominated, pick, pick_entry
 from diffusion_accel.search.frontier import load_frontier, plot_frontier, save_frontier
 
 
