@@ -94,7 +94,7 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
             # Check every site before changing anything: unknown processors fail cleanly.
             plans = [(site, sparse_processor_for(site.name, site.module.processor)) for site in sites]
             den_layers: list[SparseLayer] = []
-            context_hook = DenoiserContextHook(denoiser.adapter.family, den_layers)
+            context_hook = DenoiserContextHook(denoiser.adapter, den_layers)
             add_hook(denoiser.module, context_hook, CONTEXT_HOOK)
             hooked.append(denoiser.module)
             device = next(denoiser.module.parameters()).device
