@@ -25,8 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from .config import AccelerationConfig
 from .hooks import TRACKER_HOOK, Denoiser, StepTracker, pipeline_call_scope, remove_hook, reset_denoiser_state
@@ -44,6 +45,7 @@ __all__ = [
     "AcceleratedPipelineMixin",
     "AccelerationState",
     "accelerated_class_for",
+    "acceleration_restored",
     "acceleration_state",
     "apply",
     "as_acceleration_config",
@@ -104,6 +106,29 @@ def remove(pipe: Any) -> Any:
         pipe.__class__ = state.original_class
     clear_acceleration_state(pipe)
     return pipe
+
+
+@contextlib.contextmanager
+def acceleration_restored(pipe: Any) -> Iterator[AccelerationConfig | None]:
+    """Run a block that may apply, replace or remove ``pipe``'s acceleration; afterwards ``pipe`` has
+    the acceleration it had before (re-applied if the block changed it). Yields that config (or ``None``).
+
+    Example:
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> pipe = apply(tiny_pipeline("pixart-alpha"), AccelerationConfig())
+        >>> with acceleration_restored(pipe):
+        ...     _ = remove(pipe)                     # e.g. measure the plain model
+        >>> acceleration_state(pipe).config == AccelerationConfig()
+        True
+    """
+    before = acceleration_state(pipe)
+    try:
+        yield None if before is None else before.config
+    finally:
+        if acceleration_state(pipe) is not before:
+            remove(pipe)
+            if before is not None:
+                apply(pipe, before.config)
 
 
 def _use_accelerated_class(pipe: Any, state: AccelerationState) -> None:
