@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["batch_inputs", "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
+__all__ = ["accepts_call_arguments", "batch_inputs", "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
 
 #: Call arguments a tool sets itself for every call (on top of the items' own inputs).
 TOOL_ARGUMENTS = ("generator", "output_type")
@@ -78,18 +78,22 @@ def input_label(item: str | Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in item_inputs(item).items())
 
 
+def accepts_call_arguments(pipe: Any, names: Iterable[str]) -> bool:
+    """Whether ``pipe``'s call takes every argument in ``names`` (``**kwargs`` takes all)."""
+    parameters = _call_parameters(type(pipe))
+    return parameters is None or all(n in parameters for n in names)
+
+
 def check_call_inputs(pipe: Any, names: Iterable[str], where: str) -> None:
     """Raise a ``ValueError`` naming the fix when ``pipe``'s call does not take every argument in ``names``.
 
     ``where`` names the inputs in the message (e.g. ``"the search's prompts"``). Pipelines whose
     ``__call__`` takes ``**kwargs`` accept every name.
     """
+    if accepts_call_arguments(pipe, names):
+        return
     parameters = _call_parameters(type(pipe))
-    if parameters is None:
-        return
     missing = [n for n in names if n not in parameters]
-    if not missing:
-        return
     item_like = [p for p in parameters if p not in ("self", "generator", "output_type", "return_dict",
                                                     "num_inference_steps", "guidance_scale")]
     hint = ("give text prompts" if "prompt" in parameters

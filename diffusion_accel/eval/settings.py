@@ -20,14 +20,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["COST_MEASURES", "EvalSettings", "RunSettings", "check_int"]
+__all__ = ["COST_MEASURES", "EvalSettings", "RunSettings", "check_int", "jsonable", "source_label"]
 
 #: Optional per-variant cost measurements of the evaluation harness (latency is always measured).
 COST_MEASURES = ("macs", "memory", "operators")
+
+
+def source_label(source: Any) -> str:
+    """A model, CLIP or reference as recorded in a run's files: its name or path, or ``<Class instance>``."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__} instance>"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (anything JSON cannot hold becomes its ``str``)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def check_int(name: str, value: Any, minimum: int, hint: str, optional: bool = False) -> None:
@@ -100,6 +112,11 @@ class RunSettings:
         if self.call_kwargs is not None and not isinstance(self.call_kwargs, dict):
             raise ValueError(f"call_kwargs must be a dict of pipeline arguments or None, got "
                              f"{type(self.call_kwargs).__name__}.")
+
+    @property
+    def model_label(self) -> str:
+        """``model`` as recorded in a run's files (:func:`source_label`)."""
+        return source_label(self.model)
 
     @classmethod
     def from_arguments(cls, settings: RunSettings | None, caller: str, positional: dict[str, Any],

@@ -59,7 +59,7 @@ from .generate import (
 )
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import Prompt, load_prompts
-from .settings import COST_MEASURES, EvalSettings
+from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
 
 __all__ = [
     "BASELINE",
@@ -192,10 +192,6 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
     return pipe
 
 
-def _model_label(model: Any) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} instance>"
-
-
 def default_call_kwargs(model: Any) -> dict[str, Any]:
     """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
     if isinstance(model, str) and model == "benchmark":
@@ -286,15 +282,15 @@ def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
     """The settings written to ``run.json`` (a resumed run must match them)."""
     reference = run.reference
     return {
-        "model": _model_label(s.model),
+        "model": s.model_label,
         "prompts": [[p.index, p.text] for p in run.prompts],
         "configs": {name: config.to_dict() for name, config in run.variants},
         "num_images": s.num_images,
         "seed": s.seed,
         "batch_size": s.batch_size,
-        "call_kwargs": _jsonable(run.call_kwargs),
-        "clip": None if s.clip is None else _model_label(s.clip) if not isinstance(s.clip, M.Clip) else s.clip.name,
-        "reference": None if reference is None else _model_label(reference),
+        "call_kwargs": jsonable(run.call_kwargs),
+        "clip": None if s.clip is None else s.clip.name if isinstance(s.clip, M.Clip) else source_label(s.clip),
+        "reference": None if reference is None else source_label(reference),
         "fid_features": s.fid_features if isinstance(s.fid_features, str) else type(s.fid_features).__name__,
     }
 
@@ -321,10 +317,6 @@ def _generate_and_measure(pipe: Any, s: EvalSettings, variants: list, items: lis
     for name, cost in costs.items():
         cost["latency"] = latencies[name]
     return costs
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def _check_reference(reference: Any) -> None:

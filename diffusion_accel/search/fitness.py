@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "Evaluation",
     "QualityMetric",
     "quality_metric",
+    "with_cache",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -254,8 +256,9 @@ class CandidateEvaluator:
 
     Args:
         pipe: the diffusers pipeline (left un-accelerated after every call).
-        items: calibration items (prompt + seed each; :func:`diffusion_accel.eval.generate.make_items`).
-        call_kwargs: pipeline arguments (steps, guidance, size...) without ``prompt``,
+        items: calibration items (prompt or per-item call arguments + seed each;
+            :func:`diffusion_accel.eval.generate.make_items`).
+        call_kwargs: pipeline arguments (steps, guidance, size...) without the items' inputs,
             ``generator`` and ``output_type``.
         quality: a :data:`QUALITY_METRICS` name or a :class:`QualityMetric`.
         cost: ``"macs"`` or ``"latency"``.
@@ -263,6 +266,9 @@ class CandidateEvaluator:
         memo: text-encoder memo to share between evaluators of the same prompts.
         quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
         reuse: :attr:`StaticCacheConfig.reuse` of the evaluated schedules.
+        base: the acceleration every candidate runs on top of (its ``cache`` is replaced by the
+            candidate's; e.g. the W8A8 quantization the pipeline had), also the full-compute reference;
+            ``None`` for the plain model.
     """
 
     def __init__(
@@ -277,6 +283,7 @@ class CandidateEvaluator:
         memo: TextEncoderMemo | None = None,
         quality_options: dict[str, Any] | None = None,
         reuse: str = "outputs",
+        base: AccelerationConfig | None = None,
     ) -> None:
         check_item_call_kwargs(items, call_kwargs, "the search")
         if cost not in COST_MODELS:
@@ -288,6 +295,7 @@ class CandidateEvaluator:
         if reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}.")
         self.reuse = reuse
+        self.base = base if base is not None and any(True for _ in base.techniques()) else None
         self.pipe = pipe
         self.items = list(items)
         self.call_kwargs = dict(call_kwargs)
@@ -303,17 +311,18 @@ class CandidateEvaluator:
     def variant(self, items: Sequence[Item] | None = None,
                 call_kwargs: dict[str, Any] | None = None) -> CandidateEvaluator:
         """An evaluator (not yet prepared) scoring the same way on other ``items`` or ``call_kwargs``:
-        same metric, cost, batch size, reuse mode and text-encoder memo."""
+        same metric, cost, batch size, reuse mode, base acceleration and text-encoder memo."""
         return CandidateEvaluator(self.pipe, self.items if items is None else items,
                                   self.call_kwargs if call_kwargs is None else call_kwargs, quality=self.metric,
-                                  cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse)
+                                  cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse,
+                                  base=self.base)
 
     @property
     def prompts(self) -> list[str]:
         return [it.prompt for it in self.items]
 
     def prepare(self) -> None:
-        """Profile MACs, load the metric, and compute the full-compute outputs (once)."""
+        """Profile MACs, load the metric, and compute the full-compute outputs (once; on top of ``base``)."""
         device = getattr(self.pipe, "device", torch.device("cpu"))
         self.metric.prepare(device)
         first = self.batches[0]
@@ -328,16 +337,18 @@ class CandidateEvaluator:
     def run(self, config: AccelerationConfig | None,
             observe: Callable[[dict[str, Any]], None] | None = None) -> tuple[torch.Tensor, float]:
         """Outputs ``(N, ...)`` (in the metric's ``output_type``) of every item under ``config``
-        (``None``: full compute), and the seconds spent inside the denoiser. ``observe`` receives
-        the techniques' reports (``AccelerationState.report()``) after the last call."""
+        (``None``: full compute, i.e. ``base``), and the seconds spent inside the denoiser. ``observe``
+        receives the techniques' reports (``AccelerationState.report()``) after the last call."""
         pipe = self.pipe
         remove(pipe)
-        if config is not None:
-            apply(pipe, config)
+        if (config if config is not None else self.base) is not None:
+            apply(pipe, config if config is not None else self.base)
         timer = _DenoiserTimer(pipe)
         outputs = []
         try:
-            with progress_bar_disabled(pipe), memoize_text_encoders(pipe, self.memo), torch.inference_mode():
+            # no_grad as diffusers itself: under inference_mode the quantized layers of a base config
+            # cannot track their inputs' versions.
+            with progress_bar_disabled(pipe), memoize_text_encoders(pipe, self.memo), torch.no_grad():
                 for batch in self.batches:
                     out = pipe(**item_call_inputs(batch), generator=_generators(batch),
                                output_type=self.metric.output_type, **self.call_kwargs)
@@ -357,8 +368,8 @@ class CandidateEvaluator:
         return self.profile.full_macs(schedule.num_steps) / self.profile.schedule_macs(schedule)
 
     def config(self, schedule: CacheSchedule) -> AccelerationConfig:
-        """The configuration that runs ``schedule`` the way this evaluator scores it."""
-        return AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=self.reuse))
+        """The configuration that runs ``schedule`` the way this evaluator scores it (on top of ``base``)."""
+        return with_cache(self.base, StaticCacheConfig(schedule, reuse=self.reuse))
 
     def evaluate(self, schedule: CacheSchedule) -> Evaluation:
         """Cost and quality of ``schedule`` (call :meth:`prepare` first)."""
@@ -369,6 +380,11 @@ class CandidateEvaluator:
         ratio = self.macs_ratio(schedule)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
+
+
+def with_cache(base: AccelerationConfig | None, cache: Any) -> AccelerationConfig:
+    """``base`` (or no acceleration) with its ``cache`` replaced by ``cache``."""
+    return AccelerationConfig(cache=cache) if base is None else dataclasses.replace(base, cache=cache)
 
 
 def _generators(batch: Sequence[Item]) -> list[torch.Generator]:

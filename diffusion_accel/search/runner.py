@@ -28,34 +28,41 @@ Example:
     >>> kwargs = {k: v for k, v in tiny_call_kwargs("pixart-alpha", height=32, width=32).items()
     ...           if k not in ("prompt", "output_type")}
     >>> result = search_schedule(pipe, ["a cat", "a dog"], num_steps=4, population=4, generations=2,
-    ...                          call_kwargs=kwargs, generalise=False, progress=False)
+    ...                          call_kwargs=kwargs, generalise=False, progress=False)   # or settings=SearchSettings(...)
     >>> result.frontier[0]["name"], result.frontier[0]["speedup"]
     ('full', 1.0)
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..api import acceleration_restored, acceleration_state, find_denoisers
+from ..call_inputs import check_call_inputs, item_inputs
+from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
-from ..eval.generate import distributed_state, make_items
+from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
-from ..caching.static import StaticCacheConfig
+from ..eval.settings import jsonable
+from ..utils import atomic_write_json
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import check_agreement, map_tasks
-from .fitness import COST_MODELS, QUALITY_METRICS, CandidateEvaluator, Evaluation
+from .fitness import CandidateEvaluator, Evaluation, with_cache
 from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
-from .nsga import NsgaDriver, Operators
-from .problem import GRANULARITIES, ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .nsga import NsgaDriver
+from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
 from .refine import gene_savings, refine_candidates
-from .seeding import DYNAMIC_SEED_THRESHOLDS, dynamic_schedules, initial_population
+from .seeding import dynamic_schedules, initial_population
+from .settings import SearchSettings
 from .validation import candidates_to_validate, split_prompts, validated_entries
 
 __all__ = ["SearchResult", "load_search_pipeline", "search_call_kwargs", "search_schedule"]
@@ -121,7 +128,8 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
     if isinstance(model, str) and model.startswith("tiny:"):
         from ..testing import tiny_call_kwargs
 
-        return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in ("prompt", "output_type")}
+        per_item = ("prompt", "class_labels", "output_type")  # the search sets these per item
+        return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in per_item}
     from ..eval.sweep import default_call_kwargs
 
     kwargs = dict(default_call_kwargs(model))
@@ -130,96 +138,26 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _positive_int(name: str, value: Any, minimum: int, hint: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}.")
-    return value
-
-
-def _model_label(model: Any) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} instance>"
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def search_schedule(
-    model: Any = "benchmark",
-    prompts: Any = "benchmark:train",
-    *,
-    out: str | os.PathLike | None = None,
-    num_steps: int | None = None,
-    population: int = 16,
-    generations: int = 10,
-    seed: int = 0,
-    quality: str = "latent_mse",
-    cost: str = "macs",
-    num_prompts: int | None = None,
-    num_images: int = 1,
-    batch_size: int = 8,
-    call_kwargs: dict[str, Any] | None = None,
-    operators: Operators | None = None,
-    num_heuristics: int | None = None,
-    dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS,
-    reuse: str = "auto",
-    granularity: str = "component",
-    validation_prompts: int = 0,
-    validate_top: int = 4,
-    refine_rounds: int = 0,
-    clip: Any = "benchmark",
-    fid_reference: Any = "benchmark:train",
-    pick_speedups: Sequence[float] = (2.0, 3.0),
-    generalise: bool = True,
-    generalise_steps: Sequence[int] | None = None,
-    generalise_resolution: tuple[int, int] | None = None,
-    resume: bool = False,
-    device: Any = None,
-    progress: bool = True,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-) -> SearchResult:
+def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchSettings | None = None,
+                    callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
     """Search a Pareto frontier of cache schedules for ``model`` with NSGA-II.
 
+    Takes :class:`~diffusion_accel.search.SearchSettings` as ``settings=``, or its fields as arguments
+    (they replace the fields of ``settings``): ``model`` (``"benchmark"``, ``"tiny:<name>"``, a diffusers
+    folder or hub id, or a pipeline), ``prompts`` (calibration prompts: a file, ``"benchmark:train"``, a
+    list of strings, or of per-item call arguments such as ``{"class_labels": 207}`` for DiT), ``out``
+    (output folder: checkpoint, frontier, plots, picked configs; ``None`` writes nothing), ``num_steps``,
+    ``population``, ``generations``, ``seed``, ``quality``, ``cost``, ``num_prompts``, ``num_images``,
+    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``reuse``,
+    ``granularity``, ``validation_prompts``, ``validate_top``, ``refine_rounds``, ``clip``,
+    ``fid_reference``, ``pick_speedups``, ``generalise``, ``generalise_steps``,
+    ``generalise_resolution``, ``resume``, ``device``, ``progress`` -- see the settings for each.
+
+    A pipeline that is already accelerated (e.g. W8A8) has every candidate scored on top of the
+    non-cache part of its config (the candidate replaces the cache; the picked configs keep the rest),
+    and gets its own acceleration back when the search ends.
+
     Args:
-        model: ``"benchmark"``, ``"tiny:<name>"``, a diffusers folder or hub id, or a pipeline.
-        prompts: calibration prompts: a file, ``"benchmark:train"`` or a list of strings.
-        out: output folder (checkpoint, frontier, plots, picked configs); ``None`` writes nothing.
-        num_steps: denoising steps of the schedules (default: ``call_kwargs``' or 20).
-        population: candidates per generation (>= 2).
-        generations: NSGA-II generations after the initial population (>= 1).
-        seed: seeds the random schedules, NSGA-II and every calibration item's noise.
-        quality: ``"latent_mse"`` (default), ``"psnr"``, ``"clip"`` or ``"fid"`` (see :mod:`.fitness`).
-        cost: ``"macs"`` (default) or ``"latency"``.
-        num_prompts, num_images: sample this many prompts (seeded), images per prompt.
-        batch_size: calibration items per pipeline call.
-        call_kwargs: pipeline arguments besides prompt/generator/output_type (default: the
-            benchmark's settings for the benchmark model, tiny defaults for ``tiny:<name>``).
-        operators: crossover and mutation settings (:class:`.nsga.Operators`).
-        num_heuristics: at most this many heuristic seeds in the initial population.
-        dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
-            the initial population (:func:`.seeding.dynamic_schedules`); ``()`` for none.
-        reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
-            ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
-            its streams (all covered transformers), else ``"outputs"`` (UNets).
-        granularity: what one gene switches (:data:`.problem.GRANULARITIES`): ``"component"``
-            (default, ECAD's: each component of each block at each step) or ``"block"`` (whole
-            blocks per step: a smaller space, Δ-DiT's unit).
-        validation_prompts: hold this many prompts of ``prompts`` back (disjoint from the
-            calibration prompts, seeded) to choose the picks on (:mod:`.validation`); 0 (default)
-            picks on calibration quality. With ``num_prompts`` the source gives
-            ``num_prompts + validation_prompts`` prompts.
-        validate_top: per target speed-up, this many best calibration candidates are validated.
-        refine_rounds: after the generations, this many rounds of ``population`` candidates each
-            refine the frontier at the ``pick_speedups`` (:mod:`.refine`: surrogate-guided local
-            search that spends each target's whole MAC budget); 0 (default) for none.
-        clip, fid_reference: CLIP model (``clip`` metric and CLIP-feature FID) and FID reference.
-        pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
-        generalise: evaluate the picked schedules (and the best heuristics at the same targets)
-            at other step counts (``generalise_steps``) and an unseen resolution
-            (``generalise_resolution``).
-        resume: continue the search in ``out`` (same settings; ``generations`` may grow).
-        device: where to run (default: the process's accelerator device, else CPU).
-        progress: tqdm progress bars (main process).
         callback: called on every process with ``{"event": "candidate", "generation", "index"}``
             after each evaluated candidate and ``{"event": "generation", "generation", "frontier"}``
             after each checkpoint (raising from it stops the search; resume continues it).
@@ -228,215 +166,236 @@ def search_schedule(
         :class:`SearchResult`.
 
     Raises:
-        ValueError: population < 2, generations < 1, an empty or unreadable prompt set, unknown
-            metric/cost, ``out`` holds a search and ``resume`` is false, or the checkpoint does not
-            match (another model, step count or settings, or more generations than asked for).
-            ``out`` is left untouched.
+        ValueError: an invalid setting, an empty or unreadable prompt set, prompts the pipeline cannot
+            take, ``out`` holds a search and ``resume`` is false, or the checkpoint does not match
+            (another model, step count or settings, or more generations than asked for). ``out`` is
+            left untouched.
     """
-    # 1. Validate.
-    _positive_int("population", population, 2, "NSGA-II needs at least 2 candidates per generation")
-    _positive_int("generations", generations, 1, "run at least one generation after the initial population")
-    _positive_int("num_images", num_images, 1, "generate at least one image per prompt")
-    _positive_int("batch_size", batch_size, 1, "use at least one item per call")
-    _positive_int("validate_top", validate_top, 1, "validate at least one candidate per target speed-up")
-    _positive_int("refine_rounds", refine_rounds, 0, "0 runs no refinement after the generations")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}.")
-    if quality not in QUALITY_METRICS:
-        raise ValueError(f"Unknown quality metric {quality!r}; choose one of {sorted(QUALITY_METRICS)}.")
-    if cost not in COST_MODELS:
-        raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
-    operators = operators or Operators()
-    _positive_int("validation_prompts", validation_prompts, 0, "0 picks on calibration quality")
-    wanted = None if num_prompts is None else num_prompts + validation_prompts
-    prompt_list, validation_list = split_prompts(load_prompts(prompts, num=wanted, seed=seed),
-                                                 validation_prompts, seed)
-    items = make_items(prompt_list, num_images=num_images, seed=seed)
-    call_kwargs = dict(search_call_kwargs(model) if call_kwargs is None else call_kwargs)
-    reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
-    if reserved:
-        raise ValueError(f"call_kwargs must not set {reserved}: the search sets them per calibration item.")
-    num_steps = num_steps if num_steps is not None else int(call_kwargs.get("num_inference_steps", 20))
-    _positive_int("num_steps", num_steps, 2, "step 0 always computes, so a search needs 2 steps or more")
-    call_kwargs["num_inference_steps"] = num_steps
-    targets = [float(t) for t in pick_speedups]
-    if any(not t > 0 for t in targets):
-        raise ValueError(f"pick_speedups must be positive numbers, got {list(pick_speedups)}.")
-    out = os.fspath(out) if out is not None else None
-    saved = load_checkpoint(out) if out is not None else None
-    if saved is not None and not resume:
-        raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
-                         "it, or choose another --out.")
+    s = SearchSettings.from_arguments(settings, "search_schedule", {"model": model, "prompts": prompts}, options)
+    run = _Search.start(s)  # 1.-2.: inputs, pipeline, search space, checkpoint; nothing written yet
+    with acceleration_restored(run.pipe):
+        run.prepare()  # 3.
+        with _bar(total=run.total_rounds, initial=min(run.completed, run.total_rounds), desc="generations",
+                  unit="gen", show=run.show) as bar:
+            for generation in range(run.completed, run.total_rounds):  # 4.
+                run.round(generation, callback)
+                bar.update(1)
+        return run.finish()  # 5.
 
-    # 2. Pipeline, search space, settings.
-    state = distributed_state(device)
-    pipe = load_search_pipeline(model, device=device if device is not None else state.device)
-    genome = ScheduleGenome.for_model(pipe, num_steps, granularity)
-    reuse = _resolve_reuse(pipe, reuse)
-    quality_options = {"clip": clip, "reference": fid_reference}
-    settings = {
-        "model": _model_label(model),
-        "search_space": genome.signature(),
-        "prompts": [[p.index, p.text] for p in prompt_list],
-        "num_images": num_images,
-        "seed": int(seed),
-        "population": population,
-        "generations": generations,
-        "quality": quality,
-        "quality_options": _jsonable(quality_options) if quality in ("clip", "fid") else None,
-        "cost": cost,
-        "batch_size": batch_size,
-        "call_kwargs": _jsonable(call_kwargs),
-        "operators": operators.to_dict(),
-        "num_heuristics": num_heuristics,
-        "dynamic_seeds": [float(t) for t in dynamic_seeds],
-        "reuse": reuse,
-        "validation": {"prompts": [[p.index, p.text] for p in validation_list], "top": validate_top}
-        if validation_list else None,
-        "refine": {"rounds": refine_rounds, "targets": targets} if refine_rounds else None,
-    }
-    total_rounds = generations + 1 + refine_rounds
-    if saved is not None:
-        check_compatible(saved["settings"], settings, out)
-        done, saved_generations = int(saved["completed"]), int(saved["settings"]["generations"])
-        if done > saved_generations + 1:  # refinement rounds have begun: the generations are fixed
-            if generations != saved_generations:
-                raise ValueError(f"{out!r} has started refining after {saved_generations} generations; resume "
-                                 f"with --generations {saved_generations}.")
-        elif done > generations + 1:
-            raise ValueError(f"{out!r} already holds {done - 1} generations; resume with "
-                             f"--generations {done - 1} or more.")
 
-    # 3. References (only if there is something left to evaluate) and the optimiser.
-    evaluator = CandidateEvaluator(pipe, items, call_kwargs, quality=quality, cost=cost, batch_size=batch_size,
-                                   quality_options=quality_options, reuse=reuse)
-    if saved is None or int(saved["completed"]) < total_rounds:
-        evaluator.prepare()
-    # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
-    # population, and the seeds' names, in the checkpoint).
-    extra = dynamic_schedules(evaluator, genome, dynamic_seeds) if saved is None and dynamic_seeds else []
-    seed_names, initial = initial_population(pipe, genome, population, seed, num_heuristics, extra)
-    problem = ScheduleProblem(genome)
-    driver = NsgaDriver(problem, initial, seed, operators)
-    archive: dict[str, dict[str, Any]] = {}
-    history: list[dict[str, Any]] = []
-    completed = 0
-    if saved is not None:
-        driver.load_state(saved["nsga"])
-        archive = saved["archive"]
-        history = saved["history"]
-        completed = int(saved["completed"])
-    names = dict(zip((bits_to_str(b) for b in initial), seed_names))
-    names.update({key: record["name"] for key, record in archive.items() if record.get("name")})
+class _Search:
+    """One search run's state, from :meth:`start` to :meth:`finish` (the numbered steps of the module doc)."""
 
-    # 4. Generations, then refinement rounds (:mod:`.refine`) at the target speed-ups.
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    @classmethod
+    def start(cls, s: SearchSettings) -> _Search:
+        """Check every input and load the pipeline; on ``resume`` check the checkpoint matches."""
+        wanted = None if s.num_prompts is None else s.num_prompts + s.validation_prompts
+        prompt_list, validation_list = split_prompts(load_prompts(s.prompts, num=wanted, seed=s.seed),
+                                                     s.validation_prompts, s.seed)
+        items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
+        call_kwargs = s.resolved_call_kwargs(search_call_kwargs(s.model))
+        check_item_call_kwargs(items, call_kwargs, "the search")
+        out = os.fspath(s.out) if s.out is not None else None
+        saved = load_checkpoint(out) if out is not None else None
+        if saved is not None and not s.resume:
+            raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
+                             "it, or choose another --out.")
+        state = distributed_state(s.device)
+        pipe = load_search_pipeline(s.model, device=s.device if s.device is not None else state.device)
+        check_call_inputs(pipe, {n for it in items for n in item_inputs(it.call_input())}, "the search's prompts")
+        genome = ScheduleGenome.for_model(pipe, call_kwargs["num_inference_steps"], s.granularity)
+        run = cls(s=s, out=out, saved=saved, state=state, pipe=pipe, genome=genome, items=items,
+                  validation_list=validation_list, call_kwargs=call_kwargs, targets=[float(t) for t in s.pick_speedups],
+                  reuse=_resolve_reuse(pipe, s.reuse), base=_base_config(pipe), completed=0,
+                  total_rounds=s.generations + 1 + s.refine_rounds, show=s.progress and state.is_main_process)
+        run.record = run.settings_record(prompt_list)
+        if saved is not None:
+            _check_resume(saved, run.record, s.generations, out)
+        return run
+
+    def settings_record(self, prompt_list: list) -> dict[str, Any]:
+        """The settings saved in the checkpoint (a resumed search must match them) and ``frontier.json``."""
+        s = self
+        quality_options = {"clip": s.s.clip, "reference": s.s.fid_reference}
+        record = {
+            "model": s.s.model_label,
+            "search_space": s.genome.signature(),
+            "prompts": [[p.index, p.text] for p in prompt_list],
+            "num_images": s.s.num_images,
+            "seed": int(s.s.seed),
+            "population": s.s.population,
+            "generations": s.s.generations,
+            "quality": s.s.quality,
+            "quality_options": jsonable(quality_options) if s.s.quality in ("clip", "fid") else None,
+            "cost": s.s.cost,
+            "batch_size": s.s.batch_size,
+            "call_kwargs": jsonable(s.call_kwargs),
+            "operators": s.s.operators.to_dict(),
+            "num_heuristics": s.s.num_heuristics,
+            "dynamic_seeds": list(s.s.dynamic_seeds),
+            "reuse": s.reuse,
+            "validation": {"prompts": [[p.index, p.text] for p in s.validation_list], "top": s.s.validate_top}
+            if s.validation_list else None,
+            "refine": {"rounds": s.s.refine_rounds, "targets": s.targets} if s.s.refine_rounds else None,
+        }
+        if s.base is not None:  # the acceleration every candidate ran on top of
+            record["base_config"] = s.base.to_dict()
+        return record
+
+    def prepare(self) -> None:
+        """References (only if there is something left to evaluate), seeds and the optimiser."""
+        s, saved = self.s, self.saved
+        self.evaluator = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, quality=s.quality, cost=s.cost,
+                                            batch_size=s.batch_size, reuse=self.reuse, base=self.base,
+                                            quality_options={"clip": s.clip, "reference": s.fid_reference})
+        if saved is None or int(saved["completed"]) < self.total_rounds:
+            self.evaluator.prepare()
+        # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
+        # population, and the seeds' names, in the checkpoint).
+        extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) if saved is None and s.dynamic_seeds \
+            else []
+        seed_names, initial = initial_population(self.pipe, self.genome, s.population, s.seed, s.num_heuristics,
+                                                 extra)
+        self.driver = NsgaDriver(ScheduleProblem(self.genome), initial, s.seed, s.operators)
+        self.archive: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            self.driver.load_state(saved["nsga"])
+            self.archive, self.history, self.completed = saved["archive"], saved["history"], int(saved["completed"])
+        self.names = dict(zip((bits_to_str(b) for b in initial), seed_names))
+        self.names.update({key: record["name"] for key, record in self.archive.items() if record.get("name")})
+        refining = s.refine_rounds and self.completed < self.total_rounds
+        self.savings = gene_savings(self.genome, self.evaluator.profile) if refining else None
+
+    def round(self, generation: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        """One NSGA-II generation (or, after the generations, one refinement round; :mod:`.refine`):
+        evaluate the new candidates across processes, then checkpoint and plot on the main process."""
+        s, state = self.s, self.state
+        refining = generation > s.generations
+        if refining:
+            rng = np.random.default_rng([int(s.seed), generation])
+            X = np.array(refine_candidates(self.archive, self.savings, self.targets, s.population, rng), dtype=bool)
+            X = X.reshape(-1, self.genome.num_bits)
+        else:
+            X = self.driver.ask()
+        what = "refinement round" if refining else "generation"
+        check_agreement(np.packbits(X).tobytes(), state, f"the candidates of {what} {generation}")
+        keys = [bits_to_str(x) for x in X]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.archive))
+
+        def evaluate(key: str) -> dict[str, Any]:
+            result = self.evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+            if callback is not None:
+                callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
+            return {**result.to_dict(), "process": state.process_index}
+
+        with _bar(total=len(todo), desc=f"{what} {generation}", unit="cand", leave=False, show=self.show) as inner:
+            results = map_tasks(evaluate, todo, state, inner)
+        for key, result in zip(todo, results):
+            self.archive[key] = {**result, "generation": generation, "name": self.names.get(key),
+                                 **({"origin": "refine"} if refining else {})}
+        if refining:
+            self.history.append({"generation": generation, "population": keys, "refine": True})
+        else:
+            self.driver.tell(X, np.array([[self.archive[k]["cost"], self.archive[k]["objective"]] for k in keys]))
+            self.history.append({"generation": generation,
+                                 "population": [bits_to_str(x) for x in self.driver.population()[0]]})
+        if self.out is not None and state.is_main_process:
+            save_checkpoint(self.out, {"settings": self.record, "completed": generation + 1,
+                                       "nsga": self.driver.state(), "archive": self.archive, "history": self.history})
+            _plot(self.out, generation, self.archive, self.history[-1]["population"], s.quality)
+        if callback is not None:
+            callback({"event": "generation", "generation": generation,
+                      "frontier": [self.archive[k]["objective"] for k in _frontier_keys(self.archive)]})
+
+    def entry(self, key: str) -> dict[str, Any]:
+        return _entry(self.genome, key, self.archive[key], self.reuse, self.base)
+
+    def finish(self) -> SearchResult:
+        """Frontier, validation, picks and generalisation; the files of ``out`` (main process)."""
+        s, state, targets = self.s, self.state, self.targets
+        frontier = sorted((self.entry(k) for k in _frontier_keys(self.archive)),
+                          key=lambda e: (e["speedup"], e["objectives"][1]))
+        heuristics = [self.entry(k) for k in self.names if k in self.archive and _is_heuristic(self.names[k])]
+        result = SearchResult(frontier, heuristics, evaluations=len(self.archive), out=self.out, requested=targets)
+        if self.validation_list:
+            items = make_items(self.validation_list, num_images=s.num_images, seed=s.seed)
+            result.validated = _validate(self.evaluator.variant(items=items), self, targets, s.validate_top)
+        for target in targets:
+            try:
+                result.picked[target] = pick_entry(result, target)["name"]
+            except ValueError:
+                continue
+        extra = {"metric": self.evaluator.metric.describe(), "cost": s.cost, "settings": self.record,
+                 "heuristics": heuristics, "picked": {f"{t:g}": result.picked.get(t) for t in targets}}
+        if result.validated:
+            extra["validation"] = {**self.record["validation"], "entries": result.validated}
+        main = self.out is not None and state.is_main_process
+        if main:
+            save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra)
+            for target, name in result.picked.items():
+                AccelerationConfig.from_dict(result.entry(name)["config"]).save(
+                    os.path.join(self.out, f"picked-{target:g}x.json"))
+        if s.generalise:
+            result.generalisation = _generalise(self, result, heuristics)
+            if main:
+                save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra,
+                              generalisation=result.generalisation)
+                atomic_write_json(os.path.join(self.out, GENERALISATION_FILE), result.generalisation)
+        state.wait_for_everyone()
+        return result
+
+
+def _check_resume(saved: dict[str, Any], record: dict[str, Any], generations: int, out: str) -> None:
+    """Raise unless a search with settings ``record`` and ``generations`` may continue ``saved``."""
+    check_compatible(saved["settings"], record, out)
+    done, saved_generations = int(saved["completed"]), int(saved["settings"]["generations"])
+    if done > saved_generations + 1:  # refinement rounds have begun: the generations are fixed
+        if generations != saved_generations:
+            raise ValueError(f"{out!r} has started refining after {saved_generations} generations; resume "
+                             f"with --generations {saved_generations}.")
+    elif done > generations + 1:
+        raise ValueError(f"{out!r} already holds {done - 1} generations; resume with "
+                         f"--generations {done - 1} or more.")
+
+
+def _base_config(pipe: Any) -> AccelerationConfig | None:
+    """The pipeline's current acceleration without its cache (what candidates run on top of), or ``None``."""
+    state = acceleration_state(pipe)
+    if state is None or (state.config.quant is None and state.config.attention is None):
+        return None
+    return dataclasses.replace(state.config, cache=None)
+
+
+@contextlib.contextmanager
+def _bar(*, show: bool, **kwargs: Any) -> Iterator[Any]:
+    """A tqdm progress bar shown on the main process only (closed on exit)."""
     from tqdm.auto import tqdm
 
-    show = progress and state.is_main_process
-    savings = gene_savings(genome, evaluator.profile) if refine_rounds and completed < total_rounds else None
-    bar = tqdm(total=total_rounds, initial=min(completed, total_rounds), desc="generations", unit="gen",
-               disable=not show, dynamic_ncols=True)
+    bar = tqdm(disable=not show, dynamic_ncols=True, **kwargs)
     try:
-        for generation in range(completed, total_rounds):
-            refining = generation > generations
-            if refining:
-                rng = np.random.default_rng([int(seed), generation])
-                X = np.array(refine_candidates(archive, savings, targets, population, rng), dtype=bool)
-                X = X.reshape(-1, genome.num_bits)
-            else:
-                X = driver.ask()
-            what = "refinement round" if refining else "generation"
-            check_agreement(np.packbits(X).tobytes(), state, f"the candidates of {what} {generation}")
-            keys = [bits_to_str(x) for x in X]
-            todo = list(dict.fromkeys(k for k in keys if k not in archive))
-            inner = tqdm(total=len(todo), desc=f"{what} {generation}", unit="cand", leave=False,
-                         disable=not show, dynamic_ncols=True)
-
-            def evaluate(key: str, generation: int = generation, todo: list[str] = todo) -> dict[str, Any]:
-                result = evaluator.evaluate(genome.decode(str_to_bits(key)))
-                if callback is not None:
-                    callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
-                return {**result.to_dict(), "process": state.process_index}
-
-            try:
-                results = map_tasks(evaluate, todo, state, inner)
-            finally:
-                inner.close()
-            for key, result in zip(todo, results):
-                archive[key] = {**result, "generation": generation, "name": names.get(key),
-                                **({"origin": "refine"} if refining else {})}
-            if refining:
-                history.append({"generation": generation, "population": keys, "refine": True})
-            else:
-                F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
-                driver.tell(X, F)
-                history.append({"generation": generation,
-                                "population": [bits_to_str(x) for x in driver.population()[0]]})
-            if out is not None and state.is_main_process:
-                save_checkpoint(out, {"settings": settings, "completed": generation + 1, "nsga": driver.state(),
-                                      "archive": archive, "history": history})
-                _plot(out, generation, archive, history[-1]["population"], quality)
-            bar.update(1)
-            if callback is not None:
-                callback({"event": "generation", "generation": generation,
-                          "frontier": [archive[k]["objective"] for k in _frontier_keys(archive)]})
+        yield bar
     finally:
         bar.close()
 
-    # 5. Frontier, picks, generalisation.
-    frontier = [_entry(genome, k, archive[k], reuse) for k in _frontier_keys(archive)]
-    frontier.sort(key=lambda e: (e["speedup"], e["objectives"][1]))
-    heuristics = [_entry(genome, k, archive[k], reuse) for k in names if k in archive and _is_heuristic(names[k])]
-    result = SearchResult(frontier, heuristics, evaluations=len(archive), out=out, requested=targets)
-    if validation_list:
-        validator = evaluator.variant(items=make_items(validation_list, num_images=num_images, seed=seed))
-        result.validated = _validate(validator, genome, archive, targets, validate_top, state, show)
-    for target in targets:
-        try:
-            result.picked[target] = pick_entry(result, target)["name"]
-        except ValueError:
-            continue
-    extra = {"metric": evaluator.metric.describe(), "cost": cost, "settings": settings, "heuristics": heuristics,
-             "picked": {f"{t:g}": result.picked.get(t) for t in targets}}
-    if result.validated:
-        extra["validation"] = {**settings["validation"], "entries": result.validated}
-    if out is not None and state.is_main_process:
-        save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra)
-        for target, name in result.picked.items():
-            AccelerationConfig.from_dict(result.entry(name)["config"]).save(
-                os.path.join(out, f"picked-{target:g}x.json"))
-    if generalise:
-        result.generalisation = _generalise(evaluator, genome, result, heuristics, targets, state, generalise_steps,
-                                            generalise_resolution, show)
-        if out is not None and state.is_main_process:
-            save_frontier(os.path.join(out, FRONTIER_FILE), frontier, **extra, generalisation=result.generalisation)
-            from ..utils import atomic_write_json
 
-            atomic_write_json(os.path.join(out, "generalisation.json"), result.generalisation)
-    state.wait_for_everyone()
-    return result
-
-
-def _validate(validator: CandidateEvaluator, genome: ScheduleGenome, archive: dict[str, dict[str, Any]],
-              targets: list[float], top: int, state: Any, show: bool) -> list[dict[str, Any]]:
+def _validate(validator: CandidateEvaluator, run: _Search, targets: list[float], top: int) -> list[dict[str, Any]]:
     """Score the best calibration candidates per target with ``validator`` (the search's evaluator on the
     validation prompts; :mod:`.validation`)."""
-    from tqdm.auto import tqdm
-
-    chosen = candidates_to_validate(archive, targets, top)
+    chosen = candidates_to_validate(run.archive, targets, top)
     if not chosen:
         return []
     validator.prepare()
-    reuse = validator.reuse
-    bar = tqdm(total=len(chosen), desc="validation", unit="cand", disable=not show, dynamic_ncols=True)
+    with _bar(total=len(chosen), desc="validation", unit="cand", show=run.show) as bar:
 
-    def evaluate(keys: list[str]) -> list[dict[str, Any]]:
-        return map_tasks(lambda k: validator.evaluate(genome.decode(str_to_bits(k))).to_dict(), keys, state, bar)
+        def evaluate(keys: list[str]) -> list[dict[str, Any]]:
+            return map_tasks(lambda k: validator.evaluate(run.genome.decode(str_to_bits(k))).to_dict(), keys,
+                             run.state, bar)
 
-    try:
-        return validated_entries(chosen, {k: _entry(genome, k, archive[k], reuse) for k in chosen}, evaluate)
-    finally:
-        bar.close()
+        return validated_entries(chosen, {k: run.entry(k) for k in chosen}, evaluate)
 
 
 def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
@@ -446,18 +405,16 @@ def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _resolve_reuse(pipe: Any, reuse: str) -> str:
-    from ..api import find_denoisers
-    from ..caching.static import REUSE_MODES, block_residual_supported
-
+    """``reuse="auto"``: block residuals where every block declares its streams, else component outputs."""
     if reuse == "auto":
         supported = all(block_residual_supported(m) for _, m in find_denoisers(pipe))
         return "block_residual" if supported else "outputs"
-    if reuse not in REUSE_MODES:
-        raise ValueError(f"reuse must be 'auto' or one of {list(REUSE_MODES)}, got {reuse!r}.")
     return reuse
 
 
-def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs") -> dict[str, Any]:
+def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs",
+           base: AccelerationConfig | None = None) -> dict[str, Any]:
+    """The frontier entry (see :mod:`.frontier`) of an archived genome; its config runs on top of ``base``."""
     evaluation = Evaluation.from_dict(record)
     prefix = "refine" if record.get("origin") == "refine" else "search"
     name = record.get("name") or f"{prefix}-g{record['generation']}-{key_digest(key)}"
@@ -466,7 +423,7 @@ def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str 
         "name": name,
         "origin": record.get("origin") or ("heuristic" if _is_heuristic(record.get("name"))
                                            else "random" if record.get("name") else "search"),
-        "config": AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
+        "config": with_cache(base, StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
         "speedup": 1.0 / evaluation.cost,
         "macs_ratio": evaluation.macs_ratio,
         "cost": evaluation.cost,
@@ -483,8 +440,6 @@ def _is_heuristic(name: str | None) -> bool:
 
 def key_digest(key: str) -> str:
     """A short stable label of a genome (6 hex digits of its CRC32)."""
-    import zlib
-
     return f"{zlib.crc32(key.encode()) & 0xFFFFFF:06x}"
 
 
@@ -498,12 +453,10 @@ def _plot(out: str, generation: int, archive: dict[str, dict[str, Any]], populat
                   title=f"generation {generation}: {len(archive)} schedules evaluated")
 
 
-def _generalise(evaluator: CandidateEvaluator, genome: ScheduleGenome, result: SearchResult,
-                heuristics: list[dict[str, Any]], targets: list[float], state: Any, steps: Sequence[int] | None,
-                resolution: tuple[int, int] | None, show: bool) -> list[dict[str, Any]]:
+def _generalise(run: _Search, result: SearchResult, heuristics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Evaluate, per target, the picked schedule and the best heuristic reaching it, in new settings."""
     chosen: dict[str, Any] = {}
-    for target in targets:
+    for target in run.targets:
         for pool in (result, [h for h in heuristics if h["speedup"] > 1.0 + 1e-9]):
             try:
                 entry = pick_entry(pool, target)
@@ -512,12 +465,7 @@ def _generalise(evaluator: CandidateEvaluator, genome: ScheduleGenome, result: S
             chosen.setdefault(entry["name"], AccelerationConfig.from_dict(entry["config"]).cache.schedule)
     if not chosen:
         return []
-    settings = default_settings(evaluator.call_kwargs, genome.num_steps, evaluator.pipe, steps, resolution)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(settings) * len(chosen), desc="generalisation", unit="eval", disable=not show,
-               dynamic_ncols=True)
-    try:
-        return evaluate_generalisation(evaluator, chosen, settings, state=state, progress=bar)
-    finally:
-        bar.close()
+    settings = default_settings(run.call_kwargs, run.genome.num_steps, run.pipe, run.s.generalise_steps,
+                                run.s.generalise_resolution)
+    with _bar(total=len(settings) * len(chosen), desc="generalisation", unit="eval", show=run.show) as bar:
+        return evaluate_generalisation(run.evaluator, chosen, settings, state=run.state, progress=bar)

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..caching.dynamic import DynamicCacheConfig
 from ..caching.heuristics import deepcache, delta_dit, encoder_propagation, fora, full_compute, tgate
 from ..caching.schedule import CacheSchedule
+from .fitness import with_cache
 from .problem import ScheduleGenome
 
 __all__ = ["DYNAMIC_SEED_THRESHOLDS", "dynamic_schedules", "heuristic_schedules", "initial_population"]
@@ -96,14 +98,11 @@ def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
         genome: the search layout (its step count must be the evaluator's).
         thresholds: dynamic-caching thresholds to replay.
     """
-    from ..config import AccelerationConfig
-    from ..caching.dynamic import DynamicCacheConfig
-
     out: list[CacheSchedule] = []
     for threshold in thresholds:
         reports: list[dict[str, Any]] = []
         try:
-            evaluator.run(AccelerationConfig(cache=DynamicCacheConfig(threshold=float(threshold))),
+            evaluator.run(with_cache(evaluator.base, DynamicCacheConfig(threshold=float(threshold))),
                           observe=reports.append)
         except ValueError:  # dynamic caching does not apply to this model
             return []

@@ -9,8 +9,7 @@ import torch
 
 from diffusion_accel import AccelerationConfig, apply, remove
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
-from diffusion_accel.search import pick, search_schedule
-from diffusion_accel.search import CandidateEvaluator, load_frontier, non_dominated
+from diffusion_accel.search import CandidateEvaluator, load_frontier, non_dominated, pick, search_schedule
 from diffusion_accel.eval.generate import make_items
 from diffusion_accel.eval.prompts import load_prompts
 
@@ -234,6 +233,8 @@ def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     from diffusion_accel.search.seeding import dynamic_schedules
 
     class Recorded:  # an evaluator whose dynamic-caching run skipped step 2 in both batches, step 1 in one
+        base = None  # no acceleration under the candidates
+
         def run(self, config, observe=None):
             observe({"cache": {"skip_share_by_step": {0: 0.0, 1: 0.5, 2: 1.0, 3: 0.0}}})
 
