@@ -11,7 +11,8 @@ denoiser actually executes during a real accelerated call (dynamic caching, spar
 One MAC is counted as 2 FLOPs.
 
 Example:
-    >>> from diffusion_accel.caching import CacheSchedule, macs
+    >>> from diffusion_accel.caching import CacheSchedule
+    >>> from diffusion_accel.cost import macs
     >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
     >>> pipe, kwargs = tiny_pipeline("pixart-alpha"), tiny_call_kwargs("pixart-alpha")
     >>> fora = CacheSchedule.fora(pipe.transformer, kwargs["num_inference_steps"], 2)
