@@ -1,8 +1,9 @@
-"""The private diffusers internals diffusion-accel relies on, all in this one module.
+"""The private diffusers (and transformers) internals diffusion-accel relies on, all in this one module.
 
-diffusers has no public accessor for three things the package needs: the hook registry a module
-already carries, the cache context a pipeline set, and a pipeline's progress-bar settings. Each use
-below names the private attribute it reads; check them here when diffusers is upgraded.
+diffusers has no public accessor for four things the package needs: the hook registry a module
+already carries, the cache context a pipeline set, a pipeline's progress-bar settings, and which
+submodules ``from_pretrained`` keeps in float32. Each use below names the private attribute it
+reads; check them here when diffusers is upgraded.
 
 Example:
     >>> import torch
@@ -19,7 +20,7 @@ import torch
 from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import StateManager
 
-__all__ = ["CacheContextProbe", "hook_registry", "progress_bar_disabled"]
+__all__ = ["CacheContextProbe", "fp32_module_names", "hook_registry", "progress_bar_disabled"]
 
 
 def hook_registry(module: torch.nn.Module) -> HookRegistry | None:
@@ -65,3 +66,24 @@ def progress_bar_disabled(pipe: Any) -> Iterator[None]:
         if hasattr(pipe, "_progress_bar_config"):
             # The same private attribute, restored as it was.
             pipe._progress_bar_config = old
+
+
+def fp32_module_names(module: torch.nn.Module, dtype: torch.dtype) -> set[str]:
+    """Names of the submodules ``from_pretrained(torch_dtype=dtype)`` keeps in float32: a diffusers
+    model's ``_keep_in_fp32_modules`` (any lower precision); a transformers model's
+    ``_keep_in_fp32_modules`` under float16 and ``_keep_in_fp32_modules_strict`` under float16/bfloat16."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    keep: set[str] = set()
+    if isinstance(module, ModelMixin) and dtype != torch.float32:
+        # Private class attribute of diffusers models, read by their from_pretrained.
+        keep |= set(module._keep_in_fp32_modules or ())
+    elif isinstance(module, PreTrainedModel):
+        if dtype == torch.float16:
+            # Private class attribute of transformers models (the same convention).
+            keep |= set(module._keep_in_fp32_modules or ())
+        if dtype in (torch.float16, torch.bfloat16):
+            # Its stricter twin, applied under bfloat16 too.
+            keep |= set(module._keep_in_fp32_modules_strict or ())
+    return keep

@@ -92,7 +92,6 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
-    ModelMixin,
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
@@ -109,7 +108,6 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    PreTrainedModel,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
@@ -117,6 +115,7 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from .._diffusers import fp32_module_names
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = ["TINY_PIPELINES", "tiny_call_kwargs", "tiny_pipeline"]
@@ -561,14 +560,7 @@ def _cast_like_from_pretrained(module: torch.nn.Module, device: torch.device, dt
     would load it: the modules a class keeps in float32 (``_keep_in_fp32_modules``; for transformers
     models only under float16, plus ``_keep_in_fp32_modules_strict`` under float16/bfloat16) stay so.
     """
-    keep: set[str] = set()
-    if isinstance(module, ModelMixin) and dtype != torch.float32:
-        keep |= set(module._keep_in_fp32_modules or ())
-    elif isinstance(module, PreTrainedModel):
-        if dtype == torch.float16:
-            keep |= set(module._keep_in_fp32_modules or ())
-        if dtype in (torch.float16, torch.bfloat16):
-            keep |= set(module._keep_in_fp32_modules_strict or ())
+    keep = fp32_module_names(module, dtype)
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         target = None  # integer buffers keep their dtype
         if tensor.is_floating_point():
