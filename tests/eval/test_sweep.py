@@ -185,6 +185,7 @@ def test_measure_selects_the_cost_measurements(pipe, tmp_path):
         _run(pipe, None, tmp_path / "other", None, [], measure=("flops",))
 
 
+@pytest.mark.slow
 def test_settings_object_class_labels_and_the_pipelines_own_acceleration(tmp_path):
     """EvalSettings, a class-conditioned DiT evaluated on per-item class labels, and a pipeline that
     keeps the acceleration it came with."""

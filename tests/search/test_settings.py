@@ -36,6 +36,7 @@ def test_settings_are_frozen_validated_and_share_the_run_fields():
         search_schedule("tiny:pixart-alpha", populaton=4)
 
 
+@pytest.mark.slow
 def test_settings_object_and_keyword_arguments_run_the_same_search(pixart, tiny_call, one_thread):
     by_keywords = search_schedule(pixart, ["a red cat", "a blue dog"], call_kwargs=tiny_call, **SMALL)
     settings = SearchSettings(model=pixart, prompts=("a red cat", "a blue dog"), call_kwargs=tiny_call, **SMALL)
@@ -45,6 +46,7 @@ def test_settings_object_and_keyword_arguments_run_the_same_search(pixart, tiny_
     assert other.frontier == by_keywords.frontier
 
 
+@pytest.mark.slow
 def test_search_takes_per_item_class_labels_on_dit(tmp_path, one_thread):
     """Issue 16.5: search_schedule on DiT called pipe(prompt=...) and got a raw TypeError."""
     pipe = tiny_pipeline("dit")
@@ -61,6 +63,7 @@ def test_search_takes_per_item_class_labels_on_dit(tmp_path, one_thread):
     assert {r["setting"] for r in result.generalisation} == {"steps=6"}  # DiT's size is fixed: no resolution
 
 
+@pytest.mark.slow
 def test_search_scores_on_top_of_the_pipelines_acceleration_and_gives_it_back(pixart, tiny_call, tmp_path,
                                                                            one_thread):
     """Issue 16.6: the search removed a user's W8A8 and scored candidates in full precision."""
