@@ -26,7 +26,8 @@ import torch
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import CacheSchedule, StaticCacheConfig, profile_macs
+from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+from diffusion_accel.cost import profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -37,9 +37,9 @@ from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
+from ._diffusers import CacheContextProbe, hook_registry
 from .models import ModelAdapter
 
 __all__ = [
@@ -66,13 +66,13 @@ def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
     """Remove the hook registered by :func:`add_hook` (no-op if absent)."""
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     if registry is not None:
         registry.remove_hook(_full_name(name), recurse=False)
 
 
 def get_hook(module: torch.nn.Module, name: str) -> ModelHook | None:
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     return None if registry is None else registry.get_hook(_full_name(name))
 
 
@@ -135,21 +135,6 @@ class DenoiserCall:
     batch_size: int | None
 
 
-class _NoState:
-    def reset(self) -> None:
-        pass
-
-
-class _ContextProbe(StateManager):
-    """A StateManager whose only use is to receive the pipeline's cache context."""
-
-    def __init__(self) -> None:
-        super().__init__(_NoState)
-
-    def current(self):
-        return self._context
-
-
 class StepTracker(ModelHook):
     """Tracks (step, branch) of every call of the denoiser it is attached to."""
 
@@ -158,7 +143,7 @@ class StepTracker(ModelHook):
     def __init__(self, adapter: ModelAdapter) -> None:
         super().__init__()
         self.adapter = adapter
-        self._context_probe = _ContextProbe()
+        self._context_probe = CacheContextProbe()
         self.history: list[DenoiserCall] = []
         self.current: DenoiserCall | None = None
         self.in_pipeline_call = False
@@ -189,7 +174,7 @@ class StepTracker(ModelHook):
         prev = self.current
         if prev is not None and _is_new_pass(prev, timestep, context_step):
             # The sampler started over without a pipeline-call boundary: drop stale state.
-            module._diffusers_hook.reset_stateful_hooks()
+            hook_registry(module).reset_stateful_hooks()
             prev = None
         if prev is None:
             self.history = []  # first call after a reset: a new record starts
@@ -261,7 +246,7 @@ def reset_denoiser_state(module: torch.nn.Module) -> None:
     (e.g. ``reset_denoiser_state(pipe.transformer)``) if its caches must not wait for the next pass.
     """
     module = unwrap_module(module)  # a torch.compile wrapper: the hooks are on the original
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     if registry is not None:
         registry.reset_stateful_hooks(recurse=True)
 
