@@ -13,9 +13,13 @@ How the step and branch are found:
 * the branch is the cache-context name the pipeline sets (``"cond"``/``"uncond"`` for Flux and
   Wan, ``"cond_uncond"`` for CogVideoX), otherwise ``"call<k>"`` for the k-th call of the step
   (``"call0"`` for pipelines that batch both guidance branches into one call);
-* state resets at the start of every accelerated pipeline call (see
-  :func:`pipeline_call_scope`), and, for denoisers called outside a pipeline, whenever the
-  step would go backwards (the timestep rose or the step index fell: a new sampling pass).
+* state resets at the start of every accelerated pipeline call and is released at its end
+  (see :func:`pipeline_call_scope`); for denoisers called outside a pipeline it resets whenever
+  the step would go backwards (the timestep rose or the step index fell: a new sampling pass),
+  and :func:`reset_denoiser_state` releases it on demand.
+
+Under ``torch.compile`` the tracker's bookkeeping runs eagerly (``torch.compiler.disable``): it
+reads the timestep as a Python number and keeps Python state, neither of which belongs in a graph.
 
 Example:
     >>> import torch
@@ -33,6 +37,7 @@ from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.utils.torch_utils import unwrap_module
 
 from ._diffusers import CacheContextProbe, hook_registry
 from .models import ModelAdapter
@@ -142,6 +147,10 @@ class StepTracker(ModelHook):
         self.history: list[DenoiserCall] = []
         self.current: DenoiserCall | None = None
         self.in_pipeline_call = False
+        #: identifies the current sampling pass: one object per pipeline call, shared by all the
+        #: pipeline's denoisers (set by :func:`pipeline_call_scope`), or a new one for each pass of
+        #: a denoiser called outside a pipeline. Per-call statistics restart when it changes.
+        self.pass_id: object = object()
 
     @classmethod
     def attach(cls, module: torch.nn.Module, adapter: ModelAdapter) -> "StepTracker":
@@ -157,6 +166,7 @@ class StepTracker(ModelHook):
     def get(module: torch.nn.Module) -> "StepTracker | None":
         return get_hook(module, TRACKER_HOOK)
 
+    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
         timestep = self.adapter.timestep_value(module, args, kwargs)
         context = self._context_probe.current()
@@ -168,6 +178,8 @@ class StepTracker(ModelHook):
             prev = None
         if prev is None:
             self.history = []  # first call after a reset: a new record starts
+            if not self.in_pipeline_call:
+                self.pass_id = object()
         if context_step is not None:
             step = int(context_step)
         elif prev is None:
@@ -227,7 +239,13 @@ class Denoiser:
 
 
 def reset_denoiser_state(module: torch.nn.Module) -> None:
-    """Reset every stateful hook (tracker, caches, ...) on ``module`` and its submodules."""
+    """Reset every stateful hook (tracker, caches, ...) on ``module`` and its submodules.
+
+    This releases every tensor a technique keeps between denoiser calls. Accelerated pipelines do
+    it at the end of each call; call it yourself after driving a denoiser outside a pipeline
+    (e.g. ``reset_denoiser_state(pipe.transformer)``) if its caches must not wait for the next pass.
+    """
+    module = unwrap_module(module)  # a torch.compile wrapper: the hooks are on the original
     registry = hook_registry(module)
     if registry is not None:
         registry.reset_stateful_hooks(recurse=True)
@@ -235,12 +253,21 @@ def reset_denoiser_state(module: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def pipeline_call_scope(denoisers: list[Denoiser]) -> Iterator[None]:
-    """Bracket one pipeline call: reset all per-call state before it and mark it active."""
+    """Bracket one pipeline call: reset all per-call state before it, mark it active, and release
+    the per-call state (cached tensors) when it ends, however it ends.
+
+    Diffusers resets stateful hooks at the end of a call only for some model families (its
+    ``CacheMixin`` models); this releases them for every family. What a technique reports about
+    the call (counters, ``tracker.history``) survives the release.
+    """
+    pass_id = object()
     for d in denoisers:
         reset_denoiser_state(d.module)
         d.tracker.in_pipeline_call = True
+        d.tracker.pass_id = pass_id
     try:
         yield
     finally:
         for d in denoisers:
             d.tracker.in_pipeline_call = False
+            reset_denoiser_state(d.module)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from .hooks import Denoiser
 from .models import find_model_adapter, supported_model_classes
@@ -50,19 +51,24 @@ class AccelerationState:
 
 
 def find_denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
-    """The pipeline's components that have a model adapter, as ``(name, module)``."""
+    """The pipeline's components that have a model adapter, as ``(name, module)``.
+
+    A component compiled with ``torch.compile`` is returned as its original module (``_orig_mod``),
+    where hooks belong: the compiled wrapper calls it.
+    """
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict):
         raise TypeError(
             f"Expected a diffusers pipeline (with .components), got {type(pipe).__name__}."
         )
     found = [
-        (name, module)
+        (name, unwrap_module(module))
         for name, module in components.items()
         if isinstance(module, torch.nn.Module) and find_model_adapter(module) is not None
     ]
     if not found:
-        denoiser = components.get("transformer") or components.get("unet")
+        denoiser = components.get("transformer")
+        denoiser = components.get("unet") if denoiser is None else denoiser  # (no bool() of a module)
         what = type(denoiser).__name__ if denoiser is not None else "no transformer/unet component"
         raise ValueError(
             f"{type(pipe).__name__} has no denoiser diffusion-accel knows ({what}). Supported denoisers: "

@@ -13,7 +13,8 @@ skipped:
 * UNets: all blocks but the first and the last return their outputs from the last computed
   step (DeepCache-like reuse), so the outermost blocks stay fresh.
 
-State is kept per guidance branch and cleared at the start of each pipeline call.
+State is kept per guidance branch, cleared at the start of each pipeline call and released at its
+end (``report()["cache_bytes"]`` is then 0; ``"peak_cache_bytes"`` is what the last call held).
 
 Example:
     >>> import torch, diffusion_accel
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,8 @@ from .block_io import block_argument as _argument
 from .block_io import block_streams as _streams
 from .block_io import pack_block_output as _pack
 from .block_io import sub_stream as _sub
+from .state import tensor_bytes
+from .static import scheduler_num_steps
 
 __all__ = ["DynamicCacheConfig", "apply_dynamic_cache"]
 
@@ -57,7 +61,7 @@ class DynamicCacheConfig(TechniqueConfig):
         max_consecutive_skips: never skip more than this many steps in a row.
         warmup_steps: the first steps always compute (at least 1).
         final_steps: the last steps always compute (needs the call's step count, read from
-            the pipeline's scheduler).
+            the pipeline's scheduler: see :func:`~diffusion_accel.caching.static.scheduler_num_steps`).
     """
 
     field_name = "cache"
@@ -86,6 +90,9 @@ class _BranchState:
     tail_residual: tuple[Any, Any] = (None, None)  # last - first block output, last computed step
     block_outputs: dict[int, Any] = field(default_factory=dict)  # reuse mode
 
+    def tensor_bytes(self) -> int:
+        return tensor_bytes((self.previous_signal, self.head_output, self.tail_residual, self.block_outputs))
+
 
 class _Controller:
     """Shared decision state of one denoiser's block hooks."""
@@ -96,12 +103,16 @@ class _Controller:
         self.first = blocks[0].index
         self.last = blocks[-1].index
         self.residual_mode = all(b.group.io is not None for b in blocks)
-        self.pipe = pipe
+        self._pipe = weakref.ref(pipe)
         self.branches: dict[str, _BranchState] = {}
         #: denoising step -> number of denoiser calls at that step that skipped (every call so far)
         self.skips_by_step: dict[int, int] = {}
         #: denoising step -> number of denoiser calls at that step (every call so far)
         self.calls_by_step: dict[int, int] = {}
+        #: most bytes held at once during the last sampling pass
+        self.peak_bytes = 0
+        self._pass: Any = None
+        self._pass_steps: int | None = None
 
     @property
     def skipped_steps(self) -> int:
@@ -119,14 +130,31 @@ class _Controller:
     def reset(self) -> None:
         self.branches.clear()
 
-    @torch.compiler.disable
+    def held_bytes(self) -> int:
+        """Bytes of the tensors held now (0 between pipeline calls)."""
+        return sum(state.tensor_bytes() for state in self.branches.values())
+
+    def record_bytes(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes())
+
+    def total_steps(self) -> int | None:
+        """Steps of the current sampling pass (read once per pass from the pipeline's scheduler)."""
+        first_call = self.tracker.history[0] if self.tracker.history else None
+        if first_call is not self._pass:
+            self._pass = first_call
+            pipe = self._pipe()
+            self._pass_steps = scheduler_num_steps(pipe, self.tracker) if pipe is not None else None
+            self.peak_bytes = self.held_bytes()
+        return self._pass_steps
+
     def decide(self, signal: torch.Tensor) -> bool:
         """Record the first block's signal; return True to skip the remaining blocks."""
         state, call, cfg = self.state(), self.tracker.current, self.config
-        previous, state.previous_signal = state.previous_signal, signal.detach()
+        signal = signal.detach()
+        previous, state.previous_signal = state.previous_signal, signal
+        total = self.total_steps()
         skip = False
         if previous is not None and previous.shape == signal.shape and call.step >= cfg.warmup_steps:
-            total = _total_steps(self.pipe)
             in_final = total is not None and cfg.final_steps > 0 and call.step >= total - cfg.final_steps
             if not in_final and state.consecutive_skips < cfg.max_consecutive_skips:
                 change = float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
@@ -141,17 +169,16 @@ class _Controller:
         state.skipping = skip
         self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
+        self.record_bytes()
         return skip
 
 
-def _total_steps(pipe: Any) -> int | None:
-    from .static import scheduler_num_steps
-
-    return scheduler_num_steps(pipe) if pipe is not None else None
-
-
 class DynamicBlockHook(ModelHook):
-    """Hook on one block: decides (first block), passes through or adds residuals when skipping."""
+    """Hook on one block: decides (first block), passes through or adds residuals when skipping.
+
+    Decisions and cached tensors live in Python, outside ``torch.compile`` graphs
+    (``torch.compiler.disable``); only the block's own forward is traced.
+    """
 
     _is_stateful = True
 
@@ -162,56 +189,60 @@ class DynamicBlockHook(ModelHook):
         self.io = block.group.io
 
     def new_forward(self, module, *args, **kwargs):
-        ctl = self.controller
-        if ctl.tracker.current is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        index = self.block.index
-        if index == ctl.first:
-            return self._first(module, args, kwargs)
-        state = ctl.state()
-        if ctl.residual_mode:
-            return self._residual_mode(module, state, index, args, kwargs)
-        return self._reuse_mode(state, index, args, kwargs)
-
-    def _first(self, module, args, kwargs):
-        ctl = self.controller
+        shortcut = self._shortcut(module, args, kwargs)
+        if shortcut is not None:
+            return shortcut
         output = self.fn_ref.original_forward(*args, **kwargs)
-        state = ctl.state()
-        if ctl.residual_mode:
-            hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
-            hidden_out, encoder_out = _streams(self.io, output)
-            signal = hidden_out - hidden_in
-            state.head_output = (hidden_out, encoder_out)
-        else:
-            signal = output[0] if isinstance(output, tuple) else output
-            state.block_outputs[self.block.index] = output
-        ctl.decide(signal)
+        self._ran(module, args, kwargs, output)
         return output
 
-    def _residual_mode(self, module, state: _BranchState, index: int, args, kwargs):
+    @torch.compiler.disable
+    def _shortcut(self, module, args, kwargs) -> Any:
+        """The block's output when the remaining blocks are skipped at this call, else ``None``."""
         ctl = self.controller
-        if state.skipping:
+        index = self.block.index
+        if ctl.tracker.current is None or index == ctl.first:
+            return None
+        state = ctl.state()
+        if not state.skipping:
+            return None
+        if ctl.residual_mode:
             hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
             encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
             if index == ctl.last:
                 hidden = _add(hidden, state.tail_residual[0])
                 encoder = _add(encoder, state.tail_residual[1])
             return _pack(self.io, hidden, encoder)
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        if index == ctl.last:
-            hidden, encoder = _streams(self.io, output)
-            head_hidden, head_encoder = state.head_output
-            state.tail_residual = (_sub(hidden, head_hidden), _sub(encoder, head_encoder))
-            state.head_output = (None, None)
-        return output
+        if index != ctl.last:
+            return state.block_outputs.get(index)
+        return None
 
-    def _reuse_mode(self, state: _BranchState, index: int, args, kwargs):
-        if state.skipping and index != self.controller.last and index in state.block_outputs:
-            return state.block_outputs[index]
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        if index != self.controller.last:
+    @torch.compiler.disable
+    def _ran(self, module, args, kwargs, output) -> None:
+        ctl = self.controller
+        if ctl.tracker.current is None:
+            return
+        index = self.block.index
+        state = ctl.state()
+        if index == ctl.first:
+            if ctl.residual_mode:
+                hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
+                hidden_out, encoder_out = _streams(self.io, output)
+                signal = hidden_out - hidden_in
+                state.head_output = (hidden_out, encoder_out)
+            else:
+                signal = output[0] if isinstance(output, tuple) else output
+            ctl.decide(signal)
+        elif ctl.residual_mode:
+            if index == ctl.last:
+                hidden, encoder = _streams(self.io, output)
+                head_hidden, head_encoder = state.head_output
+                state.tail_residual = (_sub(hidden, head_hidden), _sub(encoder, head_encoder))
+                state.head_output = (None, None)
+                ctl.record_bytes()
+        elif index != ctl.last:
             state.block_outputs[index] = output
-        return output
+            ctl.record_bytes()
 
     def reset_state(self, module):
         self.controller.reset()
@@ -235,6 +266,9 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
 
     def report() -> dict[str, Any]:
         return {
+            # bytes held now (released at the end of every pipeline call) / most held during the last call
+            "cache_bytes": sum(c.held_bytes() for c in controllers),
+            "peak_cache_bytes": sum(c.peak_bytes for c in controllers),
             "steps_computed": sum(c.computed_steps for c in controllers),
             "steps_skipped": sum(c.skipped_steps for c in controllers),
             # per denoising step, the share of denoiser calls that skipped (all calls so far)

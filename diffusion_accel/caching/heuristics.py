@@ -100,15 +100,27 @@ def tgate(model: Any, num_steps: int, gate_step: int) -> CacheSchedule:
     _, adapter, blocks = _layout(model)
     if not isinstance(gate_step, int) or not 1 <= gate_step <= num_steps:
         raise ValueError(f"gate_step must be an integer in [1, {num_steps}], got {gate_step!r}.")
-    cross = [i for i, name in enumerate(adapter.component_names) if adapter.component_kinds()[name] == "cross_attn"]
+    kinds = adapter.component_kinds()
+    cross = [i for i, name in enumerate(adapter.component_names) if kinds[name] == "cross_attn"]
     if not cross:
-        raise ValueError(
-            f"TGATE freezes cross-attention, but {adapter.family!r} models have none (their text enters "
-            "through joint attention). Use fora/delta_dit, a searched schedule or dynamic caching instead."
-        )
+        raise ValueError(f"TGATE freezes cross-attention, but {_no_cross_attention_reason(adapter)}.")
     compute = np.ones((num_steps, len(blocks), len(adapter.component_names)), dtype=bool)
     compute[gate_step:, :, cross] = False
     return CacheSchedule.from_model(model, compute, name=f"tgate-{gate_step}")
+
+
+def _no_cross_attention_reason(adapter) -> str:
+    """Why ``adapter`` offers no cross-attention component, and what to use instead."""
+    kinds = set(adapter.component_kinds().values())
+    if "joint_attn" in kinds:
+        return (f"{adapter.family!r} models have none: their text enters through joint attention. Use "
+                "fora/delta_dit, a searched schedule or dynamic caching instead")
+    if kinds == {"block"}:
+        return (f"the {adapter.family!r} adapter schedules whole blocks (component 'block'), so the "
+                "cross-attention layers inside them are not components of their own. Use deepcache, "
+                "encoder_propagation, fora or dynamic caching instead")
+    return (f"the {adapter.family!r} adapter declares no cross-attention component (components: "
+            f"{', '.join(adapter.component_names)})")
 
 
 def _unet_groups(model: Any, what: str):

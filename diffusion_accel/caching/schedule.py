@@ -19,12 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from ..models import ModelAdapter, get_model_adapter
 from ..utils import atomic_write_text
@@ -36,16 +40,44 @@ _VERSION = 1
 
 
 def resolve_denoiser(model_or_pipe: Any) -> torch.nn.Module:
-    """Accept a denoiser module or a pipeline (its ``transformer`` or ``unet``)."""
+    """Accept a denoiser module or a pipeline (its ``transformer`` or ``unet``); a ``torch.compile``
+    wrapper stands for its original module."""
     if isinstance(model_or_pipe, torch.nn.Module):
-        return model_or_pipe
+        return unwrap_module(model_or_pipe)
     for name in ("transformer", "unet"):
         module = getattr(model_or_pipe, name, None)
         if isinstance(module, torch.nn.Module):
-            return module
+            return unwrap_module(module)
     raise TypeError(
         f"Expected a denoiser module or a pipeline with a transformer/unet, got {type(model_or_pipe).__name__}."
     )
+
+
+def _resample_column(column: np.ndarray, num_steps: int) -> np.ndarray:
+    """One column of :meth:`CacheSchedule.resample` (bool ``(S,)`` -> bool ``(num_steps,)``).
+
+    ``F(x)`` counts the source periods elapsed by source time ``x`` in ``[0, S]`` (linear inside a
+    period); ``G(j) = F(j * S / N) * N / S`` counts them in units of the new step count, and new
+    step ``j`` computes when an integer lies in ``[G(j), G(j + 1))``. Exact rational arithmetic:
+    no rounding decides a compute.
+    """
+    source_steps = len(column)
+    starts = np.flatnonzero(column).tolist()  # compute steps; starts[0] == 0 (step 0 computes)
+    periods = np.diff(starts).tolist()
+    longest = max(periods, default=1)
+    previous = periods[-1] if periods else 1
+    periods.append(min(max(source_steps - starts[-1], previous), longest))
+    scale = Fraction(num_steps, source_steps)
+
+    def elapsed(j: int) -> Fraction:
+        x = Fraction(j * source_steps, num_steps)
+        i = bisect.bisect_right(starts, x) - 1
+        return (i + min((x - starts[i]) / periods[i], 1)) * scale
+
+    g = [elapsed(j) for j in range(num_steps + 1)]
+    out = np.array([math.ceil(g[j]) < g[j + 1] for j in range(num_steps)], dtype=bool)
+    out[0] = True
+    return out
 
 
 class CacheSchedule:
@@ -169,22 +201,37 @@ class CacheSchedule:
 
     # ------------------------------------------------------------- transforms
     def resample(self, num_steps: int) -> "CacheSchedule":
-        """The same schedule for ``num_steps`` steps (nearest step in normalised time).
+        """The same schedule for ``num_steps`` steps, keeping each component's spacing.
 
-        New step ``j`` copies old step ``round(j * (S - 1) / (num_steps - 1))``; step 0 always
-        computes.
+        Each (block, component) column is read as a chain of *periods*: a compute and the reuses
+        that lean on it. The resampled column runs through the same periods in normalised time,
+        each as many steps long as in the source, so FORA-k stays FORA-k and Δ-DiT keeps its gate
+        (``fora(m, 20, 2).resample(10) == fora(m, 10, 2)``). Consequences:
+
+        * the compute fraction of every column is kept (within ``1/num_steps + 1/S``, S the
+          source's step count): a resampled schedule costs what the source costs per step;
+        * no reuse run is longer than the source's longest one, except a final run that lasts to
+          the end (a frozen component, e.g. TGATE's cross-attention after its gate), which keeps
+          its share of the time;
+        * step 0 always computes.
+
+        The last period is cut by the end of sampling: it counts as long as the period before it
+        (at most as long as the longest one; beyond that the component is frozen).
         """
-        if not isinstance(num_steps, int) or num_steps < 1:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
         if num_steps == self.num_steps:
             return self
-        old = self.num_steps
-        if num_steps == 1:
-            source = np.zeros(1, dtype=int)
-        else:
-            source = np.rint(np.arange(num_steps) * (old - 1) / (num_steps - 1)).astype(int)
-        compute = self.compute[source].copy()
-        compute[0] = True
+        steps, blocks, comps = self.compute.shape
+        columns = self.compute.reshape(steps, blocks * comps)
+        memo: dict[bytes, np.ndarray] = {}
+        out = np.empty((num_steps, blocks * comps), dtype=bool)
+        for j in range(blocks * comps):
+            key = columns[:, j].tobytes()
+            if key not in memo:
+                memo[key] = _resample_column(columns[:, j], num_steps)
+            out[:, j] = memo[key]
+        compute = out.reshape(num_steps, blocks, comps)
         return CacheSchedule(compute, self.components, self.family, name=f"{self.name}@{num_steps}")
 
     def with_name(self, name: str) -> "CacheSchedule":

@@ -26,13 +26,23 @@ def tensor_bytes(value: Any) -> int:
 class CacheStats:
     """Counts of computed/reused component calls and the bytes held by caches.
 
-    ``computed``/``reused`` are keyed by ``(denoiser, block, component)``.
+    ``computed``/``reused`` are keyed by ``(denoiser, block, component)`` and count every call
+    since the technique was applied. ``bytes`` is what the caches hold now (0 between pipeline
+    calls: they are released at the end of each call); ``peak_bytes`` is the most they held at
+    once during the last sampling pass (pipeline call), which is the memory caching costs.
     """
 
     computed: Counter = field(default_factory=Counter)
     reused: Counter = field(default_factory=Counter)
     bytes: int = 0
     peak_bytes: int = 0
+    _pass_id: Any = field(default=None, repr=False)
+
+    def start_pass(self, pass_id: Any) -> None:
+        """Restart ``peak_bytes`` when a new sampling pass (``StepTracker.pass_id``) begins."""
+        if pass_id is not self._pass_id:
+            self._pass_id = pass_id
+            self.peak_bytes = self.bytes
 
     def add_bytes(self, delta: int) -> None:
         self.bytes += delta

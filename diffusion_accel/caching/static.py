@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
@@ -76,31 +77,70 @@ class StaticCacheConfig(TechniqueConfig):
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}.")
 
 
-def scheduler_num_steps(pipe: Any) -> int | None:
-    """Steps the pipeline's sampling loop runs in the current call (``None`` if unknown)."""
+def scheduler_num_steps(pipe: Any, tracker: StepTracker | None = None) -> int | None:
+    """Steps the pipeline's sampling loop runs in the current call (``None`` if unknown).
+
+    The scheduler's ``timesteps`` hold every step ``set_timesteps`` made, but a call may start
+    part-way through them (img2img and inpainting with ``strength < 1``). With the denoiser's
+    ``tracker`` (during a call) the loop starts where the first tracked call's timestep sits in
+    ``timesteps`` (less its step index: a second denoiser, such as Wan 2.2's ``transformer_2``,
+    joins part-way through); otherwise, or when that timestep is not found there, at the
+    scheduler's ``begin_index``, which DDIM and other schedulers do not have. A denoiser driven
+    outside a pipeline call (``tracker.in_pipeline_call`` false) has no known step count.
+    """
+    if tracker is not None and not tracker.in_pipeline_call:
+        return None
     scheduler = getattr(pipe, "scheduler", None)
     timesteps = getattr(scheduler, "timesteps", None)
     if timesteps is None:
         return None
-    begin = getattr(scheduler, "begin_index", None) or 0
-    return len(timesteps) - begin
+    start = None
+    first = tracker.history[0] if tracker is not None and tracker.history else None
+    if first is not None and first.timestep is not None:
+        position = _timestep_position(timesteps, first.timestep / tracker.adapter.timestep_scale)
+        if position is not None and position >= first.step:
+            start = position - first.step
+    if start is None:
+        start = getattr(scheduler, "begin_index", None) or 0
+    return len(timesteps) - start
+
+
+def _timestep_position(timesteps: Any, value: float) -> int | None:
+    """Index of ``value`` in the 1-D ``timesteps`` (closer than half a gap to a neighbour), else None."""
+    values = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).numpy()
+    if values.ndim != 1 or len(values) == 0:
+        return None
+    index = int(np.argmin(np.abs(values - value)))
+    gaps = [abs(values[j + 1] - values[j]) for j in (index - 1, index) if 0 <= j < len(values) - 1]
+    gaps = [g for g in gaps if g > 0]
+    tolerance = 0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(value))
+    return index if abs(values[index] - value) <= tolerance else None
 
 
 class _SchedulePlan:
-    """The schedule in force for the current pipeline call (checked/resampled once per call)."""
+    """The schedule in force for the current sampling pass of one denoiser.
 
-    def __init__(self, schedule: CacheSchedule, auto_resample: bool, pipe: Any) -> None:
-        self.schedule = schedule
-        self.auto_resample = auto_resample
+    At the first denoiser call of a pass the schedule is checked against the number of steps
+    the call really runs (:func:`scheduler_num_steps`) and resampled or refused.
+    """
+
+    def __init__(self, config: StaticCacheConfig, pipe: Any, tracker: StepTracker, stats: CacheStats) -> None:
+        self.schedule = config.schedule
+        self.auto_resample = config.auto_resample
+        self.block_residual = config.reuse == "block_residual"
+        self.tracker = tracker
+        self.stats = stats
         self._pipe = weakref.ref(pipe)
-        self._compute = schedule.compute
-        self._checked_call: Any = None
+        self._compute = self.schedule.compute
+        self._pass: Any = None
 
-    def compute_table(self, tracker: StepTracker) -> np.ndarray:
-        call = tracker.current
-        first_call = tracker.history[0] if tracker.history else None
-        if first_call is not self._checked_call:
-            self._checked_call = first_call
+    def table(self) -> np.ndarray:
+        """``compute[step, block, component]`` for this pass (checked once per pass)."""
+        call = self.tracker.current
+        first_call = self.tracker.history[0] if self.tracker.history else None
+        if first_call is not self._pass:
+            self._pass = first_call
+            self.stats.start_pass(self.tracker.pass_id)
             self._compute = self._schedule_for_call().compute
         if call.step >= self._compute.shape[0]:
             raise ValueError(
@@ -109,9 +149,17 @@ class _SchedulePlan:
             )
         return self._compute
 
+    def reused_next(self, table: np.ndarray, step: int, block: int, component: int) -> bool:
+        """Whether the component's hook returns its stored output at the next step (a block
+        skipped as a whole under ``block_residual`` does not ask its components)."""
+        step += 1
+        if step >= table.shape[0] or table[step, block, component]:
+            return False
+        return not (self.block_residual and not table[step, block].any())
+
     def _schedule_for_call(self) -> CacheSchedule:
         pipe = self._pipe()
-        steps = scheduler_num_steps(pipe) if pipe is not None else None
+        steps = scheduler_num_steps(pipe, self.tracker) if pipe is not None else None
         if steps is None or steps == self.schedule.num_steps:
             return self.schedule
         if self.auto_resample:
@@ -121,7 +169,12 @@ class _SchedulePlan:
 
 
 class ComponentCacheHook(ModelHook):
-    """Runs or reuses one component according to the plan."""
+    """Runs or reuses one component according to the plan.
+
+    The decisions and the cache live in Python, outside ``torch.compile`` graphs
+    (``torch.compiler.disable``); only the component's own forward is traced, so a compiled
+    denoiser gets one graph per component whatever the step, block or branch.
+    """
 
     _is_stateful = True
 
@@ -135,21 +188,40 @@ class ComponentCacheHook(ModelHook):
         self.cache = BranchCache(stats)
 
     def new_forward(self, module, *args, **kwargs):
+        reused = self._reused_output()
+        if reused is not None:
+            return reused
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self._computed(output)
+        return output
+
+    @torch.compiler.disable
+    def _reused_output(self) -> Any:
+        """The stored output if the component reuses at this (step, branch), else ``None``; the
+        stored output is released after its last reuse."""
         call = self.tracker.current
         if call is None:  # called outside a tracked denoiser call
-            return self.fn_ref.original_forward(*args, **kwargs)
-        table = self.plan.compute_table(self.tracker)
+            return None
+        table = self.plan.table()
         if table[call.step, self.block, self.component] or call.branch not in self.cache:
-            output = self.fn_ref.original_forward(*args, **kwargs)
-            self.stats.computed[self.key] += 1
-            next_step = call.step + 1
-            if next_step < table.shape[0] and not table[next_step, self.block, self.component]:
-                self.cache.put(call.branch, output)
-            else:
-                self.cache.drop(call.branch)
-            return output
+            return None
         self.stats.reused[self.key] += 1
-        return self.cache.get(call.branch)
+        output = self.cache.get(call.branch)
+        if not self.plan.reused_next(table, call.step, self.block, self.component):
+            self.cache.drop(call.branch)
+        return output
+
+    @torch.compiler.disable
+    def _computed(self, output: Any) -> None:
+        call = self.tracker.current
+        if call is None:
+            return
+        table = self.plan.table()
+        self.stats.computed[self.key] += 1
+        if self.plan.reused_next(table, call.step, self.block, self.component):
+            self.cache.put(call.branch, output)
+        else:
+            self.cache.drop(call.branch)
 
     def reset_state(self, module):
         self.cache.clear()
@@ -158,7 +230,8 @@ class ComponentCacheHook(ModelHook):
 
 class BlockResidualHook(ModelHook):
     """Skips a block whose every component is reused at this step: returns its input plus the
-    residual (output - input, per stream) from the last step where the block ran."""
+    residual (output - input, per stream) from the last step where the block ran. Decisions run
+    outside ``torch.compile`` graphs, as in :class:`ComponentCacheHook`."""
 
     _is_stateful = True
 
@@ -172,28 +245,46 @@ class BlockResidualHook(ModelHook):
         self.cache = BranchCache(stats)
 
     def _skipped(self, table: np.ndarray, step: int) -> bool:
-        return not table[step, self.block, self.components].any()
+        return 0 <= step < table.shape[0] and not table[step, self.block, self.components].any()
 
     def new_forward(self, module, *args, **kwargs):
+        skipped = self._skipped_output(module, args, kwargs)
+        if skipped is not None:
+            return skipped
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self._ran(module, args, kwargs, output)
+        return output
+
+    @torch.compiler.disable
+    def _skipped_output(self, module, args, kwargs) -> Any:
+        """Input plus the stored residual if the block is skipped at this (step, branch), else ``None``."""
         call = self.tracker.current
         if call is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        table = self.plan.compute_table(self.tracker)
+            return None
+        table = self.plan.table()
+        if not self._skipped(table, call.step) or call.branch not in self.cache:
+            return None
+        for key in self.keys:
+            self.stats.reused[key] += 1
+        residual, encoder_residual = self.cache.get(call.branch)
+        if not self._skipped(table, call.step + 1):
+            self.cache.drop(call.branch)
         hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
         encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
-        if self._skipped(table, call.step) and call.branch in self.cache:
-            for key in self.keys:
-                self.stats.reused[key] += 1
-            residual, encoder_residual = self.cache.get(call.branch)
-            return pack_block_output(self.io, add_stream(hidden, residual), add_stream(encoder, encoder_residual))
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        next_step = call.step + 1
-        if next_step < table.shape[0] and self._skipped(table, next_step):
+        return pack_block_output(self.io, add_stream(hidden, residual), add_stream(encoder, encoder_residual))
+
+    @torch.compiler.disable
+    def _ran(self, module, args, kwargs, output) -> None:
+        call = self.tracker.current
+        if call is None:
+            return
+        if self._skipped(self.plan.table(), call.step + 1):
+            hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
+            encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
             out_hidden, out_encoder = block_streams(self.io, output)
             self.cache.put(call.branch, (sub_stream(out_hidden, hidden), sub_stream(out_encoder, encoder)))
         else:
             self.cache.drop(call.branch)
-        return output
 
     def reset_state(self, module):
         self.cache.clear()
@@ -226,7 +317,7 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
                 )
     block_hooks = HookSet(_BLOCK_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
-        plan = _SchedulePlan(config.schedule, config.auto_resample, pipe)
+        plan = _SchedulePlan(config, pipe, denoiser.tracker, stats)
         names = denoiser.adapter.component_names
         for block in denoiser.blocks():
             keys = []

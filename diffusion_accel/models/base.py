@@ -123,6 +123,9 @@ class ModelAdapter:
         timestep_arg: name of the forward argument carrying the timestep.
         text_tokens_first: in joint attention, whether text tokens precede image tokens in the
             concatenated sequence (Flux, CogVideoX) or follow them (SD3).
+        timestep_scale: the denoiser receives the scheduler's timesteps multiplied by this
+            (Flux takes ``t / 1000``: ``1e-3``); used to find a call's place in the scheduler's
+            ``timesteps``.
         token_grid: how to read the latent token grid ``(frames, height, width)`` of a call from its
             inputs (:data:`TokenGrid`; e.g. :func:`patched_grid_2d`), for techniques that reorder
             tokens spatially (sparse attention's PARO); ``None`` if unknown.
@@ -132,6 +135,7 @@ class ModelAdapter:
     groups: tuple[BlockGroup, ...]
     timestep_arg: str = "timestep"
     text_tokens_first: bool = True
+    timestep_scale: float = 1.0
     notes: str = field(default="", compare=False)
     token_grid: TokenGrid | None = field(default=None, compare=False)
 
@@ -168,8 +172,13 @@ class ModelAdapter:
         names = self.component_names
         return [tuple(n in block.components() for n in names) for block in self.blocks(model)]
 
+    @torch.compiler.disable
     def timestep_value(self, model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> float | None:
-        """The call's timestep as a Python float (the max over a per-token/batch tensor)."""
+        """The call's timestep as a Python float (the max over a per-token/batch tensor).
+
+        Reading a tensor as a Python number is data-dependent: under ``torch.compile`` it runs
+        eagerly (``torch.compiler.disable``) instead of breaking the graph on ``float(...)``.
+        """
         value = kwargs.get(self.timestep_arg)
         if value is None:
             position = _positional_index(type(model), self.timestep_arg)

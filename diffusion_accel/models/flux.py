@@ -53,6 +53,7 @@ FLUX_ADAPTER = ModelAdapter(
         ),
     ),
     text_tokens_first=True,
+    timestep_scale=1e-3,  # the pipelines pass t / 1000; the model multiplies by 1000
     token_grid=flux_token_grid,
 )
 

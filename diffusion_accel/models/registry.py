@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 
 from .base import ModelAdapter
 
@@ -45,8 +46,11 @@ def adapter_for_class(model_class: type) -> ModelAdapter | None:
 
 
 def find_model_adapter(model: torch.nn.Module) -> ModelAdapter | None:
-    """Like :func:`get_model_adapter` but returns ``None`` for unsupported models."""
-    return adapter_for_class(type(model))
+    """Like :func:`get_model_adapter` but returns ``None`` for unsupported models.
+
+    A ``torch.compile`` wrapper (``OptimizedModule``) is described by its original module's adapter.
+    """
+    return adapter_for_class(type(unwrap_module(model)))
 
 
 def get_model_adapter(model: torch.nn.Module) -> ModelAdapter:
@@ -54,7 +58,8 @@ def get_model_adapter(model: torch.nn.Module) -> ModelAdapter:
     adapter = find_model_adapter(model)
     if adapter is None:
         raise ValueError(
-            f"diffusion-accel has no model adapter for {type(model).__name__}. Supported denoisers: "
+            f"diffusion-accel has no model adapter for {type(unwrap_module(model)).__name__}. "
+            "Supported denoisers: "
             f"{', '.join(supported_model_classes())}. To describe your own model, call "
             "diffusion_accel.models.register_model_adapter(YourModelClass, ModelAdapter(family=..., "
             "groups=(BlockGroup(name, path_to_block_list, components),)))."

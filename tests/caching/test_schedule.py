@@ -40,8 +40,16 @@ def test_tgate_freezes_only_cross_attention(pixart):
 
 
 def test_tgate_on_a_joint_attention_model_is_refused():
-    with pytest.raises(ValueError, match="no.*cross-attention|have none"):
+    with pytest.raises(ValueError, match="have none: their text enters through joint attention"):
         CacheSchedule.tgate(tiny_pipeline("flux").transformer, 6, 2)
+
+
+def test_tgate_on_the_unet_is_refused_with_the_true_reason(unet):
+    """The SD1.5 UNet has cross-attention, inside whole-block components: it used to be refused
+    because "text enters through joint attention", which is false for a UNet."""
+    with pytest.raises(ValueError, match="schedules whole blocks") as error:
+        CacheSchedule.tgate(unet, 6, 2)
+    assert "joint attention" not in str(error.value) and "deepcache" in str(error.value)
 
 
 def test_deepcache_and_encoder_propagation(unet):
@@ -112,3 +120,43 @@ def test_resample_keeps_relative_timing(pixart):
     assert s.resample(20).resample(10) == s
     with pytest.raises(ValueError, match="positive integer"):
         s.resample(0)
+
+
+def _runs(column):
+    """Lengths of the reuse runs of a bool column: interior runs, then the final run."""
+    computes = np.flatnonzero(column)
+    return [int(b - a - 1) for a, b in zip(computes[:-1], computes[1:])], int(len(column) - 1 - computes[-1])
+
+
+def test_resample_keeps_fora_and_delta_dit_spacing(pixart):
+    """FORA-2 from 20 steps used to give block 0 `1111100000` at 10 steps (five reuses in a row)."""
+    resampled = CacheSchedule.fora(pixart, 20, 2).resample(10)
+    assert resampled.compute[:, 0, 0].tolist() == [True, False] * 5
+    for source, target in ((20, 10), (10, 20), (20, 7), (7, 20), (50, 28), (28, 50)):
+        for interval in (2, 3):
+            assert CacheSchedule.fora(pixart, source, interval).resample(target) == CacheSchedule.fora(
+                pixart, target, interval
+            ), (source, target, interval)
+    assert CacheSchedule.delta_dit(pixart, 20, interval=3).resample(10) == CacheSchedule.delta_dit(
+        pixart, 10, interval=3
+    )
+
+
+@pytest.mark.parametrize("source, target", [(20, 10), (10, 20), (20, 7), (7, 20), (50, 28), (28, 50), (9, 1)])
+def test_resample_never_lengthens_reuse_runs_and_keeps_compute(pixart, source, target):
+    schedules = [CacheSchedule.random(pixart, source, p, seed=s) for p in (0.2, 0.5, 0.8) for s in range(4)]
+    schedules += [CacheSchedule.delta_dit(pixart, source, 2),
+                  CacheSchedule.tgate(pixart, source, max(1, source // 2))]
+    for schedule in schedules:
+        new = schedule.resample(target)
+        assert new.num_steps == target and new.compute[0].all()
+        for b in range(schedule.num_blocks):
+            for c in range(len(schedule.components)):
+                old_col, new_col = schedule.compute[:, b, c], new.compute[:, b, c]
+                (old_inner, old_final), (new_inner, new_final) = _runs(old_col), _runs(new_col)
+                longest = max(old_inner + [old_final])
+                # interior runs never longer than the source's; a final (frozen) run keeps its share of time
+                assert max(new_inner, default=0) <= max(old_inner, default=0), (schedule.name, b, c)
+                assert new_final <= max(longest, -(-old_final * target // source)), (schedule.name, b, c)
+                # equal compute: the compute fraction of every column is kept
+                assert abs(new_col.mean() - old_col.mean()) <= 1 / target + 1 / source, (schedule.name, b, c)

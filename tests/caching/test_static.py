@@ -158,3 +158,61 @@ def test_block_residual_needs_block_io():
         _apply(pipe, CacheSchedule.fora(pipe, 4, 2), reuse="block_residual")
     with pytest.raises(ValueError, match="reuse must be one of"):
         StaticCacheConfig(CacheSchedule.fora(pipe, 4, 2), reuse="residual")
+
+
+def _img2img_sd15():
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_pipeline("sd15").components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _img2img(pipe, **kw):
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kwargs = tiny_call_kwargs("sd15", image=image, num_inference_steps=8, strength=0.5)
+    kwargs.pop("height"), kwargs.pop("width")
+    return pipe(**{**kwargs, **kw}, generator=torch.Generator().manual_seed(0)).images
+
+
+def test_img2img_with_ddim_runs_the_steps_the_schedule_is_checked_against():
+    """An 8-step call at strength 0.5 runs 4 DDIM steps (DDIM has no begin_index): an 8-step
+    schedule used to run silently with its rows 0-3."""
+    pipe = _img2img_sd15()
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and not hasattr(pipe.scheduler, "begin_index")
+    eight = CacheSchedule.random(pipe, 8, 0.5, seed=3)
+    _apply(pipe, eight)
+    with pytest.raises(ValueError, match="has 8 steps but this call runs 4"):
+        _img2img(pipe)
+
+    _apply(pipe, eight, auto_resample=True)
+    with ParameterUseCounter(watch_components(get_model_adapter(pipe.unet), pipe.unet)) as counter:
+        _img2img(pipe)
+    history = StepTracker.get(pipe.unet).history
+    assert [c.step for c in history] == [0, 1, 2, 3]
+    applicable = get_model_adapter(pipe.unet).applicable(pipe.unet)
+    assert counter.counts == expected_counts(eight.resample(4), history, applicable)
+
+
+def test_img2img_final_steps_count_from_the_real_step_count():
+    pipe = _img2img_sd15()
+    diffusion_accel.apply(pipe, AccelerationConfig(cache=DynamicCacheConfig(
+        threshold=1e9, max_consecutive_skips=10, final_steps=2)))
+    _img2img(pipe)  # 4 steps: 0 warm-up, 1 skipped, 2-3 final
+    skip_share = acceleration_state(pipe).report()["cache"]["skip_share_by_step"]
+    assert skip_share == {0: 0.0, 1: 1.0, 2: 0.0, 3: 0.0}
+
+
+@pytest.mark.parametrize("name", TINY_PIPELINES)
+def test_each_call_is_found_in_the_scheduler_timesteps(name, run_pipe):
+    """What the step count rests on: every denoiser call's timestep, divided by the adapter's
+    ``timestep_scale`` (Flux is called with t / 1000), sits at its step in ``scheduler.timesteps``."""
+    from diffusion_accel.caching.static import _timestep_position
+
+    pipe = diffusion_accel.apply(tiny_pipeline(name), AccelerationConfig())
+    run_pipe(pipe, name, num_inference_steps=4)
+    denoiser = pipe.unet if name == "sd15" else pipe.transformer
+    tracker = StepTracker.get(denoiser)
+    positions = [_timestep_position(pipe.scheduler.timesteps, c.timestep / tracker.adapter.timestep_scale)
+                 for c in tracker.history]
+    assert positions == [c.step for c in tracker.history]
