@@ -184,3 +184,24 @@ def test_one_default_block_shape_per_device_shared_by_op_and_config():
     # one size given: the other comes from the device default
     res = block_sparse_attention(q, k, v, density=0.5, block_q=32, return_block_map=True)
     assert res.block_map.shape[-1] == num_blocks(1000, block_k)
+
+
+def test_chunking_across_heads_does_not_change_the_result():
+    # Rows of every head with the same key count share SDPA calls; how many per call (threads,
+    # kv_budget) must not change any row's arithmetic.
+    from diffusion_accel.sparse_attn.cpu import block_sparse_attention_torch
+
+    q, k, v = qkv(2, 3, 260, 260, 32, seed=9)
+    bm = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(2)) < 0.4
+    bm[..., 8] = True  # every row keeps the partial last key block (260 = 8 x 32 + 4)
+    assert bm.sum(-1).unique().numel() > 3  # rows of different lengths, interleaved across heads
+    one = block_sparse_attention_torch(q, k, v, bm, 32, 32, kv_budget=32)  # one query block per call
+    many = block_sparse_attention_torch(q, k, v, bm, 32, 32, kv_budget=1 << 20)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        threaded = block_sparse_attention_torch(q, k, v, bm, 32, 32)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many) and torch.equal(one, threaded)
+    assert rel_err(one, block_sparse_attention_reference(q, k, v, bm, 32, 32)) <= 1e-5
