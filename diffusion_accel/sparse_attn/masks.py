@@ -128,18 +128,16 @@ def select_blocks(
         if extra is not None:
             extra = extra.expand(scores.shape)
             first = extra if first is None else first | extra
-    block_map = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    cols = None if dense_cols is None or not bool(dense_cols.any()) else (~dense_cols).nonzero().flatten()
-    if cols is None or cols.numel():
-        sub = scores if cols is None else scores.index_select(-1, cols)
-        sub_first = None if first is None or cols is None else first.index_select(-1, cols)
-        chosen = _select(sub, first if cols is None else sub_first, density, topk, cdf_threshold)
-        if cols is None:
-            block_map = chosen
-        else:
+    if dense_cols is None or not bool(dense_cols.any()):
+        block_map = _select(scores, first, density, topk, cdf_threshold)
+    else:  # the budget covers the other columns; dense columns are added on top
+        dense_cols = dense_cols.to(scores.device)
+        block_map = dense_cols.expand(scores.shape).clone()
+        cols = (~dense_cols).nonzero().flatten()
+        if cols.numel():
+            sub_first = None if first is None else first.index_select(-1, cols)
+            chosen = _select(scores.index_select(-1, cols), sub_first, density, topk, cdf_threshold)
             block_map.index_copy_(-1, cols, chosen)
-    if dense_cols is not None:
-        block_map |= dense_cols.to(block_map.device)
     if dense_rows is not None:
         block_map |= dense_rows.to(block_map.device)[:, None]
     if forced_rows is not None:
