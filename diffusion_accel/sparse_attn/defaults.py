@@ -44,14 +44,17 @@ DEFAULT_BLOCK_SHAPES: dict[str, BlockShape] = {
     ),
     "cpu-avx2": BlockShape(
         256, 64,
-        "AMD EPYC, AVX2 only, 1 thread, torch 2.13, fp32 and bf16, 25 % density, 8k-32k tokens, "
-        "16 heads x 64: 256x64 the fastest shape whose mask quality stays within 10 % of 128x64 "
-        "(see docs/sparse_attn.md, 'Defaults per device')",
+        "AMD EPYC, AVX2 only, 1 thread, torch 2.13, 25 % density, vs SDPA on the same tensors "
+        "(process CPU time): fp32 3.4/3.4/3.1x at 8k/16k/32k tokens vs 2.5/2.9/2.4x with 128x64; "
+        "bf16 3.6/3.4/3.2x vs 2.8/2.9/2.8x. 512x64 was no faster in fp32 (2.9x vs 3.0x at 8k) and "
+        "kept 7-9 points less attention mass on structured inputs, 256x64 1.4-1.7 points less "
+        "than 128x64 (benchmarks/results/sparse_attn.json, sections op and blocks)",
     ),
     "cpu-amx": BlockShape(
         256, 64,
-        "Intel CPU with AMX, 1 thread, torch 2.13, 25 % density, 4k-16k tokens: 256x64 3.1-3.3x "
-        "fp32 / 1.9-2.6x bf16 SDPA vs 128x64 2.4-2.8x / 1.6-2.2x (docs/sparse_attn.md, first run)",
+        "Intel CPU with AMX, 1 thread, torch 2.13, 25 % density, 4k-16k tokens: 256x64 2.6-3.3x "
+        "fp32 / 1.9-2.6x bf16 SDPA vs 2.4-2.8x / 1.6-2.2x with 128x64 (docs/sparse_attn.md, "
+        "earlier run)",
     ),
     "cpu-avx512": BlockShape(
         256, 64,
