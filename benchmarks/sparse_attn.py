@@ -2,10 +2,17 @@
 
 Sections:
   * ``op``: ``block_sparse_attention`` (torch backend, mask prediction included) at seq
-    4096/8192/16384, 16 heads, head_dim 64 and 72, density 0.5/0.25/0.1, fp32 and bf16, blocks
-    128x64 and 256x64 (query x key), vs
-    ``F.scaled_dot_product_attention`` on the same tensors. Runs are interleaved (dense, sparse,
-    dense, ...) and the ratio is taken from the minimum (and the median) of each.
+    8192/16384/32768 (``--heads`` at 8k, half at 16k, a quarter at 32k: the work of one head
+    does not depend on the others, so the ratio is per head), head_dim 64 (and 72 at 8k), density
+    0.5/0.25/0.1 (16k and 32k: 0.25), fp32 and bf16, with this device's default block
+    shape and with 128x64 (query x key), vs ``F.scaled_dot_product_attention`` on the same
+    tensors. Runs are interleaved (dense, sparse, dense, ...) and the ratio is taken from the
+    minimum (and the median) of each.
+  * ``blocks``: the measurement that chooses the default block shape of this device kind: speed
+    vs SDPA at 25 % density for each candidate shape, and mask quality on structured inputs
+    (tokens on a video grid whose attention is local with per-head length scales): the fraction
+    of the exact softmax mass inside the selected blocks (``exp(lse_sparse - lse_dense)``, mean
+    over queries), at two concentrations of attention.
   * ``linear``: ``linear_attention`` at 32k tokens vs SDPA.
   * ``end_to_end``: a tiny Wan pipeline (4 layers, 8 heads x 64, random weights; --quick: 2 layers,
     4 heads) at 4096 video
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import statistics
 import sys
 import time
@@ -30,6 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_accel.sparse_attn import block_sparse_attention, linear_attention
+from diffusion_accel.sparse_attn.cpu import attention_with_lse, block_sparse_attention_torch
+from diffusion_accel.sparse_attn.defaults import DEFAULT_BLOCK_SHAPES, device_kind, resolve_block_shape
+from diffusion_accel.sparse_attn.masks import predict_block_map
 from diffusion_accel.sparse_attn.reference import block_sparse_attention_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -80,31 +91,39 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def bench_op(seqs, head_dims, densities, dtypes, heads, repeats, shapes, error_seq) -> list:
+    """``densities``/``heads``: lists, or callables of the sequence length."""
+    densities_for = densities if callable(densities) else (lambda seq: densities)
+    heads_for = heads if callable(heads) else (lambda seq: heads)
     rows = []
     for dtype_name in dtypes:
         for d in head_dims:
             for seq in seqs:
+                if d != head_dims[0] and seq != min(seqs):
+                    continue  # other head dims only at the shortest sequence
                 g = torch.Generator().manual_seed(seq + d)
-                q, k, v = (torch.randn(1, heads, seq, d, generator=g).to(DTYPES[dtype_name]) for _ in range(3))
+                q, k, v = (torch.randn(1, heads_for(seq), seq, d, generator=g).to(DTYPES[dtype_name])
+                           for _ in range(3))
                 fns = {"sdpa": functools.partial(F.scaled_dot_product_attention, q, k, v)}
-                for block_q, block_k in shapes:
-                    for dens in densities:
-                        fns[(block_q, block_k, dens)] = functools.partial(
+                for shape in shapes:  # None: the device default (block_q=block_k=None)
+                    block_q, block_k = shape or (None, None)
+                    for dens in densities_for(seq):
+                        fns[(shape, dens)] = functools.partial(
                             block_sparse_attention, q, k, v, density=dens, block_q=block_q, block_k=block_k,
                             backend="torch",
                         )
                 warmup = 1 if seq <= 8192 else 0
                 t = interleaved(fns, repeats, warmup=warmup)
-                for block_q, block_k, dens in [key for key in fns if key != "sdpa"]:
-                    s = t[(block_q, block_k, dens)]
+                for shape, dens in [key for key in fns if key != "sdpa"]:
+                    s = t[(shape, dens)]
+                    block_q, block_k = resolve_block_shape(*(shape or (None, None)), q.device)
                     row = {
-                        "seq": seq, "heads": heads, "head_dim": d, "dtype": dtype_name, "density": dens,
-                        "block_q": block_q, "block_k": block_k,
+                        "seq": seq, "heads": heads_for(seq), "head_dim": d, "dtype": dtype_name,
+                        "density": dens, "block_q": block_q, "block_k": block_k, "device_default": shape is None,
                         "sdpa_s": round(t["sdpa"]["min"], 4), "sparse_s": round(s["min"], 4),
                         "sdpa_cpu_s": round(t["sdpa"]["cpu_min"], 4), "sparse_cpu_s": round(s["cpu_min"], 4),
                         **ratios(t["sdpa"], s),
                     }
-                    if seq <= error_seq:
+                    if seq <= error_seq and dens == 0.25:
                         res = block_sparse_attention(q, k, v, density=dens, block_q=block_q, block_k=block_k,
                                                      backend="torch", return_block_map=True)
                         ref = block_sparse_attention_reference(q, k, v, res.block_map, block_q, block_k)
@@ -113,6 +132,69 @@ def bench_op(seqs, head_dims, densities, dtypes, heads, repeats, shapes, error_s
                     rows.append(row)
                     log(json.dumps(row))
     return rows
+
+
+def structured_qkv(grid=(8, 32, 32), heads=8, head_dim=64, concentration=1.0, seed=0):
+    """q, k, v ``(1, heads, F*H*W, head_dim)`` fp32 for tokens on a video grid, raster order.
+
+    Each head's q and k are random Fourier features of the token position with its own length
+    scales along (frames, height, width) (local, temporal or spatial heads) plus noise, scaled by
+    ``concentration`` (higher: attention concentrated on fewer tokens); v is random.
+    """
+    g = torch.Generator().manual_seed(seed)
+    f, h, w = torch.meshgrid(*(torch.arange(n) for n in grid), indexing="ij")
+    pos = torch.stack([f, h, w], -1).reshape(-1, 3).float()
+    qs, ks = [], []
+    for _ in range(heads):
+        length = torch.tensor([2.0, 4.0, 4.0]) * torch.exp(0.7 * torch.randn(3, generator=g))
+        freqs = torch.randn(head_dim // 2, 3, generator=g) / length
+        phase = 2 * math.pi * torch.rand(head_dim // 2, generator=g)
+        angle = pos @ freqs.T + phase
+        feat = torch.cat([angle.cos(), angle.sin()], -1) * concentration * (1 + torch.rand(1, generator=g))
+        qs.append(feat + 0.3 * torch.randn(feat.shape, generator=g))
+        ks.append(feat + 0.3 * torch.randn(feat.shape, generator=g))
+    v = torch.randn(1, heads, pos.shape[0], head_dim, generator=g)
+    return torch.stack(qs)[None], torch.stack(ks)[None], v
+
+
+@torch.no_grad()
+def mask_recall(q, k, v, density, block_q, block_k) -> float:
+    """Mean over queries of the exact softmax mass inside the predicted blocks."""
+    _, lse = attention_with_lse(q, k, v)
+    block_map = predict_block_map(q, k, density=density, block_q=block_q, block_k=block_k)
+    _, lse_sparse = block_sparse_attention_torch(q, k, v, block_map, block_q, block_k, return_lse=True)
+    return float(torch.exp(lse_sparse - lse).mean())
+
+
+@torch.no_grad()
+def bench_blocks(seq, heads, dtypes, shapes, repeats, density=0.25, concentrations=(0.8, 1.2)) -> dict:
+    """Speed (vs SDPA) and mask recall of each candidate block shape: what chooses the default."""
+    kind = device_kind("cpu")
+    rows = []
+    for dtype_name in dtypes:
+        g = torch.Generator().manual_seed(seq)
+        q, k, v = (torch.randn(1, heads, seq, 64, generator=g).to(DTYPES[dtype_name]) for _ in range(3))
+        fns = {"sdpa": functools.partial(F.scaled_dot_product_attention, q, k, v)}
+        for bq, bk in shapes:
+            fns[(bq, bk)] = functools.partial(block_sparse_attention, q, k, v, density=density, block_q=bq,
+                                              block_k=bk, backend="torch")
+        t = interleaved(fns, repeats)
+        for bq, bk in shapes:
+            row = {"dtype": dtype_name, "seq": seq, "heads": heads, "block_q": bq, "block_k": bk,
+                   "density": density, **ratios(t["sdpa"], t[(bq, bk)])}
+            rows.append(row)
+            log(json.dumps(row))
+    recall = {}
+    for conc in concentrations:
+        q, k, v = structured_qkv(concentration=conc)
+        recall[str(conc)] = {
+            f"{bq}x{bk}": round(mask_recall(q, k, v, density, bq, bk), 4) for bq, bk in shapes
+        }
+        log(f"recall at concentration {conc}: {recall[str(conc)]}")
+    default = DEFAULT_BLOCK_SHAPES.get(kind, DEFAULT_BLOCK_SHAPES["default"])
+    return {"device_kind": kind, "default": [default.block_q, default.block_k], "evidence": default.evidence,
+            "speed": rows, "structured_inputs": "8x32x32 video grid, 8 heads x 64",
+            "mask_recall": recall}
 
 
 @torch.no_grad()
@@ -214,32 +296,41 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="a short run: fewer shapes and repeats")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in the CPU notes)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--sections", default="op,linear,end_to_end")
+    p.add_argument("--sections", default="op,blocks,linear,end_to_end")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--heads", type=int, default=16, help="heads at 8k tokens in the op section")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 3)
     sections = set(args.sections.split(","))
+    dtypes = args.dtypes.split(",")
     result = {
         "benchmark": "sparse_attn", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "device_kind": device_kind("cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "quick": args.quick, "repeats": repeats,
         "timing": "interleaved runs in one process; speedup_* = SDPA time / method time (wall and process "
                   "CPU time, min and median); end_to_end: one run each, wall and CPU time",
     }
     if "op" in sections:
+        shapes = [None, (128, 64)]  # the device default, and the former (GPU-style) default
         if args.quick:
-            result["op"] = bench_op([4096, 8192], [64], [0.25], ["fp32", "bf16"], 16, repeats,
-                                    [(128, 64), (256, 64)], 4096)
+            result["op"] = bench_op([8192], [64], [0.25], dtypes, args.heads, repeats, shapes, 8192)
         else:
-            result["op"] = bench_op([4096, 8192, 16384], [64, 72], [0.5, 0.25, 0.1], ["fp32", "bf16"], 16,
-                                    repeats, [(128, 64), (256, 64)], 4096)
+            result["op"] = bench_op(
+                [8192, 16384, 32768], [64, 72], lambda seq: [0.25] if seq > 8192 else [0.5, 0.25, 0.1],
+                dtypes, lambda seq: args.heads * 8192 // seq, repeats, shapes, 8192,
+            )
+    if "blocks" in sections:
+        shapes = [(128, 64), (128, 128), (256, 64), (256, 128), (512, 64)]
+        result["blocks"] = bench_blocks(8192, max(1, args.heads // 2), dtypes, shapes, repeats)
     if "linear" in sections:
         result["linear"] = bench_linear(32768, 4 if args.quick else 16, 64, ["fp32"] if args.quick else ["fp32", "bf16"],
                                         1 if args.quick else 2)
     if "end_to_end" in sections:
         methods = {
             "block_sparse_0.25": {"density": 0.25, "dense_steps": 1},
-            "block_sparse_0.25_256x64": {"density": 0.25, "dense_steps": 1, "block_q": 256},
+            "block_sparse_0.25_128x64": {"density": 0.25, "dense_steps": 1, "block_q": 128, "block_k": 64},
             "paro_0.25": {"density": 0.25, "dense_steps": 1, "reorder": "paro"},
             "rettention_0.25": {"method": "rettention", "density": 0.25, "dense_steps": 1},
         }

@@ -41,11 +41,15 @@ class SparseAttentionConfig(TechniqueConfig):
 
     Args:
         method: one of :data:`METHODS`.
-        density: fraction of key blocks each query block computes (SLA: the critical blocks).
+        density: fraction of the image/video key blocks each query block computes (SLA: the
+            critical blocks). Text blocks of joint attention are computed on top, outside this
+            budget; a query block's own (diagonal) blocks are always kept, inside it.
             Default 0.25 when none of ``density``/``topk``/``cdf_threshold`` is given.
         topk: key blocks per query block, instead of ``density``.
         cdf_threshold: keep the fewest blocks holding this much predicted attention mass.
-        block_q, block_k: block sizes in tokens (powers of two; 128x64 is fastest on CPU).
+        block_q, block_k: block sizes in tokens (powers of two); ``None`` (default) = the measured
+            default of the device the attention runs on
+            (:data:`~diffusion_accel.sparse_attn.defaults.DEFAULT_BLOCK_SHAPES`).
         similarity_threshold: self-similarity guard (blocks whose tokens' mean cosine similarity is
             below it are always computed); ``None`` = off.
         reorder: ``"paro"`` permutes video/image tokens per head into the best of the axis orders
@@ -60,7 +64,8 @@ class SparseAttentionConfig(TechniqueConfig):
         skip_fraction: SLA: fraction of key blocks skipped entirely (the rest beyond ``density`` are
             computed with linear attention).
         feature_map: linear-attention feature map (``"elu"``, ``"relu"``, ``"softmax"``).
-        backend: ``"auto"`` (Triton on CUDA, else PyTorch), ``"torch"``, ``"triton"``, ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA, else PyTorch; PyTorch whenever gradients are needed),
+            ``"torch"``, ``"triton"`` (forward-only), ``"reference"``.
     """
 
     field_name = "attention"
@@ -69,8 +74,8 @@ class SparseAttentionConfig(TechniqueConfig):
     density: float | None = None
     topk: int | None = None
     cdf_threshold: float | None = None
-    block_q: int = 128
-    block_k: int = 64
+    block_q: int | None = None
+    block_k: int | None = None
     similarity_threshold: float | None = None
     reorder: str = "none"
     dense_steps: int = 0
@@ -88,8 +93,9 @@ class SparseAttentionConfig(TechniqueConfig):
         if self.density is None and self.topk is None and self.cdf_threshold is None:
             object.__setattr__(self, "density", 0.25)
         check_selection(self.density, self.topk, self.cdf_threshold)
-        check_block_size("block_q", self.block_q)
-        check_block_size("block_k", self.block_k)
+        for name in ("block_q", "block_k"):
+            if getattr(self, name) is not None:
+                check_block_size(name, getattr(self, name))
         if self.similarity_threshold is not None and (
             not isinstance(self.similarity_threshold, (int, float)) or not -1 <= self.similarity_threshold <= 1
         ):

@@ -1,11 +1,13 @@
 """Fast PyTorch block-sparse attention (CPU and GPU): per-head chunked gathers + 4-D SDPA.
 
-For each (batch, head), query blocks that keep the same number ``c`` of key blocks are taken in
-chunks of ``g`` blocks; their selected K/V blocks are gathered with ``index_select`` into a
-reused buffer and one 4-D ``scaled_dot_product_attention`` call runs with the chunk's query
-blocks as its "heads" axis: q ``(1, g, block_q, D)`` against k/v ``(1, g, c*block_k, D)``.
-This is the layout measured fastest on CPU (see ``/work/shared/notes/cpu-performance.md``):
-the gather costs a few percent of dense attention, and SDPA's own kernel does the maths.
+Query blocks (of every batch item and head) that keep the same number ``c`` of key blocks are
+taken in chunks of ``g`` blocks; their selected K/V blocks are gathered with ``index_select``
+into a reused buffer and one 4-D ``scaled_dot_product_attention`` call runs with the chunk's
+query blocks as its "heads" axis: q ``(1, g, block_q, D)`` against k/v ``(1, g, c*block_k, D)``.
+This is the layout measured fastest on CPU (docs/sparse_attn.md): the gather costs a few percent
+of the sparse time, and SDPA's own kernel does the maths. On CPU, SDPA's flash kernel takes
+32-row query tiles from calls shorter than 192 rows and 64-row tiles from there on, which is why
+the CPU default query block is 256 rows (``defaults.py``).
 
 A partial last key block (``Sk % block_k != 0``) is handled with a boolean mask, only in the
 chunks that gathered it. Outputs of padded query rows are dropped.
@@ -29,9 +31,15 @@ import torch.nn.functional as F
 
 from .masks import num_blocks
 
-__all__ = ["DEFAULT_KV_BUDGET", "DEFAULT_KV_SPLIT", "attention_with_lse", "block_sparse_attention_torch"]
+__all__ = [
+    "DEFAULT_KV_BUDGET",
+    "DEFAULT_KV_SPLIT",
+    "attention_with_lse",
+    "block_sparse_attention_torch",
+    "rows_per_call",
+]
 
-#: Gathered key tokens per SDPA call (chunk size ``g = budget // (c * block_k)``, 1..8 blocks).
+#: Gathered key tokens per SDPA call and CPU thread (chunk ``g = budget // (c * block_k)``, 1..8 blocks).
 DEFAULT_KV_BUDGET = 16384
 #: Most key tokens one query block attends to in one SDPA call (more are split and merged).
 DEFAULT_KV_SPLIT = 32768
@@ -69,8 +77,9 @@ def _sdpa(q, k, v, mask, scale, need_lse):
 def _gathered_attention(qc, kb, vb, sel, nk, tail, scale, need_lse, bufs, grad):
     """Attention of query blocks ``qc (n, bq, D)`` over their selected key blocks ``sel (n, c)``.
 
-    ``kb``/``vb`` are one head's key/value blocks ``(nk, bk, D)``; ``tail`` real tokens in the last
-    key block. Returns ``(o (1, n, bq, D), lse (1, n, bq) | None)``.
+    ``kb``/``vb`` are the key/value blocks of every head ``(B*H*nk, bk, D)`` and ``sel`` holds
+    global block ids; ``tail`` real tokens in each head's last key block (of ``nk``). Returns
+    ``(o (1, n, bq, D), lse (1, n, bq) | None)``.
     """
     n, c = sel.shape
     block_k, D = kb.shape[1], kb.shape[2]
@@ -88,7 +97,7 @@ def _gathered_attention(qc, kb, vb, sel, nk, tail, scale, need_lse, bufs, grad):
     vc = vc.view(1, n, c * block_k, D)
     mask = None
     if tail < block_k:
-        has_tail = sel[:, -1] == nk - 1  # ascending order: the last block is last
+        has_tail = sel[:, -1] % nk == nk - 1  # ascending order: a head's last block comes last
         if bool(has_tail.any()):
             mask = torch.ones(n, c * block_k, dtype=torch.bool, device=qc.device)
             mask[has_tail, (c - 1) * block_k + tail :] = False
@@ -111,6 +120,18 @@ def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, pad)) if pad else x
 
 
+def rows_per_call(keys: int, device: torch.device, kv_budget: int = DEFAULT_KV_BUDGET) -> int:
+    """Query blocks per SDPA call when each attends to ``keys`` gathered key tokens.
+
+    CPU: up to 8 blocks and ``kv_budget`` gathered keys per thread (keeps each thread's K/V
+    chunk cache-sized), times the thread count so every thread has work. Other devices: one
+    call per ``kv_budget * 64`` gathered keys (GPUs want many (block, tile) programs per launch).
+    """
+    if device.type == "cpu":
+        return max(1, min(8, kv_budget // keys)) * max(1, torch.get_num_threads())
+    return max(1, kv_budget * 64 // keys)
+
+
 def block_sparse_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -129,79 +150,70 @@ def block_sparse_attention_torch(
     Returns ``out`` in q's dtype (and lse fp32 ``(B, H, Sq)`` if ``return_lse``). Differentiable
     when autograd is on (the reused gather buffer is only used without autograd).
 
-    ``kv_budget``: gathered key tokens per SDPA call (sets the chunk of query blocks);
-    ``kv_split``: query blocks selecting more key tokens than this are computed in parts of at
-    most this many keys, merged by log-sum-exp (keeps each part's K/V cache-resident).
+    Query blocks of *all* heads that keep the same number of key blocks share SDPA calls (see
+    :func:`rows_per_call`), so one call has work for every thread. ``kv_budget``: gathered key
+    tokens per call and thread; ``kv_split``: query blocks selecting more key tokens than this are
+    computed in parts of at most this many keys, merged by log-sum-exp.
     """
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     nq, nk = num_blocks(Sq, block_q), num_blocks(Sk, block_k)
     tail = Sk - (nk - 1) * block_k  # real tokens in the last key block
-    qp = _pad_to(q, nq * block_q)
-    kp, vp = _pad_to(k, nk * block_k), _pad_to(v, nk * block_k)
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    # (B*H*n, block, D) views of the padded inputs: one index space for the blocks of every head
+    qb = _pad_to(q, nq * block_q).reshape(B * H * nq, block_q, D)
+    kb = _pad_to(k, nk * block_k).reshape(B * H * nk, block_k, D)
+    vb = _pad_to(v, nk * block_k).reshape(B * H * nk, block_k, D)
 
-    counts = block_map.sum(-1)  # (B, H, nq)
-    # Selected key blocks of each row, ascending, first `count` entries valid.
-    order = torch.argsort((~block_map).to(torch.int8), dim=-1, stable=True)
-    counts_cpu = counts.cpu()
-    order_cpu = order.cpu() if order.device.type != "cpu" else order
+    flat_map = block_map.reshape(B * H * nq, nk)
+    counts = flat_map.sum(-1).cpu()
+    # Selected key blocks of each row, ascending, first `count` entries valid; as global block ids.
+    order = torch.argsort((~flat_map).to(torch.int8), dim=-1, stable=True)
+    order += (torch.arange(B * H * nq, device=order.device) // nq * nk)[:, None]
 
-    out_rows: list[torch.Tensor] = []
-    lse_rows: list[torch.Tensor] = []
-    out = None if grad else torch.empty(B, H, nq, block_q, D, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, H, nq, block_q, dtype=torch.float32, device=q.device) if return_lse else None
+    out = None if grad else torch.empty(B * H * nq, block_q, D, dtype=q.dtype, device=q.device)
+    lse = None
+    if return_lse and not grad:
+        lse = torch.empty(B * H * nq, block_q, dtype=torch.float32, device=q.device)
+    pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     bufs: dict = {}
-    for b in range(B):
-        for h in range(H):
-            kb = kp[b, h].view(nk, block_k, D)
-            vb = vp[b, h].view(nk, block_k, D)
-            qb = qp[b, h].view(nq, block_q, D)
-            row_counts = counts_cpu[b, h]
-            pieces = [None] * nq if grad else None
-            lse_pieces = [None] * nq if (grad and return_lse) else None
-            for c in row_counts.unique().tolist():
-                rows = (row_counts == c).nonzero().flatten()
-                g = max(1, min(8, kv_budget // (min(c * block_k, kv_split) if not grad else c * block_k)))
-                for start in range(0, rows.numel(), g):
-                    chunk = rows[start : start + g]
-                    n = chunk.numel()
-                    sel = order_cpu[b, h, chunk, :c].to(q.device)  # (n, c)
-                    lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-                    qc = qb[lo:hi] if hi - lo == n else qb.index_select(0, chunk.to(q.device))
-                    parts = 1 if grad else max(1, -(-c * block_k // kv_split))
-                    if parts == 1:
-                        o, l = _gathered_attention(qc, kb, vb, sel, nk, tail, scale, return_lse, bufs, grad)
-                    else:  # split the key blocks, merge the partial results by their log-sum-exp
-                        per = -(-c // parts)
-                        outs, lses = zip(*(
-                            _gathered_attention(qc, kb, vb, sel[:, j : j + per], nk, tail, scale, True, bufs, grad)
-                            for j in range(0, c, per)
-                        ))
-                        o, l = _merge_partials(outs, lses)
-                    if grad:
-                        for i, r in enumerate(chunk.tolist()):
-                            pieces[r] = o[0, i]
-                            if return_lse:
-                                lse_pieces[r] = l[0, i]
-                    else:
-                        if hi - lo == n:
-                            out[b, h, lo:hi] = o[0]
-                            if return_lse:
-                                lse[b, h, lo:hi] = l[0]
-                        else:
-                            out[b, h].index_copy_(0, chunk.to(q.device), o[0])
-                            if return_lse:
-                                lse[b, h].index_copy_(0, chunk.to(q.device), l[0])
+    for c in counts.unique().tolist():
+        rows = (counts == c).nonzero().flatten()
+        parts = 1 if grad else max(1, -(-c * block_k // kv_split))
+        per = -(-c // parts)  # key blocks per part
+        g = rows_per_call(per * block_k, q.device, kv_budget)
+        for start in range(0, rows.numel(), g):
+            chunk = rows[start : start + g]
+            n = chunk.numel()
+            lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+            contiguous = hi - lo == n
+            idx = None if contiguous else chunk.to(q.device)
+            qc = qb[lo:hi] if contiguous else qb.index_select(0, idx)
+            sel = order[lo:hi, :c] if contiguous else order.index_select(0, idx)[:, :c]
+            if parts == 1:
+                o, l = _gathered_attention(qc, kb, vb, sel, nk, tail, scale, return_lse, bufs, grad)
+            else:  # split the key blocks, merge the partial results by their log-sum-exp
+                outs, lses = zip(*(
+                    _gathered_attention(qc, kb, vb, sel[:, j : j + per], nk, tail, scale, True, bufs, grad)
+                    for j in range(0, c, per)
+                ))
+                o, l = _merge_partials(outs, lses)
             if grad:
-                out_rows.append(torch.stack(pieces))
+                pieces.append((chunk, o[0], None if l is None else l[0]))
+            elif contiguous:
+                out[lo:hi] = o[0]
                 if return_lse:
-                    lse_rows.append(torch.stack(lse_pieces))
-    if grad:
-        out = torch.stack(out_rows).view(B, H, nq, block_q, D)
+                    lse[lo:hi] = l[0]
+            else:
+                out.index_copy_(0, idx, o[0])
+                if return_lse:
+                    lse.index_copy_(0, idx, l[0])
+    if grad:  # assemble without in-place writes, so autograd sees every piece
+        where = torch.cat([p[0] for p in pieces]).argsort().to(q.device)
+        out = torch.cat([p[1] for p in pieces]).index_select(0, where)
         if return_lse:
-            lse = torch.stack(lse_rows).view(B, H, nq, block_q)
-    out = out.reshape(B, H, nq * block_q, D)[:, :, :Sq]
+            lse = torch.cat([p[2] for p in pieces]).index_select(0, where)
+    out = out.view(B, H, nq * block_q, D)[:, :, :Sq]
     if return_lse:
-        return out, lse.reshape(B, H, nq * block_q)[:, :, :Sq]
+        return out, lse.view(B, H, nq * block_q)[:, :, :Sq]
     return out

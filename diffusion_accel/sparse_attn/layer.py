@@ -37,7 +37,8 @@ from .config import SparseAttentionConfig
 from .context import CallContext, grid_for_tokens
 from .cpu import attention_with_lse
 from .linear import linear_attention
-from .masks import block_density, block_scores, forced_masks, predict_block_map
+from .defaults import resolve_block_shape
+from .masks import block_constraints, block_density, block_scores, select_blocks
 from .ops import run_block_sparse, sla_block_maps, sla_branches
 from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
 
@@ -154,18 +155,31 @@ class SparseLayer:
         out = LAYER_METHODS[self.config.method](self, q, k, v, layout)
         return out if perm is None else unpermute_heads(out, perm)
 
-    def predict(self, q, k, layout: TokenLayout) -> torch.Tensor:
-        cfg = self.config
-        return predict_block_map(
-            q, k, **cfg.selection(), block_q=cfg.block_q, block_k=cfg.block_k,
-            similarity_threshold=cfg.similarity_threshold, dense_tokens=layout.dense_tokens,
-        )
+    def block_shape(self, q: torch.Tensor) -> tuple[int, int]:
+        """``(block_q, block_k)``: the config's, or the measured default of q's device."""
+        return resolve_block_shape(self.config.block_q, self.config.block_k, q.device)
 
-    def sparse(self, q, k, v, block_map, need_lse=False):
-        cfg = self.config
+    def constraints(self, q, k, layout: TokenLayout) -> dict:
+        """:func:`~diffusion_accel.sparse_attn.masks.block_constraints` of this call."""
+        block_q, block_k = self.block_shape(q)
+        threshold = self.config.similarity_threshold
+        return block_constraints(q, k, block_q, block_k, layout.dense_tokens, threshold)
+
+    def predict(self, q, k, layout: TokenLayout) -> tuple[torch.Tensor, float]:
+        """``(block_map, density)``: the predicted map and its density over the image/video part."""
+        block_q, block_k = self.block_shape(q)
+        constraints = self.constraints(q, k, layout)
+        scores = block_scores(q, k, block_q, block_k)
+        block_map = select_blocks(scores, **self.config.selection(), **constraints)
+        return block_map, block_density(block_map, constraints["dense_rows"], constraints["dense_cols"])
+
+    def sparse(self, q, k, v, block_map, density: float, need_lse=False):
         self.stats["sparse_calls"] += 1
-        self.stats["density_sum"] += block_density(block_map)
-        return run_block_sparse(q, k, v, block_map, cfg.block_q, cfg.block_k, backend=cfg.backend, need_lse=need_lse)
+        self.stats["density_sum"] += density
+        block_q, block_k = self.block_shape(q)
+        return run_block_sparse(
+            q, k, v, block_map, block_q, block_k, backend=self.config.backend, need_lse=need_lse
+        )
 
     def _paro_permutation(self, q, k, layout: TokenLayout) -> torch.Tensor:
         seq = q.shape[2]
@@ -180,26 +194,28 @@ class SparseLayer:
             )
         key = (grid, span, q.shape[1])
         if key not in self.paro_orders:
-            cfg = self.config
+            block_q, block_k = self.block_shape(q)
             self.paro_orders[key] = calibrate_orders(
-                q, k, grid, span, block_q=cfg.block_q, block_k=cfg.block_k, density=cfg.density or 0.25
+                q, k, grid, span, block_q=block_q, block_k=block_k, density=self.config.density or 0.25
             ).cpu()
         return head_permutation(self.paro_orders[key], grid, seq, span, q.device)
 
 
 def _block_sparse(layer: SparseLayer, q, k, v, layout):
-    out, _ = layer.sparse(q, k, v, layer.predict(q, k, layout))
+    out, _ = layer.sparse(q, k, v, *layer.predict(q, k, layout))
     return out
 
 
 def _sla(layer: SparseLayer, q, k, v, layout):
     cfg = layer.config
-    scores = block_scores(q, k, cfg.block_q, cfg.block_k)
-    rows, cols = forced_masks(q, k, cfg.block_q, cfg.block_k, layout.dense_tokens, cfg.similarity_threshold)
-    critical, marginal = sla_block_maps(scores, cfg.density, cfg.skip_fraction, rows, cols)
+    block_q, block_k = layer.block_shape(q)
+    constraints = layer.constraints(q, k, layout)
+    scores = block_scores(q, k, block_q, block_k)
+    critical, marginal = sla_block_maps(scores, cfg.density, cfg.skip_fraction, **constraints)
     layer.stats["sparse_calls"] += 1
-    layer.stats["density_sum"] += block_density(critical)
-    o_s, o_l = sla_branches(q, k, v, critical, marginal, cfg.block_q, cfg.block_k, cfg.feature_map, None, cfg.backend)
+    density = block_density(critical, constraints["dense_rows"], constraints["dense_cols"])
+    layer.stats["density_sum"] += density
+    o_s, o_l = sla_branches(q, k, v, critical, marginal, block_q, block_k, cfg.feature_map, None, cfg.backend)
     if layer.sla_fit is not None:
         dense, _ = dense_with_lse(q, k, v, cfg.backend)
         layer.sla_fit.add(o_l, dense.float() - o_s.float())
@@ -213,16 +229,18 @@ def _rettention(layer: SparseLayer, q, k, v, layout):
     stale = cached is None or cached[1].shape != q.shape[:3] or cached[2].shape != q.shape
     if layer._dense_step(step) or stale:
         out, lse = dense_with_lse(q, k, v, layer.config.backend)
-        block_map = layer.predict(q, k, layout)
-        o_s, lse_s = run_block_sparse(q, k, v, block_map, layer.config.block_q, layer.config.block_k,
-                                      backend=layer.config.backend, need_lse=True)
+        block_map, density = layer.predict(q, k, layout)
+        block_q, block_k = layer.block_shape(q)
+        o_s, lse_s = run_block_sparse(
+            q, k, v, block_map, block_q, block_k, backend=layer.config.backend, need_lse=True
+        )
         ratio = torch.exp(lse_s - lse)  # sparse / full softmax denominator, per query
         residual = out.float() - ratio[..., None] * o_s.float()
-        layer.cache[branch] = (block_map, ratio, residual)
+        layer.cache[branch] = (block_map, ratio, residual, density)
         layer.stats["dense_calls"] += 1
         return out
-    block_map, ratio, residual = cached
-    o_s, _ = layer.sparse(q, k, v, block_map)
+    block_map, ratio, residual, density = cached
+    o_s, _ = layer.sparse(q, k, v, block_map, density)
     return (ratio[..., None] * o_s.float() + residual).to(q.dtype)
 
 

@@ -2,14 +2,18 @@
 
 Backends (a registry, not a ladder): ``"reference"`` (fp32 PyTorch, chunked), ``"torch"``
 (fast PyTorch: chunked gathers + 4-D SDPA, CPU or GPU), ``"triton"`` (the Triton kernel; CUDA,
-or CPU under ``TRITON_INTERPRET=1`` for testing). ``"auto"`` picks ``"triton"`` for CUDA tensors
-and ``"torch"`` otherwise.
+or CPU under ``TRITON_INTERPRET=1`` for testing). The Triton kernels are forward-only: ``"auto"``
+picks the device's entry of :data:`AUTO_BACKENDS` (``"triton"`` on CUDA, else ``"torch"``) when
+no gradient is needed, and a differentiable backend (``"torch"``) when one is; asking for
+``"triton"`` while q, k or v require grad raises a ``ValueError``.
+
+Block sizes left at ``None`` take the device's measured default (``defaults.py``).
 
 Example:
     >>> import torch
     >>> from diffusion_accel.sparse_attn import block_sparse_attention
     >>> q = k = v = torch.randn(1, 4, 1000, 72)
-    >>> res = block_sparse_attention(q, k, v, density=0.25, return_block_map=True)
+    >>> res = block_sparse_attention(q, k, v, density=0.25, block_q=64, block_k=64, return_block_map=True)
     >>> res.output.shape, res.block_map.shape, round(res.density, 2)
     (torch.Size([1, 4, 1000, 72]), torch.Size([1, 4, 16, 16]), 0.25)
 """
@@ -23,15 +27,27 @@ import torch
 
 from ._validate import check_block_size, check_fraction, check_qkv, check_selection
 from .cpu import block_sparse_attention_torch
+from .defaults import resolve_block_shape
 from .features import feature_map_fn
 from .linear import sla_linear_branch
-from .masks import block_density, block_scores, num_blocks, predict_block_map, select_blocks
+from .masks import (
+    block_constraints,
+    block_density,
+    block_scores,
+    num_blocks,
+    predict_block_map,
+    select_blocks,
+)
 from .reference import block_sparse_attention_reference, sla_reference
 
 __all__ = [
+    "AUTO_BACKENDS",
     "BACKENDS",
+    "DIFFERENTIABLE_BACKENDS",
     "SparseAttentionOutput",
+    "auto_backend",
     "block_sparse_attention",
+    "needs_grad",
     "resolve_backend",
     "run_block_sparse",
     "sla_attention",
@@ -78,27 +94,50 @@ def _triton_kernels(q, block_q, block_k):
 
 #: name -> fn(q, k, v, block_map, block_q, block_k, scale, need_lse) -> (out, lse | None)
 BACKENDS: dict[str, Callable] = {"reference": _reference, "torch": _torch, "triton": _triton}
+#: backends whose output carries gradients to q, k, v (the Triton kernels are forward-only)
+DIFFERENTIABLE_BACKENDS = frozenset({"reference", "torch"})
+#: device type -> what ``"auto"`` runs when no gradient is needed (others: ``"torch"``)
+AUTO_BACKENDS: dict[str, str] = {"cuda": "triton"}
 
 
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """``"auto"`` -> ``"triton"`` on CUDA, else ``"torch"``; ValueError for unknown names."""
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """True when autograd would record an op on ``tensors`` (grad mode on and one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def auto_backend(device_type: str, grad: bool) -> str:
+    """What ``backend="auto"`` runs on ``device_type``: a differentiable backend when ``grad``."""
+    name = AUTO_BACKENDS.get(device_type, "torch")
+    return name if not grad or name in DIFFERENTIABLE_BACKENDS else "torch"
+
+
+def resolve_backend(backend: str, q: torch.Tensor, *, grad: bool = False) -> str:
+    """The backend that runs: ``"auto"`` -> :func:`auto_backend`; ValueError for unknown names and
+    for a forward-only backend asked to compute a gradient (``grad``)."""
     if backend == "auto":
-        return "triton" if q.is_cuda else "torch"
+        return auto_backend(q.device.type, grad)
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}.")
+    if grad and backend not in DIFFERENTIABLE_BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} is forward-only, but q, k or v require grad. Use backend='torch' "
+            "(or 'auto', which picks a differentiable backend when gradients are needed), or run under "
+            "torch.no_grad()."
+        )
     return backend
 
 
 def run_block_sparse(q, k, v, block_map, block_q, block_k, *, scale=None, backend="auto", need_lse=False):
     """Run a backend on a ready block map (no validation); returns ``(out, lse | None)``."""
-    return BACKENDS[resolve_backend(backend, q)](q, k, v, block_map, block_q, block_k, scale, need_lse)
+    name = resolve_backend(backend, q, grad=needs_grad(q, k, v))
+    return BACKENDS[name](q, k, v, block_map, block_q, block_k, scale, need_lse)
 
 
 def _check_common(q, k, v, block_q, block_k, backend, block_map):
     check_qkv(q, k, v)
     check_block_size("block_q", block_q)
     check_block_size("block_k", block_k)
-    resolve_backend(backend, q)
+    resolve_backend(backend, q, grad=needs_grad(q, k, v))
     if block_map is not None:
         expected = (q.shape[0], q.shape[1], num_blocks(q.shape[2], block_q), num_blocks(k.shape[2], block_k))
         if not torch.is_tensor(block_map) or block_map.dtype != torch.bool or tuple(block_map.shape) != expected:
@@ -116,8 +155,8 @@ def block_sparse_attention(
     density: float | None = None,
     topk: int | None = None,
     cdf_threshold: float | None = None,
-    block_q: int = 64,
-    block_k: int = 64,
+    block_q: int | None = None,
+    block_k: int | None = None,
     backend: str = "auto",
     scale: float | None = None,
     block_map: torch.Tensor | None = None,
@@ -132,19 +171,25 @@ def block_sparse_attention(
         density: fraction of key blocks each query block keeps (``(0, 1]``; 1.0 = dense).
         topk: number of key blocks each query block keeps.
         cdf_threshold: keep the fewest best blocks whose predicted attention sums to this.
-        block_q, block_k: block sizes (powers of two; >= 16 for ``"triton"``).
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``.
+        block_q, block_k: block sizes (powers of two; >= 16 for ``"triton"``); ``None`` = the
+            device's measured default (:data:`~diffusion_accel.sparse_attn.defaults.DEFAULT_BLOCK_SHAPES`:
+            256x64 on x86 CPUs, 128x64 on CUDA).
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (forward-only: raises
+            when q, k or v require grad; ``"auto"`` then picks ``"torch"``).
         scale: softmax scale (default ``1/sqrt(head_dim)``).
         block_map: a ready bool map ``(B, H, nq, nk)`` instead of a selection rule.
         similarity_threshold: self-similarity guard of the mask prediction (None = off).
         return_block_map: also return the block map and the realised density.
 
-    Exactly one of ``density``, ``topk``, ``cdf_threshold``, ``block_map`` is given.
+    Exactly one of ``density``, ``topk``, ``cdf_threshold``, ``block_map`` is given. When
+    ``Sq == Sk`` each query block's own (diagonal) key blocks are always kept, inside the budget.
 
     Returns:
         the output ``(B, H, Sq, D)`` in q's dtype, or a :class:`SparseAttentionOutput`.
     """
     check_selection(density, topk, cdf_threshold, block_map_given=block_map is not None)
+    check_qkv(q, k, v)
+    block_q, block_k = resolve_block_shape(block_q, block_k, q.device)
     _check_common(q, k, v, block_q, block_k, backend, block_map)
     if similarity_threshold is not None and not isinstance(similarity_threshold, (int, float)):
         raise ValueError(f"similarity_threshold must be a number or None; got {similarity_threshold!r}.")
@@ -159,16 +204,17 @@ def block_sparse_attention(
     return out
 
 
-def sla_block_maps(scores: torch.Tensor, density: float, skip_fraction: float, forced_rows=None, forced_cols=None):
+def sla_block_maps(scores: torch.Tensor, density: float, skip_fraction: float, **constraints):
     """SLA's split of scores ``(B, H, nq, nk)``: ``(critical, marginal)`` bool maps.
 
     Critical: the top ``density`` of key blocks per query block (plus forced blocks); negligible:
-    the lowest ``skip_fraction``; marginal: the rest.
+    the lowest ``skip_fraction``; marginal: the rest. ``constraints``: the keywords of
+    :func:`~diffusion_accel.sparse_attn.masks.select_blocks` (``masks.block_constraints``).
     """
-    critical = select_blocks(scores, density=density, forced_rows=forced_rows, forced_cols=forced_cols)
+    critical = select_blocks(scores, density=density, **constraints)
     if skip_fraction >= 1.0 - density:
         return critical, torch.zeros_like(critical)
-    kept = select_blocks(scores, density=1.0 - skip_fraction, forced_rows=forced_rows, forced_cols=forced_cols)
+    kept = select_blocks(scores, density=1.0 - skip_fraction, **constraints)
     return critical, kept & ~critical
 
 
@@ -181,8 +227,8 @@ def sla_attention(
     skip_fraction: float = 0.0,
     proj: Callable[[torch.Tensor], torch.Tensor] | None = None,
     feature_map: str = "softmax",
-    block_q: int = 64,
-    block_k: int = 64,
+    block_q: int | None = None,
+    block_k: int | None = None,
     backend: str = "auto",
     scale: float | None = None,
 ):
@@ -192,15 +238,18 @@ def sla_attention(
     attention, negligible blocks (lowest ``skip_fraction``) nothing. ``proj`` maps the linear
     branch ``(B, H, Sq, D)`` fp32 to the output's space (SLA uses a learnable linear layer
     initialised to zero, so that untrained SLA equals sparse attention); ``None`` drops it.
-    Returns ``(B, H, Sq, D)`` in q's dtype.
+    Block sizes left at ``None`` take the device's default; in self-attention the diagonal
+    blocks are critical. Returns ``(B, H, Sq, D)`` in q's dtype.
     """
     check_qkv(q, k, v)
     check_fraction("density", density)
     check_fraction("skip_fraction", skip_fraction, allow_zero=True)
     feature_map_fn(feature_map)
+    block_q, block_k = resolve_block_shape(block_q, block_k, q.device)
     _check_common(q, k, v, block_q, block_k, backend, None)
     scores = block_scores(q, k, block_q, block_k, scale)
-    critical, marginal = sla_block_maps(scores, density, skip_fraction)
+    constraints = block_constraints(q, k, block_q, block_k)
+    critical, marginal = sla_block_maps(scores, density, skip_fraction, **constraints)
     o_sparse, o_linear = sla_branches(q, k, v, critical, marginal, block_q, block_k, feature_map, scale, backend)
     if proj is None:
         return o_sparse
@@ -209,7 +258,7 @@ def sla_attention(
 
 def sla_branches(q, k, v, critical, marginal, block_q, block_k, feature_map, scale=None, backend="auto"):
     """The two SLA branches ``(o_sparse (q.dtype), o_linear fp32)`` with the chosen backend."""
-    name = resolve_backend(backend, q)
+    name = resolve_backend(backend, q, grad=needs_grad(q, k, v))
     if name == "triton":
         o_s, o_l, _ = _triton_kernels(q, block_q, block_k).sla_attention_triton(
             q, k, v, critical, marginal, block_q, block_k, feature_map, scale

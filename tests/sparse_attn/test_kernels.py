@@ -76,3 +76,51 @@ def test_triton_rejects_small_blocks_and_cpu_bf16():
         block_sparse_attention(q, k, v, density=0.5, block_q=8, block_k=16, backend="triton")
     with pytest.raises(ValueError, match="bfloat16"):
         block_sparse_attention(*(t.bfloat16() for t in (q, k, v)), density=0.5, block_q=16, block_k=16, backend="triton")
+
+
+def test_auto_backend_rule():
+    from diffusion_accel.sparse_attn.ops import auto_backend
+
+    assert auto_backend("cuda", grad=False) == "triton"
+    assert auto_backend("cuda", grad=True) == "torch"  # the Triton kernels are forward-only
+    assert auto_backend("cpu", grad=False) == auto_backend("cpu", grad=True) == "torch"
+
+
+def test_auto_with_grad_takes_a_differentiable_path(monkeypatch):
+    # Make "auto" prefer the Triton kernel on CPU, as it does on CUDA: with gradients needed it must
+    # not run it (its output would carry no gradient), without them it must.
+    from diffusion_accel.sparse_attn import ops
+
+    monkeypatch.setitem(ops.AUTO_BACKENDS, "cpu", "triton")
+    kernels = _kernels()
+    calls = []
+    real = kernels.block_sparse_attention_triton
+    monkeypatch.setattr(
+        kernels, "block_sparse_attention_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    q, k, v = qkv(1, 2, 64, 64, 16, seed=3)
+    bm = predict_block_map(q, k, density=0.5, block_q=16, block_k=16)
+    with torch.no_grad():
+        fwd = block_sparse_attention(q, k, v, block_map=bm, block_q=16, block_k=16)
+    assert calls == [1]
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    out = block_sparse_attention(qs, ks, vs, block_map=bm, block_q=16, block_k=16)
+    assert calls == [1] and out.grad_fn is not None
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = block_sparse_attention_reference(qr, kr, vr, bm, 16, 16)
+    w = torch.randn_like(ref)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert rel_err(fwd, ref) <= 1e-5
+    for a, b in ((qs, qr), (ks, kr), (vs, vr)):
+        assert rel_err(a.grad, b.grad) <= 1e-4
+
+
+def test_triton_backend_refuses_to_lose_gradients():
+    q, k, v = (t.requires_grad_() for t in qkv(1, 1, 32, 32, 16))
+    with pytest.raises(ValueError, match="forward-only"):
+        block_sparse_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")
+    with pytest.raises(ValueError, match="forward-only"):
+        sla_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")
+    with torch.no_grad():  # no gradient needed: fine
+        block_sparse_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")

@@ -6,7 +6,9 @@ import torch
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.sparse_attn import SparseAttentionConfig
 from diffusion_accel.sparse_attn.masks import (
+    block_density,
     block_self_similarity,
+    diagonal_blocks,
     pool_blocks,
     predict_block_map,
     select_blocks,
@@ -104,3 +106,34 @@ def test_config_defaults_round_trip_and_validation():
     for kwargs in bad:
         with pytest.raises(ValueError):
             SparseAttentionConfig(**kwargs)
+
+
+def test_density_budget_applies_to_the_video_part_and_keeps_the_diagonal():
+    # joint attention: 96 text tokens (3 blocks of 32) then 512 video tokens (16 blocks)
+    q, k, _ = qkv(1, 2, 608, 608, 16, seed=5)
+    text = ((0, 96),)
+    m = predict_block_map(q, k, density=0.25, block_q=32, block_k=32, dense_tokens=text)
+    video = m[..., 3:, 3:]
+    assert video.sum(-1).eq(4).all()  # 0.25 x 16 video key blocks per video query block
+    assert video[..., torch.eye(16, dtype=torch.bool)].all()  # own block always kept
+    assert m[..., 3:, :3].all() and m[..., :3, :].all()  # text keys and text queries on top
+    dense_rows = dense_cols = torch.arange(19) < 3
+    assert block_density(m, dense_rows, dense_cols) == pytest.approx(0.25)
+    # a block holding text and video tokens counts as text (it is computed in full)
+    m = predict_block_map(q, k, topk=2, block_q=32, block_k=32, dense_tokens=((0, 80),))
+    assert m[..., 3:, 3:].sum(-1).eq(2).all() and m[..., :, :3].all()
+
+
+def test_diagonal_blocks_cover_a_query_blocks_own_tokens():
+    d = diagonal_blocks(300, 128, 64)  # query blocks of 128 rows: two key blocks each
+    assert d.tolist() == [[True, True, False, False, False], [False, False, True, True, False],
+                          [False, False, False, False, True]]
+    assert diagonal_blocks(256, 32, 128).sum(-1).eq(1).all()
+    m = predict_block_map(*qkv(1, 1, 300, 300, 16)[:2], topk=1, block_q=128, block_k=64)
+    assert (m[0, 0] == d).all()  # the diagonal exceeds topk=1: kept anyway, nothing else
+
+
+def test_cross_attention_has_no_diagonal():
+    q, k, _ = qkv(1, 1, 128, 256, 16)
+    m = predict_block_map(q, k, topk=1, block_q=64, block_k=64)
+    assert m.sum(-1).eq(1).all()

@@ -57,16 +57,21 @@ def test_topk_and_cdf_selection_rules():
     scores = block_scores(q, k, 64, 64)
     kept_mass = (scores * res.block_map).sum(-1)
     assert (kept_mass >= 0.6 - 1e-6).all()
-    # minimal: dropping the weakest kept block falls below the threshold
-    weakest = torch.where(res.block_map, scores, torch.full_like(scores, 2.0)).min(-1).values
+    # minimal: the diagonal block comes first, then dropping the weakest chosen block falls below
+    diag = torch.eye(8, dtype=torch.bool)
+    weakest = torch.where(res.block_map & ~diag, scores, torch.full_like(scores, 2.0)).min(-1).values
     assert (kept_mass - weakest < 0.6).all()
 
 
-def test_kept_blocks_are_the_highest_scored():
+def test_kept_blocks_are_the_diagonal_and_the_highest_scored():
     q, k, v = qkv(1, 2, 512, 512, 64, seed=3)
     res = block_sparse_attention(q, k, v, density=0.25, block_q=64, block_k=64, return_block_map=True)
+    diag = torch.eye(8, dtype=torch.bool)
+    assert res.block_map[..., diag].all()  # a query block's own block is always kept
+    assert res.block_map.sum(-1).eq(2).all()  # ... inside the budget (0.25 x 8 blocks)
     scores = block_scores(q, k, 64, 64)
-    lowest_kept = torch.where(res.block_map, scores, torch.full_like(scores, 2.0)).min(-1).values
+    chosen = res.block_map & ~diag
+    lowest_kept = torch.where(chosen, scores, torch.full_like(scores, 2.0)).min(-1).values
     highest_dropped = torch.where(res.block_map, torch.full_like(scores, -1.0), scores).max(-1).values
     assert (lowest_kept >= highest_dropped).all()
 
@@ -155,3 +160,48 @@ def test_split_key_parts_merge_exactly(dtype, tol):
         out, lse = block_sparse_attention_torch(q, k, v, res.block_map, 32, 16, return_lse=True, kv_split=kv_split)
         assert rel_err(out, ref) <= tol
         assert (lse - ref_lse).abs().max() <= 1e-4
+
+
+def test_one_default_block_shape_per_device_shared_by_op_and_config():
+    from diffusion_accel.sparse_attn import SparseAttentionConfig
+    from diffusion_accel.sparse_attn.defaults import DEFAULT_BLOCK_SHAPES, default_block_shape, device_kind
+    from diffusion_accel.sparse_attn.layer import SparseLayer, TokenLayout
+
+    assert SparseAttentionConfig().block_q is None and SparseAttentionConfig().block_k is None
+    block_q, block_k = default_block_shape(torch.device("cpu"))
+    assert device_kind("cpu") in DEFAULT_BLOCK_SHAPES and device_kind("cpu").startswith("cpu")
+    cuda = DEFAULT_BLOCK_SHAPES["cuda"]
+    assert default_block_shape("cuda") == (cuda.block_q, cuda.block_k)
+    for entry in DEFAULT_BLOCK_SHAPES.values():
+        assert entry.block_q & (entry.block_q - 1) == 0 and entry.block_k & (entry.block_k - 1) == 0
+        assert entry.evidence
+    q, k, v = qkv(1, 2, 1000, 1000, 32)
+    res = block_sparse_attention(q, k, v, density=0.5, return_block_map=True)
+    assert res.block_map.shape[-2:] == (num_blocks(1000, block_q), num_blocks(1000, block_k))
+    layer = SparseLayer("x", 0, SparseAttentionConfig(density=0.5), head_dim=32)
+    assert layer.block_shape(q) == (block_q, block_k)
+    assert torch.equal(layer.attend(q, k, v, TokenLayout()), res.output)  # the same computation
+    # one size given: the other comes from the device default
+    res = block_sparse_attention(q, k, v, density=0.5, block_q=32, return_block_map=True)
+    assert res.block_map.shape[-1] == num_blocks(1000, block_k)
+
+
+def test_chunking_across_heads_does_not_change_the_result():
+    # Rows of every head with the same key count share SDPA calls; how many per call (threads,
+    # kv_budget) must not change any row's arithmetic.
+    from diffusion_accel.sparse_attn.cpu import block_sparse_attention_torch
+
+    q, k, v = qkv(2, 3, 260, 260, 32, seed=9)
+    bm = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(2)) < 0.4
+    bm[..., 8] = True  # every row keeps the partial last key block (260 = 8 x 32 + 4)
+    assert bm.sum(-1).unique().numel() > 3  # rows of different lengths, interleaved across heads
+    one = block_sparse_attention_torch(q, k, v, bm, 32, 32, kv_budget=32)  # one query block per call
+    many = block_sparse_attention_torch(q, k, v, bm, 32, 32, kv_budget=1 << 20)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        threaded = block_sparse_attention_torch(q, k, v, bm, 32, 32)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many) and torch.equal(one, threaded)
+    assert rel_err(one, block_sparse_attention_reference(q, k, v, bm, 32, 32)) <= 1e-5
