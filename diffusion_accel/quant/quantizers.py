@@ -38,6 +38,7 @@ __all__ = [
     "groupwise_int8_weight",
     "dequantize_groupwise",
     "quantize_act_per_token",
+    "normalize_per_token",
     "quantize_act_per_tensor",
     "fake_quant_act",
     "sqnr_db",
@@ -65,18 +66,23 @@ def qmax(bits: int) -> int:
     return 2 ** (check_bits(bits, allow_none=False) - 1) - 1
 
 
-def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8, level: int | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization.
 
     Args:
         w: ``(N, K)`` float weight.
         bits: 8 (or 4: values in ``[-7, 7]``).
+        level: largest integer magnitude (default ``qmax(bits)``; e.g. 64 for a kernel that is exact
+            only with 7-bit weights).
 
     Returns:
         ``q`` int8 ``(N, K)`` and ``scale`` float32 ``(N,)`` with ``w ≈ q * scale[:, None]``.
     """
     _check_matrix(w, "w")
-    level = qmax(bits)
+    level = qmax(bits) if level is None else int(level)
+    if not 1 <= level <= qmax(bits):
+        raise ValueError(f"level must be in [1, {qmax(bits)}] for {bits}-bit weights; got {level}.")
     w = w.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(_EPS) / level
     q = torch.round(w / scale[:, None]).clamp_(-level, level).to(torch.int8)
@@ -150,6 +156,23 @@ def dequantize_groupwise(q4: torch.Tensor, z: torch.Tensor, channel_scale: torch
     return groupwise_int8_weight(q4, z, group_size).float() * channel_scale[:, None]
 
 
+def normalize_per_token(
+    x: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` divided by its per-token scale, *before* rounding (kernels that round while packing).
+
+    Returns ``xn`` float32 ``(M, K)`` in ``[-qmax, qmax]`` and ``scale`` float32 ``(M, 1)``:
+    ``round(xn)`` are the integers of :func:`quantize_act_per_token`.
+    """
+    level = qmax(bits)
+    if inv_smooth is not None:
+        x = x.float() * inv_smooth
+    # max(max, -min) reads x twice but allocates no (M, K) temporary (abs() would); bf16 maxima are exact
+    absmax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg()).float()
+    absmax = absmax.clamp_min(_EPS)
+    return x * (level / absmax), absmax / level  # type promotion: float32 whatever x's float dtype
+
+
 def quantize_act_per_token(
     x: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,15 +184,12 @@ def quantize_act_per_token(
         inv_smooth: optional ``(K,)`` float32 channel-balancing factors multiplied in first.
 
     Returns:
-        ``q`` int8 ``(M, K)`` and ``scale`` float32 ``(M, 1)`` with ``x * inv_smooth ≈ q * scale``.
+        ``q`` int8 ``(M, K)`` and ``scale`` float32 ``(M, 1)`` with ``x * inv_smooth ≈ q * scale``
+        (``q = round(x * inv_smooth * qmax / absmax)``, the row absmax mapping to ``qmax``).
     """
     level = qmax(bits)
-    xf = x.float()
-    if inv_smooth is not None:
-        xf = xf * inv_smooth
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / level
-    q = torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
-    return q, scale
+    xn, scale = normalize_per_token(x, bits, inv_smooth)
+    return xn.round_().clamp_(-level, level).to(torch.int8), scale  # xn is a fresh tensor
 
 
 def quantize_act_per_tensor(
@@ -177,13 +197,15 @@ def quantize_act_per_tensor(
 ) -> torch.Tensor:
     """Static symmetric per-tensor quantization with a calibrated ``scale`` (0-d float32 tensor).
 
-    Returns ``q`` int8, same shape as ``x``, with ``x * inv_smooth ≈ q * scale``.
+    Returns ``q`` int8, same shape as ``x``, with ``x * inv_smooth ≈ q * scale``:
+    ``q = round(x * inv_smooth * (1 / scale))`` clamped to the full int8 range ``[-128, 127]`` (as a
+    kernel that quantizes to ``uint8 = q + 128`` inside its packing step does).
     """
     level = qmax(bits)
     xf = x.float()
     if inv_smooth is not None:
         xf = xf * inv_smooth
-    return torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
+    return (xf * (1.0 / scale)).round_().clamp_(-level - 1, level).to(torch.int8)
 
 
 def fake_quant_act(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
