@@ -33,14 +33,9 @@ import torch
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import (
-    CacheSchedule,
-    DynamicCacheConfig,
-    StaticCacheConfig,
-    denoiser_macs,
-    profile_macs,
-)
+from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
 from diffusion_accel.caching.static import block_residual_supported
+from diffusion_accel.cost import denoiser_macs, profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 

@@ -2,7 +2,7 @@
 
 One run, one machine, baselines measured alongside:
 
-1. **Search** (:func:`diffusion_accel.caching.search_schedule`) on *train* (calibration) prompts of
+1. **Search** (:func:`diffusion_accel.search.search_schedule`) on *train* (calibration) prompts of
    the bundled benchmark model: quality = PSNR of the images against the full-compute images of
    the same seeds (``--quality``; the held-out comparison's metric), cost = MACs; genes switch
    whole blocks (``--granularity``); the picks are chosen on other *train* prompts
@@ -48,9 +48,9 @@ import torch
 
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.api import find_denoisers
-from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig, search_schedule
-from diffusion_accel.caching.search import CandidateEvaluator, pick_entry
-from diffusion_accel.caching.search.runner import load_search_pipeline, search_call_kwargs
+from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
+from diffusion_accel.search import CandidateEvaluator, pick_entry, search_schedule
+from diffusion_accel.search.runner import load_search_pipeline, search_call_kwargs
 from diffusion_accel.eval import metrics as M
 from diffusion_accel.eval.generate import make_items, to_uint8
 from diffusion_accel.eval.latency import count_macs

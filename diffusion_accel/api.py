@@ -8,7 +8,10 @@ reverse order, restoring the exact original behaviour.
 
 The pipeline instance (not its class) is switched to an accelerated subclass of its own class
 (same name, same API) whose ``__call__`` resets per-call state (step tracking, caches) before
-each call; ``remove`` switches it back. The library class is never modified.
+each call; ``remove`` switches it back. The library class is never modified. That subclass adds
+:class:`AcceleratedPipelineMixin` (``enable_acceleration``, ``disable_acceleration``,
+``acceleration``, ``from_pretrained(..., acceleration=...)``); the drop-in classes of
+:mod:`diffusion_accel.pipelines` are made with it too.
 
 Example:
     >>> import torch, diffusion_accel
@@ -22,61 +25,34 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+import contextlib
+import os
+from typing import Any, Iterator
 
 from .config import AccelerationConfig
-from .hooks import TRACKER_HOOK, Denoiser, StepTracker, remove_hook, reset_denoiser_state
-from .models import find_model_adapter, supported_model_classes
-from .techniques import TechniqueHandle, technique_apply_fn
+from .hooks import TRACKER_HOOK, Denoiser, StepTracker, pipeline_call_scope, remove_hook, reset_denoiser_state
+from .models import find_model_adapter
+from .pipeline_state import (
+    AccelerationState,
+    acceleration_state,
+    clear_acceleration_state,
+    find_denoisers,
+    set_acceleration_state,
+)
+from .techniques import technique_apply_fn
 
-__all__ = ["apply", "remove", "acceleration_state", "find_denoisers", "AccelerationState"]
-
-_STATE_ATTR = "_diffusion_accel_state"
-
-
-@dataclass
-class AccelerationState:
-    """What ``apply`` did to one pipeline, kept on the instance so ``remove`` can undo it."""
-
-    config: AccelerationConfig
-    denoisers: list[Denoiser]
-    handles: list[tuple[str, TechniqueHandle]] = field(default_factory=list)
-    original_class: type | None = None
-
-    def report(self) -> dict[str, Any]:
-        """Statistics reported by the applied techniques, by field."""
-        return {name: h.report() for name, h in self.handles if h.report is not None}
-
-
-def find_denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:
-    """The pipeline's components that have a model adapter, as ``(name, module)``."""
-    components = getattr(pipe, "components", None)
-    if not isinstance(components, dict):
-        raise TypeError(
-            f"Expected a diffusers pipeline (with .components), got {type(pipe).__name__}."
-        )
-    found = [
-        (name, module)
-        for name, module in components.items()
-        if isinstance(module, torch.nn.Module) and find_model_adapter(module) is not None
-    ]
-    if not found:
-        denoiser = components.get("transformer") or components.get("unet")
-        what = type(denoiser).__name__ if denoiser is not None else "no transformer/unet component"
-        raise ValueError(
-            f"{type(pipe).__name__} has no denoiser diffusion-accel knows ({what}). Supported denoisers: "
-            f"{', '.join(supported_model_classes())}. Describe your model with "
-            "diffusion_accel.models.register_model_adapter(YourModelClass, ModelAdapter(...))."
-        )
-    return found
-
-
-def acceleration_state(pipe: Any) -> AccelerationState | None:
-    """The pipeline's current acceleration, or ``None``."""
-    return pipe.__dict__.get(_STATE_ATTR)
+__all__ = [
+    "AcceleratedPipelineMixin",
+    "AccelerationState",
+    "accelerated_class_for",
+    "acceleration_restored",
+    "acceleration_state",
+    "apply",
+    "as_acceleration_config",
+    "find_denoisers",
+    "register_accelerated_class",
+    "remove",
+]
 
 
 def apply(pipe: Any, config: AccelerationConfig) -> Any:
@@ -104,7 +80,7 @@ def apply(pipe: Any, config: AccelerationConfig) -> Any:
         denoisers.append(Denoiser(name, module, adapter, StepTracker.attach(module, adapter)))
 
     state = AccelerationState(config=config, denoisers=denoisers)
-    pipe.__dict__[_STATE_ATTR] = state
+    set_acceleration_state(pipe, state)
     try:
         for field_name, technique_config in config.techniques():
             handle = technique_apply_fn(technique_config)(pipe, technique_config, denoisers)
@@ -128,14 +104,114 @@ def remove(pipe: Any) -> Any:
         remove_hook(denoiser.module, TRACKER_HOOK)
     if state.original_class is not None:
         pipe.__class__ = state.original_class
-    del pipe.__dict__[_STATE_ATTR]
+    clear_acceleration_state(pipe)
     return pipe
 
 
-def _use_accelerated_class(pipe: Any, state: AccelerationState) -> None:
-    from .pipelines.base import AcceleratedPipelineMixin, accelerated_class_for
+@contextlib.contextmanager
+def acceleration_restored(pipe: Any) -> Iterator[AccelerationConfig | None]:
+    """Run a block that may apply, replace or remove ``pipe``'s acceleration; afterwards ``pipe`` has
+    the acceleration it had before (re-applied if the block changed it). Yields that config (or ``None``).
 
+    Example:
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> pipe = apply(tiny_pipeline("pixart-alpha"), AccelerationConfig())
+        >>> with acceleration_restored(pipe):
+        ...     _ = remove(pipe)                     # e.g. measure the plain model
+        >>> acceleration_state(pipe).config == AccelerationConfig()
+        True
+    """
+    before = acceleration_state(pipe)
+    try:
+        yield None if before is None else before.config
+    finally:
+        if acceleration_state(pipe) is not before:
+            remove(pipe)
+            if before is not None:
+                apply(pipe, before.config)
+
+
+def _use_accelerated_class(pipe: Any, state: AccelerationState) -> None:
     if isinstance(pipe, AcceleratedPipelineMixin):
         return
     state.original_class = type(pipe)
     pipe.__class__ = accelerated_class_for(type(pipe))
+
+
+def as_acceleration_config(config: AccelerationConfig | str | os.PathLike) -> AccelerationConfig:
+    """Accept a config object or the path of a config JSON file."""
+    if isinstance(config, AccelerationConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return AccelerationConfig.load(config)
+    raise TypeError(
+        f"acceleration must be an AccelerationConfig or the path of its JSON file, got {type(config).__name__}."
+    )
+
+
+class AcceleratedPipelineMixin:
+    """Mixin placed before a diffusers pipeline class: acceleration methods and per-call state resets.
+
+    Adds ``from_pretrained(..., acceleration=config)``, ``enable_acceleration(config)``,
+    ``disable_acceleration()`` and ``acceleration``, and brackets every call so that per-call state
+    (step tracking, caches) starts fresh. Everything else (components, ``from_pipe``, callbacks,
+    ``save_pretrained``) is the diffusers class's own.
+    """
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, acceleration: AccelerationConfig | str | None = None, **kwargs: Any):
+        """diffusers' ``from_pretrained``, then :meth:`enable_acceleration` if ``acceleration`` is given."""
+        pipe = super().from_pretrained(*args, **kwargs)
+        if acceleration is not None:
+            pipe.enable_acceleration(acceleration)
+        return pipe
+
+    def enable_acceleration(self, config: AccelerationConfig | str | os.PathLike):
+        """Apply ``config`` (replacing any previous acceleration); returns ``self``."""
+        return apply(self, as_acceleration_config(config))
+
+    def disable_acceleration(self):
+        """Remove the acceleration, restoring the exact diffusers behaviour; returns ``self``."""
+        remove(self)
+        return self
+
+    @property
+    def acceleration(self) -> AccelerationConfig | None:
+        """The applied config, or ``None``."""
+        state = acceleration_state(self)
+        return None if state is None else state.config
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        state = acceleration_state(self)
+        if state is None:
+            return super().__call__(*args, **kwargs)
+        with pipeline_call_scope(state.denoisers):
+            return super().__call__(*args, **kwargs)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def register_accelerated_class(diffusers_class: type, accelerated_class: type) -> None:
+    """Use ``accelerated_class`` (a drop-in subclass) when ``diffusers_class`` instances are accelerated."""
+    _CLASSES[diffusers_class] = accelerated_class
+
+
+def accelerated_class_for(pipeline_class: type) -> type:
+    """The accelerated subclass of ``pipeline_class`` (same name), created once per class.
+
+    Example:
+        >>> import diffusers
+        >>> cls = accelerated_class_for(diffusers.PixArtAlphaPipeline)
+        >>> cls.__name__, issubclass(cls, diffusers.PixArtAlphaPipeline)
+        ('PixArtAlphaPipeline', True)
+    """
+    if issubclass(pipeline_class, AcceleratedPipelineMixin):
+        return pipeline_class
+    if pipeline_class not in _CLASSES:
+        _CLASSES[pipeline_class] = type(
+            pipeline_class.__name__,
+            (AcceleratedPipelineMixin, pipeline_class),
+            {"__module__": "diffusion_accel.pipelines.base", "__doc__": pipeline_class.__doc__},
+        )
+    return _CLASSES[pipeline_class]

@@ -15,15 +15,28 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "json_object_option"]
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("diffusion_accel.demo", "generate with and without acceleration on the bundled model"),
     "info": ("diffusion_accel.info", "list supported models and registered techniques"),
     "eval": ("diffusion_accel.eval.cli", "evaluate acceleration configs: quality, speed-up, MACs, Pareto report"),
-    "search": ("diffusion_accel.caching.search.cli", "search cache schedules (NSGA-II): a Pareto frontier"),
+    "search": ("diffusion_accel.search.cli", "search cache schedules (NSGA-II): a Pareto frontier"),
 }
+
+
+def json_object_option(text: str, flag: str) -> dict:
+    """The JSON object given to a command-line option ``flag`` (e.g. ``--call-kwargs``); one clear error otherwise."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object.")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
+# The built-in techniques register their config types (by name, for loading JSON) when imported.
+from . import caching, quant, sparse_attn  # noqa: F401
 from .techniques import FIELDS, TechniqueConfig, registered_techniques, technique_config_type
 
 __all__ = ["AccelerationConfig"]

@@ -33,8 +33,8 @@ from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import StateManager
 
+from ._diffusers import CacheContextProbe, hook_registry
 from .models import ModelAdapter
 
 __all__ = [
@@ -61,13 +61,13 @@ def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
     """Remove the hook registered by :func:`add_hook` (no-op if absent)."""
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     if registry is not None:
         registry.remove_hook(_full_name(name), recurse=False)
 
 
 def get_hook(module: torch.nn.Module, name: str) -> ModelHook | None:
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     return None if registry is None else registry.get_hook(_full_name(name))
 
 
@@ -130,21 +130,6 @@ class DenoiserCall:
     batch_size: int | None
 
 
-class _NoState:
-    def reset(self) -> None:
-        pass
-
-
-class _ContextProbe(StateManager):
-    """A StateManager whose only use is to receive the pipeline's cache context."""
-
-    def __init__(self) -> None:
-        super().__init__(_NoState)
-
-    def current(self):
-        return self._context
-
-
 class StepTracker(ModelHook):
     """Tracks (step, branch) of every call of the denoiser it is attached to."""
 
@@ -153,7 +138,7 @@ class StepTracker(ModelHook):
     def __init__(self, adapter: ModelAdapter) -> None:
         super().__init__()
         self.adapter = adapter
-        self._context_probe = _ContextProbe()
+        self._context_probe = CacheContextProbe()
         self.history: list[DenoiserCall] = []
         self.current: DenoiserCall | None = None
         self.in_pipeline_call = False
@@ -179,7 +164,7 @@ class StepTracker(ModelHook):
         prev = self.current
         if prev is not None and _is_new_pass(prev, timestep, context_step):
             # The sampler started over without a pipeline-call boundary: drop stale state.
-            module._diffusers_hook.reset_stateful_hooks()
+            hook_registry(module).reset_stateful_hooks()
             prev = None
         if prev is None:
             self.history = []  # first call after a reset: a new record starts
@@ -243,7 +228,7 @@ class Denoiser:
 
 def reset_denoiser_state(module: torch.nn.Module) -> None:
     """Reset every stateful hook (tracker, caches, ...) on ``module`` and its submodules."""
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     if registry is not None:
         registry.reset_stateful_hooks(recurse=True)
 

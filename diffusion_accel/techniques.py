@@ -7,6 +7,10 @@ A technique is a frozen, JSON-serializable config class (a subclass of
 ``remove()`` undoes exactly what ``apply`` did. :func:`diffusion_accel.apply` never needs to
 know which techniques exist.
 
+The built-in techniques (``caching``, ``quant``, ``sparse_attn``) register themselves when their
+packages are imported; :mod:`diffusion_accel.config`, one layer up, imports them, so they are
+registered whenever ``diffusion_accel`` is. This module imports none of them.
+
 Example (a technique that does nothing, registered for the ``cache`` field):
 
     >>> from dataclasses import dataclass
@@ -116,20 +120,13 @@ def register_technique(config_type: type) -> Callable:
     return decorator
 
 
-def _load_builtin_techniques() -> None:
-    # Importing the technique packages registers their configs.
-    from . import caching, quant, sparse_attn  # noqa: F401
-
-
 def registered_techniques(field_name: str | None = None) -> list[type]:
     """Registered config types, optionally only those for one field."""
-    _load_builtin_techniques()
     return [t for t in _APPLY_FNS if field_name is None or t.field_name == field_name]
 
 
 def technique_apply_fn(config: TechniqueConfig) -> Callable[..., TechniqueHandle]:
     """The apply function registered for ``type(config)`` (or one of its bases)."""
-    _load_builtin_techniques()
     for klass in type(config).__mro__:
         if klass in _APPLY_FNS:
             return _APPLY_FNS[klass]
@@ -141,7 +138,6 @@ def technique_apply_fn(config: TechniqueConfig) -> Callable[..., TechniqueHandle
 
 def technique_config_type(name: str) -> type:
     """Config class from its serialized ``type`` name."""
-    _load_builtin_techniques()
     if name not in _BY_NAME:
         raise ValueError(
             f"Unknown technique config type {name!r}. Known types: {sorted(_BY_NAME)}. "

@@ -208,29 +208,16 @@ def train_diffusion(
     Constant learning rate after ``warmup``, min-SNR-gamma loss weighting, EMA of both models.
     Returns ``(ema_transformer, ema_text_encoder, steps_done)``.
     """
-    prediction_type = scheduler_config["prediction_type"]
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
-    generator = torch.Generator().manual_seed(seed)
-    steps_total = scheduler_config["num_train_timesteps"]
-    betas = torch.linspace(scheduler_config["beta_start"], scheduler_config["beta_end"], steps_total)
-    if scheduler_config["beta_schedule"] == "scaled_linear":
-        betas = torch.linspace(scheduler_config["beta_start"] ** 0.5, scheduler_config["beta_end"] ** 0.5, steps_total) ** 2
-    elif scheduler_config["beta_schedule"] != "linear":
-        raise ValueError(f"unsupported beta_schedule {scheduler_config['beta_schedule']!r}")
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    prediction_type, alphas_cumprod = _training_noise_schedule(scheduler_config)
+    steps_total = len(alphas_cumprod)
     snr = alphas_cumprod / (1 - alphas_cumprod)
+    generator = torch.Generator().manual_seed(seed)
 
     transformer.train()
     text_encoder.train()
-    optimiser = torch.optim.AdamW(
-        [
-            {"params": transformer.parameters(), "lr": lr},
-            {"params": text_encoder.parameters(), "lr": text_lr},
-        ],
-        weight_decay=0.0,
-        betas=(0.9, 0.99),
-    )
+    optimiser = torch.optim.AdamW([{"params": transformer.parameters(), "lr": lr},
+                                   {"params": text_encoder.parameters(), "lr": text_lr}],
+                                  weight_decay=0.0, betas=(0.9, 0.99))
     base_lrs = [lr, text_lr]
     ema_transformer = ExponentialMovingAverage(transformer, ema_decay)
     ema_text = ExponentialMovingAverage(text_encoder, ema_decay)
@@ -240,13 +227,9 @@ def train_diffusion(
         while step < max_steps and time.time() - start < seconds:
             for group, base in zip(optimiser.param_groups, base_lrs):
                 group["lr"] = base * min(1.0, (step + 1) / warmup)
-            index = torch.randint(len(latents), (batch_size,), generator=generator)
-            x0, weight = latents[index], latent_weights[index]
-            ids, mask = token_ids[caption_index[index]].clone(), token_mask[caption_index[index]].clone()
-            drop = torch.rand(batch_size, generator=generator) < caption_dropout
-            ids[drop], mask[drop] = empty_ids, empty_mask
-            noise = torch.randn(x0.shape, generator=generator)
-            t = torch.randint(steps_total, (batch_size,), generator=generator)
+            x0, weight, ids, mask, noise, t = _training_batch(
+                generator, batch_size, steps_total, latents, latent_weights, token_ids, token_mask, caption_index,
+                empty_ids, empty_mask, caption_dropout)
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -256,12 +239,7 @@ def train_diffusion(
                     noisy, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t,
                     added_cond_kwargs=added, return_dict=False,
                 )[0]
-            # min-SNR-gamma weights, expressed for the chosen target
-            snr_t = snr[t]
-            clipped = torch.clamp(snr_t, max=min_snr_gamma)
-            loss_weight = clipped / snr_t if prediction_type == "epsilon" else clipped / (snr_t + 1)
-            per_pixel = weight * (pred.float() - target) ** 2
-            loss = (per_pixel.mean(dim=(1, 2, 3)) * loss_weight).mean()
+            loss = _min_snr_loss(pred, target, weight, snr[t], min_snr_gamma, prediction_type)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(transformer.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -276,6 +254,47 @@ def train_diffusion(
             step += 1
     _log(log, f"diffusion done: {step} steps in {time.time() - start:.0f}s, loss {running:.4f}")
     return ema_transformer.shadow, ema_text.shadow, step
+
+
+def _training_batch(generator: torch.Generator, batch_size: int, steps_total: int, latents: torch.Tensor,
+                    latent_weights: torch.Tensor, token_ids: torch.Tensor, token_mask: torch.Tensor,
+                    caption_index: torch.Tensor, empty_ids: torch.Tensor, empty_mask: torch.Tensor,
+                    caption_dropout: float):
+    """One random batch ``(x0, weight, ids, mask, noise, t)``: latents with their captions' tokens (a
+    ``caption_dropout`` share replaced by the empty prompt), noise and timesteps, drawn from
+    ``generator`` in a fixed order (arguments as in :func:`train_diffusion`)."""
+    index = torch.randint(len(latents), (batch_size,), generator=generator)
+    x0, weight = latents[index], latent_weights[index]
+    ids, mask = token_ids[caption_index[index]].clone(), token_mask[caption_index[index]].clone()
+    drop = torch.rand(batch_size, generator=generator) < caption_dropout
+    ids[drop], mask[drop] = empty_ids, empty_mask
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(steps_total, (batch_size,), generator=generator)
+    return x0, weight, ids, mask, noise, t
+
+
+def _training_noise_schedule(scheduler_config: dict) -> tuple[str, torch.Tensor]:
+    """``(prediction_type, alphas_cumprod (T,))`` of a DDPM-style scheduler config (linear or
+    scaled-linear betas; epsilon or v-prediction)."""
+    prediction_type = scheduler_config["prediction_type"]
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+    steps_total = scheduler_config["num_train_timesteps"]
+    betas = torch.linspace(scheduler_config["beta_start"], scheduler_config["beta_end"], steps_total)
+    if scheduler_config["beta_schedule"] == "scaled_linear":
+        betas = torch.linspace(scheduler_config["beta_start"] ** 0.5, scheduler_config["beta_end"] ** 0.5, steps_total) ** 2
+    elif scheduler_config["beta_schedule"] != "linear":
+        raise ValueError(f"unsupported beta_schedule {scheduler_config['beta_schedule']!r}")
+    return prediction_type, torch.cumprod(1.0 - betas, dim=0)
+
+
+def _min_snr_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, snr_t: torch.Tensor,
+                  gamma: float, prediction_type: str) -> torch.Tensor:
+    """Weighted MSE with min-SNR-gamma weights ``(B,)``, expressed for the chosen target."""
+    clipped = torch.clamp(snr_t, max=gamma)
+    loss_weight = clipped / snr_t if prediction_type == "epsilon" else clipped / (snr_t + 1)
+    per_pixel = weight * (pred.float() - target) ** 2
+    return (per_pixel.mean(dim=(1, 2, 3)) * loss_weight).mean()
 
 
 def _clip_pixels(images_uint8: torch.Tensor) -> torch.Tensor:

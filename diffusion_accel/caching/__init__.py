@@ -4,9 +4,11 @@
   (``full``, ``fora``, ``delta_dit``, ``tgate``, ``deepcache``, ``encoder_propagation``).
 * :class:`StaticCacheConfig` — follow a schedule; :class:`DynamicCacheConfig` — skip the deep
   blocks while the first block's residual barely changes.
-* :func:`macs` / :func:`profile_macs` — MAC accounting of the denoising loop.
-* :func:`search_schedule` / :func:`pick` — evolutionary (NSGA-II) search for a Pareto frontier of
-  schedules, and picking the best one at a target speed-up (:mod:`.search`).
+
+MAC accounting (:mod:`diffusion_accel.cost`) and the schedule search (:mod:`diffusion_accel.search`)
+are tools built on top of this package; their old names here (``search_schedule``, ``pick``,
+``macs``, ``profile_macs``, ``denoiser_macs``, ``MacProfile``, ``MacReport``, ``search``) still
+resolve for one release, with a ``DeprecationWarning``.
 
 Example:
     >>> import diffusion_accel
@@ -17,23 +19,44 @@ Example:
     >>> pipe = diffusion_accel.apply(pipe, diffusion_accel.AccelerationConfig(cache=StaticCacheConfig(schedule)))
 """
 
+import warnings
+
 from . import heuristics
 from .dynamic import DynamicCacheConfig
-from .macs import MacProfile, MacReport, denoiser_macs, macs, profile_macs
 from .schedule import CacheSchedule
-from .search import pick, search_schedule
 from .static import StaticCacheConfig
 
 __all__ = [
     "CacheSchedule",
     "StaticCacheConfig",
     "DynamicCacheConfig",
-    "MacProfile",
-    "MacReport",
-    "macs",
-    "profile_macs",
-    "denoiser_macs",
     "heuristics",
-    "search_schedule",
-    "pick",
 ]
+
+#: Names that moved out of this package: old name -> (new module, attribute or None for the module).
+_MOVED = {
+    "search_schedule": ("diffusion_accel.search", "search_schedule"),
+    "pick": ("diffusion_accel.search", "pick"),
+    "search": ("diffusion_accel.search", None),
+    "macs": ("diffusion_accel.cost", "macs"),
+    "profile_macs": ("diffusion_accel.cost", "profile_macs"),
+    "denoiser_macs": ("diffusion_accel.cost", "denoiser_macs"),
+    "MacProfile": ("diffusion_accel.cost", "MacProfile"),
+    "MacReport": ("diffusion_accel.cost", "MacReport"),
+}
+
+
+def __getattr__(name: str):
+    # Deprecated aliases (removed in the next release): the only imports of a higher layer in the
+    # techniques, allowed by name in tests/test_layering.py and run only when an old name is used.
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attribute = _MOVED[name]
+    new = f"{module_name}.{attribute}" if attribute else module_name
+    warnings.warn(f"diffusion_accel.caching.{name} moved to {new}; import it from there (the old name goes "
+                  "away in the next release).", DeprecationWarning, stacklevel=2)
+    if module_name == "diffusion_accel.search":
+        from .. import search as module
+    else:
+        from .. import cost as module
+    return module if attribute is None else getattr(module, attribute)

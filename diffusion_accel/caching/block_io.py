@@ -13,30 +13,17 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any
 
 import torch
 
-from ..models import BlockIO
+from ..models import BlockIO, forward_argument
 
 __all__ = ["add_stream", "block_argument", "block_streams", "pack_block_output", "sub_stream"]
 
 
-@functools.lru_cache(maxsize=None)
-def _param_index(block_class: type, name: str) -> int | None:
-    params = list(inspect.signature(block_class.forward).parameters)[1:]
-    return params.index(name) if name in params else None
-
-
 def block_argument(module: torch.nn.Module, name: str | None, args: tuple, kwargs: dict) -> Any:
-    if name is None:
-        return None
-    if name in kwargs:
-        return kwargs[name]
-    index = _param_index(type(module), name)
-    return args[index] if index is not None and index < len(args) else None
+    return None if name is None else forward_argument(module, name, args, kwargs)
 
 
 def block_streams(io: BlockIO, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+
+from ..cli import json_object_option
 
 __all__ = ["add_arguments", "run"]
 
@@ -68,14 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict | None:
-    kwargs = {}
-    if args.call_kwargs:
-        try:
-            kwargs = json.loads(args.call_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--call-kwargs is not valid JSON: {exc}") from exc
-        if not isinstance(kwargs, dict):
-            raise ValueError("--call-kwargs must be a JSON object.")
+    kwargs = json_object_option(args.call_kwargs, "--call-kwargs") if args.call_kwargs else {}
     for flag, key in (("steps", "num_inference_steps"), ("guidance_scale", "guidance_scale"),
                       ("height", "height"), ("width", "width"), ("num_frames", "num_frames")):
         value = getattr(args, flag)

@@ -40,19 +40,23 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._diffusers import progress_bar_disabled
+from ..call_inputs import TOOL_ARGUMENTS, batch_inputs, item_inputs
 from ..utils import atomic_write_bytes, atomic_write_text
 from .prompts import Prompt
 
 __all__ = [
     "Item",
+    "check_item_call_kwargs",
     "distributed_state",
     "generate_images",
+    "item_call_inputs",
     "item_seed",
     "load_arrays",
     "load_item_array",
@@ -68,13 +72,43 @@ IMAGES_DIR = "images"
 
 @dataclass(frozen=True)
 class Item:
-    """One output to generate: ``key`` names its file (``p<prompt index>-i<image index>``)."""
+    """One output to generate: ``key`` names its file (``p<prompt index>-i<image index>``).
+
+    ``prompt`` is the prompt, or the readable label of ``inputs``: the per-item call arguments of
+    a pipeline without a text prompt (e.g. ``{"class_labels": 207}`` for DiT; see
+    :mod:`diffusion_accel.call_inputs`).
+    """
 
     key: str
     prompt_index: int
     image_index: int
     prompt: str
     seed: int
+    inputs: dict[str, Any] | None = field(default=None, hash=False)
+
+    def call_input(self) -> str | dict[str, Any]:
+        """What this item contributes to a call: the prompt, or the per-item call arguments."""
+        return self.prompt if self.inputs is None else self.inputs
+
+    def record(self) -> dict[str, Any]:
+        """The item's manifest fields (``inputs`` only when it has them)."""
+        record = asdict(self)
+        if self.inputs is None:
+            del record["inputs"]
+        return record
+
+
+def item_call_inputs(batch: Iterable[Item]) -> dict[str, list[Any]]:
+    """The per-item call arguments of one batch: ``{"prompt": [...]}`` or e.g. ``{"class_labels": [...]}``."""
+    return batch_inputs([it.call_input() for it in batch])
+
+
+def check_item_call_kwargs(items: Iterable[Item], call_kwargs: dict[str, Any], who: str) -> None:
+    """ValueError if ``call_kwargs`` sets an argument the items or ``who`` set per call."""
+    names = {name for it in items for name in item_inputs(it.call_input())}
+    reserved = sorted((names | set(TOOL_ARGUMENTS)) & set(call_kwargs))
+    if reserved:
+        raise ValueError(f"call_kwargs must not set {reserved}: {who} sets them per item.")
 
 
 def item_seed(seed: int, prompt_index: int, image_index: int) -> int:
@@ -87,7 +121,7 @@ def make_items(prompts: Iterable[Prompt], num_images: int = 1, seed: int = 0) ->
     if not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images!r}.")
     return [
-        Item(f"p{p.index:05d}-i{i:02d}", p.index, i, p.text, item_seed(seed, p.index, i))
+        Item(f"p{p.index:05d}-i{i:02d}", p.index, i, p.text, item_seed(seed, p.index, i), p.inputs)
         for p in prompts
         for i in range(num_images)
     ]
@@ -211,13 +245,14 @@ def generate_images(
     """Generate the items of ``items`` that ``out_dir`` lacks; return the manifest of all items.
 
     Args:
-        pipe: a diffusers pipeline (called with ``prompt=[...]``, ``generator=[...]``,
-            ``output_type="np"`` and ``call_kwargs``).
+        pipe: a diffusers pipeline (called with the batch's inputs -- ``prompt=[...]`` or per-item
+            arguments such as ``class_labels=[...]`` -- ``generator=[...]``, ``output_type="np"``
+            and ``call_kwargs``).
         items: from :func:`make_items`.
         out_dir: output folder (created).
         batch_size: items per pipeline call.
-        call_kwargs: further pipeline arguments (steps, guidance, size, ...); must not hold
-            ``prompt``, ``generator`` or ``output_type``.
+        call_kwargs: further pipeline arguments (steps, guidance, size, ...); must not set the
+            items' inputs (``prompt``...), ``generator`` or ``output_type``.
         progress: show a tqdm bar (main process only).
         desc: progress-bar label.
         state: an ``accelerate.PartialState``; default :func:`distributed_state` for the pipeline's
@@ -232,9 +267,7 @@ def generate_images(
         ``file``, ``shape``, ``process``: the rank that generated it) on every process.
     """
     call_kwargs = dict(call_kwargs or {})
-    reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
-    if reserved:
-        raise ValueError(f"call_kwargs must not set {reserved}: the generator sets them per item.")
+    check_item_call_kwargs(items, call_kwargs, "the generator")
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise ValueError("Items have duplicate keys; build them with make_items().")
@@ -253,37 +286,38 @@ def generate_images(
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="batch",
                disable=not (progress and state.is_main_process), dynamic_ncols=True)
     part = os.path.join(out_dir, f"manifest.part-{rank}.jsonl")
-    old_bar_config = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
     try:
-        for batch in todo:
-            run = functools.partial(_run_batch, pipe, batch, call_kwargs)
-            arrays = wrap_first_batch(run) if wrap_first_batch is not None and batch is batches[0] else run()
-            lines = []
-            for item, array in zip(batch, arrays):
-                ext, data = _encode(array)
-                rel = f"{IMAGES_DIR}/{item.key}{ext}"
-                if item.key not in done:
-                    atomic_write_bytes(os.path.join(out_dir, rel), data)
-                record = {**asdict(item), "file": rel, "shape": list(array.shape), "process": rank}
-                done[item.key] = record
-                lines.append(json.dumps(record))
-            _append_lines(part, lines)
-            bar.update(1)
+        with progress_bar_disabled(pipe):
+            for batch in todo:
+                run = functools.partial(_run_batch, pipe, batch, call_kwargs)
+                first = wrap_first_batch is not None and batch is batches[0]
+                _write_batch(out_dir, part, batch, wrap_first_batch(run) if first else run(), done, rank)
+                bar.update(1)
     finally:
         bar.close()
-        if hasattr(pipe, "_progress_bar_config"):
-            pipe._progress_bar_config = old_bar_config
 
     return _gather_manifest(out_dir, items, done, state)
+
+
+def _write_batch(out_dir: str, part: str, batch: list[Item], arrays: np.ndarray, done: dict, rank: int) -> None:
+    """Write a generated batch's files, then append its records to this process's manifest part."""
+    lines = []
+    for item, array in zip(batch, arrays):
+        ext, data = _encode(array)
+        rel = f"{IMAGES_DIR}/{item.key}{ext}"
+        if item.key not in done:
+            atomic_write_bytes(os.path.join(out_dir, rel), data)
+        record = {**item.record(), "file": rel, "shape": list(array.shape), "process": rank}
+        done[item.key] = record
+        lines.append(json.dumps(record))
+    _append_lines(part, lines)
 
 
 def _run_batch(pipe: Any, batch: list[Item], call_kwargs: dict[str, Any]) -> np.ndarray:
     generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
     # no_grad as diffusers itself; inference_mode would break techniques that track tensor versions.
     with torch.no_grad():
-        out = pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np", **call_kwargs)
+        out = pipe(**item_call_inputs(batch), generator=generators, output_type="np", **call_kwargs)
     values = getattr(out, "frames", None)
     if values is None:
         values = getattr(out, "images", None)

@@ -13,6 +13,10 @@ Formats (chosen by file extension):
 * ``.json``: a list of strings or of objects (``{"prompt": ..., "category": ...}``), or an object
   ``{"prompts": [...]}``.
 * ``.jsonl``: one string or object per line.
+* For pipelines without a text prompt (class-conditioned DiT), an entry of a JSON/JSONL file may be
+  ``{"inputs": {"class_labels": 207}, "category": ...}`` and an entry of an in-memory list a
+  mapping ``{"class_labels": 207}``: per-item call arguments (:mod:`diffusion_accel.call_inputs`);
+  ``Prompt.text`` is then their label (``"class_labels=207"``).
 * ``"benchmark"`` / ``"benchmark:heldout"`` / ``"benchmark:train"``: the captions of the bundled
   benchmark model (default split: ``heldout``).
 
@@ -30,9 +34,11 @@ import csv
 import json
 import os
 import random
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from ..call_inputs import input_label, item_inputs
 
 __all__ = ["BENCHMARK", "Prompt", "load_prompts"]
 
@@ -45,11 +51,16 @@ _CATEGORY_COLUMNS = ("Category", "category")
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: its text, its position in the source, and its category (or ``None``)."""
+    """One prompt: its text, its position in the source, and its category (or ``None``).
+
+    ``inputs``: per-item call arguments instead of a text prompt (e.g. ``{"class_labels": 207}``),
+    with ``text`` their label; ``None`` for a text prompt.
+    """
 
     text: str
     index: int
     category: str | None = None
+    inputs: dict[str, Any] | None = field(default=None, hash=False)
 
 
 def load_prompts(
@@ -64,7 +75,8 @@ def load_prompts(
     """Read prompts, filter by category, then sample ``num`` of them (seeded, order kept).
 
     Args:
-        source: a file path, ``"benchmark[:split]"``, or an in-memory list of strings.
+        source: a file path, ``"benchmark[:split]"``, or an in-memory list of strings (or of
+            mappings of per-item call arguments, for pipelines without a text prompt).
         column: prompt column of a CSV/TSV/JSON-objects file (default: auto-detected).
         category_column: category column (default: ``Category``/``category`` when present).
         categories: keep only prompts of these categories (needs a category column).
@@ -115,10 +127,11 @@ def _read(source: Any, column: str | None, category_column: str | None) -> list[
         if text == BENCHMARK or text.startswith(BENCHMARK + ":"):
             return _benchmark(text.partition(":")[2] or "heldout")
         return _read_file(text, column, category_column)
-    if isinstance(source, Iterable):
+    if isinstance(source, Iterable) and not isinstance(source, Mapping):
         items = list(source)
-        if not all(isinstance(s, str) for s in items):
-            raise TypeError("An in-memory prompt list must hold strings.")
+        if not all(isinstance(s, (str, Mapping)) for s in items):
+            raise TypeError("An in-memory prompt list must hold strings (or mappings of per-item call arguments, "
+                            "e.g. {'class_labels': 207}).")
         return _make(items, None)
     raise TypeError(f"Prompt source must be a path, 'benchmark[:split]' or a list of strings, got {source!r}.")
 
@@ -181,6 +194,8 @@ def _from_records(path: str, records: list, column: str | None, category_column:
         return _make([r.strip() for r in records], None)
     if not all(isinstance(r, dict) for r in records):
         raise ValueError(f"Prompt file {path!r}: entries must all be strings or all be objects.")
+    if records and all("inputs" in r for r in records):
+        return _input_records(path, records, category_column)
     keys = list(dict.fromkeys(k for r in records for k in r))
     prompt_col = _pick(path, keys, column, _PROMPT_COLUMNS, "prompt")
     cat_col = _pick(path, keys, category_column, _CATEGORY_COLUMNS, "category", required=False)
@@ -190,6 +205,21 @@ def _from_records(path: str, records: list, column: str | None, category_column:
     texts = [r[prompt_col].strip() for r in records]
     cats = [str(r[cat_col]) if r.get(cat_col) is not None else None for r in records] if cat_col else None
     return _make(texts, cats)
+
+
+def _input_records(path: str, records: list[dict], category_column: str | None) -> list[Prompt]:
+    """Entries ``{"inputs": {per-item call arguments}, "category": ...}``."""
+    cat_col = _pick(path, list(dict.fromkeys(k for r in records for k in r)), category_column, _CATEGORY_COLUMNS,
+                    "category", required=False)
+    inputs = []
+    for i, r in enumerate(records):
+        try:
+            inputs.append(item_inputs(r["inputs"]) if isinstance(r["inputs"], Mapping) else item_inputs(None))
+        except ValueError as exc:
+            raise ValueError(f"Prompt file {path!r}, entry {i}: 'inputs' must be an object of call arguments: "
+                             f"{exc}") from None
+    cats = [str(r[cat_col]) if r.get(cat_col) is not None else None for r in records] if cat_col else None
+    return _make(inputs, cats)
 
 
 def _pick(path: str, header: list[str], wanted: str | None, defaults: tuple[str, ...], what: str,
@@ -209,9 +239,11 @@ def _pick(path: str, header: list[str], wanted: str | None, defaults: tuple[str,
     return None
 
 
-def _make(texts: list[str], categories: list[str | None] | None) -> list[Prompt]:
+def _make(entries: list[str | Mapping[str, Any]], categories: list[str | None] | None) -> list[Prompt]:
+    """Prompts from texts (blank ones skipped, their index kept) or mappings of per-item call arguments."""
     return [
-        Prompt(text=t, index=i, category=None if categories is None else categories[i])
-        for i, t in enumerate(texts)
-        if t
+        Prompt(text=input_label(e), index=i, category=None if categories is None else categories[i],
+               inputs=None if isinstance(e, str) else item_inputs(e))
+        for i, e in enumerate(entries)
+        if e
     ]

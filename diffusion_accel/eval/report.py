@@ -98,20 +98,20 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike)
 
 
 def pareto_front(speedups: Sequence[float], quality: Sequence[float], higher_is_better: bool) -> list[int]:
-    """Indices (sorted by speed-up) of the points no other point dominates. Non-finite values of
-    ``quality`` count as the best possible (e.g. ``psnr = inf`` for the exact baseline)."""
-    q = [float(v) if higher_is_better else -float(v) for v in quality]
-    n = len(q)
-    front = []
-    for i in range(n):
-        dominated = any(
-            speedups[j] >= speedups[i] and q[j] >= q[i] and (speedups[j] > speedups[i] or q[j] > q[i])
-            for j in range(n)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: speedups[i])
+    """Indices (sorted by speed-up) of the points no other point dominates (pymoo's non-dominated
+    sorting; equal points are all kept). ``quality = inf`` in its better direction counts as the best
+    possible (e.g. ``psnr = inf`` for the exact baseline); a NaN quality is compared with nothing and
+    is always kept."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    q = np.array([float(v) for v in quality], dtype=float)
+    # Minimised objectives: slower and worse are larger.
+    F = np.column_stack([-np.asarray(speedups, dtype=float), -q if higher_is_better else q])
+    comparable = np.flatnonzero(~np.isnan(F).any(axis=1))
+    front = set(np.flatnonzero(np.isnan(F).any(axis=1)).tolist())
+    if len(comparable):
+        front.update(comparable[NonDominatedSorting().do(F[comparable], only_non_dominated_front=True)].tolist())
+    return sorted(sorted(front), key=lambda i: speedups[i])
 
 
 def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> list[str]:

@@ -20,7 +20,7 @@ quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpi
 ``max_abs_error``, ``mean_abs_error``, ``wasserstein``; videos add ``frame_consistency``), work
 (``macs``: MACs run inside the denoisers during one generation of the first batch, counted with
 ``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
-denoising MACs, the convention of :func:`diffusion_accel.caching.macs`; ``pipeline_macs`` and
+denoising MACs, the convention of :func:`diffusion_accel.cost.macs`; ``pipeline_macs`` and
 ``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
 flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
 ``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
@@ -38,17 +38,28 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from .._diffusers import progress_bar_disabled
+from ..api import acceleration_restored, apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
-from .generate import distributed_state, generate_images, load_arrays, make_batches, make_items
+from .generate import (
+    Item,
+    check_item_call_kwargs,
+    distributed_state,
+    generate_images,
+    item_call_inputs,
+    load_arrays,
+    make_items,
+)
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
-from .prompts import load_prompts
+from .prompts import Prompt, load_prompts
+from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
 
 __all__ = [
     "BASELINE",
@@ -62,9 +73,6 @@ __all__ = [
 
 BASELINE = "baseline"
 #: Record fields that depend on the machine's load (everything else is deterministic).
-#: Optional per-variant cost measurements of :func:`evaluate` (latency is always measured).
-COST_MEASURES = ("macs", "memory", "operators")
-
 TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
                  "operator_shares")
 RUN_FILE = "run.json"
@@ -184,10 +192,6 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
     return pipe
 
 
-def _model_label(model: Any) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} instance>"
-
-
 def default_call_kwargs(model: Any) -> dict[str, Any]:
     """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
     if isinstance(model, str) and model == "benchmark":
@@ -203,57 +207,17 @@ def default_call_kwargs(model: Any) -> dict[str, Any]:
 # The run
 
 
-def evaluate(
-    model: Any = "benchmark",
-    prompts: Any = "benchmark",
-    configs: Iterable[Any] = (),
-    *,
-    out: str | os.PathLike,
-    num_images: int = 1,
-    num_prompts: int | None = None,
-    prompt_column: str | None = None,
-    categories: Iterable[str] | None = None,
-    seed: int = 0,
-    batch_size: int = 1,
-    call_kwargs: dict[str, Any] | None = None,
-    clip: Any = "benchmark",
-    reference: Any = "auto",
-    fid_features: Any = "clip",
-    latency_runs: int = 3,
-    warmup: int = 1,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    measure: Iterable[str] = COST_MEASURES,
-) -> list[dict[str, Any]]:
+def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | None = None, *,
+             settings: EvalSettings | None = None, **options: Any) -> list[dict[str, Any]]:
     """Evaluate ``configs`` against the baseline; write results and reports to ``out``.
 
-    Args:
-        model: ``"benchmark"``, a local diffusers folder, a hub id, or a pipeline object.
-        prompts: a prompt file, ``"benchmark[:split]"`` or a list of strings (see :func:`load_prompts`).
-        configs: AccelerationConfig files, frontier files, configs (see :func:`load_configs`).
-        out: output folder.
-        num_images: images per prompt (seeds differ per image, not per config).
-        num_prompts: sample this many prompts (seeded by ``seed``).
-        prompt_column, categories: see :func:`load_prompts`.
-        seed: base seed of prompt sampling and of every item's noise.
-        batch_size: items per pipeline call.
-        call_kwargs: further pipeline arguments (``num_inference_steps``, ``guidance_scale``, ...);
-            default: the benchmark's settings for the benchmark model, else the pipeline's defaults.
-        clip: CLIP model for CLIP score and CLIP-feature FID: ``"benchmark"``, folder/hub id,
-            a :class:`~diffusion_accel.eval.metrics.Clip`, or ``None`` (no CLIP score, no CLIP FID).
-        reference: FID reference: ``"auto"`` (the benchmark images for the benchmark model, else
-            none), ``None``, ``"benchmark[:split]"``, a folder of images or a ``.npz`` of statistics.
-        fid_features: ``"clip"``, ``"inception"`` (needs torch-fidelity) or an ``nn.Module``.
-        latency_runs, warmup: timed and warm-up calls of the cost measurement.
-        device, dtype: where and in which precision to run (default: the process's accelerator
-            device, or CPU; the model's own dtype).
-        resume: continue a run in ``out`` (same settings); without it ``out`` must not hold a run.
-        progress: tqdm progress bars.
-        measure: the per-variant cost measurements besides latency, each one more pipeline call:
-            ``"macs"``, ``"memory"`` (peak memory), ``"operators"`` (profiled operator shares);
-            the fields of the ones left out are ``None``.
+    Takes :class:`~diffusion_accel.eval.settings.EvalSettings` as ``settings=``, or its fields as
+    arguments (they replace the fields of ``settings``): ``model``, ``prompts`` (prompt file,
+    ``"benchmark[:split]"``, a list), ``configs``, ``out`` (required), ``num_images``,
+    ``num_prompts``, ``prompt_column``, ``categories``, ``seed``, ``num_steps``, ``batch_size``,
+    ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
+    ``device``, ``dtype``, ``resume``, ``progress``, ``measure`` -- see the settings for each.
+    A pipeline passed as ``model`` keeps the acceleration it had.
 
     Returns:
         The records (one per variant, baseline first) on the main process; ``[]`` on the others.
@@ -261,74 +225,25 @@ def evaluate(
     Raises:
         ValueError: bad prompts, configs, reference or settings; ``out`` holds another run.
     """
-    state = distributed_state(device)
-    device = torch.device(device) if device is not None else state.device
-    out = os.fspath(out)
-
-    # 1. Validate every input before anything is generated.
-    prompt_list = load_prompts(prompts, column=prompt_column, categories=categories, num=num_prompts, seed=seed)
-    variants = [(BASELINE, AccelerationConfig())] + load_configs(configs)
-    items = make_items(prompt_list, num_images=num_images, seed=seed)
-    make_batches(items, batch_size)
-    if call_kwargs is None:
-        call_kwargs = default_call_kwargs(model)
-    if reference == "auto":
-        reference = "benchmark" if isinstance(model, str) and model == "benchmark" else None
-    _check_reference(reference)
-    if isinstance(fid_features, str) and fid_features != "clip":
-        M.fid_features(fid_features)  # unknown names and missing optional packages fail here
-    if latency_runs < 1 or warmup < 0:
-        raise ValueError(f"latency_runs must be >= 1 and warmup >= 0, got {latency_runs} and {warmup}.")
-    measure = tuple(measure)
-    unknown = sorted(set(measure) - set(COST_MEASURES))
-    if unknown:
-        raise ValueError(f"Unknown cost measure(s) {unknown}; choose from {list(COST_MEASURES)}.")
-    settings = {
-        "model": _model_label(model),
-        "prompts": [[p.index, p.text] for p in prompt_list],
-        "configs": {name: config.to_dict() for name, config in variants},
-        "num_images": num_images,
-        "seed": seed,
-        "batch_size": batch_size,
-        "call_kwargs": _jsonable(call_kwargs),
-        "clip": None if clip is None else _model_label(clip) if not isinstance(clip, M.Clip) else clip.name,
-        "reference": None if reference is None else _model_label(reference),
-        "fid_features": fid_features if isinstance(fid_features, str) else type(fid_features).__name__,
-    }
-    _claim_out_dir(out, settings, resume, state)
+    s = EvalSettings.from_arguments(settings, "evaluate", {"model": model, "prompts": prompts, "configs": configs},
+                                    options)
+    state = distributed_state(s.device)
+    device = torch.device(s.device) if s.device is not None else state.device
+    out = os.fspath(s.out)
+    run = _checked_inputs(s)  # 1. every input, before anything is generated
+    variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
+    _claim_out_dir(out, _run_record(s, run), s.resume, state)
 
     # 2. Generate and measure each variant.
-    pipe = load_pipeline(model, device=device, dtype=dtype)
-    import diffusion_accel
-
-    try:
-        counted: dict[str, MacsResult] = {}
-        for name, config in variants:
-            _use(pipe, name, config)
-            # The MACs of the first batch are counted while it is generated (one call fewer).
-            count = _macs_counter(pipe, counted, name) if "macs" in measure and state.is_main_process else None
-            generate_images(pipe, items, os.path.join(out, name), batch_size=batch_size,
-                            call_kwargs=call_kwargs, progress=progress, desc=name, state=state,
-                            wrap_first_batch=count)
-        if not state.is_main_process:
-            return []
-        # The cost is measured on the main process alone, after generation, so that the other
-        # processes never wait on it.
-        costs = {}
-        for name, config in variants:
-            _use(pipe, name, config)
-            costs[name] = _cost(pipe, items[:batch_size], call_kwargs, os.path.join(out, name), device, measure,
-                                counted.get(name))
-        latencies = _interleaved_latency(pipe, variants, items[:batch_size], call_kwargs, out, latency_runs,
-                                         warmup, device)
-        for name, cost in costs.items():
-            cost["latency"] = latencies[name]
-    finally:
-        diffusion_accel.remove(pipe)
+    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
+    with acceleration_restored(pipe):
+        costs = _generate_and_measure(pipe, s, variants, items, call_kwargs, out, state, device)
+    if not state.is_main_process:
+        return []
 
     # 3. Score (main process) and report.
-    clip_model = None if clip is None else M.load_clip(clip, device=str(device))
-    records = _score(variants, items, out, costs, clip_model, reference, fid_features, progress)
+    clip_model = None if s.clip is None else M.load_clip(s.clip, device=str(device))
+    records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress)
     from .report import write_report, write_results
 
     write_results(records, out)
@@ -336,8 +251,72 @@ def evaluate(
     return records
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+class _Inputs(NamedTuple):
+    prompts: list[Prompt]
+    variants: list[tuple[str, AccelerationConfig]]
+    items: list[Item]
+    call_kwargs: dict[str, Any]
+    reference: Any
+
+
+def _checked_inputs(s: EvalSettings) -> _Inputs:
+    """What a run generates and scores, every input checked."""
+    prompt_list = load_prompts(s.prompts, column=s.prompt_column, categories=s.categories, num=s.num_prompts,
+                               seed=s.seed)
+    variants = [(BASELINE, AccelerationConfig())] + load_configs(s.configs)
+    items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
+    call_kwargs = default_call_kwargs(s.model) if s.call_kwargs is None else dict(s.call_kwargs)
+    if s.num_steps is not None:
+        call_kwargs["num_inference_steps"] = s.num_steps
+    check_item_call_kwargs(items, call_kwargs, "the harness")
+    reference = s.reference
+    if reference == "auto":
+        reference = "benchmark" if isinstance(s.model, str) and s.model == "benchmark" else None
+    _check_reference(reference)
+    if isinstance(s.fid_features, str) and s.fid_features != "clip":
+        M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here
+    return _Inputs(prompt_list, variants, items, call_kwargs, reference)
+
+
+def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
+    """The settings written to ``run.json`` (a resumed run must match them)."""
+    reference = run.reference
+    return {
+        "model": s.model_label,
+        "prompts": [[p.index, p.text] for p in run.prompts],
+        "configs": {name: config.to_dict() for name, config in run.variants},
+        "num_images": s.num_images,
+        "seed": s.seed,
+        "batch_size": s.batch_size,
+        "call_kwargs": jsonable(run.call_kwargs),
+        "clip": None if s.clip is None else s.clip.name if isinstance(s.clip, M.Clip) else source_label(s.clip),
+        "reference": None if reference is None else source_label(reference),
+        "fid_features": s.fid_features if isinstance(s.fid_features, str) else type(s.fid_features).__name__,
+    }
+
+
+def _generate_and_measure(pipe: Any, s: EvalSettings, variants: list, items: list, call_kwargs: dict[str, Any],
+                          out: str, state: Any, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Generate every variant's images (all processes), then measure each variant's cost on the main
+    process alone, after generation, so that the other processes never wait on it."""
+    counted: dict[str, MacsResult] = {}
+    for name, config in variants:
+        _use(pipe, name, config)
+        # The MACs of the first batch are counted while it is generated (one call fewer).
+        count = _macs_counter(pipe, counted, name) if "macs" in s.measure and state.is_main_process else None
+        generate_images(pipe, items, os.path.join(out, name), batch_size=s.batch_size, call_kwargs=call_kwargs,
+                        progress=s.progress, desc=name, state=state, wrap_first_batch=count)
+    if not state.is_main_process:
+        return {}
+    batch = items[:s.batch_size]
+    costs = {}
+    for name, config in variants:
+        _use(pipe, name, config)
+        costs[name] = _cost(pipe, batch, call_kwargs, os.path.join(out, name), device, s.measure, counted.get(name))
+    latencies = _interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device)
+    for name, cost in costs.items():
+        cost["latency"] = latencies[name]
+    return costs
 
 
 def _check_reference(reference: Any) -> None:
@@ -381,41 +360,22 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
 
 
 def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:
-    import diffusion_accel
-
-    diffusion_accel.remove(pipe)
+    remove(pipe)
     if name != BASELINE:
-        diffusion_accel.apply(pipe, config)
+        apply(pipe, config)
 
 
 def _batch_call(pipe: Any, batch: list, call_kwargs: dict[str, Any]):
     def call() -> Any:
         generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
         with torch.no_grad():
-            return pipe(prompt=[it.prompt for it in batch], generator=generators, output_type="np",
-                        **call_kwargs)
+            return pipe(**item_call_inputs(batch), generator=generators, output_type="np", **call_kwargs)
 
     return call
 
 
-class _QuietPipe:
-    """Context: the pipeline's own progress bar is off (restored after)."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-
-    def __enter__(self) -> None:
-        self.old = dict(getattr(self.pipe, "_progress_bar_config", {}) or {})
-        self.pipe.set_progress_bar_config(disable=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.pipe._progress_bar_config = self.old
-
-
 def _macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callable[[Callable[[], Any]], Any]:
     """A ``wrap_first_batch`` for :func:`generate_images` that stores the call's MACs in ``counted[name]``."""
-    from ..api import find_denoisers
-
     def count(run: Callable[[], Any]) -> Any:
         output: list[Any] = []
         counted[name] = count_macs(lambda: output.append(run()), [m for _, m in find_denoisers(pipe)])
@@ -432,12 +392,10 @@ def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, devi
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    from ..api import find_denoisers
-
     call = _batch_call(pipe, batch, call_kwargs)
     cost: dict[str, Any] = {"peak_memory_bytes": None, "peak_memory_source": None, "operator_shares": None,
                             "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
-    with _QuietPipe(pipe):
+    with progress_bar_disabled(pipe):
         if "macs" in measure:
             macs = macs or count_macs(call, [m for _, m in find_denoisers(pipe)])
             # A count that missed operators without a flop formula is unknown, not small.
@@ -461,7 +419,7 @@ def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: di
             return json.load(fh)
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     call = _batch_call(pipe, batch, call_kwargs)
-    with _QuietPipe(pipe):
+    with progress_bar_disabled(pipe):
         for _ in range(runs):
             for name, config in variants:
                 _use(pipe, name, config)
@@ -474,7 +432,7 @@ def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: di
 
 
 def _ratio(full: int | None, accelerated: int | None) -> float | None:
-    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.caching.macs``);
+    """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.cost.macs``);
     ``None`` when either count is unknown."""
     if not full or accelerated is None:
         return None

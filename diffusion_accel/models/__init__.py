@@ -6,12 +6,23 @@ Example:
     True
 """
 
-from .base import COMPONENT_KINDS, Block, BlockGroup, BlockIO, Component, ModelAdapter
+from .base import (
+    COMPONENT_KINDS,
+    Block,
+    BlockGroup,
+    BlockIO,
+    Component,
+    ModelAdapter,
+    TokenGrid,
+    forward_argument,
+    patched_grid_2d,
+)
 from .registry import (
     adapter_for_class,
     find_model_adapter,
     get_model_adapter,
     register_model_adapter,
+    registered_adapters,
     supported_model_classes,
 )
 
@@ -22,9 +33,13 @@ __all__ = [
     "BlockIO",
     "Component",
     "ModelAdapter",
+    "TokenGrid",
     "adapter_for_class",
     "find_model_adapter",
+    "forward_argument",
     "get_model_adapter",
+    "patched_grid_2d",
     "register_model_adapter",
+    "registered_adapters",
     "supported_model_classes",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,12 @@ import torch
 
 from ..utils import get_submodule_or_none
 
-__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter"]
+__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "TokenGrid",
+           "forward_argument", "patched_grid_2d"]
+
+#: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
+#: denoiser call (after patching), read from the call's inputs.
+TokenGrid = Callable[[torch.nn.Module, tuple, dict], "tuple[int, int, int] | None"]
 
 #: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
 #: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
@@ -117,6 +123,9 @@ class ModelAdapter:
         timestep_arg: name of the forward argument carrying the timestep.
         text_tokens_first: in joint attention, whether text tokens precede image tokens in the
             concatenated sequence (Flux, CogVideoX) or follow them (SD3).
+        token_grid: how to read the latent token grid ``(frames, height, width)`` of a call from its
+            inputs (:data:`TokenGrid`; e.g. :func:`patched_grid_2d`), for techniques that reorder
+            tokens spatially (sparse attention's PARO); ``None`` if unknown.
     """
 
     family: str
@@ -124,6 +133,7 @@ class ModelAdapter:
     timestep_arg: str = "timestep"
     text_tokens_first: bool = True
     notes: str = field(default="", compare=False)
+    token_grid: TokenGrid | None = field(default=None, compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -176,3 +186,20 @@ class ModelAdapter:
 def _positional_index(model_class: type, arg: str) -> int | None:
     params = list(inspect.signature(model_class.forward).parameters)[1:]  # drop self
     return params.index(arg) if arg in params else None
+
+
+def forward_argument(model: torch.nn.Module, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """The value of ``model.forward``'s argument ``name`` in a call ``(args, kwargs)``, or ``None``."""
+    if name in kwargs:
+        return kwargs[name]
+    position = _positional_index(type(model), name)
+    return args[position] if position is not None and position < len(args) else None
+
+
+def patched_grid_2d(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """Token grid of an image transformer that patches ``hidden_states`` ``(B, C, H, W)`` with
+    ``model.config.patch_size`` (PixArt, SD3, DiT): ``(1, H // p, W // p)``."""
+    x = forward_argument(model, "hidden_states", args, kwargs)
+    p = model.config.patch_size
+    ph, pw = (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+    return (1, x.shape[-2] // ph, x.shape[-1] // pw)

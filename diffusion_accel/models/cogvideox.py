@@ -3,8 +3,18 @@ followed by video tokens; ``ff`` runs on the concatenated sequence."""
 
 from diffusers import CogVideoXTransformer3DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument
 from .registry import register_model_adapter
+
+
+
+def cogvideox_token_grid(model, args, kwargs):
+    """Video latents ``(B, F, C, H, W)`` patched by ``config.patch_size`` (and ``patch_size_t``, 1.5 only)."""
+    x = forward_argument(model, "hidden_states", args, kwargs)
+    p = model.config.patch_size
+    pt = getattr(model.config, "patch_size_t", None) or 1
+    return (x.shape[1] // pt, x.shape[3] // p, x.shape[4] // p)
+
 
 COGVIDEOX_ADAPTER = ModelAdapter(
     family="cogvideox",
@@ -24,6 +34,7 @@ COGVIDEOX_ADAPTER = ModelAdapter(
         ),
     ),
     text_tokens_first=True,
+    token_grid=cogvideox_token_grid,
 )
 
 register_model_adapter(CogVideoXTransformer3DModel, COGVIDEOX_ADAPTER)

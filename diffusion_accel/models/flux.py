@@ -8,7 +8,7 @@ the shared output projection mixes both and is always computed).
 
 from diffusers import FluxTransformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument
 from .registry import register_model_adapter
 
 _STREAMS = BlockIO(
@@ -16,6 +16,18 @@ _STREAMS = BlockIO(
     output_hidden_states_index=1,
     output_encoder_hidden_states_index=0,
 )
+
+
+
+def flux_token_grid(model, args, kwargs):
+    """Flux packs latents into a sequence; the grid is read from the image position ids ``img_ids``
+    ``(tokens, 3)`` (or ``(B, tokens, 3)``): ``(1, max row + 1, max column + 1)``."""
+    ids = forward_argument(model, "img_ids", args, kwargs)
+    if ids is None:
+        return None
+    ids = ids[0] if ids.dim() == 3 else ids
+    return (1, int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+
 
 FLUX_ADAPTER = ModelAdapter(
     family="flux",
@@ -41,6 +53,7 @@ FLUX_ADAPTER = ModelAdapter(
         ),
     ),
     text_tokens_first=True,
+    token_grid=flux_token_grid,
 )
 
 register_model_adapter(FluxTransformer2DModel, FLUX_ADAPTER)

@@ -2,7 +2,7 @@
 
 from diffusers import PixArtTransformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, patched_grid_2d
 from .registry import register_model_adapter
 
 PIXART_ADAPTER = ModelAdapter(
@@ -19,6 +19,7 @@ PIXART_ADAPTER = ModelAdapter(
             BlockIO(),
         ),
     ),
+    token_grid=patched_grid_2d,
 )
 
 register_model_adapter(PixArtTransformer2DModel, PIXART_ADAPTER)

@@ -14,7 +14,7 @@ import torch
 from .base import ModelAdapter
 
 __all__ = ["register_model_adapter", "get_model_adapter", "adapter_for_class", "find_model_adapter",
-           "supported_model_classes"]
+           "registered_adapters", "supported_model_classes"]
 
 _ADAPTERS: dict[type, ModelAdapter] = {}
 
@@ -60,6 +60,12 @@ def get_model_adapter(model: torch.nn.Module) -> ModelAdapter:
             "groups=(BlockGroup(name, path_to_block_list, components),)))."
         )
     return adapter
+
+
+def registered_adapters() -> dict[type, ModelAdapter]:
+    """A copy of the registry: model class -> adapter (built-in families included)."""
+    _ensure_builtin()
+    return dict(_ADAPTERS)
 
 
 def supported_model_classes() -> list[str]:

@@ -7,7 +7,7 @@ FFN (absent in the last, context-pre-only block).
 
 from diffusers import SD3Transformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, patched_grid_2d
 from .registry import register_model_adapter
 
 SD3_ADAPTER = ModelAdapter(
@@ -30,6 +30,7 @@ SD3_ADAPTER = ModelAdapter(
         ),
     ),
     text_tokens_first=False,
+    token_grid=patched_grid_2d,
 )
 
 register_model_adapter(SD3Transformer2DModel, SD3_ADAPTER)

@@ -6,8 +6,17 @@ low-noise steps; each is tracked and accelerated on its own.
 
 from diffusers import WanTransformer3DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument
 from .registry import register_model_adapter
+
+
+
+def wan_token_grid(model, args, kwargs):
+    """Video latents ``(B, C, F, H, W)`` patched by ``config.patch_size = (pt, ph, pw)``."""
+    x = forward_argument(model, "hidden_states", args, kwargs)
+    pt, ph, pw = model.config.patch_size
+    return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+
 
 WAN_ADAPTER = ModelAdapter(
     family="wan",
@@ -23,6 +32,7 @@ WAN_ADAPTER = ModelAdapter(
             BlockIO(),
         ),
     ),
+    token_grid=wan_token_grid,
 )
 
 register_model_adapter(WanTransformer3DModel, WAN_ADAPTER)

@@ -12,7 +12,7 @@ the ``acceleration`` property. Any other pipeline class can be accelerated in pl
 
 import diffusers
 
-from .base import AcceleratedPipelineMixin, accelerated_class_for, register_accelerated_class
+from ..api import AcceleratedPipelineMixin, accelerated_class_for, register_accelerated_class
 
 
 class PixArtAlphaPipeline(AcceleratedPipelineMixin, diffusers.PixArtAlphaPipeline):
@@ -43,6 +43,10 @@ class StableDiffusionPipeline(AcceleratedPipelineMixin, diffusers.StableDiffusio
     __doc__ = diffusers.StableDiffusionPipeline.__doc__
 
 
+class DiTPipeline(AcceleratedPipelineMixin, diffusers.DiTPipeline):
+    __doc__ = diffusers.DiTPipeline.__doc__
+
+
 for _cls in (
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
@@ -51,6 +55,7 @@ for _cls in (
     CogVideoXPipeline,
     WanPipeline,
     StableDiffusionPipeline,
+    DiTPipeline,
 ):
     register_accelerated_class(getattr(diffusers, _cls.__name__), _cls)
 
@@ -64,4 +69,5 @@ __all__ = [
     "CogVideoXPipeline",
     "WanPipeline",
     "StableDiffusionPipeline",
+    "DiTPipeline",
 ]

@@ -14,18 +14,22 @@ Example::
     from diffusion_accel.quant.calibrate import calibrate
     result = calibrate(pipe, ["a red 3 on the left"], num_inference_steps=10, timestep_ranges=2)
     stats = result.channel_absmax["transformer_blocks.0.attn1.to_q"]   # (2, K)
+    # a pipeline without a text prompt (DiT) takes per-item call arguments instead:
+    calibrate(dit_pipe, [{"class_labels": 207}, {"class_labels": 360}], num_inference_steps=10)
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from ..call_inputs import batch_inputs, check_call_inputs, check_item_inputs, item_inputs
 from ..hooks import Denoiser, StepTracker, pipeline_call_scope, remove_hook, TRACKER_HOOK
 from ..models import find_model_adapter
+from ..pipeline_state import find_denoisers
 
 __all__ = ["CalibrationResult", "calibrate", "calibrate_denoisers", "collect_statistics", "bucket_by_timestep", "run_prompts"]
 
@@ -129,14 +133,19 @@ def bucket_by_timestep(records: dict[str, list[tuple[float, torch.Tensor]]], ran
     return out, edges
 
 
-def run_prompts(pipe, prompts: Sequence[str], num_inference_steps: int | None = None,
+def run_prompts(pipe, prompts: Sequence[str | Mapping[str, Any]], num_inference_steps: int | None = None,
                 call_kwargs: dict[str, Any] | None = None, batch_size: int = 4, seed: int = 0,
                 output_type: str = "latent"):
-    """Run ``pipe`` on ``prompts`` (batched, seeded); returns the list of outputs per batch."""
+    """Run ``pipe`` on ``prompts`` (batched, seeded); returns the list of outputs per batch.
+
+    A prompt is a string (``prompt=``) or a mapping of per-item call arguments, e.g.
+    ``{"class_labels": 207}`` for a class-conditioned DiT (:mod:`diffusion_accel.call_inputs`).
+    """
+    check_call_inputs(pipe, {n for p in prompts for n in item_inputs(p)}, "the calibration prompts")
     outputs = []
     for start in range(0, len(prompts), batch_size):
         kwargs = dict(call_kwargs or {})
-        kwargs["prompt"] = list(prompts[start:start + batch_size])
+        kwargs.update(batch_inputs(prompts[start:start + batch_size]))
         if num_inference_steps is not None:
             kwargs["num_inference_steps"] = num_inference_steps
         kwargs.setdefault("output_type", output_type)
@@ -192,8 +201,6 @@ def calibrate(pipe, prompts: Sequence[str], num_inference_steps: int | None = No
         ValueError: ``prompts`` is empty.
     """
     prompts = _check_prompts(prompts)
-    from ..api import find_denoisers
-
     denoisers, attached = [], []
     for name, module in find_denoisers(pipe):
         adapter = find_model_adapter(module)
@@ -212,14 +219,13 @@ def calibrate(pipe, prompts: Sequence[str], num_inference_steps: int | None = No
             remove_hook(module, TRACKER_HOOK)
 
 
-def _check_prompts(prompts) -> list[str]:
+def _check_prompts(prompts) -> list[str | dict[str, Any]]:
     if isinstance(prompts, str):
         raise ValueError("Calibration prompts must be a list of strings, not one string.")
-    prompts = list(prompts or [])
+    prompts = check_item_inputs(prompts or [], "Calibration prompts")
     if not prompts:
-        raise ValueError("Calibration needs at least one prompt; got none. Pass a few prompts of your domain.")
-    if not all(isinstance(p, str) for p in prompts):
-        raise ValueError("Calibration prompts must all be strings.")
+        raise ValueError("Calibration needs at least one prompt; got none. Pass a few prompts of your domain "
+                         "(or per-item call arguments such as {'class_labels': 207} for a class-conditioned model).")
     return prompts
 
 

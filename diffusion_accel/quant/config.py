@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..call_inputs import check_item_inputs
 from ..techniques import TechniqueConfig
 from .gemm import check_backend_name
 from .linear import ACT_MODES
@@ -41,7 +42,9 @@ class QuantConfig(TechniqueConfig):
         smooth_alpha: channel-balancing migration strength α in ``[0, 1]`` (SmoothQuant-style), or
             ``None`` for none. Needs ``calibration_prompts``.
         timestep_ranges: number of timestep ranges with their own static activation scales.
-        calibration_prompts: prompts run through the pipeline to collect activation statistics.
+        calibration_prompts: prompts run through the pipeline to collect activation statistics; for a
+            pipeline without a text prompt, mappings of per-item call arguments instead (e.g.
+            ``{"class_labels": 207}`` for DiT).
         calibration_steps: ``num_inference_steps`` of the calibration runs (``None``: pipeline default).
         calibration_kwargs: extra JSON keyword arguments of the calibration calls (e.g. height).
         text_encoder_bits: also quantize the text encoder(s) to 8 or 4 bits (W·A8, first token in
@@ -72,7 +75,7 @@ class QuantConfig(TechniqueConfig):
     act_mode: str = "dynamic"
     smooth_alpha: float | None = None
     timestep_ranges: int = 1
-    calibration_prompts: tuple[str, ...] = ()
+    calibration_prompts: tuple[str | dict[str, Any], ...] = ()
     calibration_steps: int | None = None
     calibration_kwargs: dict[str, Any] = field(default_factory=dict)
     text_encoder_bits: int | None = None
@@ -103,9 +106,8 @@ class QuantConfig(TechniqueConfig):
             raise ValueError(f"QuantConfig.timestep_ranges must be a positive integer; got {self.timestep_ranges!r}.")
         if isinstance(self.calibration_prompts, str):
             raise ValueError("QuantConfig.calibration_prompts must be a list of prompts, not one string.")
-        object.__setattr__(self, "calibration_prompts", tuple(self.calibration_prompts))
-        if not all(isinstance(p, str) for p in self.calibration_prompts):
-            raise ValueError("QuantConfig.calibration_prompts must all be strings.")
+        object.__setattr__(self, "calibration_prompts",
+                           tuple(check_item_inputs(self.calibration_prompts, "QuantConfig.calibration_prompts")))
         if self.needs_calibration and not self.calibration_prompts:
             what = "act_mode='static'" if self.act_mode == "static" else "smooth_alpha"
             raise ValueError(

@@ -1,7 +1,7 @@
 """FLOP formulas of the int8 GEMM operators (oneDNN's, the x86 / fbgemm quantized linear and
 ``aten._int_mm``), so
 ``torch.utils.flop_counter.FlopCounterMode``
-(and every MAC count built on it: ``diffusion_accel.caching.macs``, the evaluation harness) counts
+(and every MAC count built on it: ``diffusion_accel.cost.macs``, the evaluation harness) counts
 quantized linears like the float ones they replace: ``2 * rows * in_features * out_features``.
 
 An integer multiply-accumulate counts as one MAC, exactly like a float one; the saving of W8A8 is

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._diffusers import hook_registry
 from ..hooks import add_hook
 from ..models import find_model_adapter
 from ..utils import atomic_write_json
@@ -61,7 +62,7 @@ def save_quantized(model: torch.nn.Module, directory: str | os.PathLike) -> None
     if not layers:
         raise ValueError(f"{type(model).__name__} holds no QuantLinear layer; quantize it before saving.")
     edges = []
-    registry = getattr(model, "_diffusers_hook", None)
+    registry = hook_registry(model)
     if registry is not None:
         for hook in registry.hooks.values():
             if isinstance(hook, TimestepRangeHook):

@@ -175,8 +175,8 @@ class SparseLayer:
         if grid is None:
             raise ValueError(
                 f"{self.name}: reorder='paro' needs the token grid of the {span[1] - span[0]} image/video "
-                f"tokens, but the model call gave {context.grid}. Register a grid reader with "
-                "diffusion_accel.sparse_attn.context.register_grid_reader(family, fn) or use reorder='none'."
+                f"tokens, but the model call gave {context.grid}. Declare how to read it in the model's adapter "
+                "(ModelAdapter(..., token_grid=fn)) or use reorder='none'."
             )
         key = (grid, span, q.shape[1])
         if key not in self.paro_orders:

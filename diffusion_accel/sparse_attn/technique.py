@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..hooks import add_hook, remove_hook
+from ..pipeline_state import acceleration_state
 from ..techniques import TechniqueHandle, register_technique
 from .config import SparseAttentionConfig
 from .context import DenoiserContextHook
@@ -93,7 +94,7 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
             # Check every site before changing anything: unknown processors fail cleanly.
             plans = [(site, sparse_processor_for(site.name, site.module.processor)) for site in sites]
             den_layers: list[SparseLayer] = []
-            context_hook = DenoiserContextHook(denoiser.adapter.family, den_layers)
+            context_hook = DenoiserContextHook(denoiser.adapter, den_layers)
             add_hook(denoiser.module, context_hook, CONTEXT_HOOK)
             hooked.append(denoiser.module)
             device = next(denoiser.module.parameters()).device
@@ -129,8 +130,6 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
 
 def sparse_layers(pipe) -> list[SparseLayer]:
     """The :class:`SparseLayer` objects of an accelerated pipeline (empty if none)."""
-    from ..api import acceleration_state
-
     state = acceleration_state(pipe)
     if state is None:
         return []

@@ -13,8 +13,9 @@ generator::
     out = pipe(**tiny_call_kwargs("flux"), generator=torch.Generator().manual_seed(0))
     print(out.images.shape)  # torch.Size([1, 3, 64, 64])
 
-Defaults of ``tiny_call_kwargs`` (all calls also get ``prompt="a photo of a cat"``,
-``num_inference_steps=3`` and ``output_type="pt"``):
+Defaults of ``tiny_call_kwargs`` (all calls also get ``num_inference_steps=3`` and
+``output_type="pt"``; the text-conditioned ones ``prompt="a photo of a cat"``, DiT
+``class_labels=[207]`` instead):
 
 ============  ========================  =========  ================  =======  ====================
 name          pipeline                  H x W      guidance          frames   output ``.images`` /
@@ -27,8 +28,11 @@ flux          FluxPipeline              64 x 64    3.5 (embedded)    --       (1
 cogvideox     CogVideoXPipeline         64 x 64    6.0 (batched)     9        (1, 9, 3, 64, 64)
 wan           WanPipeline               64 x 64    5.0 (2 calls)     5        (1, 5, 3, 64, 64)
 sd15          StableDiffusionPipeline   64 x 64    7.5 (batched)     --       (1, 3, 64, 64)
+dit           DiTPipeline               64 x 64    4.0 (batched)     --       (1, 3, 64, 64)
 ============  ========================  =========  ================  =======  ====================
 
+DiT is class-conditioned (no text encoder, no ``prompt``): its size is fixed by the transformer's
+``sample_size`` (no ``height``/``width`` arguments) and ``id2label`` is absent (pass label ids).
 PixArt calls also get ``use_resolution_binning=False`` (the bins exist only for the real sample
 sizes) and ``clean_caption=False`` (so results do not depend on whether bs4/ftfy are installed).
 Flux is guidance-distilled (``guidance_embeds=True``): its default call makes one transformer call
@@ -53,6 +57,8 @@ cogvideox     CogVideoXTransformer3DModel  AutoencoderKL-     T5            CogV
 wan           WanTransformer3DModel (2)    AutoencoderKLWan   UMT5          UniPCMultistep (flow)
 sd15          UNet2DConditionModel         AutoencoderKL      CLIP          DDIM
               (2 down, mid, 2 up)          (4 channels)
+dit           DiTTransformer2DModel        AutoencoderKL      --            DDIM
+              (2, adaLN-Zero)              (4 channels)
 ============  ===========================  =================  ============  ======================
 
 Every VAE has the real compression (8x in space; 4x in time for video), so the real resolution
@@ -80,11 +86,12 @@ from diffusers import (
     CogVideoXTransformer3DModel,
     DDIMScheduler,
     DiffusionPipeline,
+    DiTPipeline,
+    DiTTransformer2DModel,
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
-    ModelMixin,
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     PixArtTransformer2DModel,
@@ -101,7 +108,6 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    PreTrainedModel,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
@@ -109,11 +115,12 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from .._diffusers import fp32_module_names
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 __all__ = ["TINY_PIPELINES", "tiny_call_kwargs", "tiny_pipeline"]
 
-TINY_PIPELINES: tuple[str, ...] = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "cogvideox", "wan", "sd15")
+TINY_PIPELINES: tuple[str, ...] = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "cogvideox", "wan", "sd15", "dit")
 
 _PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "pixart-alpha": PixArtAlphaPipeline,
@@ -123,13 +130,14 @@ _PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "cogvideox": CogVideoXPipeline,
     "wan": WanPipeline,
     "sd15": StableDiffusionPipeline,
+    "dit": DiTPipeline,
 }
 
 _COMMON_KWARGS: dict[str, Any] = {
-    "prompt": "a photo of a cat",
     "num_inference_steps": 3,
     "output_type": "pt",
 }
+_PROMPT: dict[str, Any] = {"prompt": "a photo of a cat"}
 
 _CALL_KWARGS: dict[str, dict[str, Any]] = {
     "pixart-alpha": {
@@ -151,6 +159,7 @@ _CALL_KWARGS: dict[str, dict[str, Any]] = {
     "cogvideox": {"height": 64, "width": 64, "num_frames": 9, "guidance_scale": 6.0},
     "wan": {"height": 64, "width": 64, "num_frames": 5, "guidance_scale": 5.0},
     "sd15": {"height": 64, "width": 64, "guidance_scale": 7.5},
+    "dit": {"class_labels": [207], "guidance_scale": 4.0},
 }
 
 
@@ -166,7 +175,8 @@ def tiny_call_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     Returns a new dict on every call. See the module docstring for the table of defaults.
     """
     _check_name(name)
-    return {**_COMMON_KWARGS, **_CALL_KWARGS[name], **overrides}
+    text = {} if "class_labels" in _CALL_KWARGS[name] else _PROMPT
+    return {**_COMMON_KWARGS, **text, **_CALL_KWARGS[name], **overrides}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,6 +483,27 @@ def _sd15_components(seeds: _Seeds) -> dict[str, Any]:
     }
 
 
+def _dit_components(seeds: _Seeds) -> dict[str, Any]:
+    # DiT-XL/2's layout (adaLN-Zero blocks, learned sigma, 1000 classes + the null class that
+    # DiTPipeline uses for guidance), tiny widths; latent 8x8 -> 64x64 images.
+    with seeds("transformer"):
+        transformer = DiTTransformer2DModel(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=8,
+            num_layers=2,
+            sample_size=8,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
+    return {
+        "transformer": transformer,
+        "vae": _vae_kl(seeds, latent_channels=4, scaling_factor=0.18215),
+        "scheduler": DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False),
+    }
+
+
 _BUILDERS: dict[str, Callable[[_Seeds], dict[str, Any]]] = {
     "pixart-alpha": _pixart_components,
     "pixart-sigma": _pixart_components,
@@ -481,6 +512,7 @@ _BUILDERS: dict[str, Callable[[_Seeds], dict[str, Any]]] = {
     "cogvideox": _cogvideox_components,
     "wan": _wan_components,
     "sd15": _sd15_components,
+    "dit": _dit_components,
 }
 
 
@@ -528,14 +560,7 @@ def _cast_like_from_pretrained(module: torch.nn.Module, device: torch.device, dt
     would load it: the modules a class keeps in float32 (``_keep_in_fp32_modules``; for transformers
     models only under float16, plus ``_keep_in_fp32_modules_strict`` under float16/bfloat16) stay so.
     """
-    keep: set[str] = set()
-    if isinstance(module, ModelMixin) and dtype != torch.float32:
-        keep |= set(module._keep_in_fp32_modules or ())
-    elif isinstance(module, PreTrainedModel):
-        if dtype == torch.float16:
-            keep |= set(module._keep_in_fp32_modules or ())
-        if dtype in (torch.float16, torch.bfloat16):
-            keep |= set(module._keep_in_fp32_modules_strict or ())
+    keep = fp32_module_names(module, dtype)
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         target = None  # integer buffers keep their dtype
         if tensor.is_floating_point():

@@ -2,6 +2,8 @@ import csv
 import json
 import math
 
+import numpy as np
+
 from diffusion_accel.eval.report import load_results, pareto_front, plot_pareto, write_results
 
 
@@ -11,6 +13,21 @@ def test_pareto_front_keeps_non_dominated_points():
     assert pareto_front(speed, quality, higher_is_better=False) == [0, 2, 4]  # e.g. FID
     assert pareto_front(speed, quality, higher_is_better=True) == [4]  # e.g. CLIP score
     assert pareto_front([1.0, 2.0], [math.inf, 30.0], higher_is_better=True) == [0, 1]
+
+
+def test_pareto_front_matches_the_definition_with_ties_and_nan():
+    """pymoo's sorting gives the points no other point dominates; equal points are all kept, NaN is kept."""
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        speed = rng.integers(1, 5, 12).astype(float).tolist()
+        quality = rng.integers(0, 5, 12).astype(float).tolist()
+        if trial % 3 == 0:
+            quality[trial % 12] = math.nan
+        for higher in (True, False):
+            q = [v if higher else -v for v in quality]
+            expected = [i for i in range(12) if not any(
+                speed[j] >= speed[i] and q[j] >= q[i] and (speed[j] > speed[i] or q[j] > q[i]) for j in range(12))]
+            assert pareto_front(speed, quality, higher) == sorted(expected, key=lambda i: speed[i])
 
 
 def test_results_json_and_csv_round_trip_infinity(tmp_path):

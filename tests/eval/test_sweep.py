@@ -75,7 +75,7 @@ def test_unreadable_config_is_one_clear_error(tmp_path, content, match):
 
 
 def test_sweep_records_and_files(pipe, finished_run):
-    from diffusion_accel.caching import macs
+    from diffusion_accel.cost import macs
 
     out, records = finished_run
     assert [r["name"] for r in records] == ["baseline", "fora"]
@@ -165,7 +165,7 @@ def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
 
 
 def test_load_configs_reads_the_search_frontier_file(pipe, tmp_path):
-    from diffusion_accel.caching.search.frontier import save_frontier
+    from diffusion_accel.search.frontier import save_frontier
 
     entries = [{"name": "search-03", "origin": "search", "config": fora(pipe).to_dict(), "speedup": 1.3},
                {"name": "heuristic fora", "origin": "heuristic", "config": fora(pipe).to_dict(), "speedup": 1.3}]
@@ -183,3 +183,34 @@ def test_measure_selects_the_cost_measurements(pipe, tmp_path):
     assert records[1]["macs_ratio"] > 1.0
     with pytest.raises(ValueError, match="Unknown cost measure"):
         _run(pipe, None, tmp_path / "other", None, [], measure=("flops",))
+
+
+@pytest.mark.slow
+def test_settings_object_class_labels_and_the_pipelines_own_acceleration(tmp_path):
+    """EvalSettings, a class-conditioned DiT evaluated on per-item class labels, and a pipeline that
+    keeps the acceleration it came with."""
+    import diffusion_accel
+    from diffusion_accel.api import acceleration_state
+    from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
+    from diffusion_accel.eval import EvalSettings
+    from diffusion_accel.testing import tiny_pipeline
+
+    dit = tiny_pipeline("dit")
+    own = AccelerationConfig(cache=DynamicCacheConfig(threshold=0.05))
+    diffusion_accel.apply(dit, own)
+    settings = EvalSettings(model=dit, prompts=({"class_labels": 1}, {"class_labels": 9}), out=tmp_path / "dit",
+                            configs=(("fora", AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(dit, 2, 2)))),),
+                            num_steps=2, call_kwargs={"guidance_scale": 4.0}, clip=None, reference=None,
+                            latency_runs=1, warmup=0, progress=False, measure=("macs",))
+    records = evaluate(settings=settings)
+    assert [r["name"] for r in records] == ["baseline", "fora"] and records[1]["macs_ratio"] > 1.0
+    assert acceleration_state(dit).config == own  # the pipeline got its own acceleration back
+    run = json.loads((tmp_path / "dit" / "run.json").read_text())
+    assert run["prompts"] == [[0, "class_labels=1"], [1, "class_labels=9"]]
+    assert run["call_kwargs"] == {"guidance_scale": 4.0, "num_inference_steps": 2}
+    with pytest.raises(ValueError, match="out is required"):
+        EvalSettings(configs=("fast.json",))
+    with pytest.raises(ValueError, match="call_kwargs must not set \\['class_labels'\\]"):
+        evaluate(settings=settings, out=tmp_path / "other", call_kwargs={"class_labels": [3]})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['num_image'\]"):
+        evaluate(settings=settings, num_image=2)

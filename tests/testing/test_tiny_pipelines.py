@@ -67,6 +67,13 @@ EXPECTED = {
         diffusers.DDIMScheduler,
         {"text_encoder": transformers.CLIPTextModel},
     ),
+    "dit": (
+        diffusers.DiTPipeline,
+        "transformer",
+        diffusers.AutoencoderKL,
+        diffusers.DDIMScheduler,
+        {},  # class-conditioned: no text encoder
+    ),
 }
 
 # Denoiser calls per step and batch size per call with the default kwargs (one prompt, CFG on).
@@ -78,6 +85,7 @@ CALLS_PER_STEP = {
     "cogvideox": (1, 2),
     "wan": (2, 1),
     "sd15": (1, 2),
+    "dit": (1, 2),
 }
 
 
@@ -112,13 +120,14 @@ def _output(pipe, name, seed=0, **overrides):
 
 def _expected_shape(name):
     kw = tiny_call_kwargs(name)
+    height, width = kw.get("height", 64), kw.get("width", 64)  # DiT: fixed by the transformer's sample_size
     if "num_frames" in kw:
-        return (1, kw["num_frames"], 3, kw["height"], kw["width"])
-    return (1, 3, kw["height"], kw["width"])
+        return (1, kw["num_frames"], 3, height, width)
+    return (1, 3, height, width)
 
 
 def test_names():
-    assert TINY_PIPELINES == ("pixart-alpha", "pixart-sigma", "sd3", "flux", "cogvideox", "wan", "sd15")
+    assert TINY_PIPELINES == ("pixart-alpha", "pixart-sigma", "sd3", "flux", "cogvideox", "wan", "sd15", "dit")
     assert set(EXPECTED) == set(TINY_PIPELINES)
 
 
@@ -233,7 +242,11 @@ def test_call_kwargs():
         kw = tiny_call_kwargs(name)
         assert "generator" not in kw
         assert kw["num_inference_steps"] >= 2 and kw["guidance_scale"] > 1
-        assert kw["output_type"] == "pt" and isinstance(kw["prompt"], str)
+        assert kw["output_type"] == "pt"
+        if name == "dit":  # class-conditioned
+            assert "prompt" not in kw and kw["class_labels"] == [207]
+        else:
+            assert isinstance(kw["prompt"], str)
     kw = tiny_call_kwargs("wan", num_inference_steps=5, negative_prompt="x")
     assert kw["num_inference_steps"] == 5 and kw["negative_prompt"] == "x"
     kw["height"] = 0
@@ -263,7 +276,7 @@ def test_low_precision_cast_like_from_pretrained():
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse", "two red flowers near a blue lake"]
 
 
-@pytest.mark.parametrize("name", TINY_PIPELINES)
+@pytest.mark.parametrize("name", [n for n in TINY_PIPELINES if n != "dit"])  # DiT has no tokenizer
 def test_tokenizers_round_trip(name):
     pipe = tiny_pipeline(name)
     tokenizers = [

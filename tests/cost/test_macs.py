@@ -4,8 +4,9 @@ import pytest
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig, macs, profile_macs
-from diffusion_accel.caching.macs import _measured_macs
+from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
+from diffusion_accel.cost import macs, profile_macs
+from diffusion_accel.cost.macs import _measured_macs
 from diffusion_accel.testing import tiny_call_kwargs, tiny_pipeline
 
 

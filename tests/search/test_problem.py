@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from diffusion_accel.caching import CacheSchedule
-from diffusion_accel.caching.search import ScheduleGenome
-from diffusion_accel.caching.search.problem import bits_to_str, str_to_bits
-from diffusion_accel.caching.search.seeding import heuristic_schedules, initial_population
+from diffusion_accel.search import ScheduleGenome
+from diffusion_accel.search.problem import bits_to_str, str_to_bits
+from diffusion_accel.search.seeding import heuristic_schedules, initial_population
 from diffusion_accel.testing import tiny_pipeline
 
 

@@ -14,9 +14,10 @@ and ``generalisation.json`` to ``--out`` (see ``docs/search.md``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+from ..cli import json_object_option
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -111,14 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return _pick_only(args)
     if args.out is None:
         raise ValueError("--out is required (the folder for the checkpoint, frontier and plots).")
-    call_kwargs = None
-    if args.call_kwargs is not None:
-        try:
-            call_kwargs = json.loads(args.call_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--call-kwargs is not valid JSON: {exc}") from exc
-        if not isinstance(call_kwargs, dict):
-            raise ValueError("--call-kwargs must be a JSON object.")
+    call_kwargs = None if args.call_kwargs is None else json_object_option(args.call_kwargs, "--call-kwargs")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}.")
@@ -174,7 +168,7 @@ def _report(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ...cli import main as cli_main
+    from ..cli import main as cli_main
 
     return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from ...hooks import add_hook, remove_hook
+from ..hooks import add_hook, remove_hook
 
 __all__ = ["TextEncoderMemo", "memoize_text_encoders", "text_encoders"]
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ...models import get_model_adapter
-from ..schedule import CacheSchedule, resolve_denoiser
+from ..models import get_model_adapter
+from ..caching.schedule import CacheSchedule, resolve_denoiser
 
 __all__ = ["GRANULARITIES", "ScheduleGenome", "ScheduleProblem", "bits_to_str", "str_to_bits"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import CacheSchedule, StaticCacheConfig, pick
-from diffusion_accel.caching.search import non_dominated, pick_entry
-from diffusion_accel.caching.search.frontier import load_frontier, plot_frontier, save_frontier
+from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+from diffusion_accel.search import non_dominated, pick, pick_entry
+from diffusion_accel.search.frontier import load_frontier, plot_frontier, save_frontier
 
 
 def brute_force(F):

@@ -31,7 +31,7 @@ import json
 import os
 from typing import Any
 
-from ...utils import atomic_write_json
+from ..utils import atomic_write_json
 
 __all__ = ["CHECKPOINT", "RESUMABLE_CHANGES", "check_compatible", "load_checkpoint", "save_checkpoint"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymoo.core.problem import Problem
 
-from diffusion_accel.caching.search import NsgaDriver, Operators
+from diffusion_accel.search import NsgaDriver, Operators
 
 N_VAR = 24
 WEIGHTS = np.random.default_rng(7).random(N_VAR)

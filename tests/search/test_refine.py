@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from diffusion_accel.caching.search import CandidateEvaluator, ScheduleGenome, non_dominated
-from diffusion_accel.caching.search.problem import bits_to_str
-from diffusion_accel.caching.search.refine import (
+from diffusion_accel.search import CandidateEvaluator, ScheduleGenome, non_dominated
+from diffusion_accel.search.problem import bits_to_str
+from diffusion_accel.search.refine import (
     fit_surrogate,
     gene_savings,
     refine_candidates,

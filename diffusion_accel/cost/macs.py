@@ -11,7 +11,8 @@ denoiser actually executes during a real accelerated call (dynamic caching, spar
 One MAC is counted as 2 FLOPs.
 
 Example:
-    >>> from diffusion_accel.caching import CacheSchedule, macs
+    >>> from diffusion_accel.caching import CacheSchedule
+    >>> from diffusion_accel.cost import macs
     >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
     >>> pipe, kwargs = tiny_pipeline("pixart-alpha"), tiny_call_kwargs("pixart-alpha")
     >>> fora = CacheSchedule.fora(pipe.transformer, kwargs["num_inference_steps"], 2)
@@ -22,19 +23,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..api import acceleration_state, apply, find_denoisers, remove
+from ..api import acceleration_restored, apply, find_denoisers, remove
+from ..caching.schedule import CacheSchedule
+from ..caching.static import StaticCacheConfig, scheduler_num_steps
 from ..config import AccelerationConfig
 from ..models import get_model_adapter
-from .schedule import CacheSchedule
-from .static import StaticCacheConfig, scheduler_num_steps
+from .counting import count_macs
 
 __all__ = ["MacProfile", "MacReport", "profile_macs", "macs", "denoiser_macs"]
 
@@ -108,19 +109,6 @@ class _StopAfterFirstStep(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _without_acceleration(pipe: Any) -> Iterator[None]:
-    state = acceleration_state(pipe)
-    config = state.config if state is not None else None
-    if config is not None:
-        remove(pipe)
-    try:
-        yield
-    finally:
-        if config is not None:
-            apply(pipe, config)
-
-
 def _capture_first_step(pipe: Any, denoiser: torch.nn.Module, call_kwargs: dict) -> list[tuple[tuple, dict]]:
     """Run ``pipe`` until ``denoiser``'s first call with a new timestep; return the step-0 calls."""
     adapter = get_model_adapter(denoiser)
@@ -151,7 +139,8 @@ def profile_macs(pipe: Any, **call_kwargs: Any) -> MacProfile:
     """Profile MACs per component from one dry step of ``pipe(**call_kwargs)``."""
     denoiser = find_denoisers(pipe)[0][1]
     adapter = get_model_adapter(denoiser)
-    with _without_acceleration(pipe):
+    with acceleration_restored(pipe):
+        remove(pipe)
         calls = _capture_first_step(pipe, denoiser, dict(call_kwargs))
         num_steps = scheduler_num_steps(pipe) or call_kwargs.get("num_inference_steps") or 1
         blocks = adapter.blocks(denoiser)
@@ -189,22 +178,14 @@ def _attribute(module: torch.nn.Module, counter: FlopCounterMode, out: np.ndarra
 def denoiser_macs(pipe: Any, **call_kwargs: Any) -> float:
     """MACs the pipeline's denoisers execute during one call of ``pipe(**call_kwargs)``, as it is
     (with whatever acceleration or third-party hooks are installed)."""
-    from ..eval.latency import count_macs
-
     return float(count_macs(lambda: pipe(**call_kwargs), [m for _, m in find_denoisers(pipe)]).modules)
 
 
 def _measured_macs(pipe: Any, config: AccelerationConfig, call_kwargs: dict) -> float:
     """:func:`denoiser_macs` of ``pipe`` accelerated with ``config`` (the pipe is left as it was)."""
-    previous = acceleration_state(pipe)
-    previous_config = previous.config if previous is not None else None
-    apply(pipe, config)
-    try:
+    with acceleration_restored(pipe):
+        apply(pipe, config)
         return denoiser_macs(pipe, **call_kwargs)
-    finally:
-        remove(pipe)
-        if previous_config is not None:
-            apply(pipe, previous_config)
 
 
 def macs(pipe: Any, schedule_or_config: CacheSchedule | AccelerationConfig, **call_kwargs: Any) -> MacReport:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+REPO = os.path.dirname(os.path.dirname(HERE))
 
 # The tiny call every search test uses (prompt, generator and output_type are set per item).
 TINY_CALL = {"height": 32, "width": 32, "guidance_scale": 4.5, "use_resolution_binning": False,

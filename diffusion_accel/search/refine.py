@@ -54,7 +54,7 @@ POOL_FACTOR = 16
 def gene_savings(genome: ScheduleGenome, profile: Any) -> np.ndarray:
     """``(num_bits,)`` fraction of the full loop's MACs that reusing each gene saves.
 
-    ``profile`` is a :class:`~diffusion_accel.caching.macs.MacProfile` of the searched model, so
+    ``profile`` is a :class:`~diffusion_accel.cost.MacProfile` of the searched model, so
     ``1 - savings[~bits].sum()`` is the cost (``1 / macs_ratio``) of the genome ``bits``.
     """
     per_step = np.asarray(profile.component_macs, dtype=float).sum(axis=0)  # (blocks, components)

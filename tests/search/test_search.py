@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffusion_accel import AccelerationConfig, apply, remove
-from diffusion_accel.caching import CacheSchedule, StaticCacheConfig, pick, search_schedule
-from diffusion_accel.caching.search import CandidateEvaluator, load_frontier, non_dominated
+from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+from diffusion_accel.search import CandidateEvaluator, load_frontier, non_dominated, pick, search_schedule
 from diffusion_accel.eval.generate import make_items
 from diffusion_accel.eval.prompts import load_prompts
 
@@ -206,8 +206,8 @@ def test_generalisation_is_reported(pixart, tiny_call, tmp_path, one_thread):
 
 def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_thread):
     from diffusion_accel.caching import DynamicCacheConfig
-    from diffusion_accel.caching.search import ScheduleGenome
-    from diffusion_accel.caching.search.seeding import dynamic_schedules, initial_population
+    from diffusion_accel.search import ScheduleGenome
+    from diffusion_accel.search.seeding import dynamic_schedules, initial_population
 
     items = make_items(load_prompts(PROMPTS), seed=0)
     call = {**tiny_call, "num_inference_steps": 6}
@@ -229,10 +229,12 @@ def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_t
 
 
 def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
-    from diffusion_accel.caching.search import ScheduleGenome
-    from diffusion_accel.caching.search.seeding import dynamic_schedules
+    from diffusion_accel.search import ScheduleGenome
+    from diffusion_accel.search.seeding import dynamic_schedules
 
     class Recorded:  # an evaluator whose dynamic-caching run skipped step 2 in both batches, step 1 in one
+        base = None  # no acceleration under the candidates
+
         def run(self, config, observe=None):
             observe({"cache": {"skip_share_by_step": {0: 0.0, 1: 0.5, 2: 1.0, 3: 0.0}}})
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..heuristics import deepcache, delta_dit, encoder_propagation, fora, full_compute, tgate
-from ..schedule import CacheSchedule
+from ..caching.dynamic import DynamicCacheConfig
+from ..caching.heuristics import deepcache, delta_dit, encoder_propagation, fora, full_compute, tgate
+from ..caching.schedule import CacheSchedule
+from .fitness import with_cache
 from .problem import ScheduleGenome
 
 __all__ = ["DYNAMIC_SEED_THRESHOLDS", "dynamic_schedules", "heuristic_schedules", "initial_population"]
@@ -92,18 +94,15 @@ def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
     Thresholds whose replay is the full schedule, or a duplicate, are left out.
 
     Args:
-        evaluator: a prepared :class:`~diffusion_accel.caching.search.CandidateEvaluator`.
+        evaluator: a prepared :class:`~diffusion_accel.search.CandidateEvaluator`.
         genome: the search layout (its step count must be the evaluator's).
         thresholds: dynamic-caching thresholds to replay.
     """
-    from ...config import AccelerationConfig
-    from ..dynamic import DynamicCacheConfig
-
     out: list[CacheSchedule] = []
     for threshold in thresholds:
         reports: list[dict[str, Any]] = []
         try:
-            evaluator.run(AccelerationConfig(cache=DynamicCacheConfig(threshold=float(threshold))),
+            evaluator.run(with_cache(evaluator.base, DynamicCacheConfig(threshold=float(threshold))),
                           observe=reports.append)
         except ValueError:  # dynamic caching does not apply to this model
             return []

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ...config import AccelerationConfig
-from ...utils import atomic_write_json
+from ..config import AccelerationConfig
+from ..utils import atomic_write_json
 
 __all__ = [
     "FRONTIER_FORMAT",
@@ -52,21 +52,21 @@ FRONTIER_VERSION = 1
 
 
 def non_dominated(F: Any) -> np.ndarray:
-    """Indices of the rows of ``F`` ``(n, k)`` (minimised) that no other row dominates.
+    """Indices of the rows of ``F`` ``(n, k)`` (minimised) that no other row dominates (pymoo's
+    non-dominated sorting).
 
     Of rows with identical objectives only the first is kept. Indices are in input order.
     """
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
     F = np.asarray(F, dtype=float)
     if F.ndim != 2:
         raise ValueError(f"Objectives must be a 2-D array (candidates, objectives), got shape {F.shape}.")
-    keep = []
-    for i in range(len(F)):
-        others = np.delete(F, i, axis=0)
-        dominated = np.any(np.all(others <= F[i], axis=1) & np.any(others < F[i], axis=1))
-        duplicate_before = np.any(np.all(F[:i] == F[i], axis=1))
-        if not dominated and not duplicate_before:
-            keep.append(i)
-    return np.asarray(keep, dtype=int)
+    if not len(F):
+        return np.zeros(0, dtype=int)
+    front = np.sort(NonDominatedSorting().do(F, only_non_dominated_front=True))
+    _, first = np.unique(F[front], axis=0, return_index=True)  # first of each group of equal rows
+    return front[np.sort(first)].astype(int)
 
 
 def _read(source: Any) -> Any:
@@ -162,7 +162,7 @@ def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: n
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ...utils import atomic_write_bytes
+    from ..utils import atomic_write_bytes
 
     fig = Figure(figsize=(6, 4.2), dpi=100)
     FigureCanvasAgg(fig)

@@ -43,22 +43,23 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...api import acceleration_state, apply, find_denoisers, remove
-from ...config import AccelerationConfig
-from ...eval.generate import Item, make_batches, to_uint8
-from ..macs import MacProfile, profile_macs
-from ..schedule import CacheSchedule
-from ..static import StaticCacheConfig
+from .._diffusers import progress_bar_disabled
+from ..api import acceleration_state, apply, find_denoisers, remove
+from ..config import AccelerationConfig
+from ..eval.generate import Item, check_item_call_kwargs, item_call_inputs, make_batches, to_uint8
+from ..cost.macs import MacProfile, profile_macs
+from ..caching.schedule import CacheSchedule
+from ..caching.static import StaticCacheConfig
 from .memo import TextEncoderMemo, memoize_text_encoders
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "Evaluation",
     "QualityMetric",
     "quality_metric",
+    "with_cache",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -133,12 +135,12 @@ class ClipScoreMetric(QualityMetric):
         self.clip = None
 
     def prepare(self, device):
-        from ...eval.metrics import load_clip
+        from ..eval.metrics import load_clip
 
         self.clip = load_clip(self.source, device=str(device))
 
     def value(self, outputs, reference, prompts):
-        from ...eval.metrics import clip_score
+        from ..eval.metrics import clip_score
 
         return float(clip_score(to_uint8(outputs), list(prompts), self.clip))
 
@@ -154,14 +156,14 @@ class FidMetric(QualityMetric):
         self.extractor = self.stats = None
 
     def prepare(self, device):
-        from ...eval.metrics import fid_features, load_clip, load_reference
+        from ..eval.metrics import fid_features, load_clip, load_reference
 
         clip = load_clip(self.source, device=str(device)) if self.features == "clip" else None
         self.extractor = fid_features(self.features, clip)
         self.stats = load_reference(self.reference_source, self.extractor)
 
     def value(self, outputs, reference, prompts):
-        from ...eval.metrics import fid
+        from ..eval.metrics import fid
 
         return float(fid(to_uint8(outputs), self.stats, self.extractor))
 
@@ -254,8 +256,9 @@ class CandidateEvaluator:
 
     Args:
         pipe: the diffusers pipeline (left un-accelerated after every call).
-        items: calibration items (prompt + seed each; :func:`diffusion_accel.eval.generate.make_items`).
-        call_kwargs: pipeline arguments (steps, guidance, size...) without ``prompt``,
+        items: calibration items (prompt or per-item call arguments + seed each;
+            :func:`diffusion_accel.eval.generate.make_items`).
+        call_kwargs: pipeline arguments (steps, guidance, size...) without the items' inputs,
             ``generator`` and ``output_type``.
         quality: a :data:`QUALITY_METRICS` name or a :class:`QualityMetric`.
         cost: ``"macs"`` or ``"latency"``.
@@ -263,6 +266,9 @@ class CandidateEvaluator:
         memo: text-encoder memo to share between evaluators of the same prompts.
         quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
         reuse: :attr:`StaticCacheConfig.reuse` of the evaluated schedules.
+        base: the acceleration every candidate runs on top of (its ``cache`` is replaced by the
+            candidate's; e.g. the W8A8 quantization the pipeline had), also the full-compute reference;
+            ``None`` for the plain model.
     """
 
     def __init__(
@@ -277,19 +283,19 @@ class CandidateEvaluator:
         memo: TextEncoderMemo | None = None,
         quality_options: dict[str, Any] | None = None,
         reuse: str = "outputs",
+        base: AccelerationConfig | None = None,
     ) -> None:
-        reserved = sorted({"prompt", "generator", "output_type"} & set(call_kwargs))
-        if reserved:
-            raise ValueError(f"call_kwargs must not set {reserved}: the search sets them per calibration item.")
+        check_item_call_kwargs(items, call_kwargs, "the search")
         if cost not in COST_MODELS:
             raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
         if not items:
             raise ValueError("The search needs at least one calibration prompt.")
-        from ..static import REUSE_MODES
+        from ..caching.static import REUSE_MODES
 
         if reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}.")
         self.reuse = reuse
+        self.base = base if base is not None and any(True for _ in base.techniques()) else None
         self.pipe = pipe
         self.items = list(items)
         self.call_kwargs = dict(call_kwargs)
@@ -305,23 +311,24 @@ class CandidateEvaluator:
     def variant(self, items: Sequence[Item] | None = None,
                 call_kwargs: dict[str, Any] | None = None) -> CandidateEvaluator:
         """An evaluator (not yet prepared) scoring the same way on other ``items`` or ``call_kwargs``:
-        same metric, cost, batch size, reuse mode and text-encoder memo."""
+        same metric, cost, batch size, reuse mode, base acceleration and text-encoder memo."""
         return CandidateEvaluator(self.pipe, self.items if items is None else items,
                                   self.call_kwargs if call_kwargs is None else call_kwargs, quality=self.metric,
-                                  cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse)
+                                  cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse,
+                                  base=self.base)
 
     @property
     def prompts(self) -> list[str]:
         return [it.prompt for it in self.items]
 
     def prepare(self) -> None:
-        """Profile MACs, load the metric, and compute the full-compute outputs (once)."""
+        """Profile MACs, load the metric, and compute the full-compute outputs (once; on top of ``base``)."""
         device = getattr(self.pipe, "device", torch.device("cpu"))
         self.metric.prepare(device)
         first = self.batches[0]
-        with _quiet(self.pipe), memoize_text_encoders(self.pipe, self.memo):
-            self.profile = profile_macs(self.pipe, prompt=[it.prompt for it in first],
-                                        generator=_generators(first), output_type="latent", **self.call_kwargs)
+        with progress_bar_disabled(self.pipe), memoize_text_encoders(self.pipe, self.memo):
+            self.profile = profile_macs(self.pipe, **item_call_inputs(first), generator=_generators(first),
+                                        output_type="latent", **self.call_kwargs)
         if self.cost_name == "latency":
             self.run(None)  # warm-up: the first call of a process is slower
         if self.metric.needs_reference or self.cost_name == "latency":
@@ -330,18 +337,20 @@ class CandidateEvaluator:
     def run(self, config: AccelerationConfig | None,
             observe: Callable[[dict[str, Any]], None] | None = None) -> tuple[torch.Tensor, float]:
         """Outputs ``(N, ...)`` (in the metric's ``output_type``) of every item under ``config``
-        (``None``: full compute), and the seconds spent inside the denoiser. ``observe`` receives
-        the techniques' reports (``AccelerationState.report()``) after the last call."""
+        (``None``: full compute, i.e. ``base``), and the seconds spent inside the denoiser. ``observe``
+        receives the techniques' reports (``AccelerationState.report()``) after the last call."""
         pipe = self.pipe
         remove(pipe)
-        if config is not None:
-            apply(pipe, config)
+        if (config if config is not None else self.base) is not None:
+            apply(pipe, config if config is not None else self.base)
         timer = _DenoiserTimer(pipe)
         outputs = []
         try:
-            with _quiet(pipe), memoize_text_encoders(pipe, self.memo), torch.inference_mode():
+            # no_grad as diffusers itself: under inference_mode the quantized layers of a base config
+            # cannot track their inputs' versions.
+            with progress_bar_disabled(pipe), memoize_text_encoders(pipe, self.memo), torch.no_grad():
                 for batch in self.batches:
-                    out = pipe(prompt=[it.prompt for it in batch], generator=_generators(batch),
+                    out = pipe(**item_call_inputs(batch), generator=_generators(batch),
                                output_type=self.metric.output_type, **self.call_kwargs)
                     outputs.append(_as_tensor(out))
             if observe is not None and config is not None:
@@ -359,8 +368,8 @@ class CandidateEvaluator:
         return self.profile.full_macs(schedule.num_steps) / self.profile.schedule_macs(schedule)
 
     def config(self, schedule: CacheSchedule) -> AccelerationConfig:
-        """The configuration that runs ``schedule`` the way this evaluator scores it."""
-        return AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=self.reuse))
+        """The configuration that runs ``schedule`` the way this evaluator scores it (on top of ``base``)."""
+        return with_cache(self.base, StaticCacheConfig(schedule, reuse=self.reuse))
 
     def evaluate(self, schedule: CacheSchedule) -> Evaluation:
         """Cost and quality of ``schedule`` (call :meth:`prepare` first)."""
@@ -373,17 +382,9 @@ class CandidateEvaluator:
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
 
 
-@contextlib.contextmanager
-def _quiet(pipe: Any) -> Iterator[None]:
-    """No per-step progress bar from the pipeline while the search calls it (restored after)."""
-    old = dict(getattr(pipe, "_progress_bar_config", {}) or {})
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    try:
-        yield
-    finally:
-        if hasattr(pipe, "_progress_bar_config"):
-            pipe._progress_bar_config = old
+def with_cache(base: AccelerationConfig | None, cache: Any) -> AccelerationConfig:
+    """``base`` (or no acceleration) with its ``cache`` replaced by ``cache``."""
+    return AccelerationConfig(cache=cache) if base is None else dataclasses.replace(base, cache=cache)
 
 
 def _generators(batch: Sequence[Item]) -> list[torch.Generator]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..schedule import CacheSchedule
+from ..caching.schedule import CacheSchedule
+from ..call_inputs import accepts_call_arguments
 from .distributed import map_tasks
 from .fitness import CandidateEvaluator
 
@@ -33,7 +34,8 @@ def default_settings(call_kwargs: dict[str, Any], num_steps: int, pipe: Any = No
         num_steps: the search's step count.
         pipe: used to find the default resolution when ``call_kwargs`` has none.
         steps: step counts (default: ``num_steps // 2`` and ``num_steps * 3 // 2``).
-        resolution: ``(height, width)`` (default: 1.5x the search's, a multiple of 16).
+        resolution: ``(height, width)`` (default: 1.5x the search's, a multiple of 16; none when the
+            pipeline takes no ``height``/``width``, e.g. DiT).
     """
     if steps is None:
         steps = sorted({max(2, num_steps // 2), num_steps * 3 // 2} - {num_steps})
@@ -42,6 +44,8 @@ def default_settings(call_kwargs: dict[str, Any], num_steps: int, pipe: Any = No
         if not isinstance(s, int) or s < 2:
             raise ValueError(f"Generalisation step counts must be integers >= 2, got {s!r}.")
         out.append({"label": f"steps={s}", "num_inference_steps": int(s)})
+    if resolution is None and pipe is not None and not accepts_call_arguments(pipe, ("height", "width")):
+        return out  # the pipeline's size is fixed (DiT): no unseen resolution to try
     if resolution is None:
         height = call_kwargs.get("height") or _default_size(pipe)
         width = call_kwargs.get("width") or height

@@ -1,7 +1,12 @@
 """Evolutionary search for cache schedules (ECAD-style NSGA-II): a Pareto frontier of schedules.
 
+An offline tool above the api layer (it applies candidate configs to a pipeline); the caching
+technique it searches for lives in :mod:`diffusion_accel.caching`, the MAC pricing in
+:mod:`diffusion_accel.cost`.
+
 * :func:`search_schedule` -- search, resumable and multi-process; writes ``frontier.json``,
-  per-generation Pareto plots, picked configs and a generalisation report.
+  per-generation Pareto plots, picked configs and a generalisation report. Its settings are one
+  frozen :class:`SearchSettings`.
 * :func:`pick` -- the best-quality schedule of a frontier at (at least) a target speed-up, as an
   :class:`~diffusion_accel.AccelerationConfig`.
 * Building blocks: :class:`ScheduleGenome` (schedule <-> bits), :class:`NsgaDriver` (pymoo
@@ -14,9 +19,10 @@ Command line: ``diffusion-accel search --model benchmark --prompts benchmark:tra
 search ...``).
 
 Example:
-    >>> from diffusion_accel.caching import search_schedule, pick
+    >>> from diffusion_accel.search import search_schedule, pick
     >>> # result = search_schedule("benchmark", "benchmark:train", out="search-out", population=16,
     >>> #                          generations=10)
+    >>> # or: search_schedule(settings=SearchSettings(out="search-out", population=16, generations=10))
     >>> # config = pick("search-out/frontier.json", speedup=2.0)
 """
 
@@ -25,6 +31,7 @@ from .frontier import load_frontier, non_dominated, pick, pick_entry
 from .nsga import NsgaDriver, Operators
 from .problem import ScheduleGenome
 from .runner import SearchResult, search_schedule
+from .settings import SearchSettings
 
 __all__ = [
     "QUALITY_METRICS",
@@ -34,6 +41,7 @@ __all__ = [
     "Operators",
     "ScheduleGenome",
     "SearchResult",
+    "SearchSettings",
     "load_frontier",
     "non_dominated",
     "pick",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from diffusion_accel import AccelerationConfig
-from diffusion_accel.caching import pick, search_schedule
-from diffusion_accel.caching.search import CandidateEvaluator, pick_entry
-from diffusion_accel.caching.search.validation import candidates_to_validate, split_prompts
+from diffusion_accel.search import pick, search_schedule
+from diffusion_accel.search import CandidateEvaluator, pick_entry
+from diffusion_accel.search.validation import candidates_to_validate, split_prompts
 from diffusion_accel.eval.generate import make_items
 from diffusion_accel.eval.prompts import load_prompts
 

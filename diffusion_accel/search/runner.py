@@ -1,0 +1,471 @@
+"""`search_schedule`: the evolutionary (NSGA-II) search for cache schedules, end to end.
+
+1. Validate the inputs (nothing is loaded or written before: a bad input leaves ``out`` as it was).
+2. Load the pipeline, lay out the genome (:mod:`.problem`), and on ``resume`` check that the
+   checkpoint's settings and search space match.
+3. Compute the calibration references once (:class:`.fitness.CandidateEvaluator`).
+4. Generation 0 is the seeded population (:mod:`.seeding`); each further generation asks NSGA-II
+   (:mod:`.nsga`) for offspring, evaluates the new ones across processes (:mod:`.distributed`),
+   tells the objectives, then -- on the main process -- writes the checkpoint and a Pareto plot.
+   With ``refine_rounds``, further rounds refine the frontier at the target speed-ups
+   (:mod:`.refine`), checkpointed the same way.
+5. The frontier (non-dominated among every evaluated candidate) goes to ``frontier.json``; with
+   ``validation_prompts``, the best candidates per target are scored again on validation prompts
+   (:mod:`.validation`) and the picks are the best there; the picked schedules at
+   ``pick_speedups`` go to ``picked-<x>x.json``; the generalisation report (:mod:`.generalise`) to
+   ``frontier.json`` and ``generalisation.json``.
+
+Output folder::
+
+    checkpoint.json             state after the last finished generation or refinement round (resume from it)
+    frontier.json               non-dominated schedules with objectives (+ heuristics, generalisation)
+    plots/generation-<g>.png    Pareto plot after generation g
+    picked-<x>x.json            AccelerationConfig of the best schedule with speed-up >= x
+
+Example:
+    >>> from diffusion_accel.testing import tiny_pipeline, tiny_call_kwargs
+    >>> pipe = tiny_pipeline("pixart-alpha")
+    >>> kwargs = {k: v for k, v in tiny_call_kwargs("pixart-alpha", height=32, width=32).items()
+    ...           if k not in ("prompt", "output_type")}
+    >>> result = search_schedule(pipe, ["a cat", "a dog"], num_steps=4, population=4, generations=2,
+    ...                          call_kwargs=kwargs, generalise=False, progress=False)   # or settings=SearchSettings(...)
+    >>> result.frontier[0]["name"], result.frontier[0]["speedup"]
+    ('full', 1.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..api import acceleration_restored, acceleration_state, find_denoisers
+from ..call_inputs import check_call_inputs, item_inputs
+from ..caching.static import StaticCacheConfig, block_residual_supported
+from ..config import AccelerationConfig
+from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
+from ..eval.prompts import load_prompts
+from ..eval.settings import jsonable
+from ..utils import atomic_write_json
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .distributed import check_agreement, map_tasks
+from .fitness import CandidateEvaluator, Evaluation, with_cache
+from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
+from .generalise import default_settings, evaluate_generalisation
+from .nsga import NsgaDriver
+from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .refine import gene_savings, refine_candidates
+from .seeding import dynamic_schedules, initial_population
+from .settings import SearchSettings
+from .validation import candidates_to_validate, split_prompts, validated_entries
+
+__all__ = ["SearchResult", "load_search_pipeline", "search_call_kwargs", "search_schedule"]
+
+FRONTIER_FILE = "frontier.json"
+GENERALISATION_FILE = "generalisation.json"
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class SearchResult:
+    """What a search returns (on every process).
+
+    Attributes:
+        frontier: frontier entries (see :mod:`.frontier`), slowest first.
+        heuristics: the seeded heuristic schedules with their objectives.
+        generalisation: records of :func:`.generalise.evaluate_generalisation` (``[]`` if skipped).
+        picked: target speed-up -> picked entry name (targets no schedule reaches are left out).
+        requested: the target speed-ups asked for (``pick_speedups``).
+        evaluations: candidates evaluated (over all generations, resumed runs included).
+        out: the output folder, or ``None``.
+        validated: entries scored on the validation prompts (see :mod:`.validation`; ``[]`` without).
+    """
+
+    frontier: list[dict[str, Any]]
+    heuristics: list[dict[str, Any]]
+    generalisation: list[dict[str, Any]] = field(default_factory=list)
+    picked: dict[float, str] = field(default_factory=dict)
+    evaluations: int = 0
+    out: str | None = None
+    requested: list[float] = field(default_factory=list)
+    validated: list[dict[str, Any]] = field(default_factory=list)
+
+    def pick(self, speedup: float) -> AccelerationConfig:
+        """The best-quality schedule with at least ``speedup`` (see :func:`.frontier.pick`)."""
+        from .frontier import pick
+
+        return pick(self, speedup)
+
+    def entry(self, name: str) -> dict[str, Any]:
+        """The frontier or validated entry called ``name``."""
+        return next(e for e in [*self.validated, *self.frontier] if e["name"] == name)
+
+
+def load_search_pipeline(model: Any, device: Any = None) -> Any:
+    """``"benchmark"``, ``"tiny:<name>"`` (an offline tiny pipeline), a folder, a hub id, or a pipeline."""
+    if isinstance(model, str) and model.startswith("tiny:"):
+        from ..testing import tiny_pipeline
+
+        pipe = tiny_pipeline(model.split(":", 1)[1])
+        return pipe.to(device) if device is not None else pipe
+    from ..eval.sweep import load_pipeline
+
+    return load_pipeline(model, device=device)
+
+
+def search_call_kwargs(model: Any) -> dict[str, Any]:
+    """Default pipeline arguments of a search on ``model`` (the benchmark's settings, tiny defaults, or ``{}``).
+
+    The bundled (PixArt) model also gets ``clean_caption=False``: its templated captions need no
+    cleaning, and cleaning needs bs4/ftfy (without them PixArt warns at every call).
+    """
+    if isinstance(model, str) and model.startswith("tiny:"):
+        from ..testing import tiny_call_kwargs
+
+        per_item = ("prompt", "class_labels", "output_type")  # the search sets these per item
+        return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in per_item}
+    from ..eval.sweep import default_call_kwargs
+
+    kwargs = dict(default_call_kwargs(model))
+    if model == "benchmark":
+        kwargs.setdefault("clean_caption", False)
+    return kwargs
+
+
+def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchSettings | None = None,
+                    callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
+    """Search a Pareto frontier of cache schedules for ``model`` with NSGA-II.
+
+    Takes :class:`~diffusion_accel.search.SearchSettings` as ``settings=``, or its fields as arguments
+    (they replace the fields of ``settings``): ``model`` (``"benchmark"``, ``"tiny:<name>"``, a diffusers
+    folder or hub id, or a pipeline), ``prompts`` (calibration prompts: a file, ``"benchmark:train"``, a
+    list of strings, or of per-item call arguments such as ``{"class_labels": 207}`` for DiT), ``out``
+    (output folder: checkpoint, frontier, plots, picked configs; ``None`` writes nothing), ``num_steps``,
+    ``population``, ``generations``, ``seed``, ``quality``, ``cost``, ``num_prompts``, ``num_images``,
+    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``reuse``,
+    ``granularity``, ``validation_prompts``, ``validate_top``, ``refine_rounds``, ``clip``,
+    ``fid_reference``, ``pick_speedups``, ``generalise``, ``generalise_steps``,
+    ``generalise_resolution``, ``resume``, ``device``, ``progress`` -- see the settings for each.
+
+    A pipeline that is already accelerated (e.g. W8A8) has every candidate scored on top of the
+    non-cache part of its config (the candidate replaces the cache; the picked configs keep the rest),
+    and gets its own acceleration back when the search ends.
+
+    Args:
+        callback: called on every process with ``{"event": "candidate", "generation", "index"}``
+            after each evaluated candidate and ``{"event": "generation", "generation", "frontier"}``
+            after each checkpoint (raising from it stops the search; resume continues it).
+
+    Returns:
+        :class:`SearchResult`.
+
+    Raises:
+        ValueError: an invalid setting, an empty or unreadable prompt set, prompts the pipeline cannot
+            take, ``out`` holds a search and ``resume`` is false, or the checkpoint does not match
+            (another model, step count or settings, or more generations than asked for). ``out`` is
+            left untouched.
+    """
+    s = SearchSettings.from_arguments(settings, "search_schedule", {"model": model, "prompts": prompts}, options)
+    run = _Search.start(s)  # 1.-2.: inputs, pipeline, search space, checkpoint; nothing written yet
+    with acceleration_restored(run.pipe):
+        run.prepare()  # 3.
+        with _bar(total=run.total_rounds, initial=min(run.completed, run.total_rounds), desc="generations",
+                  unit="gen", show=run.show) as bar:
+            for generation in range(run.completed, run.total_rounds):  # 4.
+                run.round(generation, callback)
+                bar.update(1)
+        return run.finish()  # 5.
+
+
+class _Search:
+    """One search run's state, from :meth:`start` to :meth:`finish` (the numbered steps of the module doc)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    @classmethod
+    def start(cls, s: SearchSettings) -> _Search:
+        """Check every input and load the pipeline; on ``resume`` check the checkpoint matches."""
+        wanted = None if s.num_prompts is None else s.num_prompts + s.validation_prompts
+        prompt_list, validation_list = split_prompts(load_prompts(s.prompts, num=wanted, seed=s.seed),
+                                                     s.validation_prompts, s.seed)
+        items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
+        call_kwargs = s.resolved_call_kwargs(search_call_kwargs(s.model))
+        check_item_call_kwargs(items, call_kwargs, "the search")
+        out = os.fspath(s.out) if s.out is not None else None
+        saved = load_checkpoint(out) if out is not None else None
+        if saved is not None and not s.resume:
+            raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
+                             "it, or choose another --out.")
+        state = distributed_state(s.device)
+        pipe = load_search_pipeline(s.model, device=s.device if s.device is not None else state.device)
+        check_call_inputs(pipe, {n for it in items for n in item_inputs(it.call_input())}, "the search's prompts")
+        genome = ScheduleGenome.for_model(pipe, call_kwargs["num_inference_steps"], s.granularity)
+        run = cls(s=s, out=out, saved=saved, state=state, pipe=pipe, genome=genome, items=items,
+                  validation_list=validation_list, call_kwargs=call_kwargs, targets=[float(t) for t in s.pick_speedups],
+                  reuse=_resolve_reuse(pipe, s.reuse), base=_base_config(pipe), completed=0,
+                  total_rounds=s.generations + 1 + s.refine_rounds, show=s.progress and state.is_main_process)
+        run.record = run.settings_record(prompt_list)
+        if saved is not None:
+            _check_resume(saved, run.record, s.generations, out)
+        return run
+
+    def settings_record(self, prompt_list: list) -> dict[str, Any]:
+        """The settings saved in the checkpoint (a resumed search must match them) and ``frontier.json``."""
+        s = self
+        quality_options = {"clip": s.s.clip, "reference": s.s.fid_reference}
+        record = {
+            "model": s.s.model_label,
+            "search_space": s.genome.signature(),
+            "prompts": [[p.index, p.text] for p in prompt_list],
+            "num_images": s.s.num_images,
+            "seed": int(s.s.seed),
+            "population": s.s.population,
+            "generations": s.s.generations,
+            "quality": s.s.quality,
+            "quality_options": jsonable(quality_options) if s.s.quality in ("clip", "fid") else None,
+            "cost": s.s.cost,
+            "batch_size": s.s.batch_size,
+            "call_kwargs": jsonable(s.call_kwargs),
+            "operators": s.s.operators.to_dict(),
+            "num_heuristics": s.s.num_heuristics,
+            "dynamic_seeds": list(s.s.dynamic_seeds),
+            "reuse": s.reuse,
+            "validation": {"prompts": [[p.index, p.text] for p in s.validation_list], "top": s.s.validate_top}
+            if s.validation_list else None,
+            "refine": {"rounds": s.s.refine_rounds, "targets": s.targets} if s.s.refine_rounds else None,
+        }
+        if s.base is not None:  # the acceleration every candidate ran on top of
+            record["base_config"] = s.base.to_dict()
+        return record
+
+    def prepare(self) -> None:
+        """References (only if there is something left to evaluate), seeds and the optimiser."""
+        s, saved = self.s, self.saved
+        self.evaluator = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, quality=s.quality, cost=s.cost,
+                                            batch_size=s.batch_size, reuse=self.reuse, base=self.base,
+                                            quality_options={"clip": s.clip, "reference": s.fid_reference})
+        if saved is None or int(saved["completed"]) < self.total_rounds:
+            self.evaluator.prepare()
+        # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
+        # population, and the seeds' names, in the checkpoint).
+        extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) if saved is None and s.dynamic_seeds \
+            else []
+        seed_names, initial = initial_population(self.pipe, self.genome, s.population, s.seed, s.num_heuristics,
+                                                 extra)
+        self.driver = NsgaDriver(ScheduleProblem(self.genome), initial, s.seed, s.operators)
+        self.archive: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            self.driver.load_state(saved["nsga"])
+            self.archive, self.history, self.completed = saved["archive"], saved["history"], int(saved["completed"])
+        self.names = dict(zip((bits_to_str(b) for b in initial), seed_names))
+        self.names.update({key: record["name"] for key, record in self.archive.items() if record.get("name")})
+        refining = s.refine_rounds and self.completed < self.total_rounds
+        self.savings = gene_savings(self.genome, self.evaluator.profile) if refining else None
+
+    def round(self, generation: int, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        """One NSGA-II generation (or, after the generations, one refinement round; :mod:`.refine`):
+        evaluate the new candidates across processes, then checkpoint and plot on the main process."""
+        s, state = self.s, self.state
+        refining = generation > s.generations
+        if refining:
+            rng = np.random.default_rng([int(s.seed), generation])
+            X = np.array(refine_candidates(self.archive, self.savings, self.targets, s.population, rng), dtype=bool)
+            X = X.reshape(-1, self.genome.num_bits)
+        else:
+            X = self.driver.ask()
+        what = "refinement round" if refining else "generation"
+        check_agreement(np.packbits(X).tobytes(), state, f"the candidates of {what} {generation}")
+        keys = [bits_to_str(x) for x in X]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.archive))
+
+        def evaluate(key: str) -> dict[str, Any]:
+            result = self.evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+            if callback is not None:
+                callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
+            return {**result.to_dict(), "process": state.process_index}
+
+        with _bar(total=len(todo), desc=f"{what} {generation}", unit="cand", leave=False, show=self.show) as inner:
+            results = map_tasks(evaluate, todo, state, inner)
+        for key, result in zip(todo, results):
+            self.archive[key] = {**result, "generation": generation, "name": self.names.get(key),
+                                 **({"origin": "refine"} if refining else {})}
+        if refining:
+            self.history.append({"generation": generation, "population": keys, "refine": True})
+        else:
+            self.driver.tell(X, np.array([[self.archive[k]["cost"], self.archive[k]["objective"]] for k in keys]))
+            self.history.append({"generation": generation,
+                                 "population": [bits_to_str(x) for x in self.driver.population()[0]]})
+        if self.out is not None and state.is_main_process:
+            save_checkpoint(self.out, {"settings": self.record, "completed": generation + 1,
+                                       "nsga": self.driver.state(), "archive": self.archive, "history": self.history})
+            _plot(self.out, generation, self.archive, self.history[-1]["population"], s.quality)
+        if callback is not None:
+            callback({"event": "generation", "generation": generation,
+                      "frontier": [self.archive[k]["objective"] for k in _frontier_keys(self.archive)]})
+
+    def entry(self, key: str) -> dict[str, Any]:
+        return _entry(self.genome, key, self.archive[key], self.reuse, self.base)
+
+    def finish(self) -> SearchResult:
+        """Frontier, validation, picks and generalisation; the files of ``out`` (main process)."""
+        s, state, targets = self.s, self.state, self.targets
+        frontier = sorted((self.entry(k) for k in _frontier_keys(self.archive)),
+                          key=lambda e: (e["speedup"], e["objectives"][1]))
+        heuristics = [self.entry(k) for k in self.names if k in self.archive and _is_heuristic(self.names[k])]
+        result = SearchResult(frontier, heuristics, evaluations=len(self.archive), out=self.out, requested=targets)
+        if self.validation_list:
+            items = make_items(self.validation_list, num_images=s.num_images, seed=s.seed)
+            result.validated = _validate(self.evaluator.variant(items=items), self, targets, s.validate_top)
+        for target in targets:
+            try:
+                result.picked[target] = pick_entry(result, target)["name"]
+            except ValueError:
+                continue
+        extra = {"metric": self.evaluator.metric.describe(), "cost": s.cost, "settings": self.record,
+                 "heuristics": heuristics, "picked": {f"{t:g}": result.picked.get(t) for t in targets}}
+        if result.validated:
+            extra["validation"] = {**self.record["validation"], "entries": result.validated}
+        main = self.out is not None and state.is_main_process
+        if main:
+            save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra)
+            for target, name in result.picked.items():
+                AccelerationConfig.from_dict(result.entry(name)["config"]).save(
+                    os.path.join(self.out, f"picked-{target:g}x.json"))
+        if s.generalise:
+            result.generalisation = _generalise(self, result, heuristics)
+            if main:
+                save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra,
+                              generalisation=result.generalisation)
+                atomic_write_json(os.path.join(self.out, GENERALISATION_FILE), result.generalisation)
+        state.wait_for_everyone()
+        return result
+
+
+def _check_resume(saved: dict[str, Any], record: dict[str, Any], generations: int, out: str) -> None:
+    """Raise unless a search with settings ``record`` and ``generations`` may continue ``saved``."""
+    check_compatible(saved["settings"], record, out)
+    done, saved_generations = int(saved["completed"]), int(saved["settings"]["generations"])
+    if done > saved_generations + 1:  # refinement rounds have begun: the generations are fixed
+        if generations != saved_generations:
+            raise ValueError(f"{out!r} has started refining after {saved_generations} generations; resume "
+                             f"with --generations {saved_generations}.")
+    elif done > generations + 1:
+        raise ValueError(f"{out!r} already holds {done - 1} generations; resume with "
+                         f"--generations {done - 1} or more.")
+
+
+def _base_config(pipe: Any) -> AccelerationConfig | None:
+    """The pipeline's current acceleration without its cache (what candidates run on top of), or ``None``."""
+    state = acceleration_state(pipe)
+    if state is None or (state.config.quant is None and state.config.attention is None):
+        return None
+    return dataclasses.replace(state.config, cache=None)
+
+
+@contextlib.contextmanager
+def _bar(*, show: bool, **kwargs: Any) -> Iterator[Any]:
+    """A tqdm progress bar shown on the main process only (closed on exit)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(disable=not show, dynamic_ncols=True, **kwargs)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _validate(validator: CandidateEvaluator, run: _Search, targets: list[float], top: int) -> list[dict[str, Any]]:
+    """Score the best calibration candidates per target with ``validator`` (the search's evaluator on the
+    validation prompts; :mod:`.validation`)."""
+    chosen = candidates_to_validate(run.archive, targets, top)
+    if not chosen:
+        return []
+    validator.prepare()
+    with _bar(total=len(chosen), desc="validation", unit="cand", show=run.show) as bar:
+
+        def evaluate(keys: list[str]) -> list[dict[str, Any]]:
+            return map_tasks(lambda k: validator.evaluate(run.genome.decode(str_to_bits(k))).to_dict(), keys,
+                             run.state, bar)
+
+        return validated_entries(chosen, {k: run.entry(k) for k in chosen}, evaluate)
+
+
+def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
+    keys = sorted(archive)
+    F = np.array([[archive[k]["cost"], archive[k]["objective"]] for k in keys])
+    return [keys[i] for i in non_dominated(F)]
+
+
+def _resolve_reuse(pipe: Any, reuse: str) -> str:
+    """``reuse="auto"``: block residuals where every block declares its streams, else component outputs."""
+    if reuse == "auto":
+        supported = all(block_residual_supported(m) for _, m in find_denoisers(pipe))
+        return "block_residual" if supported else "outputs"
+    return reuse
+
+
+def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs",
+           base: AccelerationConfig | None = None) -> dict[str, Any]:
+    """The frontier entry (see :mod:`.frontier`) of an archived genome; its config runs on top of ``base``."""
+    evaluation = Evaluation.from_dict(record)
+    prefix = "refine" if record.get("origin") == "refine" else "search"
+    name = record.get("name") or f"{prefix}-g{record['generation']}-{key_digest(key)}"
+    schedule = genome.decode(str_to_bits(key), name=name)
+    return {
+        "name": name,
+        "origin": record.get("origin") or ("heuristic" if _is_heuristic(record.get("name"))
+                                           else "random" if record.get("name") else "search"),
+        "config": with_cache(base, StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
+        "speedup": 1.0 / evaluation.cost,
+        "macs_ratio": evaluation.macs_ratio,
+        "cost": evaluation.cost,
+        "quality": evaluation.quality,
+        "objectives": [evaluation.cost, evaluation.objective],
+        "compute_fraction": schedule.compute_fraction(),
+        "generation": int(record["generation"]),
+    }
+
+
+def _is_heuristic(name: str | None) -> bool:
+    return bool(name) and not name.startswith("random-")
+
+
+def key_digest(key: str) -> str:
+    """A short stable label of a genome (6 hex digits of its CRC32)."""
+    return f"{zlib.crc32(key.encode()) & 0xFFFFFF:06x}"
+
+
+def _plot(out: str, generation: int, archive: dict[str, dict[str, Any]], population: list[str], quality: str) -> None:
+    def points(keys):
+        return np.array([[1.0 / archive[k]["cost"], archive[k]["quality"]] for k in keys]).reshape(-1, 2)
+
+    heuristics = {r["name"]: (1.0 / r["cost"], r["quality"]) for r in archive.values() if _is_heuristic(r.get("name"))}
+    plot_frontier(os.path.join(out, PLOTS_DIR, f"generation-{generation:03d}.png"), points(list(archive)),
+                  points(population), points(_frontier_keys(archive)), heuristics, metric=quality,
+                  title=f"generation {generation}: {len(archive)} schedules evaluated")
+
+
+def _generalise(run: _Search, result: SearchResult, heuristics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluate, per target, the picked schedule and the best heuristic reaching it, in new settings."""
+    chosen: dict[str, Any] = {}
+    for target in run.targets:
+        for pool in (result, [h for h in heuristics if h["speedup"] > 1.0 + 1e-9]):
+            try:
+                entry = pick_entry(pool, target)
+            except ValueError:
+                continue
+            chosen.setdefault(entry["name"], AccelerationConfig.from_dict(entry["config"]).cache.schedule)
+    if not chosen:
+        return []
+    settings = default_settings(run.call_kwargs, run.genome.num_steps, run.pipe, run.s.generalise_steps,
+                                run.s.generalise_resolution)
+    with _bar(total=len(settings) * len(chosen), desc="generalisation", unit="eval", show=run.show) as bar:
+        return evaluate_generalisation(run.evaluator, chosen, settings, state=run.state, progress=bar)

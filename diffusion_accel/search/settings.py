@@ -1,0 +1,123 @@
+"""Settings of :func:`~diffusion_accel.search.search_schedule`: :class:`SearchSettings`.
+
+The fields the search shares with the evaluation harness (model, prompts, seeds, steps, pipeline
+arguments, device, output folder) come from :class:`~diffusion_accel.eval.settings.RunSettings`;
+the search adds the optimiser's and the picks' settings. Frozen and validated when built.
+
+Example:
+    >>> settings = SearchSettings(model="tiny:pixart-alpha", population=8, generations=4)
+    >>> settings.prompts, settings.batch_size, settings.pick_speedups
+    ('benchmark:train', 8, (2.0, 3.0))
+    >>> SearchSettings(population=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: population must be an integer >= 2, got 1; NSGA-II needs at least 2 candidates per generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..caching.static import REUSE_MODES
+from ..eval.settings import RunSettings, check_int
+from .fitness import COST_MODELS, QUALITY_METRICS
+from .nsga import Operators
+from .problem import GRANULARITIES
+from .seeding import DYNAMIC_SEED_THRESHOLDS
+
+__all__ = ["SearchSettings"]
+
+
+@dataclass(frozen=True)
+class SearchSettings(RunSettings):
+    """Settings of a schedule search (shared fields: :class:`~diffusion_accel.eval.settings.RunSettings`;
+    ``prompts`` are the calibration prompts, default ``"benchmark:train"``; ``batch_size`` calibration
+    items per call, default 8; ``num_steps`` the schedules' steps, default ``call_kwargs``' or 20).
+
+    Args:
+        population: candidates per generation (>= 2).
+        generations: NSGA-II generations after the initial population (>= 1).
+        quality: ``"latent_mse"`` (default), ``"psnr"``, ``"clip"`` or ``"fid"`` (see :mod:`.fitness`).
+        cost: ``"macs"`` (default) or ``"latency"``.
+        operators: crossover and mutation settings (:class:`.nsga.Operators`).
+        num_heuristics: at most this many heuristic seeds in the initial population.
+        dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
+            the initial population (:func:`.seeding.dynamic_schedules`); ``()`` for none.
+        reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
+            ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
+            its streams (all covered transformers), else ``"outputs"`` (UNets).
+        granularity: what one gene switches (:data:`.problem.GRANULARITIES`): ``"component"``
+            (default, ECAD's: each component of each block at each step) or ``"block"`` (whole
+            blocks per step: a smaller space, Δ-DiT's unit).
+        validation_prompts: hold this many prompts of ``prompts`` back (disjoint from the calibration
+            prompts, seeded) to choose the picks on (:mod:`.validation`); 0 (default) picks on
+            calibration quality. With ``num_prompts`` the source gives ``num_prompts + validation_prompts``.
+        validate_top: per target speed-up, this many best calibration candidates are validated.
+        refine_rounds: after the generations, this many rounds of ``population`` candidates each
+            refine the frontier at the ``pick_speedups`` (:mod:`.refine`); 0 (default) for none.
+        fid_reference: FID reference of the ``fid`` metric (``clip`` is the CLIP model of ``clip``/``fid``).
+        pick_speedups: target speed-ups to pick schedules at (and to check generalisation at).
+        generalise: evaluate the picked schedules (and the best heuristics at the same targets) at
+            other step counts (``generalise_steps``) and an unseen resolution (``generalise_resolution``).
+    """
+
+    DEFAULT_PROMPTS: ClassVar[str] = "benchmark:train"
+    DEFAULT_BATCH_SIZE: ClassVar[int] = 8
+
+    population: int = 16
+    generations: int = 10
+    quality: str = "latent_mse"
+    cost: str = "macs"
+    operators: Operators | None = None
+    num_heuristics: int | None = None
+    dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS
+    reuse: str = "auto"
+    granularity: str = "component"
+    validation_prompts: int = 0
+    validate_top: int = 4
+    refine_rounds: int = 0
+    fid_reference: Any = "benchmark:train"
+    pick_speedups: Sequence[float] = (2.0, 3.0)
+    generalise: bool = True
+    generalise_steps: Sequence[int] | None = None
+    generalise_resolution: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.operators is None:
+            object.__setattr__(self, "operators", Operators())
+        object.__setattr__(self, "dynamic_seeds", tuple(float(t) for t in self.dynamic_seeds))
+        object.__setattr__(self, "pick_speedups", tuple(self.pick_speedups))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_int("population", self.population, 2, "NSGA-II needs at least 2 candidates per generation")
+        check_int("generations", self.generations, 1, "run at least one generation after the initial population")
+        super().validate()
+        check_int("validate_top", self.validate_top, 1, "validate at least one candidate per target speed-up")
+        check_int("refine_rounds", self.refine_rounds, 0, "0 runs no refinement after the generations")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}.")
+        if self.quality not in QUALITY_METRICS:
+            raise ValueError(f"Unknown quality metric {self.quality!r}; choose one of {sorted(QUALITY_METRICS)}.")
+        if self.cost not in COST_MODELS:
+            raise ValueError(f"Unknown cost {self.cost!r}; choose one of {sorted(COST_MODELS)}.")
+        if not isinstance(self.operators, Operators):
+            raise ValueError(f"operators must be an Operators, got {type(self.operators).__name__}.")
+        check_int("validation_prompts", self.validation_prompts, 0, "0 picks on calibration quality")
+        check_int("num_steps", self.num_steps, 2, "step 0 always computes, so a search needs 2 steps or more",
+                  optional=True)
+        if any(not isinstance(t, (int, float)) or not t > 0 for t in self.pick_speedups):
+            raise ValueError(f"pick_speedups must be positive numbers, got {list(self.pick_speedups)}.")
+        if self.reuse != "auto" and self.reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be 'auto' or one of {list(REUSE_MODES)}, got {self.reuse!r}.")
+
+    def resolved_call_kwargs(self, default: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline arguments of every calibration call: ``call_kwargs`` (or ``default``) with
+        ``num_inference_steps`` set to the schedules' step count."""
+        kwargs = dict(default if self.call_kwargs is None else self.call_kwargs)
+        steps = self.num_steps if self.num_steps is not None else int(kwargs.get("num_inference_steps", 20))
+        check_int("num_steps", steps, 2, "step 0 always computes, so a search needs 2 steps or more")
+        kwargs["num_inference_steps"] = steps
+        return kwargs
