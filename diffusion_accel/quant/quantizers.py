@@ -10,8 +10,8 @@ Integer formats
   float per output channel. ``q4 * z`` lies in ``[-120, 105]``: an int8 weight with a per-channel
   scale, so the same integers run through any int8 GEMM (oneDNN, ``torch._int_mm``, the Triton
   kernel) and through the fake-quant path. Group scales are chosen by a small MSE search.
-* **activations**: ``x ≈ q * scale`` with ``q`` in ``[-127, 127]`` (8 bits) — one scale per token
-  (dynamic, default) or one calibrated scale per tensor (static).
+* **activations**: ``x ≈ q * scale`` with ``q`` in ``[-128, 127]`` (8 bits) — one scale per token
+  (dynamic, default: ``scale = absmax / 127.5``) or one calibrated scale per tensor (static).
 
 Example:
     >>> import torch
@@ -161,10 +161,13 @@ def normalize_per_token(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` divided by its per-token scale, *before* rounding (kernels that round while packing).
 
-    Returns ``xn`` float32 ``(M, K)`` in ``[-qmax, qmax]`` and ``scale`` float32 ``(M, 1)``:
-    ``round(xn)`` are the integers of :func:`quantize_act_per_token`.
+    The scale maps each row's absmax to ``qmax + 0.5`` (127.5 for 8 bits: the whole int8 range
+    ``[-128, 127]`` is used, as in PyTorch's and torchao's symmetric int8; the row maximum itself
+    rounds to 128 and is clipped to 127, half a step). Returns ``xn`` float32 ``(M, K)`` in
+    ``[-qmax - 0.5, qmax + 0.5]`` and ``scale`` float32 ``(M, 1)``; ``round(xn)`` clipped to the int8
+    range are the integers of :func:`quantize_act_per_token`.
     """
-    level = qmax(bits)
+    level = qmax(bits) + 0.5
     if inv_smooth is not None:
         x = x.float() * inv_smooth
     # max(max, -min) reads x twice but allocates no (M, K) temporary (abs() would); bf16 maxima are exact
@@ -184,12 +187,13 @@ def quantize_act_per_token(
         inv_smooth: optional ``(K,)`` float32 channel-balancing factors multiplied in first.
 
     Returns:
-        ``q`` int8 ``(M, K)`` and ``scale`` float32 ``(M, 1)`` with ``x * inv_smooth ≈ q * scale``
-        (``q = round(x * inv_smooth * qmax / absmax)``, the row absmax mapping to ``qmax``).
+        ``q`` int8 ``(M, K)`` in ``[-128, 127]`` and ``scale`` float32 ``(M, 1)`` with
+        ``x * inv_smooth ≈ q * scale`` (``q = round(x * inv_smooth * 127.5 / absmax)``, see
+        :func:`normalize_per_token`).
     """
     level = qmax(bits)
     xn, scale = normalize_per_token(x, bits, inv_smooth)
-    return xn.round_().clamp_(-level, level).to(torch.int8), scale  # xn is a fresh tensor
+    return xn.round_().clamp_(-level - 1, level).to(torch.int8), scale  # xn is a fresh tensor
 
 
 def quantize_act_per_tensor(
