@@ -5,8 +5,11 @@ Two parts, each against baselines measured in the same run:
 * ``dit``: a PixArt-α transformer at realistic layer widths (hidden 1152 = 16 heads × 72, caption
   width 4096, FFN 4608; random weights, few layers) on one denoiser call with classifier-free
   guidance batch 2. Weight bytes from the modules' real tensors vs the bf16 model; latency of fp32,
-  bf16 and each quantized variant (bf16 activations), interleaved, min and median of repeats;
-  output SQNR vs fp32.
+  bf16 and each quantized variant, interleaved, min and median of repeats; output SQNR vs fp32;
+  process memory of each variant measured in a fresh process (``memory_child.py``: resident set
+  of the loaded model and peak over inference, CUDA max allocated where CUDA runs). Quantized
+  variants run on a model in ``--quant-dtype`` (``auto``: bf16 where a bf16 ``F.linear`` is faster
+  than fp32 on this CPU — with AMX —, else fp32).
 * ``pipeline``: the bundled benchmark model (``diffusion_accel.assets``) or, until it exists, the
   tiny PixArt-α pipeline. Images of held-out prompts with fixed seeds, scored against the
   full-precision images (PSNR, SSIM) and, when the bundled CLIP is available, CLIP score and
@@ -88,7 +91,11 @@ def _dit_inputs(latent: int, dtype: torch.dtype, timestep: float = 500.0, seed: 
 
 
 def _quantized_copy(model_bf16, config: QuantConfig, latent: int):
-    model = copy.deepcopy(model_bf16)
+    return _quantize_in_place(copy.deepcopy(model_bf16), config, latent)
+
+
+def _quantize_in_place(model, config: QuantConfig, latent: int):
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     adapter = get_model_adapter(model)
     denoiser = Denoiser("transformer", model, adapter, StepTracker.attach(model, adapter))
     calibration = None
@@ -97,17 +104,24 @@ def _quantized_copy(model_bf16, config: QuantConfig, latent: int):
 
         def run():
             for i, t in enumerate((900.0, 600.0, 300.0, 50.0)):
-                model(**_dit_inputs(latent, torch.bfloat16, t, seed=100 + i))
+                model(**_dit_inputs(latent, dtype, t, seed=100 + i))
 
         calibration = collect_statistics([denoiser], names, run, config.timestep_ranges)["transformer"]
     handle = quantize_denoiser(denoiser, config, calibration)
     return model, handle
 
 
-def bench_dit(args) -> dict:
-    layers, latent = (2, 32) if args.quick else (args.dit_layers, args.dit_latent)
-    fp32 = _wide_dit(layers, latent)
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+def quant_dtype(choice: str) -> torch.dtype:
+    """The model dtype quantized variants run in: ``auto`` measures a bf16 vs an fp32 ``F.linear``."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    x, w = torch.randn(1024, 1152), torch.randn(1152, 1152)
+    timing = _timeit({"float32": lambda: torch.nn.functional.linear(x, w),
+                      "bfloat16": lambda: torch.nn.functional.linear(x.bfloat16(), w.bfloat16())}, 5)
+    return torch.bfloat16 if timing["bfloat16"]["min_ms"] < timing["float32"]["min_ms"] else torch.float32
+
+
+def dit_variants(quick: bool) -> dict[str, QuantConfig]:
     variants = {
         "W8A8": QuantConfig(weight_bits=8, act_bits=8, compile=True),
         "W8A8-eager": QuantConfig(weight_bits=8, act_bits=8, compile=False),
@@ -115,24 +129,62 @@ def bench_dit(args) -> dict:
                                    calibration_prompts=("(denoiser-level calibration)",), compile=True),
         "W4A8": QuantConfig(weight_bits=4, act_bits=8, group_size=128, compile=True),
     }
-    if args.quick:
+    if quick:
         variants.pop("W8A8-eager")
+    return variants
+
+
+def build_for_memory(variant: str, args: dict, warmup: bool):
+    """For ``memory_child.py``: build (and quantize) ``variant`` in this process; returns its runner."""
+    layers, latent = (1, 8) if warmup else (args["layers"], args["latent"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(variant, getattr(torch, args["quant_dtype"]))
+    torch.set_default_dtype(dtype)  # built in its dtype, as from_pretrained(torch_dtype=...) loads it
+    try:
+        model = _wide_dit(layers, latent)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    if variant not in ("fp32", "bf16"):
+        _quantize_in_place(model, dit_variants(False)[variant], latent)
+    inputs = _dit_inputs(latent, dtype)
+    return lambda: model(**inputs)
+
+
+def _memory(variants: list[str], layers: int, latent: int, dtype: torch.dtype, malloc: str) -> dict:
+    from memory_child import measure
+
+    spec = {"layers": layers, "latent": latent, "quant_dtype": str(dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads()}
+    return {name: measure("quant", name, spec, malloc) for name in variants}
+
+
+def bench_dit(args) -> dict:
+    layers, latent = (2, 32) if args.quick else (args.dit_layers, args.dit_latent)
+    fp32 = _wide_dit(layers, latent)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    qdtype = quant_dtype(args.quant_dtype)
+    base = fp32 if qdtype == torch.float32 else bf16
+    variants = dit_variants(args.quick)
     models = {"fp32": fp32, "bf16": bf16}
     reports = {}
     for name, config in variants.items():
-        models[name], handle = _quantized_copy(bf16, config, latent)
+        models[name], handle = _quantized_copy(base, config, latent)
         reports[name] = handle.report()["transformer"]
-    in32, in16 = _dit_inputs(latent, torch.float32), _dit_inputs(latent, torch.bfloat16)
+    inputs = {dt: _dit_inputs(latent, dt) for dt in (torch.float32, torch.bfloat16)}
+    dtypes = {name: {"fp32": torch.float32, "bf16": torch.bfloat16}.get(name, qdtype) for name in models}
     outputs = {}
     with torch.no_grad():
-        for name, model in models.items():  # warm-up: compile, oneDNN prepack and JIT
+        for name, model in models.items():  # warm-up: compile, prepack and JIT
             for _ in range(2):
-                outputs[name] = model(**(in32 if name == "fp32" else in16)).sample.float()
-        fns = {name: (lambda m=m, i=(in32 if name == "fp32" else in16): m(**i)) for name, m in models.items()}
+                outputs[name] = model(**inputs[dtypes[name]]).sample.float()
+        fns = {name: (lambda m=m, i=inputs[dtypes[name]]: m(**i)) for name, m in models.items()}
         timing = _timeit(fns, args.repeats)
     bf16_bytes = weight_bytes(bf16)
+    memory = {}
+    if args.memory:
+        memory = _memory([n for n in models if n != "W8A8-eager"], layers, latent, qdtype, args.malloc)
     result = {"config": {"layers": layers, "hidden": 1152, "heads": 16, "ffn": 4608, "caption_channels": 4096,
-                         "tokens_per_image": (latent // 2) ** 2, "batch": 2, "text_tokens": 120},
+                         "tokens_per_image": (latent // 2) ** 2, "batch": 2, "text_tokens": 120,
+                         "quantized_model_dtype": str(qdtype).replace("torch.", "")},
               "weight_bytes": {"fp32": weight_bytes(fp32), "bf16": bf16_bytes}, "variants": {}}
     for name in models:
         entry = {"latency": timing[name],
@@ -149,7 +201,15 @@ def bench_dit(args) -> dict:
                 "weight_bytes": weight_bytes(models[name]),
                 "memory_ratio_vs_bf16": round(bf16_bytes / weight_bytes(models[name]), 3),
                 "linear_memory_ratio_vs_bf16": round(lin_bf16 / held, 3),
+                "backends": sorted({m._resolved[1] for m in models[name].modules()
+                                    if getattr(m, "_resolved", None) is not None}),
             })
+        if name in memory:
+            mem = entry["process_memory"] = memory[name]
+            entry["rss_model_ratio_vs_bf16"] = round(
+                mem["rss_model_bytes"] / memory["bf16"]["rss_model_bytes"], 3)
+            entry["rss_peak_inference_ratio_vs_bf16"] = round(
+                mem["rss_peak_inference_bytes"] / memory["bf16"]["rss_peak_inference_bytes"], 3)
         result["variants"][name] = entry
     return result
 
@@ -304,6 +364,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dit-layers", type=int, default=4)
     parser.add_argument("--dit-latent", type=int, default=64, help="latent side (64: 1024 tokens, a 512 px image)")
+    parser.add_argument("--quant-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="model dtype of the quantized DiT variants "
+                             "(auto: the faster of bf16 / fp32 F.linear here)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the per-variant process-memory measurement (fresh subprocesses)")
+    parser.add_argument("--malloc", default="fixed", choices=["fixed", "default"],
+                        help="glibc settings of the memory subprocesses (see memory_child.py)")
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--calibration-prompts", type=int, default=4)
     parser.add_argument("--average-bits", type=float, nargs="+", default=[5.0])

@@ -20,10 +20,9 @@ from .gemm import check_backend_name
 from .linear import ACT_MODES
 from .plan import QuantPlan
 from .quantizers import check_bits
+from .replace import KEEP_ORIGINAL
 
 __all__ = ["QuantConfig"]
-
-_KEEP_ORIGINAL = ("memory", "disk")
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,19 @@ class QuantConfig(TechniqueConfig):
         calibration_kwargs: extra JSON keyword arguments of the calibration calls (e.g. height).
         text_encoder_bits: also quantize the text encoder(s) to 8 or 4 bits (W·A8, first token in
             high precision), or ``None`` to leave them.
-        backend: GEMM backend: ``"auto"`` (oneDNN int8 on CPU, ``torch._int_mm`` on CUDA),
-            ``"onednn"``, ``"int_mm"``, ``"triton"`` or ``"fake"`` (quantize-dequantize in float).
+        backend: GEMM backend: ``"auto"`` (per device and CPU kind: oneDNN with AMX, ``torch._int_mm``
+            with AVX-512 VNNI and on CUDA, the x86 / fbgemm linear on AVX2; see ``docs/quant.md``),
+            ``"onednn"``, ``"fbgemm"``, ``"int_mm"``, ``"triton"`` or ``"fake"`` (quantize-dequantize in
+            float). A backend that computes wrong results on the running CPU is refused.
         compile: run the memory-bound quantize / rescale steps through ``torch.compile`` (fused
             into one pass; the first calls compile).
         fuse_activations: compute the GELU that follows a quantized ``proj`` (diffusers ``GELU``
             modules) inside that layer's rescale step instead of a separate pass.
         keep_original: where the original float layers wait for :func:`diffusion_accel.remove`:
-            ``"memory"`` (fast), or ``"disk"`` (a temporary safetensors file; the process really
-            frees their memory and ``remove`` reloads them bit-exactly).
+            ``"auto"`` (default: moved to CPU memory when the model is on an accelerator, to temporary
+            safetensors files when it is on the CPU — either way quantization lowers the memory in
+            use), ``"cpu"``, ``"disk"``, or ``"memory"`` (left in place: fastest ``remove``, no saving).
+            Every choice restores bit-exactly.
     """
 
     field_name = "quant"
@@ -79,7 +82,7 @@ class QuantConfig(TechniqueConfig):
     backend: str = "auto"
     compile: bool = False
     fuse_activations: bool = True
-    keep_original: str = "memory"
+    keep_original: str = "auto"
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "QuantConfig.weight_bits")
@@ -114,8 +117,9 @@ class QuantConfig(TechniqueConfig):
         if self.act_bits is None and self.act_mode == "static":
             raise ValueError("QuantConfig.act_mode='static' needs act_bits=8.")
         check_backend_name(self.backend)
-        if self.keep_original not in _KEEP_ORIGINAL:
-            raise ValueError(f"QuantConfig.keep_original must be one of {_KEEP_ORIGINAL}; got {self.keep_original!r}.")
+        if self.keep_original not in KEEP_ORIGINAL:
+            raise ValueError(f"QuantConfig.keep_original must be one of {KEEP_ORIGINAL}; "
+                             f"got {self.keep_original!r}.")
 
     @property
     def needs_calibration(self) -> bool:

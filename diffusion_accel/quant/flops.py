@@ -1,4 +1,5 @@
-"""FLOP formulas of the int8 GEMM operators (oneDNN's and ``aten._int_mm``), so
+"""FLOP formulas of the int8 GEMM operators (oneDNN's, the x86 / fbgemm quantized linear and
+``aten._int_mm``), so
 ``torch.utils.flop_counter.FlopCounterMode``
 (and every MAC count built on it: ``diffusion_accel.cost.macs``, the evaluation harness) counts
 quantized linears like the float ones they replace: ``2 * rows * in_features * out_features``.
@@ -45,8 +46,11 @@ def register_quant_flop_formulas() -> None:
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
     onednn = getattr(torch.ops, "onednn", None)
+    quantized = getattr(torch.ops, "quantized", None)
     for namespace, name, formula in ((onednn, "qlinear_pointwise", _qlinear_flops),
                                      (onednn, "qlinear_prepack", _free),
+                                     (quantized, "linear_with_input_q_dq_qweight_dq_output_fp32", _qlinear_flops),
+                                     (quantized, "linear_prepack", _free),
                                      (torch.ops.aten, "_int_mm", _int_mm_flops)):
         try:
             op = getattr(namespace, name)

@@ -13,11 +13,17 @@ buffer                    8-bit weights          4-bit weights (group-wise, see 
 ``act_scale``             float32 ``(R,)`` static activation scale per timestep range (optional)
 ========================  =====================  =================================================
 
+The layer also holds one empty float parameter, ``dtype_anchor`` (zero bytes, not saved): code that
+reads a module's dtype or device from its first parameter (e.g. diffusers' Wan transformer reads
+``next(self.time_embedder.parameters()).dtype``) sees the float dtype and device of the layer it
+replaced, and ``.to(dtype)`` moves it like any parameter.
+
 Execution: activations are quantized to int8 (per token, or per tensor with a calibrated scale)
-and multiplied with the integer weight by a GEMM **backend** (:mod:`.gemm`): oneDNN's prepacked
-int8 GEMM on CPU, ``torch._int_mm`` or the Triton kernel on CUDA, or ``"fake"`` (float
-quantize-dequantize, for research). Every backend uses the same integers and the same rescale, so
-outputs agree within float rounding. With ``act_bits=None`` the layer is weight-only.
+and multiplied with the integer weight by a GEMM **backend** (:mod:`.gemm`), chosen per device and
+CPU kind: oneDNN's prepacked int8 GEMM (AMX), ``torch._int_mm`` (AVX-512 VNNI, CUDA), the x86 /
+fbgemm quantized linear (AVX2), the Triton kernel (CUDA), or ``"fake"`` (float
+quantize-dequantize). Every backend uses the same integers and the same rescale, so outputs agree
+within float rounding. With ``act_bits=None`` the layer is weight-only.
 
 Example:
     >>> import torch
@@ -50,6 +56,8 @@ __all__ = ["QuantLinear", "ACT_MODES"]
 
 #: Activation quantization modes: per token at run time, or per tensor with calibrated scales.
 ACT_MODES = ("dynamic", "static")
+#: Weight elements quantized at a time by ``from_linear`` (bounds its float temporaries to ~1 MB each).
+_BLOCK_ELEMENTS = 1 << 18
 
 
 class QuantLinear(torch.nn.Module):
@@ -73,6 +81,8 @@ class QuantLinear(torch.nn.Module):
             input tensor quantize it once.
         fp_tokens: the first ``fp_tokens`` tokens of 3-D inputs skip activation quantization
             (kept in high precision, used for the text encoder's BOS token).
+        weight_qmax: largest magnitude of the integer weight (8 bits: 127, or 64 where the
+            backend is exact only with 7-bit weights; see :func:`.gemm.weight_level_for`).
     """
 
     def __init__(
@@ -91,6 +101,7 @@ class QuantLinear(torch.nn.Module):
         act_group: str = "",
         fp_tokens: int = 0,
         device: torch.device | str | None = None,
+        weight_qmax: int | None = None,
     ) -> None:
         super().__init__()
         self.weight_bits = check_bits(weight_bits, "weight_bits", allow_none=False)
@@ -115,6 +126,11 @@ class QuantLinear(torch.nn.Module):
         self.num_ranges = num_ranges
         self.act_group = act_group
         self.fp_tokens = int(fp_tokens)
+        full = 127 if self.weight_bits == 8 else 120
+        self.weight_qmax = full if weight_qmax is None else int(weight_qmax)
+        if self.weight_bits == 4 and self.weight_qmax != full or not 1 <= self.weight_qmax <= full:
+            raise ValueError(f"weight_qmax must be in [1, 127] for 8-bit weights (4-bit weights: 120); "
+                             f"got {weight_qmax!r}.")
         n, k = self.out_features, self.in_features
         if self.weight_bits == 8:
             self.register_buffer("qweight", torch.zeros(n, k, dtype=torch.int8, device=device))
@@ -130,10 +146,18 @@ class QuantLinear(torch.nn.Module):
             self.register_buffer("act_scale", torch.ones(num_ranges, dtype=torch.float32, device=device))
         else:
             self.act_scale = None
-        self.compute_dtype = bias_dtype  # the float dtype of the layer it replaced
+        # zero-byte float parameter: the float dtype / device of the layer it replaced (module docstring)
+        self.dtype_anchor = torch.nn.Parameter(torch.empty(0, dtype=bias_dtype, device=device),
+                                               requires_grad=False)
         self.activation: str | None = None  # GELU fused in the epilogue: "none" | "tanh" (see fuse.py)
         self._runtime: QuantRuntime | None = None
-        self._packed = None  # backend-specific execution copy of the weight (see gemm.py)
+        self._packed = None  # (backend name, backend-specific execution copy of the weight), see gemm.py
+        self._resolved = None  # (device, backend name) of the last call, see gemm.resolve_backend
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The float dtype of the layer it replaced (follows ``.to(dtype)``)."""
+        return self.dtype_anchor.dtype
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -149,6 +173,7 @@ class QuantLinear(torch.nn.Module):
         backend: str = "auto",
         act_group: str = "",
         fp_tokens: int = 0,
+        weight_qmax: int | None = None,
     ) -> "QuantLinear":
         """Quantize a float ``nn.Linear``.
 
@@ -157,39 +182,52 @@ class QuantLinear(torch.nn.Module):
             smooth: optional ``(K,)`` channel-balancing factors ``s``: the weight is quantized as
                 ``W * s`` and inputs are multiplied by ``1 / s``.
             act_scale: ``(R,)`` static activation scales (required when ``act_mode="static"``).
+            weight_qmax: largest integer weight magnitude of 8-bit weights; ``None`` picks what the
+                backend that will run on the weight's device multiplies exactly (127, or 64).
             Other arguments as in the constructor.
         """
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"from_linear expects a torch.nn.Linear, got {type(linear).__name__}.")
-        weight = linear.weight.detach().float()
+        weight = linear.weight.detach()
         k = weight.shape[1]
         if smooth is not None:
             smooth = smooth.detach().float().to(weight.device)
             if smooth.shape != (k,) or not bool((smooth > 0).all()):
                 raise ValueError(f"smooth must be a positive ({k},) tensor; got shape {tuple(smooth.shape)}.")
-            weight = weight * smooth
         if act_mode == "static":
             if act_scale is None:
                 raise ValueError("act_mode='static' needs calibrated act_scale; run calibration first.")
             act_scale = torch.as_tensor(act_scale, dtype=torch.float32).reshape(-1)
             if not bool((act_scale > 0).all()):
                 raise ValueError("act_scale must be positive.")
+        if weight_qmax is None and weight_bits == 8 and act_bits is not None:
+            from .gemm import weight_level_for
+
+            weight_qmax = weight_level_for(backend, weight.device)
         module = cls(
             k, weight.shape[0], bias=linear.bias is not None, weight_bits=weight_bits, act_bits=act_bits,
             group_size=group_size, act_mode=act_mode,
             num_ranges=1 if act_scale is None else int(act_scale.numel()), smooth=smooth is not None,
             bias_dtype=linear.weight.dtype, backend=backend,
-            act_group=act_group, fp_tokens=fp_tokens, device=weight.device,
+            act_group=act_group, fp_tokens=fp_tokens, device=weight.device, weight_qmax=weight_qmax,
         )
         with torch.no_grad():
-            if module.weight_bits == 8:
-                q, scale = quantize_weight_per_channel(weight, 8)
-                module.qweight.copy_(q)
-            else:
-                q4, z, scale = quantize_weight_groupwise(weight, 4, group_size)
-                module.qweight.copy_(pack_int4(q4))
-                module.group_scale.copy_(z)
-            module.weight_scale.copy_(scale)
+            # Output channels are quantized independently: a block of rows at a time keeps the float
+            # temporaries small (quantizing a model must not need a float copy of each weight).
+            rows = max(1, _BLOCK_ELEMENTS // max(1, k))
+            for start in range(0, weight.shape[0], rows):
+                block = weight[start:start + rows].float()
+                if smooth is not None:
+                    block = block * smooth
+                end = start + block.shape[0]
+                if module.weight_bits == 8:
+                    q, scale = quantize_weight_per_channel(block, 8, module.weight_qmax)
+                    module.qweight[start:end] = q
+                else:
+                    q4, z, scale = quantize_weight_groupwise(block, 4, group_size)
+                    module.qweight[start:end] = pack_int4(q4)
+                    module.group_scale[start:end] = z
+                module.weight_scale[start:end] = scale
             if linear.bias is not None:
                 module.bias.copy_(linear.bias.detach())
             if smooth is not None:
@@ -232,10 +270,10 @@ class QuantLinear(torch.nn.Module):
 
     def memory_bytes(self) -> int:
         """Bytes of every tensor this module holds (buffers and the backend's packed weight)."""
+        from .gemm import execution_weight_bytes
+
         total = sum(b.numel() * b.element_size() for b in self.buffers(recurse=False) if b is not None)
-        for t in _tensors(self._packed):
-            total += t.numel() * t.element_size()
-        return total
+        return total + execution_weight_bytes(self)
 
     def weight_bits_per_param(self) -> float:
         """Average stored bits per weight, scales included."""
@@ -255,38 +293,51 @@ class QuantLinear(torch.nn.Module):
         return y if self.activation is None else F.gelu(y, approximate=self.activation)
 
     def _forward_quantized(self, x: torch.Tensor) -> torch.Tensor:
-        from .gemm import run_gemm
+        from .gemm import run_linear
 
         lead = x.shape[:-1]
         if self.act_bits is None:
             return self._activate(F.linear(x, self.effective_weight(x.dtype), _cast(self.bias, x.dtype)))
-        xq, x_scale = self.quantize_input(x)
-        y = run_gemm(self, xq, x_scale, x.dtype)
+        y = run_linear(self, x, x.dtype)
         return y.reshape(*lead, self.out_features)
 
-    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _range_index(self) -> int:
+        runtime = self._runtime
+        return 0 if runtime is None else min(runtime.range_index, self.num_ranges - 1)
+
+    def static_scale(self) -> torch.Tensor:
+        """The 0-d static activation scale of the current timestep range (``act_mode="static"``)."""
+        return self.act_scale[self._range_index()]
+
+    def quantize_input(self, x: torch.Tensor, normalized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(..., K)`` float → int8 ``(M, K)`` and a float32 scale (``(M, 1)`` or 0-d).
 
+        With ``normalized=True`` (per-token mode only) the first tensor is ``x / scale`` as float32
+        *before* rounding, for kernels that round while packing (its ``round`` gives the same integers).
         The cache of the shared runtime is keyed by ``x`` itself, so call this with the tensor the
         layer received (not a reshaped view, which is a new object each time).
         """
         runtime = self._runtime
         compiled = runtime.compile if runtime is not None else False
+        key = f"{self.act_mode}:{self.act_group}"
         if self.act_mode == "static":
-            index = 0 if runtime is None else min(runtime.range_index, self.num_ranges - 1)
+            index = self._range_index()
             scale = self.act_scale[index]
+            key += f":{int(index)}"
 
             def quantize(t):
                 return ops.quantize_static(t.reshape(-1, t.shape[-1]), scale, self.inv_smooth, compiled), scale
+        elif normalized:
+            key += ":normalized"
+
+            def quantize(t):
+                return ops.normalize_dynamic(t.reshape(-1, t.shape[-1]), self.inv_smooth, compiled)
         else:
             def quantize(t):
                 return ops.quantize_dynamic(t.reshape(-1, t.shape[-1]), self.inv_smooth, compiled)
 
         if runtime is None:
             return quantize(x)
-        key = f"{self.act_mode}:{self.act_group}"
-        if self.act_mode == "static":
-            key += f":{int(index)}"
         return runtime.quantized_input(key, x, quantize)
 
     # --- device moves / state dict ------------------------------------------------------------
@@ -294,10 +345,8 @@ class QuantLinear(torch.nn.Module):
         from .gemm import release_execution_weight
 
         release_execution_weight(self)  # packed copies are device-specific; rebuilt lazily
-        probe = fn(torch.zeros(1, dtype=self.compute_dtype, device=self.weight_scale.device))
+        self._resolved = None
         out = super()._apply(fn, recurse)
-        if probe.is_floating_point():
-            self.compute_dtype = probe.dtype
         for name in ("weight_scale", "inv_smooth", "act_scale"):  # scales stay float32 under .to(dtype)
             buf = self._buffers.get(name)
             if buf is not None and buf.dtype != torch.float32:
@@ -306,6 +355,7 @@ class QuantLinear(torch.nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "dtype_anchor", None)  # zero bytes, no information
         if self.qweight is None:
             destination[prefix + "qweight"] = self.int_weight()
 
@@ -313,10 +363,13 @@ class QuantLinear(torch.nn.Module):
         from .gemm import release_execution_weight
 
         release_execution_weight(self)
+        self._resolved = None
+        state_dict.setdefault(prefix + "dtype_anchor", self.dtype_anchor)  # never saved: keep ours
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         w = f"W{self.weight_bits}" + (f"(g{self.group_size})" if self.weight_bits == 4 else "")
+        w += "" if self.weight_bits == 4 or self.weight_qmax == 127 else f"[±{self.weight_qmax}]"
         a = "A16" if self.act_bits is None else f"A{self.act_bits}({self.act_mode})"
         extra = ", smooth" if self.inv_smooth is not None else ""
         if self.activation is not None:
@@ -328,13 +381,3 @@ class QuantLinear(torch.nn.Module):
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .gemm import execution_weight_bytes
 from .linear import QuantLinear
 
 __all__ = ["weight_bytes", "bf16_weight_bytes", "quantized_linear_bytes"]
@@ -40,8 +41,8 @@ def weight_bytes(module: torch.nn.Module) -> int:
         seen.add(key)
         total += _tensor_bytes(t)
     for m in module.modules():
-        if isinstance(m, QuantLinear) and m._packed is not None:
-            total += sum(_tensor_bytes(t) for t in _flat(m._packed))
+        if isinstance(m, QuantLinear):
+            total += execution_weight_bytes(m)
     return total
 
 
@@ -69,10 +70,3 @@ def quantized_linear_bytes(module: torch.nn.Module) -> tuple[int, int]:
             bf16 += 2 * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
     return held, bf16
 
-
-def _flat(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _flat(o)

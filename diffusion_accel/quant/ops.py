@@ -17,9 +17,10 @@ from typing import Callable
 
 import torch
 
-from .quantizers import quantize_act_per_tensor, quantize_act_per_token
+from .quantizers import normalize_per_token, quantize_act_per_tensor, quantize_act_per_token
 
-__all__ = ["quantize_dynamic", "quantize_static", "rescale_output", "int4_to_int8_weight"]
+__all__ = ["quantize_dynamic", "normalize_dynamic", "quantize_static", "rescale_output",
+           "int4_to_int8_weight"]
 
 _COMPILED: dict[str, Callable] = {}
 
@@ -36,6 +37,10 @@ def _dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None):
     return quantize_act_per_token(x, 8, inv_smooth)
 
 
+def _normalize(x: torch.Tensor, inv_smooth: torch.Tensor | None):
+    return normalize_per_token(x, 8, inv_smooth)
+
+
 def _static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tensor | None):
     return quantize_act_per_tensor(x, scale, 8, inv_smooth)
 
@@ -45,6 +50,17 @@ def _rescale(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, 
     out = y.float() * x_scale
     if bias is not None:
         out = out + bias.float()
+    if activation is not None:
+        out = torch.nn.functional.gelu(out, approximate=activation)
+    return out.to(out_dtype)
+
+
+def _rescale_eager(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+                   activation: str | None = None):
+    # same arithmetic as _rescale in one pass where possible (addcmul), else in place on the GEMM's
+    # fresh output (fewer passes over memory and fewer temporaries than the composed ops)
+    y = y.float()
+    out = y.mul_(x_scale) if bias is None else torch.addcmul(bias.float(), y, x_scale)
     if activation is not None:
         out = torch.nn.functional.gelu(out, approximate=activation)
     return out.to(out_dtype)
@@ -69,6 +85,11 @@ def quantize_dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None, compiled:
     return _maybe_compiled("dynamic", _dynamic, compiled)(x, inv_smooth)
 
 
+def normalize_dynamic(x: torch.Tensor, inv_smooth: torch.Tensor | None, compiled: bool = False):
+    """Per-token ``x / scale`` before rounding: ``(M, K)`` float → float32 ``(M, K)``, scale ``(M, 1)``."""
+    return _maybe_compiled("normalize", _normalize, compiled)(x, inv_smooth)
+
+
 def quantize_static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tensor | None,
                     compiled: bool = False) -> torch.Tensor:
     """Per-tensor int8 with a calibrated 0-d float32 ``scale``: ``(M, K)`` → int8 ``(M, K)``."""
@@ -78,7 +99,12 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, inv_smooth: torch.Tens
 def rescale_output(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None,
                    out_dtype: torch.dtype, compiled: bool = False, activation: str | None = None) -> torch.Tensor:
     """``act(y * x_scale + bias).to(out_dtype)`` for ``y`` ``(M, N)``, ``x_scale`` ``(M, 1)`` or 0-d;
-    ``activation`` is ``None`` or a GELU ``approximate`` mode (``"none"``, ``"tanh"``)."""
+    ``activation`` is ``None`` or a GELU ``approximate`` mode (``"none"``, ``"tanh"``).
+
+    ``y`` must be a fresh GEMM output owned by the caller: the eager path rescales it in place.
+    """
+    if not compiled:
+        return _rescale_eager(y, x_scale, bias, out_dtype, activation)
     return _maybe_compiled("rescale", _rescale, compiled)(y, x_scale, bias, out_dtype, activation)
 
 

@@ -10,8 +10,8 @@ Integer formats
   float per output channel. ``q4 * z`` lies in ``[-120, 105]``: an int8 weight with a per-channel
   scale, so the same integers run through any int8 GEMM (oneDNN, ``torch._int_mm``, the Triton
   kernel) and through the fake-quant path. Group scales are chosen by a small MSE search.
-* **activations**: ``x ≈ q * scale`` with ``q`` in ``[-127, 127]`` (8 bits) — one scale per token
-  (dynamic, default) or one calibrated scale per tensor (static).
+* **activations**: ``x ≈ q * scale`` with ``q`` in ``[-128, 127]`` (8 bits) — one scale per token
+  (dynamic, default: ``scale = absmax / 127.5``) or one calibrated scale per tensor (static).
 
 Example:
     >>> import torch
@@ -38,6 +38,7 @@ __all__ = [
     "groupwise_int8_weight",
     "dequantize_groupwise",
     "quantize_act_per_token",
+    "normalize_per_token",
     "quantize_act_per_tensor",
     "fake_quant_act",
     "sqnr_db",
@@ -65,18 +66,23 @@ def qmax(bits: int) -> int:
     return 2 ** (check_bits(bits, allow_none=False) - 1) - 1
 
 
-def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8, level: int | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel quantization.
 
     Args:
         w: ``(N, K)`` float weight.
         bits: 8 (or 4: values in ``[-7, 7]``).
+        level: largest integer magnitude (default ``qmax(bits)``; e.g. 64 for a kernel that is exact
+            only with 7-bit weights).
 
     Returns:
         ``q`` int8 ``(N, K)`` and ``scale`` float32 ``(N,)`` with ``w ≈ q * scale[:, None]``.
     """
     _check_matrix(w, "w")
-    level = qmax(bits)
+    level = qmax(bits) if level is None else int(level)
+    if not 1 <= level <= qmax(bits):
+        raise ValueError(f"level must be in [1, {qmax(bits)}] for {bits}-bit weights; got {level}.")
     w = w.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(_EPS) / level
     q = torch.round(w / scale[:, None]).clamp_(-level, level).to(torch.int8)
@@ -150,6 +156,26 @@ def dequantize_groupwise(q4: torch.Tensor, z: torch.Tensor, channel_scale: torch
     return groupwise_int8_weight(q4, z, group_size).float() * channel_scale[:, None]
 
 
+def normalize_per_token(
+    x: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` divided by its per-token scale, *before* rounding (kernels that round while packing).
+
+    The scale maps each row's absmax to ``qmax + 0.5`` (127.5 for 8 bits: the whole int8 range
+    ``[-128, 127]`` is used, as in PyTorch's and torchao's symmetric int8; the row maximum itself
+    rounds to 128 and is clipped to 127, half a step). Returns ``xn`` float32 ``(M, K)`` in
+    ``[-qmax - 0.5, qmax + 0.5]`` and ``scale`` float32 ``(M, 1)``; ``round(xn)`` clipped to the int8
+    range are the integers of :func:`quantize_act_per_token`.
+    """
+    level = qmax(bits) + 0.5
+    if inv_smooth is not None:
+        x = x.float() * inv_smooth
+    # max(max, -min) reads x twice but allocates no (M, K) temporary (abs() would); bf16 maxima are exact
+    absmax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg()).float()
+    absmax = absmax.clamp_min(_EPS)
+    return x * (level / absmax), absmax / level  # type promotion: float32 whatever x's float dtype
+
+
 def quantize_act_per_token(
     x: torch.Tensor, bits: int = 8, inv_smooth: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,15 +187,13 @@ def quantize_act_per_token(
         inv_smooth: optional ``(K,)`` float32 channel-balancing factors multiplied in first.
 
     Returns:
-        ``q`` int8 ``(M, K)`` and ``scale`` float32 ``(M, 1)`` with ``x * inv_smooth ≈ q * scale``.
+        ``q`` int8 ``(M, K)`` in ``[-128, 127]`` and ``scale`` float32 ``(M, 1)`` with
+        ``x * inv_smooth ≈ q * scale`` (``q = round(x * inv_smooth * 127.5 / absmax)``, see
+        :func:`normalize_per_token`).
     """
     level = qmax(bits)
-    xf = x.float()
-    if inv_smooth is not None:
-        xf = xf * inv_smooth
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / level
-    q = torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
-    return q, scale
+    xn, scale = normalize_per_token(x, bits, inv_smooth)
+    return xn.round_().clamp_(-level - 1, level).to(torch.int8), scale  # xn is a fresh tensor
 
 
 def quantize_act_per_tensor(
@@ -177,13 +201,15 @@ def quantize_act_per_tensor(
 ) -> torch.Tensor:
     """Static symmetric per-tensor quantization with a calibrated ``scale`` (0-d float32 tensor).
 
-    Returns ``q`` int8, same shape as ``x``, with ``x * inv_smooth ≈ q * scale``.
+    Returns ``q`` int8, same shape as ``x``, with ``x * inv_smooth ≈ q * scale``:
+    ``q = round(x * inv_smooth * (1 / scale))`` clamped to the full int8 range ``[-128, 127]`` (as a
+    kernel that quantizes to ``uint8 = q + 128`` inside its packing step does).
     """
     level = qmax(bits)
     xf = x.float()
     if inv_smooth is not None:
         xf = xf * inv_smooth
-    return torch.round(xf / scale).clamp_(-level, level).to(torch.int8)
+    return (xf * (1.0 / scale)).round_().clamp_(-level - 1, level).to(torch.int8)
 
 
 def fake_quant_act(x: torch.Tensor, bits: int = 8) -> torch.Tensor:

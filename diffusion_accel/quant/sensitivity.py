@@ -36,7 +36,8 @@ from .calibrate import run_prompts
 from .plan import QuantPlan
 from .replace import linear_names, quantize_linears, restore_linears
 
-__all__ = ["CONTENT_KINDS", "SensitivityResult", "measure_sensitivity", "layer_kinds", "ssim_loss"]
+__all__ = ["CONTENT_KINDS", "SensitivityResult", "measure_sensitivity", "layer_kinds", "ssim_loss",
+           "as_image_batch"]
 
 #: Component kinds whose layers are judged by the content metric.
 CONTENT_KINDS = ("cross_attn", "ffn", "ffn_context", "mlp")
@@ -125,7 +126,7 @@ def layer_kinds(model: torch.nn.Module, names: Sequence[str]) -> dict[str, tuple
     for name in names:
         parts = name.split(".")
         found = None
-        for i in range(len(parts) - 1, 0, -1):
+        for i in range(len(parts), 0, -1):  # the layer itself may be a component (Flux's proj_mlp)
             sub = modules.get(".".join(parts[:i]))
             if sub is not None and id(sub) in component_of:
                 found = component_of[id(sub)]
@@ -134,11 +135,22 @@ def layer_kinds(model: torch.nn.Module, names: Sequence[str]) -> dict[str, tuple
     return out
 
 
+def as_image_batch(images: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` images, or video frames ``(B, F, C, H, W)`` flattened to ``(B * F, C, H, W)``."""
+    if images.dim() == 5:
+        return images.reshape(-1, *images.shape[2:])
+    if images.dim() != 4:
+        raise ValueError("Expected images (B, C, H, W) or video frames (B, F, C, H, W); "
+                         f"got {tuple(images.shape)}.")
+    return images
+
+
 def ssim_loss(images: torch.Tensor, reference: torch.Tensor, prompts: Sequence[str] | None = None) -> float:
-    """``1 - SSIM`` of two ``(B, C, H, W)`` image batches in ``[0, 1]``."""
+    """``1 - SSIM`` of two ``(B, C, H, W)`` image batches (or ``(B, F, C, H, W)`` videos) in ``[0, 1]``."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    value = structural_similarity_index_measure(images.float().clamp(0, 1), reference.float().clamp(0, 1),
+    value = structural_similarity_index_measure(as_image_batch(images.float()).clamp(0, 1),
+                                                as_image_batch(reference.float()).clamp(0, 1),
                                                 data_range=1.0, kernel_size=7)
     return float(1.0 - value)
 

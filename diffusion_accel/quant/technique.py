@@ -101,19 +101,18 @@ def _handle(undo: list, denoisers: list[Denoiser], stats: dict) -> TechniqueHand
 
 
 def _quantize_denoiser(d: Denoiser, layer_bits, config: QuantConfig, calibration, undo: list, stats) -> None:
+    store = OriginalStore(config.keep_original)
     records = quantize_linears(
         d.module, layer_bits, act_bits=config.act_bits, group_size=config.group_size,
         act_mode=config.act_mode, smooth_alpha=config.smooth_alpha, calibration=calibration,
-        backend=config.backend,
+        backend=config.backend, store=store,
     )
-    store = OriginalStore(config.keep_original)
 
     def restore() -> None:
         store.restore()
         restore_linears(d.module, records)
 
     undo.append(restore)
-    store.offload({r.name: r.original for r in records})
     if config.fuse_activations:
         fused = fuse_activations(d.module, records)
         undo.append(lambda: unfuse_activations(d.module, fused))
@@ -126,7 +125,7 @@ def _quantize_denoiser(d: Denoiser, layer_bits, config: QuantConfig, calibration
     counts: dict[str, int] = {}
     for b in layer_bits.values():
         counts[str(b)] = counts.get(str(b), 0) + 1
-    stats[d.name] = {"layers_by_bits": counts, "timestep_edges": edges}
+    stats[d.name] = {"layers_by_bits": counts, "timestep_edges": edges, "originals": _originals(store)}
 
 
 def _quantize_text_encoders(pipe, config: QuantConfig, undo: list, stats) -> None:
@@ -135,17 +134,22 @@ def _quantize_text_encoders(pipe, config: QuantConfig, undo: list, stats) -> Non
         encoder = components.get(name)
         if not isinstance(encoder, torch.nn.Module):
             continue
-        records = quantize_text_encoder(encoder, config.text_encoder_bits, config.act_bits, config.group_size,
-                                        keep_first_token=True, backend=config.backend)
         store = OriginalStore(config.keep_original)
+        records = quantize_text_encoder(encoder, config.text_encoder_bits, config.act_bits, config.group_size,
+                                        keep_first_token=True, backend=config.backend, store=store)
 
         def restore(encoder=encoder, records=records, store=store) -> None:
             store.restore()
             restore_text_encoder(encoder, records)
 
         undo.append(restore)
-        store.offload({r.name: r.original for r in records})
-        stats[name] = {"layers": len(records), "bits": config.text_encoder_bits}
+        stats[name] = {"layers": len(records), "bits": config.text_encoder_bits,
+                       "originals": _originals(store)}
+
+
+def _originals(store: OriginalStore) -> dict[str, Any]:
+    """Where the float layers wait for ``remove``: the configured kind and the bytes moved out."""
+    return {"keep_original": store.kind, "offloaded_bytes": dict(store.offloaded_bytes)}
 
 
 def _report(denoisers: list[Denoiser], stats: dict) -> dict[str, Any]:

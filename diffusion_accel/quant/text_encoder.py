@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .quantizers import check_bits
-from .replace import Replacement, linear_names, quantize_linears, restore_linears
+from .replace import OriginalStore, Replacement, linear_names, quantize_linears, restore_linears
 
 __all__ = ["quantize_text_encoder", "restore_text_encoder", "TEXT_ENCODER_COMPONENTS"]
 
@@ -30,8 +30,9 @@ TEXT_ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 def quantize_text_encoder(encoder: torch.nn.Module, weight_bits: int = 8, act_bits: int | None = 8,
                           group_size: int = 128, keep_first_token: bool = True,
-                          backend: str = "auto") -> list[Replacement]:
-    """Quantize every linear of ``encoder`` in place; returns the records to undo it."""
+                          backend: str = "auto", store: OriginalStore | None = None) -> list[Replacement]:
+    """Quantize every linear of ``encoder`` in place; returns the records to undo it (``store``: where
+    the original layers wait, see :class:`~diffusion_accel.quant.replace.OriginalStore`)."""
     check_bits(weight_bits, "text encoder weight_bits", allow_none=False)
     if not isinstance(encoder, torch.nn.Module):
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}.")
@@ -39,7 +40,7 @@ def quantize_text_encoder(encoder: torch.nn.Module, weight_bits: int = 8, act_bi
     if not names:
         raise ValueError(f"{type(encoder).__name__} has no nn.Linear layers to quantize.")
     return quantize_linears(encoder, {n: weight_bits for n in names}, act_bits=act_bits, group_size=group_size,
-                            backend=backend, fp_tokens=1 if keep_first_token else 0)
+                            backend=backend, fp_tokens=1 if keep_first_token else 0, store=store)
 
 
 def restore_text_encoder(encoder: torch.nn.Module, records: list[Replacement]) -> None:

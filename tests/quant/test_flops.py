@@ -1,5 +1,5 @@
-"""MAC counts see quantized linears: a W8A8 layer (oneDNN or ``torch._int_mm``) counts the MACs of the float
-layer it replaces."""
+"""MAC counts see quantized linears: a W8A8 layer (oneDNN, fbgemm or ``torch._int_mm``) counts the MACs of the
+float layer it replaces."""
 
 import pytest
 import torch
@@ -7,9 +7,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion_accel.eval.latency import count_macs
 from diffusion_accel.quant import QuantLinear
-from diffusion_accel.quant.gemm import onednn_available
+from diffusion_accel.quant.gemm import backend_problem
 
-BACKENDS = ["int_mm"] + (["onednn"] if onednn_available() else [])
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(backend_problem(name, torch.device("cpu")) is not None,
+                                                        reason=f"{name} is not correct on this CPU"))
+            for name in ("int_mm", "fbgemm", "onednn")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,17 +4,34 @@ import pytest
 import torch
 
 from diffusion_accel.quant import QuantLinear, sqnr_db
-from diffusion_accel.quant.gemm import onednn_available
+from diffusion_accel.quant import cpu_support
+from diffusion_accel.quant.gemm import backend_problem, resolve_backend, run_gemm
 from diffusion_accel.quant.memory import bf16_weight_bytes, weight_bytes
 from diffusion_accel.quant.runtime import QuantRuntime
 
-BACKENDS = ["int_mm"] + (["onednn"] if onednn_available() else [])
+
+def _correct_here(name):
+    """The backend as a test parameter, skipped (with the reason) where it is not correct on this CPU."""
+    problem = backend_problem(name, torch.device("cpu"))
+    return pytest.param(name, marks=pytest.mark.skipif(problem is not None, reason=f"{name}: {problem}"))
+
+
+BACKENDS = [_correct_here(name) for name in ("int_mm", "fbgemm", "onednn")]
+#: the backend auto picks on this CPU (always correct here)
+AUTO = resolve_backend(QuantLinear(8, 8), torch.device("cpu"))
 
 
 def _layer(k=96, n=80, bits=8, backend="fake", seed=0, **kw):
     torch.manual_seed(seed)
     lin = torch.nn.Linear(k, n)
     return lin, QuantLinear.from_linear(lin, weight_bits=bits, group_size=32, backend=backend, **kw)
+
+
+def _pair(backend, bits=8, **kw):
+    """(float linear, real-backend layer, fake-quant layer holding the same integers)."""
+    lin, real = _layer(bits=bits, backend=backend, **kw)
+    _, fake = _layer(bits=bits, backend="fake", weight_qmax=real.weight_qmax if bits == 8 else None, **kw)
+    return lin, real, fake
 
 
 def _rel_err(a, b):
@@ -24,8 +41,7 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bits", [8, 4])
 def test_int_gemm_equals_fake_quant(backend, bits):
-    lin, fake = _layer(bits=bits)
-    _, real = _layer(bits=bits, backend=backend)
+    _, real, fake = _pair(backend, bits)
     assert torch.equal(real.int_weight(), fake.int_weight())
     x = torch.randn(3, 17, 96)
     y_real, y_fake = real(x), fake(x)
@@ -39,18 +55,17 @@ def test_integer_accumulation_is_exact(backend):
     layer.weight_scale.fill_(1.0)
     layer.bias.zero_()
     xq = torch.randint(-127, 128, (9, 1152), dtype=torch.int8)
-    from diffusion_accel.quant.gemm import run_gemm
-
     y = run_gemm(layer, xq, torch.ones(9, 1), torch.float32)
     exact = (xq.long() @ layer.int_weight().long().t()).double()
     assert float((y.double() - exact).abs().max()) <= float(exact.abs().max()) * 2 ** -23
 
 
-def test_static_activation_path_equals_fake():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_activation_path_equals_fake(backend):
     lin = torch.nn.Linear(64, 32)
     kw = dict(act_mode="static", act_scale=torch.tensor([0.02, 0.05]), smooth=torch.rand(64) + 0.5)
-    fake = QuantLinear.from_linear(lin, backend="fake", **kw)
-    real = QuantLinear.from_linear(lin, backend=BACKENDS[-1], **kw)
+    real = QuantLinear.from_linear(lin, backend=backend, **kw)
+    fake = QuantLinear.from_linear(lin, backend="fake", weight_qmax=real.weight_qmax, **kw)
     runtime = QuantRuntime()
     fake._runtime = real._runtime = runtime
     x = torch.randn(10, 64)
@@ -68,7 +83,7 @@ def test_static_activation_path_equals_fake():
 
 @pytest.mark.parametrize("bits,min_db", [(8, 30.0), (4, 15.0)])
 def test_output_sqnr_vs_float_linear(bits, min_db):
-    lin, q = _layer(k=512, n=256, bits=bits, backend=BACKENDS[-1])
+    lin, q = _layer(k=512, n=256, bits=bits, backend=AUTO)
     x = torch.randn(64, 512)
     assert sqnr_db(lin(x), q(x)) >= min_db
 
@@ -93,15 +108,15 @@ def test_memory_is_measured_from_real_tensors():
     assert weight_bytes(model) == w4.memory_bytes() and bf16_weight_bytes(model) == bf16
 
 
-@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN int8 ops")
-def test_onednn_prepacked_weight_replaces_plain_copy():
-    lin, q = _layer(k=128, n=64, backend="onednn")
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] != "int_mm"])
+def test_prepacked_weight_replaces_plain_copy(backend):
+    lin, q = _layer(k=128, n=64, backend=backend)
     plain = q.int_weight().clone()
     before = q.memory_bytes()
     x = torch.randn(4, 128)
     y = q(x)
     assert q.qweight is None and q._packed is not None  # one copy only
-    assert q.memory_bytes() == before
+    assert before <= q.memory_bytes() <= before + 12 * 64  # + fbgemm's per-channel offsets / scales
     assert torch.equal(q.state_dict()["qweight"], plain)
     q.to(torch.device("cpu"))  # device moves restore the plain buffer
     assert torch.equal(q.qweight, plain)
@@ -151,8 +166,8 @@ def test_bad_constructor_arguments():
 def test_fused_gelu_epilogue_equals_separate_gelu(approximate, mode):
     lin = torch.nn.Linear(64, 48)
     kw = dict(act_mode=mode, act_scale=torch.tensor([0.03]) if mode == "static" else None)
-    fake = QuantLinear.from_linear(lin, backend="fake", **kw)
-    real = QuantLinear.from_linear(lin, backend=BACKENDS[-1], **kw)
+    real = QuantLinear.from_linear(lin, backend=AUTO, **kw)
+    fake = QuantLinear.from_linear(lin, backend="fake", weight_qmax=real.weight_qmax, **kw)
     x = torch.randn(12, 64)
     separate = torch.nn.functional.gelu(fake(x), approximate=approximate)
     fake.activation = real.activation = approximate
@@ -174,14 +189,95 @@ def test_weight_placeholder_and_dtype_moves_keep_scales_float32():
     assert sqnr_db(y, yb.float()) >= 35.0
 
 
-@pytest.mark.skipif(not onednn_available(), reason="needs oneDNN int8 ops")
-@pytest.mark.parametrize("amx", [True, False])
-def test_auto_backend_takes_onednn_only_on_cpus_with_amx(monkeypatch, amx):
-    from diffusion_accel.quant.gemm import resolve_backend
+@pytest.mark.parametrize("kind,expected", [("amx", "onednn"), ("avx512_vnni", "int_mm"), ("avx512", "fbgemm"),
+                                           ("avx2", "fbgemm"), ("other", "fake")])
+def test_auto_backend_per_cpu_kind(monkeypatch, kind, expected):
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: kind)
+    monkeypatch.setattr(cpu_support, "onednn_problem", lambda: None)
+    monkeypatch.setattr(cpu_support, "fbgemm_problem", lambda engine=None: None)
+    assert resolve_backend(QuantLinear(32, 16), torch.device("cpu")) == expected
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    layer = QuantLinear.from_linear(torch.nn.Linear(32, 16), weight_bits=8)
-    assert layer.backend == "auto"
-    assert resolve_backend(layer, torch.device("cpu")) == ("onednn" if amx else "int_mm")
-    explicit = QuantLinear.from_linear(torch.nn.Linear(32, 16), weight_bits=8, backend="onednn")
-    assert resolve_backend(explicit, torch.device("cpu")) == "onednn"
+
+def test_auto_skips_a_backend_that_is_wrong_here(monkeypatch):
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "amx")
+    monkeypatch.setattr(cpu_support, "onednn_problem", lambda: "wrong results (self-check)")
+    assert resolve_backend(QuantLinear(32, 16), torch.device("cpu")) == "int_mm"
+
+
+def test_explicit_backend_that_is_wrong_here_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "avx2")
+    monkeypatch.setattr(cpu_support, "onednn_problem", lambda: "oneDNN's int8 linear returns wrong results here")
+    with pytest.raises(ValueError, match="wrong results.*backend='auto' \\(here: 'fbgemm'\\)"):
+        QuantLinear.from_linear(torch.nn.Linear(32, 16), backend="onednn")
+    layer = QuantLinear(32, 16, backend="onednn")  # e.g. loaded from a file: refused at the first call
+    with pytest.raises(ValueError, match="wrong results"):
+        layer(torch.randn(2, 32))
+
+
+def test_explicit_backend_that_is_slow_here_warns(monkeypatch):
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "avx512_vnni")
+    monkeypatch.setattr(cpu_support, "onednn_problem", lambda: None)
+    with pytest.warns(UserWarning, match="slow here.*without AMX"):
+        resolve_backend(QuantLinear(32, 16, backend="onednn"), torch.device("cpu"))
+
+
+def test_onednn_on_this_cpu_is_right_or_refused():
+    """The real self-check: wherever oneDNN's int8 linear is wrong (AVX2-only CPUs), it is never used."""
+    if cpu_support.onednn_problem() is not None:
+        with pytest.raises(ValueError, match="cannot be used here"):
+            QuantLinear.from_linear(torch.nn.Linear(64, 32), backend="onednn")
+        assert AUTO != "onednn"
+    else:
+        _, real, fake = _pair("onednn")
+        x = torch.randn(5, 96)
+        assert _rel_err(real(x), fake(x)) < 1e-5
+
+
+def _saturating_u8s8_gemm(x, w):
+    """AVX2 ``vpmaddubsw``: uint8 (x + 128) times int8, adjacent pairs summed with int16 saturation."""
+    a = (x.long() + 128)[:, None, :]  # (M, 1, K)
+    prod = a * w.long()[None]  # (M, N, K)
+    pairs = prod.view(*prod.shape[:2], -1, 2).sum(-1).clamp(-32768, 32767)
+    return pairs.sum(-1) - 128 * w.long().sum(-1)
+
+
+@pytest.mark.parametrize("level,exact", [(127, False), (64, True)])
+def test_self_check_operands_expose_int16_pair_saturation(level, exact):
+    x, w = cpu_support._worst_case_operands(level)
+    expected = x.long() @ w.long().t()
+    assert torch.equal(_saturating_u8s8_gemm(x, w), expected) == exact
+
+
+@pytest.mark.skipif(cpu_support.fbgemm_problem() is not None,
+                    reason=f"fbgemm: {cpu_support.fbgemm_problem()}")
+def test_fbgemm_weights_are_within_its_exact_range():
+    level = cpu_support.fbgemm_weight_level()
+    _, q = _layer(k=256, n=32, backend="fbgemm")
+    assert q.weight_qmax == level and int(q.int_weight().abs().max()) == level
+    _, wide = _layer(k=256, n=32, backend="fbgemm", weight_qmax=127)  # e.g. quantized for another device
+    _, fake = _layer(k=256, n=32, backend="fake", weight_qmax=127)
+    x = torch.randn(6, 256)
+    assert _rel_err(wide(x), fake(x)) < 1e-5  # runs exactly in fp32 instead of saturating
+
+
+def test_int_mm_guards_tiny_inner_dimensions(monkeypatch):
+    """``QuantLinear.from_linear(nn.Linear(1, 5))`` returned garbage through ``torch._int_mm`` (VNNI CPU)."""
+    garbage = lambda a, b: torch.full((a.shape[0], b.shape[1]), 12345, dtype=torch.int32)  # noqa: E731
+    monkeypatch.setattr(torch, "_int_mm", garbage)
+    torch.manual_seed(0)
+    for k, n in ((1, 5), (3, 40), (40, 3)):
+        lin = torch.nn.Linear(k, n)
+        with pytest.warns(UserWarning) if cpu_support.int_mm_slow_reason() else _nothing():
+            real = QuantLinear.from_linear(lin, backend="int_mm")
+        fake = QuantLinear.from_linear(lin, backend="fake")
+        x = torch.randn(4, k)
+        assert _rel_err(real(x), fake(x)) < 1e-6
+        assert _rel_err(real(x), lin(x).detach()) < 0.05
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

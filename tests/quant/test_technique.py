@@ -141,3 +141,86 @@ def test_text_encoder_quantization_keeps_quality(pixart):
     assert report["text_encoder"]["layers"] > 0
     assert psnr(images, reference) >= 35.0
     assert torch.equal(generate(), reference)
+
+
+def test_default_quantization_lowers_memory_and_still_restores_exactly(pixart):
+    """``keep_original="memory"`` was the default: every float layer stayed alive next to its quantized copy."""
+    pipe, generate, _ = pixart
+    reference = generate()
+    layers = [m for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    float_bytes = sum(p.numel() * p.element_size() for m in layers for p in m.parameters())
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=QuantConfig()))
+    try:
+        assert all(p.numel() == 0 for m in layers for p in m.parameters())  # released on the CPU
+        originals = acceleration_state(pipe).report()["quant"]["transformer"]["originals"]
+        assert originals == {"keep_original": "auto", "offloaded_bytes": {"cpu": 0, "disk": float_bytes}}
+        generate()
+    finally:
+        diffusion_accel.remove(pipe)
+    assert torch.equal(generate(), reference)
+
+
+def test_original_store_kinds_restore_bit_exactly():
+    from diffusion_accel.quant.replace import OriginalStore
+
+    torch.manual_seed(0)
+    for kind in ("memory", "cpu", "disk"):
+        layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
+        before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+        store = OriginalStore(kind)
+        store.offload("layer", layer)
+        assert (layer.weight.numel() == 0) == (kind == "disk")
+        store.restore()
+        assert all(torch.equal(p, before[n]) and p.dtype == torch.bfloat16 for n, p in layer.named_parameters())
+        assert store.directory is None
+    with pytest.raises(ValueError, match="keep_original|kind must be one of"):
+        QuantConfig(keep_original="gpu")
+
+
+def test_auto_store_moves_accelerator_layers_to_cpu_and_writes_cpu_layers_to_disk():
+    from diffusion_accel.quant.replace import OriginalStore
+
+    class OnDevice(torch.nn.Module):  # stands for a layer on an accelerator (no GPU in CI)
+        def __init__(self, device_type):
+            super().__init__()
+            self.device_type = device_type
+
+        def parameters(self, recurse=True):
+            return iter([type("P", (), {"device": torch.device(self.device_type)})()])
+
+    store = OriginalStore("auto")
+    assert store.kind_for(OnDevice("cuda")) == "cpu"
+    assert store.kind_for(torch.nn.Linear(2, 2)) == "disk"
+
+
+def test_each_original_is_released_right_after_its_replacement():
+    """Quantizing never holds the whole float model and all its quantized copies at once."""
+    from diffusion_accel.quant.replace import OriginalStore, quantize_linears
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+    seen = []
+
+    class Spy(OriginalStore):
+        def offload(self, name, module, skip=frozenset()):
+            seen.append([type(m).__name__ for m in model])
+            super().offload(name, module, skip)
+
+    store = Spy("disk")
+    records = quantize_linears(model, {"0": 8, "1": 8, "2": 8}, store=store)
+    assert seen == [["QuantLinear", "Linear", "Linear"], ["QuantLinear", "QuantLinear", "Linear"],
+                    ["QuantLinear"] * 3]
+    assert all(r.original.weight.numel() == 0 for r in records)
+    store.restore()
+    assert all(r.original.weight.shape == (r.quantized.out_features, r.quantized.in_features) for r in records)
+
+
+def test_a_parameter_shared_with_another_module_is_not_released():
+    from diffusion_accel.quant.replace import OriginalStore, quantize_linears
+
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    b.weight = a.weight  # tied
+    model = torch.nn.Sequential(a, b)
+    store = OriginalStore("disk")
+    quantize_linears(model, {"0": 8, "1": None}, store=store)
+    assert b.weight.numel() == 64 and a.bias.numel() == 0
+    store.restore()
