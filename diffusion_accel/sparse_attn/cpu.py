@@ -132,6 +132,34 @@ def rows_per_call(keys: int, device: torch.device, kv_budget: int = DEFAULT_KV_B
     return max(1, kv_budget * 64 // keys)
 
 
+def _row_chunks(counts: torch.Tensor, block_k: int, kv_split: int, kv_budget: int, device, grad: bool):
+    """Yield ``(count, per, rows)``: query-block rows keeping ``count`` key blocks, in SDPA-call groups.
+
+    ``per`` key blocks go into one call (``per < count`` splits a long row into parts of at most
+    ``kv_split`` keys; never with autograd, whose pieces must stay whole).
+    """
+    for count in counts.unique().tolist():
+        rows = (counts == count).nonzero().flatten()
+        parts = 1 if grad else max(1, -(-count * block_k // kv_split))
+        per = -(-count // parts)  # key blocks per part
+        group = rows_per_call(per * block_k, device, kv_budget)
+        for start in range(0, rows.numel(), group):
+            yield count, per, rows[start : start + group]
+
+
+def _rows_where(rows: torch.Tensor, device) -> slice | torch.Tensor:
+    """A slice when the (ascending) ``rows`` are contiguous, else their index tensor on ``device``."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    return slice(lo, hi) if hi - lo == rows.numel() else rows.to(device)
+
+
+def _write_rows(target: torch.Tensor, where: slice | torch.Tensor, values: torch.Tensor) -> None:
+    if isinstance(where, slice):
+        target[where] = values
+    else:
+        target.index_copy_(0, where, values)
+
+
 def block_sparse_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -177,37 +205,24 @@ def block_sparse_attention_torch(
         lse = torch.empty(B * H * nq, block_q, dtype=torch.float32, device=q.device)
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     bufs: dict = {}
-    for c in counts.unique().tolist():
-        rows = (counts == c).nonzero().flatten()
-        parts = 1 if grad else max(1, -(-c * block_k // kv_split))
-        per = -(-c // parts)  # key blocks per part
-        g = rows_per_call(per * block_k, q.device, kv_budget)
-        for start in range(0, rows.numel(), g):
-            chunk = rows[start : start + g]
-            n = chunk.numel()
-            lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-            contiguous = hi - lo == n
-            idx = None if contiguous else chunk.to(q.device)
-            qc = qb[lo:hi] if contiguous else qb.index_select(0, idx)
-            sel = order[lo:hi, :c] if contiguous else order.index_select(0, idx)[:, :c]
-            if parts == 1:
-                o, l = _gathered_attention(qc, kb, vb, sel, nk, tail, scale, return_lse, bufs, grad)
-            else:  # split the key blocks, merge the partial results by their log-sum-exp
-                outs, lses = zip(*(
-                    _gathered_attention(qc, kb, vb, sel[:, j : j + per], nk, tail, scale, True, bufs, grad)
-                    for j in range(0, c, per)
-                ))
-                o, l = _merge_partials(outs, lses)
-            if grad:
-                pieces.append((chunk, o[0], None if l is None else l[0]))
-            elif contiguous:
-                out[lo:hi] = o[0]
-                if return_lse:
-                    lse[lo:hi] = l[0]
-            else:
-                out.index_copy_(0, idx, o[0])
-                if return_lse:
-                    lse.index_copy_(0, idx, l[0])
+    for count, per, chunk in _row_chunks(counts, block_k, kv_split, kv_budget, q.device, grad):
+        where = _rows_where(chunk, q.device)
+        qc = qb[where] if isinstance(where, slice) else qb.index_select(0, where)
+        sel = (order[where] if isinstance(where, slice) else order.index_select(0, where))[:, :count]
+        if per == count:
+            o, l = _gathered_attention(qc, kb, vb, sel, nk, tail, scale, return_lse, bufs, grad)
+        else:  # split the key blocks, merge the partial results by their log-sum-exp
+            outs, lses = zip(*(
+                _gathered_attention(qc, kb, vb, sel[:, j : j + per], nk, tail, scale, True, bufs, grad)
+                for j in range(0, count, per)
+            ))
+            o, l = _merge_partials(outs, lses)
+        if grad:
+            pieces.append((chunk, o[0], None if l is None else l[0]))
+        else:
+            _write_rows(out, where, o[0])
+            if return_lse:
+                _write_rows(lse, where, l[0])
     if grad:  # assemble without in-place writes, so autograd sees every piece
         where = torch.cat([p[0] for p in pieces]).argsort().to(q.device)
         out = torch.cat([p[1] for p in pieces]).index_select(0, where)
