@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .video_metrics import TemporalSums, video_tensor
 
 __all__ = ["QualityScorer"]
 
@@ -38,10 +39,18 @@ class QualityScorer:
         reference: :class:`~.metrics.ReferenceStats` of the reference set (``fid``) or ``None``.
         baseline: :class:`~.metrics.ReferenceStats` of the baseline outputs (``fid_vs_baseline``) or ``None``.
         lpips: try to compute LPIPS (needs torchvision and its weights; otherwise a note).
+        video_extractor: clip-level video feature extractor (:func:`~.video_metrics.fvd_features`)
+            for ``fvd`` / ``fvd_vs_baseline``, with ``video_reference`` / ``video_baseline``
+            :class:`~.metrics.ReferenceStats` of real videos / the baseline's videos.
+
+    Videos always get the temporal scores of :class:`~.video_metrics.TemporalSums` (``flicker``,
+    ``temporal_error``, ``psnr_per_video``, ``ssim_per_video``).
     """
 
     def __init__(self, clip: M.Clip | None = None, extractor: Any = None, reference: M.ReferenceStats | None = None,
-                 baseline: M.ReferenceStats | None = None, lpips: bool = True) -> None:
+                 baseline: M.ReferenceStats | None = None, lpips: bool = True, video_extractor: Any = None,
+                 video_reference: M.ReferenceStats | None = None,
+                 video_baseline: M.ReferenceStats | None = None) -> None:
         from torchmetrics.multimodal.clip_score import CLIPScore
 
         self.clip = clip
@@ -56,6 +65,9 @@ class QualityScorer:
         self.num_features = extractor if isinstance(extractor, int) else getattr(extractor, "num_features", None)
         self.frames = 0
         self.video: bool | None = None
+        self.temporal = TemporalSums()
+        self.fvd = M.fid_metric(video_reference, video_extractor) if video_reference is not None else None
+        self.fvd_baseline = M.fid_metric(video_baseline, video_extractor) if video_baseline is not None else None
 
     def update(self, outputs: np.ndarray, baseline: np.ndarray, prompts: Sequence[str]) -> None:
         """Add a chunk: uint8 ``(N, H, W, 3)`` images or ``(N, F, H, W, 3)`` videos of this
@@ -82,6 +94,14 @@ class QualityScorer:
                     metric.update(uint8, real=False)
             if self.text is not None:
                 self._update_clip(outputs, prompts, video)
+            if video:
+                self._update_video(outputs, baseline)
+
+    def _update_video(self, outputs: np.ndarray, baseline: np.ndarray) -> None:
+        self.temporal.update(outputs, baseline)
+        for metric in (self.fvd, self.fvd_baseline):
+            if metric is not None:
+                metric.update(video_tensor(outputs), real=False)
 
     def _update_clip(self, outputs: np.ndarray, prompts: Sequence[str], video: bool) -> None:
         device = self.clip.device
@@ -97,7 +117,8 @@ class QualityScorer:
     def compute(self) -> tuple[dict[str, Any], list[str]]:
         """``(values, notes)``: ``clip_score`` (and ``frame_consistency`` for videos), ``fid``,
         ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpips``, ``max_abs_error``, ``mean_abs_error``,
-        ``wasserstein``; ``None`` for what could not be computed, with a note saying why."""
+        ``wasserstein``; videos add ``flicker``, ``baseline_flicker``, ``temporal_error``,
+        ``psnr_per_video``, ``ssim_per_video`` (and ``fvd`` / ``fvd_vs_baseline`` when given); ``None`` for what could not be computed, with a note saying why."""
         if self.frames == 0:
             raise ValueError("QualityScorer.compute() before any update().")
         notes: list[str] = []
@@ -123,4 +144,18 @@ class QualityScorer:
         if self.lpips is None:
             notes.append(self.lpips_reason)
         values.update(self.deviation.compute())
+        if self.video:
+            values.update(self._video_values(notes))
         return values, notes
+
+    def _video_values(self, notes: list[str]) -> dict[str, Any]:
+        values: dict[str, Any] = self.temporal.compute()
+        videos = len(self.temporal.psnrs)
+        for key, metric in (("fvd", self.fvd), ("fvd_vs_baseline", self.fvd_baseline)):
+            if metric is None:
+                continue
+            if videos < 2:
+                notes.append(f"{key}: needs at least 2 videos.")
+            with torch.inference_mode():
+                values[key] = M.fid_value(metric) if videos >= 2 else None
+        return values
