@@ -30,17 +30,20 @@ from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
+from .forecast import ForecastCache
 from .block_io import add_stream, block_argument, block_streams, pack_block_output, sub_stream
 from .schedule import CacheSchedule
 from .state import BranchCache, CacheStats
 
-__all__ = ["REUSE_MODES", "StaticCacheConfig", "apply_static_cache", "block_residual_supported"]
+__all__ = ["REUSE_MODES", "FORECAST_ORDERS", "StaticCacheConfig", "apply_static_cache", "block_residual_supported"]
 
 _HOOK_NAME = "static_cache"
 _BLOCK_HOOK_NAME = "static_cache_block"
 
 #: Values of :attr:`StaticCacheConfig.reuse`.
-REUSE_MODES = ("outputs", "block_residual")
+REUSE_MODES = ("outputs", "block_residual", "forecast")
+#: Values of :attr:`StaticCacheConfig.forecast_order`.
+FORECAST_ORDERS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class StaticCacheConfig(TechniqueConfig):
             of the last step where it ran; blocks that compute some components reuse outputs.
             Needs blocks whose input/output streams are declared (``BlockIO``: every covered
             transformer; UNets have none).
+            ``"forecast"`` (TaylorSeer): as ``"block_residual"``, but a skipped block's residual
+            and a reused component's output are extrapolated from their last ``forecast_order + 1``
+            computed values by finite differences in step index (:mod:`.forecast`), per guidance
+            branch. On blocks without declared streams (UNets) components are forecast one by one.
+        forecast_order: 1 (linear) or 2 (quadratic); only with ``reuse="forecast"``.
     """
 
     field_name = "cache"
@@ -65,6 +73,7 @@ class StaticCacheConfig(TechniqueConfig):
     schedule: CacheSchedule = field(metadata={"encode": CacheSchedule.to_dict, "decode": CacheSchedule.from_dict})
     auto_resample: bool = False
     reuse: str = "outputs"
+    forecast_order: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, CacheSchedule):
@@ -75,6 +84,11 @@ class StaticCacheConfig(TechniqueConfig):
             raise TypeError(f"auto_resample must be a bool, got {self.auto_resample!r}.")
         if self.reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {self.reuse!r}.")
+        if self.forecast_order not in FORECAST_ORDERS or isinstance(self.forecast_order, bool):
+            raise ValueError(f"forecast_order must be one of {list(FORECAST_ORDERS)}, got {self.forecast_order!r}.")
+        if self.forecast_order != 1 and self.reuse != "forecast":
+            raise ValueError(f"forecast_order={self.forecast_order} only applies to reuse='forecast' "
+                             f"(got reuse={self.reuse!r}); pass reuse='forecast' or drop forecast_order.")
 
 
 def scheduler_num_steps(pipe: Any, tracker: StepTracker | None = None) -> int | None:
@@ -124,10 +138,13 @@ class _SchedulePlan:
     the call really runs (:func:`scheduler_num_steps`) and resampled or refused.
     """
 
-    def __init__(self, config: StaticCacheConfig, pipe: Any, tracker: StepTracker, stats: CacheStats) -> None:
+    def __init__(self, config: StaticCacheConfig, pipe: Any, tracker: StepTracker, stats: CacheStats,
+                 block_level: bool) -> None:
         self.schedule = config.schedule
         self.auto_resample = config.auto_resample
-        self.block_residual = config.reuse == "block_residual"
+        self.block_residual = block_level  # blocks whose components are all reused are skipped whole
+        self.forecast = config.reuse == "forecast"
+        self.forecast_order = config.forecast_order
         self.tracker = tracker
         self.stats = stats
         self._pipe = weakref.ref(pipe)
@@ -157,6 +174,21 @@ class _SchedulePlan:
             return False
         return not (self.block_residual and not table[step, block].any())
 
+    def new_cache(self) -> BranchCache | ForecastCache:
+        """The store of one hook: the last value, or the history a forecast extrapolates."""
+        return ForecastCache(self.stats, self.forecast_order) if self.forecast else BranchCache(self.stats)
+
+    def keep_for_later(self, table: np.ndarray, step: int, block: int, component: int) -> bool:
+        """Whether a later step asks the component's hook for a reused value (a forecast needs
+        every computed value until then, not only the one just before)."""
+        if not self.forecast:
+            return self.reused_next(table, step, block, component)
+        later = table[step + 1 :]
+        asked = ~later[:, block, component]
+        if self.block_residual:
+            asked &= later[:, block].any(axis=1)
+        return bool(asked.any())
+
     def _schedule_for_call(self) -> CacheSchedule:
         pipe = self._pipe()
         steps = scheduler_num_steps(pipe, self.tracker) if pipe is not None else None
@@ -185,7 +217,7 @@ class ComponentCacheHook(ModelHook):
         self.key = key
         self.block, self.component = key[1], key[2]
         self.stats = stats
-        self.cache = BranchCache(stats)
+        self.cache = plan.new_cache()
 
     def new_forward(self, module, *args, **kwargs):
         reused = self._reused_output()
@@ -206,8 +238,11 @@ class ComponentCacheHook(ModelHook):
         if table[call.step, self.block, self.component] or call.branch not in self.cache:
             return None
         self.stats.reused[self.key] += 1
-        output = self.cache.get(call.branch)
-        if not self.plan.reused_next(table, call.step, self.block, self.component):
+        if self.plan.forecast:
+            output = self.cache.predict(call.branch, call.step)
+        else:
+            output = self.cache.get(call.branch)
+        if not self.plan.keep_for_later(table, call.step, self.block, self.component):
             self.cache.drop(call.branch)
         return output
 
@@ -218,10 +253,12 @@ class ComponentCacheHook(ModelHook):
             return
         table = self.plan.table()
         self.stats.computed[self.key] += 1
-        if self.plan.reused_next(table, call.step, self.block, self.component):
-            self.cache.put(call.branch, output)
-        else:
+        if not self.plan.keep_for_later(table, call.step, self.block, self.component):
             self.cache.drop(call.branch)
+        elif self.plan.forecast:
+            self.cache.add(call.branch, call.step, output)
+        else:
+            self.cache.put(call.branch, output)
 
     def reset_state(self, module):
         self.cache.clear()
@@ -242,10 +279,17 @@ class BlockResidualHook(ModelHook):
         self.block = block.index
         self.components = [key[2] for key in keys]
         self.keys = keys
-        self.cache = BranchCache(stats)
+        self.cache = plan.new_cache()
 
     def _skipped(self, table: np.ndarray, step: int) -> bool:
         return 0 <= step < table.shape[0] and not table[step, self.block, self.components].any()
+
+    def _skipped_later(self, table: np.ndarray, step: int) -> bool:
+        """Whether the stored residual is needed after ``step`` (the next step; any later one
+        for a forecast, which extrapolates from every value computed until then)."""
+        if not self.plan.forecast:
+            return self._skipped(table, step + 1)
+        return bool((~table[step + 1 :, self.block][:, self.components].any(axis=1)).any())
 
     def new_forward(self, module, *args, **kwargs):
         skipped = self._skipped_output(module, args, kwargs)
@@ -266,8 +310,11 @@ class BlockResidualHook(ModelHook):
             return None
         for key in self.keys:
             self.stats.reused[key] += 1
-        residual, encoder_residual = self.cache.get(call.branch)
-        if not self._skipped(table, call.step + 1):
+        if self.plan.forecast:
+            residual, encoder_residual = self.cache.predict(call.branch, call.step)
+        else:
+            residual, encoder_residual = self.cache.get(call.branch)
+        if not self._skipped_later(table, call.step):
             self.cache.drop(call.branch)
         hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
         encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
@@ -278,13 +325,17 @@ class BlockResidualHook(ModelHook):
         call = self.tracker.current
         if call is None:
             return
-        if self._skipped(self.plan.table(), call.step + 1):
-            hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
-            encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
-            out_hidden, out_encoder = block_streams(self.io, output)
-            self.cache.put(call.branch, (sub_stream(out_hidden, hidden), sub_stream(out_encoder, encoder)))
-        else:
+        if not self._skipped_later(self.plan.table(), call.step):
             self.cache.drop(call.branch)
+            return
+        hidden = block_argument(module, self.io.hidden_states_arg, args, kwargs)
+        encoder = block_argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
+        out_hidden, out_encoder = block_streams(self.io, output)
+        residual = (sub_stream(out_hidden, hidden), sub_stream(out_encoder, encoder))
+        if self.plan.forecast:
+            self.cache.add(call.branch, call.step, residual)
+        else:
+            self.cache.put(call.branch, residual)
 
     def reset_state(self, module):
         self.cache.clear()
@@ -317,7 +368,9 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
                 )
     block_hooks = HookSet(_BLOCK_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
-        plan = _SchedulePlan(config, pipe, denoiser.tracker, stats)
+        block_level = config.reuse == "block_residual" or (
+            config.reuse == "forecast" and block_residual_supported(denoiser.module))
+        plan = _SchedulePlan(config, pipe, denoiser.tracker, stats, block_level)
         names = denoiser.adapter.component_names
         for block in denoiser.blocks():
             keys = []
@@ -325,7 +378,7 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
                 key = (denoiser.name, block.index, names.index(comp_name))
                 hooks.add(module, ComponentCacheHook(plan, denoiser.tracker, key, stats))
                 keys.append(key)
-            if config.reuse == "block_residual" and keys:
+            if plan.block_residual and keys:
                 block_hooks.add(block.module, BlockResidualHook(plan, denoiser.tracker, block, keys, stats))
     hooks.added()
     block_hooks.added()
