@@ -10,7 +10,8 @@ Measured side by side in one run against the un-accelerated pipeline (same promp
 * ``psnr_db``          PSNR of the images against the full-compute images of the same seeds.
 
 Policies: the full schedule, FORA 2 and 3, Δ-DiT, TGATE (component-output reuse), FORA and Δ-DiT
-again with block-residual reuse (``-res``), the searched schedule bundled with the benchmark
+again with block-residual reuse (``-res``) and with forecast reuse (``-forecast1``/``-forecast2``:
+first/second-order extrapolation, TaylorSeer's idea), the searched schedule bundled with the benchmark
 model (``searched``), dynamic caching, and diffusers' own FirstBlockCache / TaylorSeer /
 MagCache where they run on the model (otherwise the reason).
 
@@ -110,8 +111,8 @@ def diffusers_cache(config_factory: Callable[[], Any]) -> Callable[[Any], Callab
 def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
-    def static(schedule, reuse="outputs"):
-        return ours(AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse)))
+    def static(schedule, reuse="outputs", **options):
+        return ours(AccelerationConfig(cache=StaticCacheConfig(schedule, reuse=reuse, **options)))
 
     out = {
         "full": static(CacheSchedule.full(pipe, steps)),
@@ -120,9 +121,13 @@ def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
         "delta-dit": static(CacheSchedule.delta_dit(pipe, steps, interval=3)),
     }
     if block_residual_supported(pipe.transformer):  # StaticCacheConfig(reuse="block_residual")
-        for name in ("fora-2", "fora-3"):
-            out[f"{name}-res"] = static(CacheSchedule.fora(pipe, steps, int(name[-1])), "block_residual")
+        for interval in (2, 3, 4):
+            out[f"fora-{interval}-res"] = static(CacheSchedule.fora(pipe, steps, interval), "block_residual")
         out["delta-dit-res"] = static(CacheSchedule.delta_dit(pipe, steps, interval=3), "block_residual")
+    for interval in (2, 3, 4):  # TaylorSeer-style forecast reuse (issue 20), first and second order
+        for order in (1, 2):
+            schedule = CacheSchedule.fora(pipe, steps, interval)
+            out[f"fora-{interval}-forecast{order}"] = static(schedule, "forecast", forecast_order=order)
     try:  # the schedule the NSGA-II search found for the bundled model
         from diffusion_accel.assets import benchmark_search_config
 

@@ -19,6 +19,10 @@ import sys
 
 from ..cli import json_object_option
 
+#: ``--reuse`` values: "auto" plus :data:`diffusion_accel.caching.static.REUSE_MODES` (kept literal so that
+#: ``--help`` does not import torch; tests/search/test_cli_reuse.py checks they agree).
+REUSE_CHOICES = ("auto", "outputs", "block_residual", "forecast")
+
 __all__ = ["add_arguments", "main", "run"]
 
 
@@ -51,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-seeds", type=float, nargs="*", default=None, metavar="THRESHOLD",
                         help="dynamic-caching thresholds whose decisions seed the search (default 0.1 0.2 0.3 "
                         "0.5 0.8; no value: no such seeds)")
-    parser.add_argument("--reuse", default="auto", choices=["auto", "outputs", "block_residual"],
+    parser.add_argument("--reuse", default="auto", choices=REUSE_CHOICES,
                         help="how reused components contribute (StaticCacheConfig.reuse; default auto: block "
-                        "residuals where the blocks allow it)")
+                        "residuals where the blocks allow it; forecast extrapolates them, better at many steps)")
     parser.add_argument("--granularity", default="component", choices=["component", "block"],
                         help="what one gene switches: each component of each block per step (default, ECAD's) "
                         "or whole blocks per step (smaller space, Δ-DiT's unit)")
