@@ -29,3 +29,36 @@ def run(pipe, name, seed=0, **overrides):
 @pytest.fixture
 def run_pipe():
     return run
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+@pytest.fixture
+def master_port():
+    """A free TCP port for ``MASTER_PORT`` of a multi-process test, outside the kernel's ephemeral range.
+
+    ``bind(("", 0))`` hands out an *ephemeral* port; once that probe socket closes, the kernel may give
+    the same port to any outgoing connection (e.g. gloo's, of a multi-process test in the other xdist
+    worker) before rank 0 binds it, and the launch fails with "address already in use". Ports below
+    the ephemeral range are only taken by explicit binds, so a random free one there cannot be stolen
+    that way.
+    """
+    import random
+    import socket
+
+    low = _ephemeral_low()
+    candidates = random.SystemRandom().sample(range(max(1024, low - 12000), low), 200)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return str(port)
+    raise RuntimeError("no free TCP port below the ephemeral range")

@@ -7,7 +7,6 @@ reductions happen in the same order in every run.
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -102,17 +101,11 @@ def test_killed_run_resumes_to_the_same_results(inputs, uninterrupted, tmp_path)
     assert deterministic_view(load_results(out)) == deterministic_view(uninterrupted)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_processes_give_the_same_metrics_as_one(inputs, uninterrupted, tmp_path):
+def test_two_processes_give_the_same_metrics_as_one(inputs, uninterrupted, tmp_path, master_port):
     out = tmp_path / "two"
-    port = str(_free_port())
     procs = [launch(cli_args(inputs, out), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(2)]
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=master_port) for r in range(2)]
     outputs = [finish(p) for p in procs]
     assert "results:" in outputs[0] and "results:" not in outputs[1]  # gathered on the main process
     assert deterministic_view(load_results(out)) == deterministic_view(uninterrupted)

@@ -9,7 +9,6 @@ point (several processes, a real kill); the rest runs ``main`` in this process.
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -66,17 +65,11 @@ def reference(prompts, tmp_path_factory):
     return out
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_processes_give_the_same_frontier_as_one(prompts, reference, tmp_path, subprocess_env):
+def test_two_processes_give_the_same_frontier_as_one(prompts, reference, tmp_path, subprocess_env, master_port):
     out = tmp_path / "two"
-    port = str(_free_port())
     procs = [launch(subprocess_env, cli_args(prompts, out), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                    LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(2)]
+                    LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=master_port) for r in range(2)]
     outputs = [finish(p) for p in procs]
     assert "frontier:" in outputs[0] and "frontier:" not in outputs[1]  # reported once, by the main process
     assert frontier(out) == frontier(reference)
