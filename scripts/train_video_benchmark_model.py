@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from train_benchmark_model import Log, save_grid, tokenize  # noqa: E402
 
+from diffusion_accel.assets import BENCHMARK_VIDEO_GENERATION_KWARGS  # noqa: E402
 from diffusion_accel.assets.caption_tokenizers import build_t5_tokenizer  # noqa: E402
 from diffusion_accel.assets.digits import load_digit_scans  # noqa: E402
 from diffusion_accel.assets.video_architecture import VideoArchitecture  # noqa: E402
@@ -51,8 +52,7 @@ from diffusion_accel.assets.video_training import (  # noqa: E402
 )
 
 ASSETS = REPO / "diffusion_accel" / "assets"
-GENERATION = dict(num_inference_steps=20, guidance_scale=4.0, height=32, width=32, num_frames=9,
-                  max_sequence_length=VideoArchitecture.max_caption_tokens)
+GENERATION = dict(BENCHMARK_VIDEO_GENERATION_KWARGS)
 
 
 def parse_args() -> argparse.Namespace:
