@@ -296,7 +296,7 @@ def model_card(summary: dict) -> str:
         f"- `UMT5EncoderModel`: d_model {arch['text_width']}, {arch['text_layers']} layers, offline word-level tokenizer.",
         f"- `FlowMatchEulerDiscreteScheduler` (shift {arch['shift']}). Parameters: {summary['parameters']}.",
         "", "## Training", "",
-        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, 5-frame windows, foreground-weighted MSE), {vae['seconds']} s; "
+        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, whole 9-frame clips, foreground-weighted MSE on the unclamped decoder output), {vae['seconds']} s; "
         f"held-out MSE {vae['heldout_mse']:.4f}; judges on its reconstructions: colour "
         f"{vae['reconstruction_colour_accuracy']:.0%}, motion {vae['reconstruction_motion_accuracy']:.0%}.",
         f"- Flow matching (x_t = (1-t) x0 + t eps, target eps - x0, t logit-normal), transformer + text encoder "

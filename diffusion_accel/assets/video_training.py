@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .training import ExponentialMovingAverage
 
-__all__ = ["latent_weights", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
+__all__ = ["latent_weights", "decode_unclamped", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
            "train_flow_matching"]
 
 Logger = Callable[[str], None]
@@ -57,15 +57,35 @@ def latent_weights(alpha: torch.Tensor, temporal: int, spatial: int, boost: floa
     return 1.0 + boost * pooled[:, None]
 
 
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """``AutoencoderKLWan.decode`` without its final clamp to [-1, 1] (training only).
+
+    The clamp zeroes the gradient of every pixel pushed past the range, so a decoder that
+    overshoots early (e.g. saturated frames on a black background) never recovers.
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(z.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, seconds: float = float("inf"),
-                    batch_size: int = 8, clip_frames: int = 5, lr: float = 2e-3, foreground_boost: float = 9.0,
-                    kl_weight: float = 1e-6, seed: int = 0, log: Logger | None = None):
-    """Train a Wan VAE to reconstruct random ``clip_frames``-long windows of ``videos``.
+                    batch_size: int = 4, clip_frames: int | None = None, lr: float = 1e-3,
+                    foreground_boost: float = 9.0, kl_weight: float = 1e-6, seed: int = 0,
+                    log: Logger | None = None):
+    """Train a Wan VAE to reconstruct random ``clip_frames``-long windows of ``videos`` (default: whole clips).
 
     ``clip_frames`` must be 1 + 4k (the Wan encoder reads a first frame, then chunks of 4).
     Pixels under a digit (``alpha`` ``(N, F, H, W)``, dilated by one pixel) weigh
-    ``1 + foreground_boost``. Returns ``(vae, steps_done)``.
+    ``1 + foreground_boost``. The loss is on the unclamped decoder output
+    (:func:`decode_unclamped`). Returns ``(vae, steps_done)``.
     """
+    clip_frames = videos.shape[2] if clip_frames is None else clip_frames
     if (clip_frames - 1) % 4 or clip_frames > videos.shape[2]:
         raise ValueError(f"clip_frames must be 1 + 4k and at most {videos.shape[2]}, got {clip_frames}")
     generator = torch.Generator().manual_seed(seed)
@@ -86,7 +106,7 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
         window = slice(offset, offset + clip_frames)
         x, w = videos[index][:, :, window], weights[index][:, :, window]
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=generator)).sample
+        recon = decode_unclamped(vae, posterior.sample(generator=generator))
         rec_loss = (w * (recon - x) ** 2).mean()
         kl = posterior.kl().mean()
         loss = rec_loss + kl_weight * kl

@@ -155,3 +155,16 @@ def test_tiny_training_builds_a_loadable_wan_pipeline(tmp_path):
     # rerunning the same command resumes: nothing is retrained, the flow checkpoint is reused
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     assert "flow resumed at step 3" in (work / "train.log").read_text()
+
+
+def test_unclamped_decode_matches_the_vae_decode_up_to_the_clamp():
+    from diffusion_accel.assets.video_architecture import VideoArchitecture
+    from diffusion_accel.assets.video_training import decode_unclamped
+
+    torch.manual_seed(0)
+    vae = VideoArchitecture().build_vae().eval()
+    z = torch.randn(1, 4, 5, 16, 16) * 3
+    with torch.no_grad():
+        raw, reference = decode_unclamped(vae, z), vae.decode(z).sample
+    assert raw.shape == reference.shape == (1, 3, 9, 32, 32)
+    assert torch.equal(raw.clamp(-1, 1), reference)
