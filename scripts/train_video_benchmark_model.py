@@ -109,42 +109,64 @@ def export_prompts(path: Path, splits: dict) -> None:
 
 
 def vae_phase(args, arch: VideoArchitecture, train, heldout, log: Log) -> tuple:
-    """Train (or reload from ``work/vae``) the VAE; held-out reconstruction error and judge scores."""
+    """Train, continue (when ``--vae-minutes``/``--vae-steps`` grew) or reload ``work/vae``; check it.
+
+    Returns the VAE and its metrics: held-out reconstruction error and judge scores.
+    """
     from diffusers import AutoencoderKLWan
 
-    folder, t0 = args.work / "vae", time.time()
-    if (folder / "config.json").exists():
-        vae, steps = AutoencoderKLWan.from_pretrained(folder), json.loads((folder / "steps.json").read_text())
-        log(f"vae reloaded from {folder} ({steps} steps)")
+    folder = args.work / "vae"
+    progress = _vae_progress(folder)
+    if progress["steps"]:
+        vae = AutoencoderKLWan.from_pretrained(folder)
+        log(f"vae reloaded from {folder} ({progress})")
     else:
         torch.manual_seed(args.seed)
-        vae, steps = train_video_vae(arch.build_vae(), to_model_input(train.videos), torch.from_numpy(train.alpha),
-                                     steps=args.vae_steps, seconds=args.vae_minutes * 60, batch_size=args.vae_batch_size,
-                                     seed=args.seed, log=log)
+        vae = arch.build_vae()
+    remaining = args.vae_minutes * 60 - progress["seconds"]
+    if remaining > 0 and progress["steps"] < args.vae_steps:
+        t0 = time.time()
+        vae, done = train_video_vae(vae, to_model_input(train.videos), torch.from_numpy(train.alpha),
+                                    steps=args.vae_steps - progress["steps"], seconds=remaining,
+                                    batch_size=args.vae_batch_size, seed=args.seed + progress["steps"], log=log)
+        progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
         vae.save_pretrained(folder)
-        (folder / "steps.json").write_text(json.dumps(steps))
+        (folder / "progress.json").write_text(json.dumps(progress))
+    steps = progress["steps"]
     sample = heldout.videos[:16]
     with torch.no_grad():
         recon = to_uint8(vae.decode(encode_video_latents(vae, to_model_input(sample))).sample)
     judged = judge_clips(recon, heldout.colours[:16], heldout.motions[:16], heldout.backgrounds[:16])
     metrics = {"steps": steps, "heldout_mse": float(((recon / 127.5 - sample / 127.5) ** 2).mean()),
                "reconstruction_colour_accuracy": judged["colour_accuracy"],
-               "reconstruction_motion_accuracy": judged["motion_accuracy"], "seconds": round(time.time() - t0, 1)}
+               "reconstruction_motion_accuracy": judged["motion_accuracy"], "seconds": round(progress["seconds"], 1)}
     log(f"vae check: {metrics}")
     save_grid(args.work / "vae_reconstructions.png", [row for pair in zip(sample[:4], recon[:4]) for row in pair])
     return vae, metrics
 
 
-def latent_phase(args, arch: VideoArchitecture, vae, train, log: Log) -> tuple:
+def _vae_progress(folder: Path) -> dict:
+    """``{"steps", "seconds"}`` of the VAE saved in ``folder`` (zeros when there is none)."""
+    if (folder / "progress.json").exists():
+        return json.loads((folder / "progress.json").read_text())
+    if (folder / "steps.json").exists():  # written by the first version of this script (8-minute budget)
+        return {"steps": json.loads((folder / "steps.json").read_text()), "seconds": 480.0}
+    return {"steps": 0, "seconds": 0.0}
+
+
+def latent_phase(args, arch: VideoArchitecture, vae, vae_steps: int, train, log: Log) -> tuple:
     """Encode (or reload) the normalised latent bank; sets the VAE's ``latents_mean``/``latents_std``."""
     path = args.work / "latents.pt"
-    if path.exists():
-        bank = torch.load(path)
-    else:
+    bank = torch.load(path) if path.exists() else {}
+    if bank.get("vae_steps", vae_steps if bank else None) != vae_steps:  # a bank without the key predates it
+        if (args.work / "flow.pt").exists():
+            (args.work / "flow.pt").rename(args.work / f"flow-vae{bank.get('vae_steps', 'old')}.pt")
+            log("the VAE changed: flow checkpoint set aside, flow matching restarts on the new latents")
         raw = encode_video_latents(vae, to_model_input(train.videos))
         mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
         bank = {"latents": (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1),
-                "mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
+                "mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std],
+                "vae_steps": vae_steps}
         torch.save(bank, path)
     vae.register_to_config(latents_mean=bank["mean"], latents_std=bank["std"])
     weights = latent_weights(torch.from_numpy(train.alpha), arch.temporal_factor, arch.spatial_factor,
@@ -227,7 +249,7 @@ def main() -> None:
     log(f"data: {len(train)} train clips ({len(set(train.captions))} captions), {data_seconds:.0f}s")
 
     vae, vae_metrics = vae_phase(args, arch, train, splits["heldout"], log)
-    latents, weights = latent_phase(args, arch, vae, train, log)
+    latents, weights = latent_phase(args, arch, vae, vae_metrics["steps"], train, log)
     tokenizer = build_t5_tokenizer(video_caption_vocabulary())
     transformer, text_encoder, steps, flow_seconds = flow_phase(args, arch, tokenizer, latents, weights, train, log)
 
