@@ -68,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vae-minutes", type=float, default=8.0)
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch-size", type=int, default=4)
+    parser.add_argument("--vae-clip-frames", type=int, default=5, help="frames per VAE training window (1 + 4k)")
     parser.add_argument("--minutes", type=float, default=50.0, help="total flow-matching budget (all sessions)")
     parser.add_argument("--steps", type=int, default=10**9, help="stop flow matching after this many steps")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -128,7 +129,8 @@ def vae_phase(args, arch: VideoArchitecture, train, heldout, log: Log) -> tuple:
         t0 = time.time()
         vae, done = train_video_vae(vae, to_model_input(train.videos), torch.from_numpy(train.alpha),
                                     steps=args.vae_steps - progress["steps"], seconds=remaining,
-                                    batch_size=args.vae_batch_size, seed=args.seed + progress["steps"], log=log)
+                                    batch_size=args.vae_batch_size, clip_frames=args.vae_clip_frames,
+                                    seed=args.seed + progress["steps"], log=log)
         progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
         vae.save_pretrained(folder)
         (folder / "progress.json").write_text(json.dumps(progress))
@@ -270,7 +272,7 @@ def main() -> None:
                  "caption_dropout": FlowSettings.caption_dropout},
         "parameters": {name: sum(p.numel() for p in module.parameters())
                        for name, module in (("vae", vae), ("transformer", transformer), ("text_encoder", text_encoder))},
-        "vae_batch_size": args.vae_batch_size, "threads": args.threads, "torch": torch.__version__,
+        "vae_batch_size": args.vae_batch_size, "vae_clip_frames": args.vae_clip_frames, "threads": args.threads, "torch": torch.__version__,
     }
     if not args.skip_eval:
         summary["evaluation"] = evaluate(args, model_dir, splits, log)
@@ -318,7 +320,7 @@ def model_card(summary: dict) -> str:
         f"- `UMT5EncoderModel`: d_model {arch['text_width']}, {arch['text_layers']} layers, offline word-level tokenizer.",
         f"- `FlowMatchEulerDiscreteScheduler` (shift {arch['shift']}). Parameters: {summary['parameters']}.",
         "", "## Training", "",
-        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, whole 9-frame clips, foreground-weighted MSE on the unclamped decoder output), {vae['seconds']} s; "
+        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, {summary['vae_clip_frames']}-frame windows, posterior mean, foreground-weighted MSE on the unclamped decoder output), {vae['seconds']} s; "
         f"held-out MSE {vae['heldout_mse']:.4f}; judges on its reconstructions: colour "
         f"{vae['reconstruction_colour_accuracy']:.0%}, motion {vae['reconstruction_motion_accuracy']:.0%}.",
         f"- Flow matching (x_t = (1-t) x0 + t eps, target eps - x0, t logit-normal), transformer + text encoder "

@@ -77,13 +77,15 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, seconds: float = float("inf"),
                     batch_size: int = 4, clip_frames: int | None = None, lr: float = 1e-3,
                     foreground_boost: float = 9.0, kl_weight: float = 1e-6, seed: int = 0,
-                    log: Logger | None = None):
+                    log: Logger | None = None, deterministic: bool = True):
     """Train a Wan VAE to reconstruct random ``clip_frames``-long windows of ``videos`` (default: whole clips).
 
     ``clip_frames`` must be 1 + 4k (the Wan encoder reads a first frame, then chunks of 4).
     Pixels under a digit (``alpha`` ``(N, F, H, W)``, dilated by one pixel) weigh
     ``1 + foreground_boost``. The loss is on the unclamped decoder output
-    (:func:`decode_unclamped`). Returns ``(vae, steps_done)``.
+    (:func:`decode_unclamped`). ``deterministic``: decode the posterior mean (a plain
+    autoencoder; the sampling noise of an untrained posterior hid the digits for hundreds of
+    steps) instead of a sample. Returns ``(vae, steps_done)``.
     """
     clip_frames = videos.shape[2] if clip_frames is None else clip_frames
     if (clip_frames - 1) % 4 or clip_frames > videos.shape[2]:
@@ -106,7 +108,7 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
         window = slice(offset, offset + clip_frames)
         x, w = videos[index][:, :, window], weights[index][:, :, window]
         posterior = vae.encode(x).latent_dist
-        recon = decode_unclamped(vae, posterior.sample(generator=generator))
+        recon = decode_unclamped(vae, posterior.mode() if deterministic else posterior.sample(generator=generator))
         rec_loss = (w * (recon - x) ** 2).mean()
         kl = posterior.kl().mean()
         loss = rec_loss + kl_weight * kl
