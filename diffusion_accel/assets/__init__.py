@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import numpy as np
@@ -35,6 +36,11 @@ __all__ = [
     "model_card_path",
     "benchmark_search_config",
     "benchmark_search_config_path",
+    "BENCHMARK_VIDEO_GENERATION_KWARGS",
+    "benchmark_video_model_dir",
+    "benchmark_video_prompts",
+    "benchmark_video_attributes",
+    "video_model_card_path",
 ]
 
 BENCHMARK_SPLITS = ("train", "heldout")
@@ -45,14 +51,21 @@ BENCHMARK_GENERATION_KWARGS = dict(
     num_inference_steps=20, guidance_scale=4.5, height=32, width=32, use_resolution_binning=False
 )
 
+#: Keyword arguments of the reference ``WanPipeline(...)`` call of the bundled video model.
+#: ``max_sequence_length`` must match training (the caption states are zero-padded to it).
+BENCHMARK_VIDEO_GENERATION_KWARGS = dict(
+    num_inference_steps=20, guidance_scale=4.0, height=32, width=32, num_frames=9, max_sequence_length=24
+)
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RETRAIN = "run scripts/train_benchmark_model.py to (re)build it"
+_RETRAIN_VIDEO = "run scripts/train_video_benchmark_model.py to (re)build it"
 
 
-def _existing(name: str, marker: str) -> str:
+def _existing(name: str, marker: str, retrain: str = _RETRAIN) -> str:
     path = os.path.join(_HERE, name)
     if not os.path.exists(os.path.join(path, marker)):
-        raise FileNotFoundError(f"bundled asset {name!r} is missing at {path}; {_RETRAIN}")
+        raise FileNotFoundError(f"bundled asset {name!r} is missing at {path}; {retrain}")
     return path
 
 
@@ -145,4 +158,54 @@ def benchmark_attributes(split: str) -> dict[str, np.ndarray | tuple[str, ...]]:
     }
     for key in ("digit_names", "colour_names", "size_names", "position_names", "background_names"):
         out[key] = tuple(str(name) for name in data[key])
+    return out
+
+
+def benchmark_video_model_dir() -> str:
+    """Folder of the diffusers-format ``WanPipeline`` text-to-video model (9 frames x 32x32).
+
+    >>> from diffusers import WanPipeline  # doctest: +SKIP
+    >>> pipe = WanPipeline.from_pretrained(benchmark_video_model_dir())  # doctest: +SKIP
+    >>> pipe(benchmark_video_prompts("heldout")[:2], output_type="np",
+    ...      **BENCHMARK_VIDEO_GENERATION_KWARGS).frames.shape  # doctest: +SKIP
+    (2, 9, 32, 32, 3)
+    """
+    return _existing("benchmark_video_model", "model_index.json", _RETRAIN_VIDEO)
+
+
+def video_model_card_path() -> str:
+    """Path of ``VIDEO_MODEL_CARD.md`` (data recipe, configs, training time, metrics)."""
+    return os.path.join(_existing("", "VIDEO_MODEL_CARD.md", _RETRAIN_VIDEO), "VIDEO_MODEL_CARD.md")
+
+
+@functools.lru_cache(maxsize=1)
+def _video_data() -> dict:
+    path = os.path.join(_existing("", "benchmark_video_data.json", _RETRAIN_VIDEO), "benchmark_video_data.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def benchmark_video_prompts(split: str) -> list[str]:
+    """Captions of the bundled video clips of ``split`` (``"train"`` sample or ``"heldout"``).
+
+    >>> benchmark_video_prompts("heldout")[0]  # doctest: +SKIP
+    'a small blue five moving right on a black background'
+    """
+    return list(_video_data()[_check_split(split)]["captions"])
+
+
+def benchmark_video_attributes(split: str) -> dict[str, np.ndarray | tuple[str, ...]]:
+    """Per-clip attributes of ``split`` for the judges (:mod:`.video_judges`), aligned with the prompts.
+
+    ``digits``, ``colours``, ``sizes``, ``motions``: int ``(N, 2)`` (``-1`` = no second digit);
+    ``backgrounds``: ``(N,)``; ``novel``: bool ``(N,)``; ``*_names``: index -> word tables.
+    """
+    data = _video_data()
+    entry = data[_check_split(split)]
+    out: dict[str, np.ndarray | tuple[str, ...]] = {
+        key: np.asarray(entry[key], dtype=bool if key == "novel" else np.int64)
+        for key in ("digits", "colours", "sizes", "motions", "backgrounds", "novel")
+    }
+    for key, names in data["names"].items():
+        out[f"{key.rstrip('s')}_names"] = tuple(names)
     return out
