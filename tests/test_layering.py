@@ -34,7 +34,7 @@ ROOT = "diffusion_accel"
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("_diffusers", "call_inputs", "hooks", "models", "pipeline_state", "serialization", "techniques", "testing",
         "utils"),
-    1: ("caching", "quant", "sparse_attn"),
+    1: ("caching", "quant", "sampling", "sparse_attn"),
     2: ("", "api", "config", "pipelines", "assets"),  # "": the package's __init__
     3: ("search", "eval", "cost", "cli", "demo", "info"),
 }
