@@ -80,6 +80,10 @@ class BottleneckRun:
         self.initial_noise = None
         self.generator = None
 
+    def current_step(self) -> int | None:
+        """The step of the current call (for the denoisers' step trackers), or ``None`` without a plan."""
+        return self.step_index if self.planned() else None
+
     # -- planning ----------------------------------------------------------------------------
     def plan(self, base: Any, args: tuple, kwargs: dict) -> None:
         """Stage the schedule ``base.set_timesteps(*args, **kwargs)`` just made (see module doc)."""

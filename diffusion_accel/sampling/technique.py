@@ -75,7 +75,8 @@ class BottleneckGuardHook(ModelHook):
         return args, kwargs
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.run.release()
+        if not self.denoiser.tracker.in_pipeline_call:  # pipeline_call_scope: before and after a call
+            self.run.release()
         return module
 
 
@@ -111,19 +112,22 @@ def apply_bottleneck_sampling(pipe: Any, config: BottleneckSamplingConfig, denoi
     run = BottleneckRun(config, original_class, denoisers)
     attach(scheduler, run)
     hooks = HookSet(_HOOK_NAME, [d.module for d in denoisers])
-    try:
-        for d in denoisers:
-            hooks.add(d.module, BottleneckGuardHook(run, d))
-        hooks.added()
-    except BaseException:
-        hooks.remove()
-        detach(scheduler, original_class)
-        raise
 
     def remove() -> None:
         hooks.remove()
+        for d in denoisers:
+            d.tracker.step_source = None
         run.release()
         detach(scheduler, original_class)
+
+    try:
+        for d in denoisers:
+            hooks.add(d.module, BottleneckGuardHook(run, d))
+            d.tracker.step_source = run.current_step
+        hooks.added()
+    except BaseException:
+        remove()
+        raise
 
     def report() -> dict[str, Any]:
         return {"stages": [list(s) for s in run.summary], "tokens": [t for _, t in run.tokens]}
