@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -36,19 +37,23 @@ from caching import DenoiserTimer, images_of, load  # noqa: E402  (same folder)
 SHAPES = {
     "30-40-30": ((0.3, 1), (0.4, 2), (0.3, 1)),
     "20-60-20": ((0.2, 1), (0.6, 2), (0.2, 1)),
+    "40-20-40": ((0.4, 1), (0.2, 2), (0.4, 1)),
 }
 
 
 def settings(quick: bool) -> dict[str, BottleneckSamplingConfig]:
+    """Named settings: ``bottleneck-<stage %>-r<renoise>[-initial]``."""
+    if quick:
+        return {"bottleneck-30-40-30-r0.3": BottleneckSamplingConfig(stages=SHAPES["30-40-30"], renoise=0.3)}
+    grid = [(shape, r, "fresh") for shape in ("30-40-30", "20-60-20") for r in (0.0, 0.15, 0.3, 0.5)]
+    grid += [("30-40-30", 0.7, "fresh"), ("30-40-30", (0.0, 0.5), "fresh"), ("40-20-40", 0.3, "fresh"),
+             ("40-20-40", 0.5, "fresh")]
+    grid += [(shape, r, "initial") for shape in ("30-40-30", "20-60-20", "40-20-40") for r in (0.15, 0.3, 0.5)]
     out = {}
-    for shape, stages in SHAPES.items():
-        for renoise in ((0.3,) if quick else (0.0, 0.15, 0.3, 0.5)):
-            out[f"bottleneck-{shape}-r{renoise}"] = BottleneckSamplingConfig(stages=stages, renoise=renoise)
-    if not quick:
-        out["bottleneck-30-40-30-r0.3-initial"] = BottleneckSamplingConfig(stages=SHAPES["30-40-30"], renoise=0.3,
-                                                                           noise="initial")
-        out["bottleneck-30-40-30-r0.15-initial"] = BottleneckSamplingConfig(stages=SHAPES["30-40-30"],
-                                                                            renoise=0.15, noise="initial")
+    for shape, renoise, noise in grid:
+        label = renoise if isinstance(renoise, float) else "-".join(map(str, renoise))
+        name = f"bottleneck-{shape}-r{label}" + ("-initial" if noise == "initial" else "")
+        out[name] = BottleneckSamplingConfig(stages=SHAPES[shape], renoise=renoise, noise=noise)
     return out
 
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=None, help="regular expression: run the settings whose name matches")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pipe, kwargs = load(args.model, 4 if args.quick else args.batch, args.steps)
@@ -107,10 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     if clip is not None:
         rows["full"] = {"clip_score": round(clip_score(base["images"], kwargs["prompt"], clip), 4)}
+    wanted = (lambda name: re.search(args.only, name) is not None) if args.only else (lambda name: True)
     for name, cfg in settings(args.quick).items():
-        record(name, run(pipe, kwargs, AccelerationConfig(sampling=cfg)))
+        if wanted(name):
+            record(name, run(pipe, kwargs, AccelerationConfig(sampling=cfg)))
     for steps in ((14,) if args.quick else (10, 12, 14, 16)):
-        record(f"steps-{steps}", run(pipe, kwargs, None, steps=steps))
+        if wanted(f"steps-{steps}"):
+            record(f"steps-{steps}", run(pipe, kwargs, None, steps=steps))
     out = {"model": args.model, "batch": len(kwargs["prompt"]), "steps": args.steps, "results": rows}
     print(json.dumps(out, indent=1))
     return out

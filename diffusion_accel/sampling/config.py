@@ -28,15 +28,19 @@ NOISE_SOURCES = ("fresh", "initial")
 class BottleneckSamplingConfig(TechniqueConfig):
     """Run the denoising steps in resolution stages.
 
+    The defaults are the best setting measured on the bundled model (``docs/sampling.md``).
+
     Args:
         stages: ``(fraction of the steps, downscale factor)`` per stage, in order. Fractions sum to
             1; factors are integers >= 1 (2: half the height and width, a quarter of the tokens).
-            The first and last stages are at full resolution (factor 1); consecutive stages differ
-            in factor. ``((1.0, 1),)`` is plain sampling. A stage gets at least one step.
+            The first and last stages are at full resolution (factor 1). Consecutive stages with the
+            same factor are one stage (a boundary without a resolution change is no transition), so
+            ``((1.0, 1),)`` or ``((0.3, 1), (0.4, 1), (0.3, 1))`` is plain sampling. A stage (after
+            merging) gets at least one step.
         renoise: how far back each stage after the first restarts: its first timestep sits this
             fraction of the way from the timestep plain sampling would be at (0: no extra noise) to
-            the first timestep of the schedule (1: pure noise). One value for every transition, or
-            one per transition (``len(stages) - 1`` values).
+            the first timestep of the schedule (1: pure noise). One value for every resolution change,
+            or one per stage boundary (``len(stages) - 1`` values; 0 where the factor does not change).
         shifts: ``None`` (every stage uses the scheduler's own schedule) or one value per stage:
             the flow-matching shift of that stage's timestep schedule (``None`` entries keep the
             scheduler's). Only flow-matching schedulers have a shift.
@@ -48,10 +52,10 @@ class BottleneckSamplingConfig(TechniqueConfig):
 
     field_name = "sampling"
 
-    stages: tuple[tuple[float, int], ...] = ((0.25, 1), (0.5, 2), (0.25, 1))
-    renoise: float | tuple[float, ...] = 0.3
+    stages: tuple[tuple[float, int], ...] = ((0.3, 1), (0.4, 2), (0.3, 1))
+    renoise: float | tuple[float, ...] = 0.5
     shifts: tuple[float | None, ...] | None = None
-    noise: str = "fresh"
+    noise: str = "initial"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,7 @@ class BottleneckSamplingConfig(TechniqueConfig):
         _check_shifts(self.shifts, len(self.stages))
         if self.shifts is not None:
             object.__setattr__(self, "shifts", tuple(None if v is None else float(v) for v in self.shifts))
+        self._check_merged_boundaries()
         if self.noise not in NOISE_SOURCES:
             raise ValueError(f"noise must be one of {list(NOISE_SOURCES)}, got {self.noise!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -76,9 +81,36 @@ class BottleneckSamplingConfig(TechniqueConfig):
         """The shift of stage ``stage`` (``None``: the scheduler's own)."""
         return None if self.shifts is None else self.shifts[stage]
 
+    def resolution_stages(self) -> list[tuple[float, int, float | None, float]]:
+        """The stages after merging consecutive equal factors, as ``(fraction, factor, shift, renoise)``
+        (``renoise``: of the transition into the stage; 0 for the first)."""
+        out: list[tuple[float, int, float | None, float]] = []
+        for i, (fraction, factor) in enumerate(self.stages):
+            if out and out[-1][1] == factor:
+                out[-1] = (out[-1][0] + fraction, *out[-1][1:])
+            else:
+                out.append((fraction, factor, self.shift_of(i), 0.0 if i == 0 else self.renoise_at(i - 1)))
+        return out
+
     def is_identity(self) -> bool:
         """True when the config changes nothing: one full-resolution stage with the scheduler's shift."""
-        return len(self.stages) == 1 and self.shift_of(0) is None
+        stages = self.resolution_stages()
+        return len(stages) == 1 and stages[0][2] is None
+
+    def _check_merged_boundaries(self) -> None:
+        for i in range(1, len(self.stages)):
+            if self.stages[i][1] != self.stages[i - 1][1]:
+                continue
+            if self.shift_of(i) != self.shift_of(i - 1):
+                raise ValueError(
+                    f"stages[{i - 1}] and stages[{i}] have the same factor, so they are one stage, but different "
+                    f"shifts ({self.shift_of(i - 1)} and {self.shift_of(i)}); give them the same shift."
+                )
+            if isinstance(self.renoise, tuple) and self.renoise[i - 1] != 0:
+                raise ValueError(
+                    f"renoise[{i - 1}] = {self.renoise[i - 1]} is for the boundary between stages[{i - 1}] and "
+                    f"stages[{i}], which has no resolution change (no transition); set it to 0."
+                )
 
 
 _EXAMPLE = "e.g. stages=((0.25, 1), (0.5, 2), (0.25, 1))"
@@ -103,12 +135,6 @@ def _check_stages(stages) -> None:
             "The first and last stages must be at full resolution (factor 1): the pipeline allocates "
             f"full-resolution noise and decodes full-resolution latents; {_EXAMPLE}."
         )
-    for i in range(1, len(stages)):
-        if stages[i][1] == stages[i - 1][1]:
-            raise ValueError(
-                f"stages[{i - 1}] and stages[{i}] have the same factor {stages[i][1]}; merge them into one "
-                "stage (add their fractions)."
-            )
 
 
 def _check_renoise(renoise, num_stages: int) -> None:

@@ -50,6 +50,8 @@ class BottleneckRun:
 
     def __init__(self, config: BottleneckSamplingConfig, scheduler_class: type, denoisers: list[Denoiser]) -> None:
         self.config = config
+        #: ``(fraction, factor, shift, renoise)`` per resolution stage (equal consecutive factors merged).
+        self.stages_config = config.resolution_stages()
         self.scheduler_class = scheduler_class
         self.denoisers = denoisers
         self._fits: dict[tuple, list[tuple[int, int]]] = {}
@@ -97,13 +99,13 @@ class BottleneckRun:
             set_kwargs["device"] = args[1]
         base_ts = [float(t) for t in base.timesteps.detach().cpu()] + [0.0]
         num_steps = len(base_ts) - 1
-        counts = stage_step_counts(tuple(f for f, _ in self.config.stages), num_steps)
+        counts = stage_step_counts(tuple(s[0] for s in self.stages_config), num_steps)
         fits = self._fit(base, base_ts, counts, set_kwargs)
         self.release()
         first = 0
-        for k, ((_, factor), n, (m, b)) in enumerate(zip(self.config.stages, counts, fits)):
-            scheduler = stage_scheduler(self.scheduler_class, base.config, self.config.shift_of(k))
-            scheduler.set_timesteps(m, **_stage_kwargs(set_kwargs, self.config.shift_of(k)))
+        for k, ((_, factor, shift, _), n, (m, b)) in enumerate(zip(self.stages_config, counts, fits)):
+            scheduler = stage_scheduler(self.scheduler_class, base.config, shift)
+            scheduler.set_timesteps(m, **_stage_kwargs(set_kwargs, shift))
             if b:
                 _set_begin(scheduler, b)
             self.stages.append(Stage(k, factor, n, first, scheduler, b))
@@ -121,13 +123,13 @@ class BottleneckRun:
         if key not in self._fits:
             fits, start = [], 0
             for k, n in enumerate(counts):
-                shift = self.config.shift_of(k)
+                _, _, shift, renoise = self.stages_config[k]
                 last = k == len(counts) - 1
                 if k == 0 and shift is None:
                     fits.append((len(base_ts) - 1, 0))
                 else:
                     t_b = base_ts[start]
-                    t_start = t_b if k == 0 else t_b + self.config.renoise_at(k - 1) * (base_ts[0] - t_b)
+                    t_start = t_b if k == 0 else t_b + renoise * (base_ts[0] - t_b)
                     t_end = None if last else base_ts[start + n]
                     stage_kwargs = {**_stage_kwargs(set_kwargs, shift), "device": "cpu"}
                     fits.append(fit_stage(lambda: stage_scheduler(self.scheduler_class, base.config, shift),
@@ -184,7 +186,7 @@ class BottleneckRun:
                     f"stepped {tuple(sample.shape)}; this pipeline's loop is not supported."
                 )
             ph, pw = layout.patch_size(d.module)
-            for _, factor in self.config.stages:
+            for _, factor, _, _ in self.stages_config:
                 if height % (factor * ph) or width % (factor * pw):
                     raise ValueError(
                         f"Latents of {height}x{width} cannot be downscaled {factor}x for {d.adapter.family} "

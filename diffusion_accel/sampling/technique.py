@@ -99,8 +99,8 @@ def _check_supported(pipe: Any, config: BottleneckSamplingConfig, denoisers: lis
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None or not hasattr(scheduler, "step") or not hasattr(scheduler, "set_timesteps"):
         raise ValueError(f"{type(pipe).__name__} has no diffusers scheduler; Bottleneck Sampling needs one.")
-    for k in range(len(config.stages)):
-        stage_scheduler(type(scheduler), scheduler.config, config.shift_of(k))  # a shift it cannot take raises
+    for _, _, shift, _ in config.resolution_stages():
+        stage_scheduler(type(scheduler), scheduler.config, shift)  # a shift it cannot take raises
     return scheduler
 
 

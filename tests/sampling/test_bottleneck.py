@@ -62,7 +62,10 @@ def test_configs_without_sampling_keep_their_exact_json():
     ({"stages": ((0.5, 1), (0.6, 2), (0.2, 1))}, "must sum to 1"),
     ({"stages": ((0.5, 2), (0.5, 1))}, "first and last stages must be at full resolution"),
     ({"stages": ((0.3, 1), (0.3, 2), (0.4, 2), (0.0, 1))}, r"stages\[3\]: the fraction"),
-    ({"stages": ((0.3, 1), (0.3, 2), (0.2, 2), (0.2, 1))}, "merge them into one stage"),
+    ({"stages": ((0.3, 1), (0.3, 2), (0.2, 2), (0.2, 1)), "shifts": (None, 2.0, 3.0, None)},
+     "same factor, so they are one stage, but different shifts"),
+    ({"stages": ((0.3, 1), (0.3, 2), (0.2, 2), (0.2, 1)), "renoise": (0.3, 0.2, 0.3)},
+     r"renoise\[1\] = 0.2 .* no resolution change .* set it to 0"),
     ({"stages": ((0.3, 1), (0.4, 1.5), (0.3, 1))}, "integer >= 1"),
     ({"stages": ()}, "non-empty list"),
     ({"renoise": 1.5}, r"numbers in \[0, 1\]"),
@@ -100,8 +103,9 @@ def test_resizing_keeps_means_and_noise_statistics():
 def test_full_resolution_plan_is_bit_identical_and_remove_restores(name):
     pipe = tiny_pipeline(name)
     base = call(pipe, name)
-    diffusion_accel.apply(pipe, sampling(stages=((1.0, 1),)))
-    assert torch.equal(call(pipe, name), base)  # the staged scheduler reproduces plain sampling exactly
+    for stages in (((1.0, 1),), ((0.3, 1), (0.4, 1), (0.3, 1))):  # all full resolution: plain sampling
+        diffusion_accel.apply(pipe, sampling(stages=stages, renoise=0.5))
+        assert torch.equal(call(pipe, name), base)  # the staged scheduler reproduces plain sampling exactly
     diffusion_accel.apply(pipe, sampling(stages=HIGH_LOW_HIGH, renoise=0.5))
     assert not torch.equal(call(pipe, name), base)
     diffusion_accel.remove(pipe)
