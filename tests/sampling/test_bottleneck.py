@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import diffusers
 import pytest
 import torch
 
@@ -185,10 +186,24 @@ def test_shift_needs_a_flow_matching_scheduler():
         diffusion_accel.apply(tiny_pipeline("pixart-alpha"), sampling(shifts=(None, 2.0, None)))
 
 
-def test_cache_and_bottleneck_are_refused_together():
+def test_cache_and_bottleneck_are_refused_together_and_apply_rolls_back():
+    pipe = tiny_pipeline("pixart-alpha")
+    base = call(pipe, "pixart-alpha")
     config = AccelerationConfig(cache=DynamicCacheConfig(), sampling=BottleneckSamplingConfig())
     with pytest.raises(ValueError, match="without cache="):
-        diffusion_accel.apply(tiny_pipeline("pixart-alpha"), config)
+        diffusion_accel.apply(pipe, config)
+    assert acceleration_state(pipe) is None and type(pipe.scheduler).__module__.startswith("diffusers.")
+    assert torch.equal(call(pipe, "pixart-alpha"), base)
+
+
+def test_a_from_pipe_sibling_sharing_the_scheduler_samples_plainly():
+    pipe = tiny_pipeline("pixart-alpha")
+    base = call(pipe, "pixart-alpha")
+    diffusion_accel.apply(pipe, sampling())
+    sibling = diffusers.PixArtAlphaPipeline.from_pipe(pipe)  # shares the scheduler and the transformer
+    assert sibling.scheduler is pipe.scheduler
+    assert torch.equal(call(sibling, "pixart-alpha"), base)
+    assert not torch.equal(call(pipe, "pixart-alpha"), base)
 
 
 def test_latent_size_must_divide_by_the_factor():
