@@ -194,7 +194,8 @@ class BottleneckRun:
                         "Use another image size or a smaller factor."
                     )
         if self.config.noise == "initial":
-            self.initial_noise = sample / self.stages[0].scheduler.init_noise_sigma
+            # (flow-matching schedulers start from unit noise and have no init_noise_sigma)
+            self.initial_noise = sample / getattr(self.stages[0].scheduler, "init_noise_sigma", 1.0)
 
     def _transition(self, stage: Stage, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         nxt = self.stages[stage.index + 1]

@@ -114,7 +114,7 @@ def test_full_resolution_plan_is_bit_identical_and_remove_restores(name):
     assert type(pipe.scheduler).__module__.startswith("diffusers.")
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", (*FAMILIES, "sd3"))
 def test_middle_stage_runs_on_a_quarter_of_the_tokens(name):
     pipe = tiny_pipeline(name)
     base = call(pipe, name)
@@ -165,6 +165,22 @@ def test_flow_matching_stages_take_their_own_shift():
     out = call(pipe, "wan", num_inference_steps=8)
     shifted = [float(t) for t in pipe.scheduler.timesteps]
     assert shifted[:2] == plain[:2] and shifted[2:] != plain[2:] and torch.isfinite(out).all()
+
+
+def test_quantized_denoiser_takes_the_bottleneck_schedule():
+    from diffusion_accel.quant import QuantConfig
+
+    pipe = tiny_pipeline("pixart-alpha")
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8)))
+    quantized = call(pipe, "pixart-alpha")
+    both = AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8), sampling=BottleneckSamplingConfig())
+    diffusion_accel.apply(pipe, both)
+    out = call(pipe, "pixart-alpha")
+    tokens = [t for _, t in acceleration_state(pipe).handles[-1][1].details.tokens]
+    assert out.shape == quantized.shape and torch.isfinite(out).all()
+    assert tokens == [tokens[0], tokens[0] // 4, tokens[0] // 4, tokens[0]]
+    diffusion_accel.apply(pipe, AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8)))
+    assert torch.equal(call(pipe, "pixart-alpha"), quantized)
 
 
 def test_initial_noise_mode_is_deterministic():
