@@ -2,7 +2,7 @@
 
 ``apply`` finds the pipeline's denoisers (components with a model adapter: ``transformer``,
 ``transformer_2``, ``unet``), attaches a step tracker to each, then applies every technique of
-the config through the technique registry, in the order quant -> attention -> cache. Applying
+the config through the technique registry, in the order quant -> attention -> cache -> sampling. Applying
 again first removes the previous acceleration (never stacks). ``remove`` undoes everything, in
 reverse order, restoring the exact original behaviour.
 

@@ -1,4 +1,4 @@
-"""`AccelerationConfig`: which cache, quantization and attention technique to apply.
+"""`AccelerationConfig`: which cache, quantization, attention and sampling technique to apply.
 
 The config is frozen data: it never changes when applied, and it round-trips through plain
 JSON (``save``/``load``), versioned so that files written by a newer release are refused
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 # The built-in techniques register their config types (by name, for loading JSON) when imported.
-from . import caching, quant, sparse_attn  # noqa: F401
+from . import caching, quant, sampling, sparse_attn  # noqa: F401
 from .techniques import FIELDS, TechniqueConfig, registered_techniques, technique_config_type
 
 __all__ = ["AccelerationConfig"]
@@ -35,6 +35,7 @@ class AccelerationConfig:
         cache: a cache config (e.g. ``StaticCacheConfig``, ``DynamicCacheConfig``) or ``None``.
         quant: a quantization config (e.g. ``QuantConfig``) or ``None``.
         attention: an attention config (e.g. ``SparseAttentionConfig``) or ``None``.
+        sampling: a sampling-schedule config (``BottleneckSamplingConfig``) or ``None``.
 
     ``AccelerationConfig()`` applies nothing: the pipeline's outputs stay bit-identical.
     """
@@ -42,6 +43,7 @@ class AccelerationConfig:
     cache: TechniqueConfig | None = None
     quant: TechniqueConfig | None = None
     attention: TechniqueConfig | None = None
+    sampling: TechniqueConfig | None = None
 
     version: ClassVar[int] = 1
 
@@ -74,6 +76,8 @@ class AccelerationConfig:
         for name in ("cache", "quant", "attention"):
             value = getattr(self, name)
             out[name] = None if value is None else value.to_dict()
+        if self.sampling is not None:  # written only when set: configs without it keep their exact JSON
+            out["sampling"] = self.sampling.to_dict()
         return out
 
     @classmethod

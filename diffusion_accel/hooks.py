@@ -8,8 +8,10 @@ every technique to read. ``tracker.history`` lists the calls of the current (or 
 
 How the step and branch are found:
 
-* the step is ``step_index`` of the cache context when the pipeline sets one (Wan does),
-  otherwise a new step starts whenever the timestep changes;
+* the step is ``step_index`` of the cache context when the pipeline sets one (Wan does), else the
+  step a technique that drives the schedule publishes (``tracker.step_source``: Bottleneck
+  Sampling, whose timesteps rise at its re-noised transitions), otherwise a new step starts
+  whenever the timestep changes;
 * the branch is the cache-context name the pipeline sets (``"cond"``/``"uncond"`` for Flux and
   Wan, ``"cond_uncond"`` for CogVideoX), otherwise ``"call<k>"`` for the k-th call of the step
   (``"call0"`` for pipelines that batch both guidance branches into one call);
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -151,6 +153,9 @@ class StepTracker(ModelHook):
         #: pipeline's denoisers (set by :func:`pipeline_call_scope`), or a new one for each pass of
         #: a denoiser called outside a pipeline. Per-call statistics restart when it changes.
         self.pass_id: object = object()
+        #: ``fn() -> int | None``: the current step, set by a technique that drives the sampling
+        #: schedule (consulted when the pipeline sets no cache-context step index).
+        self.step_source: Callable[[], int | None] | None = None
 
     @classmethod
     def attach(cls, module: torch.nn.Module, adapter: ModelAdapter) -> "StepTracker":
@@ -171,6 +176,8 @@ class StepTracker(ModelHook):
         timestep = self.adapter.timestep_value(module, args, kwargs)
         context = self._context_probe.current()
         context_step = getattr(context, "step_index", None)
+        if context_step is None and self.step_source is not None:
+            context_step = self.step_source()
         prev = self.current
         if prev is not None and _is_new_pass(prev, timestep, context_step):
             # The sampler started over without a pipeline-call boundary: drop stale state.

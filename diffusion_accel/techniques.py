@@ -7,7 +7,7 @@ A technique is a frozen, JSON-serializable config class (a subclass of
 ``remove()`` undoes exactly what ``apply`` did. :func:`diffusion_accel.apply` never needs to
 know which techniques exist.
 
-The built-in techniques (``caching``, ``quant``, ``sparse_attn``) register themselves when their
+The built-in techniques (``caching``, ``quant``, ``sparse_attn``, ``sampling``) register themselves when their
 packages are imported; :mod:`diffusion_accel.config`, one layer up, imports them, so they are
 registered whenever ``diffusion_accel`` is. This module imports none of them.
 
@@ -46,15 +46,15 @@ __all__ = [
 
 #: The fields of :class:`~diffusion_accel.AccelerationConfig`, in the order techniques are applied
 #: (quantization first so that sparse attention and caching see the quantized modules; caching
-#: last, outermost).
-FIELDS = ("quant", "attention", "cache")
+#: outermost of the denoiser hooks; the sampling schedule, which drives the scheduler, last).
+FIELDS = ("quant", "attention", "cache", "sampling")
 
 
 class TechniqueConfig:
     """Base class of technique configs (subclasses are frozen dataclasses).
 
-    Subclasses set the class attribute ``field_name`` to ``"cache"``, ``"quant"`` or
-    ``"attention"``: the :class:`~diffusion_accel.AccelerationConfig` field they belong in.
+    Subclasses set the class attribute ``field_name`` to ``"cache"``, ``"quant"``, ``"attention"``
+    or ``"sampling"``: the :class:`~diffusion_accel.AccelerationConfig` field they belong in.
     Bump ``version`` when the meaning of a field changes.
     """
 

@@ -5,7 +5,7 @@ Layers, bottom to top (the README's Design section draws them):
 0. foundation -- models/, hooks, pipeline_state, call_inputs, utils, serialization, _diffusers,
    techniques (the registry the techniques plug into, so it cannot import them), testing/ (tiny
    pipelines built from diffusers alone)
-1. techniques -- caching/, quant/, sparse_attn/
+1. techniques -- caching/, quant/, sparse_attn/, sampling/ (Bottleneck Sampling)
 2. api -- the package root, api, config (registers the built-in techniques), pipelines/, assets/
    (the bundled model and its searched config)
 3. tools -- search/, eval/, cost/ (MAC counting, used by search and eval), cli, demo, info
@@ -34,7 +34,7 @@ ROOT = "diffusion_accel"
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("_diffusers", "call_inputs", "hooks", "models", "pipeline_state", "serialization", "techniques", "testing",
         "utils"),
-    1: ("caching", "quant", "sparse_attn"),
+    1: ("caching", "quant", "sampling", "sparse_attn"),
     2: ("", "api", "config", "pipelines", "assets"),  # "": the package's __init__
     3: ("search", "eval", "cost", "cli", "demo", "info"),
 }

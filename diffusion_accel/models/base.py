@@ -32,8 +32,8 @@ import torch
 
 from ..utils import get_submodule_or_none
 
-__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "TokenGrid",
-           "forward_argument", "patched_grid_2d"]
+__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "LatentLayout", "ModelAdapter",
+           "TokenGrid", "forward_argument", "patch_size_2d", "patched_grid_2d"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
@@ -114,6 +114,28 @@ class Block:
 
 
 @dataclass(frozen=True)
+class LatentLayout:
+    """How a family's pipeline latents are laid out, for techniques that change their resolution
+    between denoising steps (:mod:`diffusion_accel.sampling`).
+
+    The latents the pipeline's loop holds (and hands to the scheduler) are the denoiser's
+    ``hidden_states`` (less the guidance-batch concatenation), with height and width as the last
+    two dimensions.
+
+    Args:
+        ndim: 4 for image latents ``(B, C, H, W)``, 5 for video latents ``(B, C, F, H, W)``.
+        patch_size: ``fn(model) -> (ph, pw)``: the spatial patch size; a resized latent's height and
+            width must be multiples of it.
+        positions: how the denoiser's position embedding follows a smaller grid (documentation: the
+            reason a resolution change needs nothing else from the pipeline).
+    """
+
+    ndim: int
+    patch_size: Callable[[torch.nn.Module], "tuple[int, int]"]
+    positions: str = ""
+
+
+@dataclass(frozen=True)
 class ModelAdapter:
     """Declaration of a denoiser family for all techniques.
 
@@ -129,6 +151,8 @@ class ModelAdapter:
         token_grid: how to read the latent token grid ``(frames, height, width)`` of a call from its
             inputs (:data:`TokenGrid`; e.g. :func:`patched_grid_2d`), for techniques that reorder
             tokens spatially (sparse attention's PARO); ``None`` if unknown.
+        latent_layout: how the pipeline's latents can be resized between steps
+            (:class:`LatentLayout`), or ``None`` if they cannot (then ``latent_layout_note`` says why).
     """
 
     family: str
@@ -138,6 +162,8 @@ class ModelAdapter:
     timestep_scale: float = 1.0
     notes: str = field(default="", compare=False)
     token_grid: TokenGrid | None = field(default=None, compare=False)
+    latent_layout: LatentLayout | None = field(default=None, compare=False)
+    latent_layout_note: str = field(default="", compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -203,6 +229,14 @@ def forward_argument(model: torch.nn.Module, name: str, args: tuple, kwargs: dic
         return kwargs[name]
     position = _positional_index(type(model), name)
     return args[position] if position is not None and position < len(args) else None
+
+
+def patch_size_2d(model: torch.nn.Module) -> tuple[int, int]:
+    """``model.config.patch_size`` as ``(ph, pw)``: an int (PixArt, SD3, DiT) or ``(pt, ph, pw)`` (Wan)."""
+    p = model.config.patch_size
+    if isinstance(p, int):
+        return (p, p)
+    return (int(p[-2]), int(p[-1]))
 
 
 def patched_grid_2d(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:

@@ -35,6 +35,8 @@ COGVIDEOX_ADAPTER = ModelAdapter(
     ),
     text_tokens_first=True,
     token_grid=cogvideox_token_grid,
+    latent_layout_note="the pipeline computes the rotary position embeddings from the call's height and "
+    "width once, before the loop",
 )
 
 register_model_adapter(CogVideoXTransformer3DModel, COGVIDEOX_ADAPTER)

@@ -55,6 +55,8 @@ FLUX_ADAPTER = ModelAdapter(
     text_tokens_first=True,
     timestep_scale=1e-3,  # the pipelines pass t / 1000; the model multiplies by 1000
     token_grid=flux_token_grid,
+    latent_layout_note="the pipeline packs latents into a sequence of 2x2 patches (B, H*W/4, 4C) and builds "
+    "the image position ids from the call's height and width before the loop",
 )
 
 register_model_adapter(FluxTransformer2DModel, FLUX_ADAPTER)

@@ -7,7 +7,7 @@ FFN (absent in the last, context-pre-only block).
 
 from diffusers import SD3Transformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter, patched_grid_2d
+from .base import BlockGroup, BlockIO, Component, LatentLayout, ModelAdapter, patch_size_2d, patched_grid_2d
 from .registry import register_model_adapter
 
 SD3_ADAPTER = ModelAdapter(
@@ -31,6 +31,12 @@ SD3_ADAPTER = ModelAdapter(
     ),
     text_tokens_first=False,
     token_grid=patched_grid_2d,
+    latent_layout=LatentLayout(
+        ndim=4,  # (B, C, H, W)
+        patch_size=patch_size_2d,
+        positions="sin-cos positions cropped from the centre of a pos_embed_max_size grid: a smaller "
+        "grid gets the central positions, with the trained spacing",
+    ),
 )
 
 register_model_adapter(SD3Transformer2DModel, SD3_ADAPTER)

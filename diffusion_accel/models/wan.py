@@ -6,7 +6,7 @@ low-noise steps; each is tracked and accelerated on its own.
 
 from diffusers import WanTransformer3DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument
+from .base import BlockGroup, BlockIO, Component, LatentLayout, ModelAdapter, forward_argument, patch_size_2d
 from .registry import register_model_adapter
 
 
@@ -33,6 +33,11 @@ WAN_ADAPTER = ModelAdapter(
         ),
     ),
     token_grid=wan_token_grid,
+    latent_layout=LatentLayout(
+        ndim=5,  # (B, C, F, H, W): frames kept, height and width resized
+        patch_size=patch_size_2d,
+        positions="3-D rotary positions by integer patch index, computed from the input's shape on each call",
+    ),
 )
 
 register_model_adapter(WanTransformer3DModel, WAN_ADAPTER)
