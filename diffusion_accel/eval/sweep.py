@@ -10,7 +10,7 @@ round times every variant once, so a drift in machine load affects all alike;
 
 Output folder::
 
-    run.json                 the settings of the run (a resumed run must match them)
+    run.json                 the settings of the run and the model's fingerprint (a resumed run must match them)
     latency.json             the interleaved latency measurement
     baseline/, <name>/       images/, manifest.jsonl, cost.json per variant
     results.json  results.csv  pareto.png  report.md  grid.png
@@ -48,6 +48,7 @@ from ..api import acceleration_restored, apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
+from .fingerprint import model_fingerprint
 from .generate import (
     Item,
     check_item_call_kwargs,
@@ -78,6 +79,8 @@ TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_m
 RUN_FILE = "run.json"
 COST_FILE = "cost.json"
 LATENCY_FILE = "latency.json"
+#: The ``run.json`` key of the model's :func:`~.fingerprint.model_fingerprint`.
+FINGERPRINT = "model_fingerprint"
 
 
 def deterministic_view(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -232,10 +235,10 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     out = os.fspath(s.out)
     run = _checked_inputs(s)  # 1. every input, before anything is generated
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
-    _claim_out_dir(out, _run_record(s, run), s.resume, state)
+    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
+    _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state)
 
     # 2. Generate and measure each variant.
-    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     with acceleration_restored(pipe):
         costs = _generate_and_measure(pipe, s, variants, items, call_kwargs, out, state, device)
     if not state.is_main_process:
@@ -346,7 +349,9 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         if not resume:
             raise ValueError(f"{out!r} already holds an evaluation run; pass --resume (resume=True) to "
                              "continue it, or choose another --out. Nothing was changed.")
-        changed = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
+        _check_same_model(out, previous.get(FINGERPRINT), settings[FINGERPRINT])
+        changed = sorted(k for k in set(settings) | set(previous)
+                         if k != FINGERPRINT and settings.get(k) != previous.get(k))
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
@@ -357,6 +362,16 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
     if state.is_main_process and not os.path.exists(path):
         atomic_write_json(path, settings)
     state.wait_for_everyone()
+
+
+def _check_same_model(out: str, previous: str | None, current: str) -> None:
+    """Refuse to resume ``out`` with another model than the one its outputs come from (runs written
+    before fingerprints were recorded have ``previous`` ``None`` and are not checked)."""
+    if previous is not None and previous != current:
+        raise ValueError(f"Cannot resume {out!r}: the model is not the one this run was made with (its class, "
+                         f"config, weights, dtype or acceleration differ; fingerprint {current[:12]} != "
+                         f"{previous[:12]}), and its outputs would be mixed with the old ones. Pass the same model, "
+                         "or choose another --out for this one. Nothing was changed.")
 
 
 def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:

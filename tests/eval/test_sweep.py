@@ -214,3 +214,15 @@ def test_settings_object_class_labels_and_the_pipelines_own_acceleration(tmp_pat
         evaluate(settings=settings, out=tmp_path / "other", call_kwargs={"class_labels": [3]})
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['num_image'\]"):
         evaluate(settings=settings, num_image=2)
+
+
+def test_resume_with_another_model_is_refused(pipe, clip, finished_run, reference_dir):
+    """Another pipeline object with other weights must not reuse the outputs of the run (issue #17)."""
+    from diffusion_accel.testing import tiny_pipeline
+
+    out, records = finished_run
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tiny_pipeline("pixart-alpha", seed=1)
+    with pytest.raises(ValueError, match="model is not the one this run was made with.*Pass the same model"):
+        _run(other, clip, out, reference_dir, [("fora", fora(pipe))], resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
