@@ -49,3 +49,17 @@ def test_pareto_plot_is_a_png(tmp_path):
                {"name": "a", "speedup": 1.8, "psnr": 35.0, "clip_score": 29.0}]
     assert plot_pareto(records, tmp_path / "p.png") == ["clip_score", "psnr"]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lpips_note_says_its_cause_and_fix_once(monkeypatch):
+    """Without torchvision the LPIPS note is one sentence with one fix, not torchmetrics' message and
+    ours run together (issue #17)."""
+    import importlib.util
+
+    from diffusion_accel.eval.metrics import lpips_metric
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
+    metric, reason = lpips_metric()
+    assert metric is None
+    assert reason.count("torchvision") == 1 and reason.count("pip install") == 1, reason
