@@ -234,6 +234,8 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     device = torch.device(s.device) if s.device is not None else state.device
     out = os.fspath(s.out)
     run = _checked_inputs(s)  # 1. every input, before anything is generated
+    if s.resume:  # the configs of the run being resumed stay in it; the given ones are added
+        run = run._replace(variants=_with_finished_configs(out, run.variants))
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
     pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state)
@@ -338,8 +340,30 @@ def _check_reference(reference: Any) -> None:
                          "point --reference at a folder of reference images or a saved .npz.")
 
 
+def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfig]]
+                           ) -> list[tuple[str, AccelerationConfig]]:
+    """The variants of the run in ``out`` (in their order; their outputs are reused), then those of
+    ``variants`` it lacks (generated now): ``--resume --config new.json`` adds a config to a run."""
+    path = os.path.join(out, RUN_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            finished = json.load(fh).get("configs") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return variants  # no run to resume (or an unreadable one: _claim_out_dir says so)
+    given = dict(variants)
+    merged = []
+    for name, data in finished.items():
+        if name in given and given[name].to_dict() != data:
+            raise ValueError(f"Cannot resume {out!r}: the settings differ in ['configs']: config {name!r} is not "
+                             f"the one the run evaluated under that name. Give the new config another name (a "
+                             "config file is named after the file), or choose another --out.")
+        merged.append((name, given[name] if name in given else _parse_config(data, f"{path}, config {name!r}")))
+    return merged + [(name, config) for name, config in variants if name not in finished]
+
+
 def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
     path = os.path.join(out, RUN_FILE)
+    previous = None
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as fh:
@@ -351,7 +375,10 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
                              "continue it, or choose another --out. Nothing was changed.")
         _check_same_model(out, previous.get(FINGERPRINT), settings[FINGERPRINT])
         changed = sorted(k for k in set(settings) | set(previous)
-                         if k != FINGERPRINT and settings.get(k) != previous.get(k))
+                         if k not in (FINGERPRINT, "configs") and settings.get(k) != previous.get(k))
+        old_configs = previous.get("configs") or {}
+        if any(settings["configs"].get(name) != config for name, config in old_configs.items()):
+            changed = sorted([*changed, "configs"])
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
@@ -359,7 +386,7 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
     # Every process checks the folder before the main process writes run.json into it.
     state.wait_for_everyone()
-    if state.is_main_process and not os.path.exists(path):
+    if state.is_main_process and (not os.path.exists(path) or previous != settings):  # new: configs added
         atomic_write_json(path, settings)
     state.wait_for_everyone()
 
@@ -431,7 +458,11 @@ def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: di
     path = os.path.join(out, LATENCY_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            cached = json.load(fh)
+        if all(name in cached for name, _ in variants):
+            return cached
+        # A config was added to the run: time every variant again, so that all speed-ups come from
+        # the same interleaved rounds.
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     call = _batch_call(pipe, batch, call_kwargs)
     with progress_bar_disabled(pipe):

@@ -226,3 +226,25 @@ def test_resume_with_another_model_is_refused(pipe, clip, finished_run, referenc
     with pytest.raises(ValueError, match="model is not the one this run was made with.*Pass the same model"):
         _run(other, clip, out, reference_dir, [("fora", fora(pipe))], resume=True)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+def test_resume_adds_a_config_to_a_finished_run(pipe, tmp_path):
+    """``--resume --config new.json`` keeps the finished variants and generates only the new one (issue #17)."""
+    from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+    out = tmp_path / "out"
+    first = _run(pipe, None, out, None, [("fora", fora(pipe))], measure=("macs",))
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
+            if p.is_file() and p.parts[-3] in ("baseline", "fora") and p.parent.name == "images"}
+    costs = {n: (out / n / "cost.json").read_text() for n in ("baseline", "fora")}
+    wider = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, 3, 3)))
+    records = _run(pipe, None, out, None, [("wider", wider)], measure=("macs",), resume=True)
+    assert [r["name"] for r in records] == ["baseline", "fora", "wider"]
+    assert deterministic_view(records[:2]) == deterministic_view(first)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept} == kept  # not generated again
+    assert {n: (out / n / "cost.json").read_text() for n in costs} == costs
+    assert sorted(os.listdir(out / "wider" / "images")) == ["p00000-i00.png", "p00001-i00.png"]
+    assert list(json.loads((out / "run.json").read_text())["configs"]) == ["baseline", "fora", "wider"]
+    assert set(json.loads((out / "latency.json").read_text())) == {"baseline", "fora", "wider"}
+    with pytest.raises(ValueError, match="config 'fora' is not the one the run evaluated"):
+        _run(pipe, None, out, None, [("fora", wider)], measure=("macs",), resume=True)
