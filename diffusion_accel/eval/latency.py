@@ -41,6 +41,7 @@ __all__ = [
     "measure_latency",
     "operator_breakdown",
     "peak_memory",
+    "release_memory",
     "summarize_times",
     "synchronize",
     "time_call",
@@ -212,3 +213,20 @@ def _is_outermost_op(event: Any) -> bool:
 
 def _is_op(name: str) -> bool:
     return "::" in name and not name.startswith("autograd::")
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage and return freed memory to the system (glibc's ``malloc_trim``; the accelerator's
+    cache), so that a peak measured next starts from the memory that is really in use."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and module is not None and hasattr(module, "empty_cache"):
+        module.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -3,7 +3,8 @@
 For the baseline and then each config, :func:`evaluate` applies the config and generates every
 (prompt, image) item with the same seeds into ``<out>/<name>/`` (resumable, multi-process; see
 :mod:`.generate`). Then the main process alone measures MACs, peak memory and operator shares of
-one batch per variant (``<out>/<name>/cost.json``) and the latency in interleaved rounds (each
+one batch per variant (``<out>/<name>/cost.json``; :mod:`.costs`: every variant's memory first,
+each from a clean state, so the order of the variants does not change it) and the latency in interleaved rounds (each
 round times every variant once, so a drift in machine load affects all alike;
 ``<out>/latency.json``), scores every variant (:mod:`.scoring`) and writes ``results.json``,
 ``results.csv``, ``pareto.png`` and ``report.md`` (see :mod:`.report`).
@@ -37,14 +38,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .._diffusers import progress_bar_disabled
-from ..api import acceleration_restored, apply, find_denoisers, remove
+from ..api import acceleration_restored
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
@@ -54,11 +54,11 @@ from .generate import (
     check_item_call_kwargs,
     distributed_state,
     generate_images,
-    item_call_inputs,
     load_arrays,
     make_items,
 )
-from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
+from .costs import BASELINE, interleaved_latency, macs_counter, measure_costs, use_variant
+from .latency import MacsResult
 from .prompts import Prompt, load_prompts
 from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
 
@@ -72,13 +72,10 @@ __all__ = [
     "load_pipeline",
 ]
 
-BASELINE = "baseline"
 #: Record fields that depend on the machine's load (everything else is deterministic).
 TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
                  "operator_shares")
 RUN_FILE = "run.json"
-COST_FILE = "cost.json"
-LATENCY_FILE = "latency.json"
 #: The ``run.json`` key of the model's :func:`~.fingerprint.model_fingerprint`.
 FINGERPRINT = "model_fingerprint"
 
@@ -306,19 +303,16 @@ def _generate_and_measure(pipe: Any, s: EvalSettings, variants: list, items: lis
     process alone, after generation, so that the other processes never wait on it."""
     counted: dict[str, MacsResult] = {}
     for name, config in variants:
-        _use(pipe, name, config)
+        use_variant(pipe, name, config)
         # The MACs of the first batch are counted while it is generated (one call fewer).
-        count = _macs_counter(pipe, counted, name) if "macs" in s.measure and state.is_main_process else None
+        count = macs_counter(pipe, counted, name) if "macs" in s.measure and state.is_main_process else None
         generate_images(pipe, items, os.path.join(out, name), batch_size=s.batch_size, call_kwargs=call_kwargs,
                         progress=s.progress, desc=name, state=state, wrap_first_batch=count)
     if not state.is_main_process:
         return {}
     batch = items[:s.batch_size]
-    costs = {}
-    for name, config in variants:
-        _use(pipe, name, config)
-        costs[name] = _cost(pipe, batch, call_kwargs, os.path.join(out, name), device, s.measure, counted.get(name))
-    latencies = _interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device)
+    costs = measure_costs(pipe, variants, batch, call_kwargs, out, device, s.measure, counted)
+    latencies = interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device)
     for name, cost in costs.items():
         cost["latency"] = latencies[name]
     return costs
@@ -399,82 +393,6 @@ def _check_same_model(out: str, previous: str | None, current: str) -> None:
                          f"config, weights, dtype or acceleration differ; fingerprint {current[:12]} != "
                          f"{previous[:12]}), and its outputs would be mixed with the old ones. Pass the same model, "
                          "or choose another --out for this one. Nothing was changed.")
-
-
-def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:
-    remove(pipe)
-    if name != BASELINE:
-        apply(pipe, config)
-
-
-def _batch_call(pipe: Any, batch: list, call_kwargs: dict[str, Any]):
-    def call() -> Any:
-        generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
-        with torch.no_grad():
-            return pipe(**item_call_inputs(batch), generator=generators, output_type="np", **call_kwargs)
-
-    return call
-
-
-def _macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callable[[Callable[[], Any]], Any]:
-    """A ``wrap_first_batch`` for :func:`generate_images` that stores the call's MACs in ``counted[name]``."""
-    def count(run: Callable[[], Any]) -> Any:
-        output: list[Any] = []
-        counted[name] = count_macs(lambda: output.append(run()), [m for _, m in find_denoisers(pipe)])
-        return output[0]
-
-    return count
-
-
-def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device,
-          measure: tuple[str, ...] = COST_MEASURES, macs: MacsResult | None = None) -> dict:
-    """The ``measure`` costs (MACs, peak memory, operator shares) of one call of ``batch`` (cached in
-    ``cost.json``); measures left out are ``None``. ``macs``: that call's count, if already made."""
-    path = os.path.join(folder, COST_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    call = _batch_call(pipe, batch, call_kwargs)
-    cost: dict[str, Any] = {"peak_memory_bytes": None, "peak_memory_source": None, "operator_shares": None,
-                            "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
-    with progress_bar_disabled(pipe):
-        if "macs" in measure:
-            macs = macs or count_macs(call, [m for _, m in find_denoisers(pipe)])
-            # A count that missed operators without a flop formula is unknown, not small.
-            cost.update(macs=None if macs.uncounted_in_modules else macs.modules,
-                        pipeline_macs=None if macs.uncounted_ops else macs.total, uncounted_ops=macs.uncounted_ops)
-        if "memory" in measure:
-            cost["peak_memory_bytes"], cost["peak_memory_source"] = peak_memory(call, device)
-        if "operators" in measure:
-            cost["operator_shares"] = operator_breakdown(call, device)
-    atomic_write_json(path, cost)
-    return cost
-
-
-def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: dict[str, Any], out: str,
-                         runs: int, warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Latency of every variant, timed in ``runs`` rounds that each time every variant once (after
-    ``warmup`` calls), so a drift in machine load affects all variants alike (cached in ``latency.json``)."""
-    path = os.path.join(out, LATENCY_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            cached = json.load(fh)
-        if all(name in cached for name, _ in variants):
-            return cached
-        # A config was added to the run: time every variant again, so that all speed-ups come from
-        # the same interleaved rounds.
-    times: dict[str, list[float]] = {name: [] for name, _ in variants}
-    call = _batch_call(pipe, batch, call_kwargs)
-    with progress_bar_disabled(pipe):
-        for _ in range(runs):
-            for name, config in variants:
-                _use(pipe, name, config)
-                for _ in range(warmup):
-                    call()
-                times[name].append(time_call(call, device))
-    latencies = {name: summarize_times(t, warmup).to_dict() for name, t in times.items()}
-    atomic_write_json(path, latencies)
-    return latencies
 
 
 def _ratio(full: int | None, accelerated: int | None) -> float | None:

@@ -248,3 +248,13 @@ def test_resume_adds_a_config_to_a_finished_run(pipe, tmp_path):
     assert set(json.loads((out / "latency.json").read_text())) == {"baseline", "fora", "wider"}
     with pytest.raises(ValueError, match="config 'fora' is not the one the run evaluated"):
         _run(pipe, None, out, None, [("fora", wider)], measure=("macs",), resume=True)
+
+
+def test_identical_configs_report_the_same_peak_memory(pipe, tmp_path):
+    """Each variant's memory is measured from a clean state: the operator profiling of one variant
+    does not inflate the next one's peak (issue #17)."""
+    configs = [(f"fora{i}", fora(pipe)) for i in range(3)]
+    records = _run(pipe, None, tmp_path / "out", None, configs)
+    peaks = [r["peak_memory_bytes"] for r in records[1:]]
+    assert all(r["operator_shares"] is not None for r in records)
+    assert max(peaks) <= 1.02 * min(peaks), [p / 2**20 for p in peaks]
