@@ -15,9 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -65,6 +66,18 @@ def macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callab
     return count
 
 
+@contextlib.contextmanager
+def _bar(show: bool, **kwargs: Any) -> Iterator[Any]:
+    """A tqdm progress bar (disabled unless ``show``), closed on exit."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(disable=not show, dynamic_ncols=True, **kwargs)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def _read_json(path: str) -> Any:
     if not os.path.exists(path):
         return None
@@ -75,10 +88,11 @@ def _read_json(path: str) -> Any:
 def measure_costs(pipe: Any, variants: list[tuple[str, AccelerationConfig]], batch: list,
                   call_kwargs: dict[str, Any], out: str, device: torch.device | str,
                   measure: tuple[str, ...] = COST_MEASURES, counted: dict[str, MacsResult] | None = None,
-                  ) -> dict[str, dict[str, Any]]:
+                  progress: bool = False) -> dict[str, dict[str, Any]]:
     """name -> the ``measure`` costs (MACs, peak memory, operator shares) of one call of ``batch``
     (cached in ``<out>/<name>/cost.json``); measures left out are ``None``. ``counted``: MACs already
-    counted per variant (while generating)."""
+    counted per variant (while generating). ``progress``: a tqdm bar (one step per measurement, with
+    the time left)."""
     costs = {name: _read_json(os.path.join(out, name, COST_FILE)) for name, _ in variants}
     todo = [(name, config) for name, config in variants if costs[name] is None]
     for name, _ in todo:
@@ -88,12 +102,14 @@ def measure_costs(pipe: Any, variants: list[tuple[str, AccelerationConfig]], bat
     counted = counted or {}
     # Memory first: nothing measured before it (a profiler run, a MAC count) can inflate a peak.
     passes = [what for what in ("memory", "macs", "operators") if what in measure]
-    with progress_bar_disabled(pipe):
+    steps = sum(1 for what in passes for name, _ in todo if not (what == "macs" and name in counted))
+    with progress_bar_disabled(pipe), _bar(progress, total=steps, desc="cost", unit="call") as bar:
         for what in passes:
             for name, config in todo:
                 if what == "macs" and name in counted:
                     _set_macs(costs[name], counted[name])
                     continue
+                bar.set_postfix_str(f"{what} of {name}", refresh=False)
                 use_variant(pipe, name, config)
                 if what == "memory":
                     release_memory(device)
@@ -102,6 +118,7 @@ def measure_costs(pipe: Any, variants: list[tuple[str, AccelerationConfig]], bat
                     _set_macs(costs[name], count_macs(call, [m for _, m in find_denoisers(pipe)]))
                 else:
                     costs[name]["operator_shares"] = operator_breakdown(call, device)
+                bar.update(1)
     for name, _ in todo:
         atomic_write_json(os.path.join(out, name, COST_FILE), costs[name])
     return costs
@@ -115,24 +132,29 @@ def _set_macs(cost: dict[str, Any], macs: MacsResult) -> None:
 
 def interleaved_latency(pipe: Any, variants: list[tuple[str, AccelerationConfig]], batch: list,
                         call_kwargs: dict[str, Any], out: str, runs: int, warmup: int,
-                        device: torch.device | str) -> dict[str, dict[str, Any]]:
+                        device: torch.device | str, progress: bool = False) -> dict[str, dict[str, Any]]:
     """Latency of every variant, timed in ``runs`` rounds that each time every variant once (after
     ``warmup`` calls), so a drift in machine load affects all variants alike (cached in ``latency.json``).
     A cache lacking a variant (a config added to the run) is measured again for all variants, so
-    that every speed-up comes from the same rounds."""
+    that every speed-up comes from the same rounds. ``progress``: a tqdm bar (one step per call,
+    warm-up included, with the time left)."""
     path = os.path.join(out, LATENCY_FILE)
     cached = _read_json(path)
     if cached is not None and all(name in cached for name, _ in variants):
         return cached
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     call = batch_call(pipe, batch, call_kwargs)
-    with progress_bar_disabled(pipe):
+    total = runs * len(variants) * (1 + warmup)
+    with progress_bar_disabled(pipe), _bar(progress, total=total, desc="latency", unit="call") as bar:
         for _ in range(runs):
             for name, config in variants:
                 use_variant(pipe, name, config)
+                bar.set_postfix_str(name, refresh=False)
                 for _ in range(warmup):
                     call()
+                    bar.update(1)
                 times[name].append(time_call(call, device))
+                bar.update(1)
     latencies = {name: summarize_times(t, warmup).to_dict() for name, t in times.items()}
     atomic_write_json(path, latencies)
     return latencies

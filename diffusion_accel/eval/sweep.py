@@ -311,8 +311,9 @@ def _generate_and_measure(pipe: Any, s: EvalSettings, variants: list, items: lis
     if not state.is_main_process:
         return {}
     batch = items[:s.batch_size]
-    costs = measure_costs(pipe, variants, batch, call_kwargs, out, device, s.measure, counted)
-    latencies = interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device)
+    costs = measure_costs(pipe, variants, batch, call_kwargs, out, device, s.measure, counted, s.progress)
+    latencies = interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device,
+                                    s.progress)
     for name, cost in costs.items():
         cost["latency"] = latencies[name]
     return costs
@@ -425,14 +426,20 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
 
     manifests = {name: read_manifest(os.path.join(out, name)) for name, _ in variants}
     extractor = stats = baseline_stats = None
+    with_features = clip is not None or not (isinstance(fid_features, str) and fid_features == "clip")
+    # One step per item scored (and per baseline item whose features are extracted first), with the time left.
+    bar = tqdm(total=len(items) * (len(variants) + with_features), desc="scoring", unit="item",
+               disable=not progress, dynamic_ncols=True)
     notes_common: list[str] = []
-    if clip is not None or not (isinstance(fid_features, str) and fid_features == "clip"):
+    if with_features:
+        bar.set_postfix_str("baseline features", refresh=False)
         extractor = M.fid_features(fid_features, clip)
         if reference is not None:
             stats = M.load_reference(reference, extractor)
         sums = M.FeatureSums(extractor)
         for _, baseline_chunk, _ in _chunks(out, BASELINE, items, manifests):
             sums.update_frames(baseline_chunk)
+            bar.update(len(baseline_chunk))
         baseline_stats = sums.stats()
         if baseline_stats.num_samples < 2:
             baseline_stats = None
@@ -442,7 +449,8 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
     records = []
-    for name, config in tqdm(variants, desc="metrics", disable=not progress, dynamic_ncols=True):
+    for name, config in variants:
+        bar.set_postfix_str(name, refresh=False)
         cost = costs[name]
         record: dict[str, Any] = {"name": name, "config": config.to_dict(), "num_items": len(items)}
         record["speedup"] = base_cost["latency"]["median_s"] / cost["latency"]["median_s"]
@@ -464,8 +472,10 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         scorer = QualityScorer(clip=clip, extractor=extractor, reference=stats, baseline=baseline_stats)
         for chunk in _chunks(out, name, items, manifests):
             scorer.update(*chunk)
+            bar.update(len(chunk[2]))
         values, quality_notes = scorer.compute()
         record.update(values)
         record["notes"] = notes + quality_notes
         records.append(record)
+    bar.close()
     return records

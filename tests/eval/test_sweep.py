@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 from eval_helpers import TINY_CALL, toy_config
@@ -258,3 +259,12 @@ def test_identical_configs_report_the_same_peak_memory(pipe, tmp_path):
     peaks = [r["peak_memory_bytes"] for r in records[1:]]
     assert all(r["operator_shares"] is not None for r in records)
     assert max(peaks) <= 1.02 * min(peaks), [p / 2**20 for p in peaks]
+
+
+def test_every_phase_shows_a_progress_bar_with_an_estimate(pipe, tmp_path, capsys):
+    """Generation, cost, latency and scoring each show a bar with its total (hence the time left) (issue #17)."""
+    evaluate(pipe, ["a red cat", "a blue dog"], [("fora", fora(pipe))], out=tmp_path / "out", call_kwargs=TINY_CALL,
+             clip=None, reference=None, latency_runs=1, warmup=0, progress=True)
+    err = capsys.readouterr().err
+    for desc, total in (("baseline", 2), ("fora", 2), ("cost", 4), ("latency", 2), ("scoring", 4)):
+        assert re.search(rf"{desc}: 100%.* {total}/{total} \[", err), (desc, err[-2000:])
