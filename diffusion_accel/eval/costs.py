@@ -2,7 +2,8 @@
 
 After generation, the main process alone measures one batch per variant (:func:`measure_costs`,
 cached per variant in ``<out>/<name>/cost.json``) and then times every variant in interleaved
-rounds (:func:`interleaved_latency`, cached in ``<out>/latency.json``).
+rounds (:func:`interleaved_latency`, cached in ``<out>/latency.json``; the machine's CPU, threads,
+torch version and device in ``<out>/environment.json``).
 
 Peak memory is measured for every variant first -- each from a clean state (garbage collected,
 freed memory returned to the system: :func:`~.latency.release_memory`) -- and only then are MACs
@@ -28,15 +29,25 @@ from ..api import apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from .generate import item_call_inputs
-from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, release_memory, summarize_times, time_call
+from .latency import (
+    MacsResult,
+    count_macs,
+    machine_environment,
+    operator_breakdown,
+    peak_memory,
+    release_memory,
+    summarize_times,
+    time_call,
+)
 from .settings import COST_MEASURES
 
-__all__ = ["BASELINE", "COST_FILE", "LATENCY_FILE", "batch_call", "interleaved_latency", "macs_counter",
+__all__ = ["BASELINE", "COST_FILE", "ENVIRONMENT_FILE", "LATENCY_FILE", "latency_environment", "batch_call", "interleaved_latency", "macs_counter",
            "measure_costs", "use_variant"]
 
 BASELINE = "baseline"
 COST_FILE = "cost.json"
 LATENCY_FILE = "latency.json"
+ENVIRONMENT_FILE = "environment.json"
 
 
 def use_variant(pipe: Any, name: str, config: AccelerationConfig) -> None:
@@ -156,5 +167,12 @@ def interleaved_latency(pipe: Any, variants: list[tuple[str, AccelerationConfig]
                 times[name].append(time_call(call, device))
                 bar.update(1)
     latencies = {name: summarize_times(t, warmup).to_dict() for name, t in times.items()}
+    atomic_write_json(os.path.join(out, ENVIRONMENT_FILE), machine_environment(device))
     atomic_write_json(path, latencies)
     return latencies
+
+
+def latency_environment(out: str) -> dict[str, Any] | None:
+    """The machine the latencies of ``out`` were timed on (:func:`~.latency.machine_environment`),
+    ``None`` for a run timed before it was recorded."""
+    return _read_json(os.path.join(out, ENVIRONMENT_FILE))

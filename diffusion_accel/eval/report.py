@@ -224,7 +224,7 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
                "configuration with the baseline's outputs of the same items; `inf` PSNR means identical "
                "outputs. FID uses the reference images; `fid_vs_baseline` uses the baseline's outputs "
                "as reference."), ""]
-    header = ["name", "speedup", "latency_s", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
+    header = ["name", "speedup", "latency_s", "spread", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
               "fid_vs_baseline", "psnr", "ssim", "lpips", "max_abs_error", "wasserstein"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -232,8 +232,14 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
         values = dict(r)
         mem = r.get("peak_memory_bytes")
         values["peak_memory_MB"] = None if mem is None else mem / 2**20
-        lines.append("| " + " | ".join(_fmt(values.get(h)) for h in header) + " |")
+        spread = r.get("latency_spread")
+        values["spread"] = None if spread is None else f"±{100 * spread:.0f}%"
+        row = [_fmt(values.get(h)) for h in header]
+        if r.get("speedup_noisy"):
+            row[1] += " ⚠"
+        lines.append("| " + " | ".join(row) + " |")
     lines += ["", "![quality vs speed-up](pareto.png)" if plotted else "", ""]
+    lines += _timing_notes(records)
 
     lines += ["## Time by operator", "", "| name | " + " | ".join(_op_columns(records)) + " |",
               "|" + "---|" * (1 + len(_op_columns(records)))]
@@ -264,6 +270,23 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     atomic_write_text(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")
+
+
+def _timing_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The machine the latencies were timed on, and a warning for each noisy speed-up."""
+    lines = []
+    env = next((r["environment"] for r in records if r.get("environment")), None)
+    if env:
+        device = env.get("device_name") or env.get("device")
+        lines += [f"Timed on {env.get('cpu')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch "
+                  f"threads), torch {env.get('torch')}, device {device}. `spread`: how far the timed runs lie "
+                  "from their median (±).", ""]
+    noisy = [r["name"] for r in records if r.get("speedup_noisy")]
+    if noisy:
+        lines += [f"⚠ Noisy speed-up ({', '.join(f'`{n}`' for n in noisy)}): its runs or the baseline's spread "
+                  "more than ±10 % around the median, so the speed-up is uncertain; rerun with more "
+                  "`--latency-runs` on a quiet machine.", ""]
+    return lines
 
 
 def _op_columns(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -23,9 +23,12 @@ quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpi
 ``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
 denoising MACs, the convention of :func:`diffusion_accel.cost.macs`; ``pipeline_macs`` and
 ``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
-flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
-``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
-timing fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
+flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`:
+``speedup``, ``latency_s``, ``latency`` (median, min, max, std, IQR and every run),
+``latency_spread`` (:func:`latency_spread`), ``speedup_noisy`` (this variant's or the baseline's runs
+spread more than :data:`NOISY_SPREAD`), ``environment`` (CPU model, threads, torch version, device),
+``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the timing
+fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
 
 Example:
     >>> # records = evaluate(model="benchmark", prompts="benchmark", configs=["fast.json"],
@@ -57,7 +60,7 @@ from .generate import (
     load_arrays,
     make_items,
 )
-from .costs import BASELINE, interleaved_latency, macs_counter, measure_costs, use_variant
+from .costs import BASELINE, interleaved_latency, latency_environment, macs_counter, measure_costs, use_variant
 from .latency import MacsResult
 from .prompts import Prompt, load_prompts
 from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
@@ -73,8 +76,10 @@ __all__ = [
 ]
 
 #: Record fields that depend on the machine's load (everything else is deterministic).
-TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
-                 "operator_shares")
+TIMING_FIELDS = ("speedup", "latency_s", "latency", "latency_spread", "speedup_noisy", "environment",
+                 "peak_memory_bytes", "peak_memory_source", "operator_shares")
+#: A speed-up is flagged noisy when its runs or the baseline's spread more than this (relative to the median).
+NOISY_SPREAD = 0.10
 RUN_FILE = "run.json"
 #: The ``run.json`` key of the model's :func:`~.fingerprint.model_fingerprint`.
 FINGERPRINT = "model_fingerprint"
@@ -396,6 +401,13 @@ def _check_same_model(out: str, previous: str | None, current: str) -> None:
                          "or choose another --out for this one. Nothing was changed.")
 
 
+def latency_spread(latency: dict[str, Any]) -> float:
+    """How far a variant's timed runs stray from their median: ``max(max - median, median - min) / median``
+    (0.1 = the runs lie within ±10 % of the median; 0 for a single run)."""
+    median = latency["median_s"]
+    return max(latency["max_s"] - median, median - latency["min_s"]) / median if median > 0 else 0.0
+
+
 def _ratio(full: int | None, accelerated: int | None) -> float | None:
     """``full / accelerated`` (2.0 = half the MACs; the convention of ``diffusion_accel.cost.macs``);
     ``None`` when either count is unknown."""
@@ -448,6 +460,7 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
     if stats is None:
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
+    environment = latency_environment(out)
     records = []
     for name, config in variants:
         bar.set_postfix_str(name, refresh=False)
@@ -456,6 +469,9 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         record["speedup"] = base_cost["latency"]["median_s"] / cost["latency"]["median_s"]
         record["latency_s"] = cost["latency"]["median_s"]
         record["latency"] = cost["latency"]
+        record["latency_spread"] = latency_spread(cost["latency"])
+        record["speedup_noisy"] = max(record["latency_spread"], latency_spread(base_cost["latency"])) > NOISY_SPREAD
+        record["environment"] = environment
         record["peak_memory_bytes"] = cost["peak_memory_bytes"]
         record["peak_memory_source"] = cost["peak_memory_source"]
         record["operator_shares"] = cost["operator_shares"]

@@ -3,6 +3,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from diffusion_accel.eval.report import load_results, pareto_front, plot_pareto, write_results
 
@@ -63,3 +64,36 @@ def test_lpips_note_says_its_cause_and_fix_once(monkeypatch):
     metric, reason = lpips_metric()
     assert metric is None
     assert reason.count("torchvision") == 1 and reason.count("pip install") == 1, reason
+
+
+def _timing_record(name, speedup, times, **extra):
+    median = sorted(times)[len(times) // 2]
+    latency = {"median_s": median, "min_s": min(times), "max_s": max(times), "times_s": times, "runs": len(times)}
+    return {"name": name, "speedup": speedup, "latency_s": median, "latency": latency, "psnr": 30.0, **extra}
+
+
+def test_report_gives_the_environment_and_flags_noisy_speedups(tmp_path):
+    """Latency spread per variant, the machine it was timed on, and a flag on a speed-up whose runs
+    spread more than ±10 % (issue #17)."""
+    from diffusion_accel.eval.report import write_report
+    from diffusion_accel.eval.sweep import NOISY_SPREAD, latency_spread
+
+    env = {"cpu": "Test CPU 9000", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0", "device": "cpu"}
+    records = [_timing_record("baseline", 1.0, [1.0, 1.02, 0.99]), _timing_record("steady", 1.5, [0.66, 0.67, 0.68]),
+               _timing_record("w8a8", 0.99, [11.1, 34.7, 12.0])]
+    for r in records:
+        r["latency_spread"] = latency_spread(r["latency"])
+        r["speedup_noisy"] = max(r["latency_spread"], records[0]["latency_spread"]) > NOISY_SPREAD
+        r["environment"] = env
+    assert records[2]["latency_spread"] == pytest.approx((34.7 - 12.0) / 12.0)
+    assert [r["speedup_noisy"] for r in records] == [False, False, True]
+    write_report(records, tmp_path, [])
+    report = (tmp_path / "report.md").read_text()
+    assert "Test CPU 9000 (2 CPUs, 2 torch threads), torch 2.13.0, device cpu" in report
+    rows = {}  # the first table: the results
+    for line in report.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert "0.99 ⚠" in rows["w8a8"] and "±189%" in rows["w8a8"]
+    assert "⚠" not in rows["steady"] and "±1%" in rows["steady"]
+    assert "Noisy speed-up (`w8a8`)" in report

@@ -95,7 +95,13 @@ def test_sweep_records_and_files(pipe, finished_run):
     assert fast["lpips"] is None and any("LPIPS" in n for n in fast["notes"])
     assert load_results(out) == records
     assert all(r["latency"]["runs"] == 1 and r["latency_s"] > 0 for r in records)
-    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json", "latency.json"):
+    import torch  # the machine the latencies were timed on; one run has no spread (issue #17)
+
+    assert all(r["environment"]["torch"] == torch.__version__ and r["environment"]["cpu"] for r in records)
+    assert all(r["environment"]["torch_threads"] >= 1 and r["environment"]["device"] == "cpu" for r in records)
+    assert all(r["latency_spread"] == 0.0 and r["speedup_noisy"] is False for r in records)
+    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json", "latency.json",
+                 "environment.json"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "fora/images/p00000-i00.png" in report and "baseline/images/p00000-i00.png" in report
