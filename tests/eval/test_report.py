@@ -97,3 +97,29 @@ def test_report_gives_the_environment_and_flags_noisy_speedups(tmp_path):
     assert "0.99 ⚠" in rows["w8a8"] and "±189%" in rows["w8a8"]
     assert "⚠" not in rows["steady"] and "±1%" in rows["steady"]
     assert "Noisy speed-up (`w8a8`)" in report
+
+
+def test_videos_get_gif_previews_and_frame_consistency_is_reported(tmp_path):
+    """A video is shown as an animated GIF (not a bare .npy link); frame_consistency is in the table
+    and the Pareto plot (issue #17)."""
+    from PIL import Image
+
+    from diffusion_accel.eval.generate import Item
+    from diffusion_accel.eval.report import plot_pareto, write_report
+
+    rng = np.random.default_rng(0)
+    items = [Item("p00000-i00", 0, 0, "a cat", 1)]
+    for name in ("baseline", "fast"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        np.save(tmp_path / name / "images" / "p00000-i00.npy", rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+        (tmp_path / name / "manifest.jsonl").write_text(json.dumps(
+            {"key": "p00000-i00", "file": "images/p00000-i00.npy", "shape": [5, 16, 16, 3]}) + "\n")
+    records = [{"name": "baseline", "speedup": 1.0, "psnr": math.inf, "frame_consistency": 95.0, "flicker": 0.1},
+               {"name": "fast", "speedup": 1.8, "psnr": 30.0, "frame_consistency": 91.5, "flicker": 0.2}]
+    write_report(records, tmp_path, items)
+    report = (tmp_path / "report.md").read_text()
+    assert '[<img src="fast/previews/p00000-i00.gif" width="128">](fast/images/p00000-i00.npy)' in report
+    with Image.open(tmp_path / "fast" / "previews" / "p00000-i00.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (128, 128)
+    assert "frame_consistency" in report.splitlines()[4] and "91.5" in report
+    assert "frame_consistency" in plot_pareto(records, tmp_path / "p.png")

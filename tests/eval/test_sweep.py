@@ -167,7 +167,10 @@ def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
     base = records[0]
     assert 0 < base["frame_consistency"] <= 100 and base["clip_score"] is not None
     assert base["psnr"] == math.inf and base["fid_vs_baseline"] == pytest.approx(0.0, abs=1e-6)
-    assert "[video](baseline/images/p00000-i00.npy)" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert '[<img src="baseline/previews/p00000-i00.gif" width="128">](baseline/images/p00000-i00.npy)' in report
+    assert (tmp_path / "baseline" / "previews" / "p00000-i00.gif").exists()
+    assert base["flicker"] is not None and "frame_consistency" in report
     assert (tmp_path / "grid.png").exists()
 
 
