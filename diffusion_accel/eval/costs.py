@@ -41,8 +41,8 @@ from .latency import (
 )
 from .settings import COST_MEASURES
 
-__all__ = ["BASELINE", "COST_FILE", "ENVIRONMENT_FILE", "LATENCY_FILE", "latency_environment", "batch_call", "interleaved_latency", "macs_counter",
-           "measure_costs", "use_variant"]
+__all__ = ["BASELINE", "COST_FILE", "ENVIRONMENT_FILE", "LATENCY_FILE", "batch_call", "interleaved_latency",
+           "latency_environment", "macs_counter", "measure_costs", "use_variant"]
 
 BASELINE = "baseline"
 COST_FILE = "cost.json"

@@ -10,9 +10,10 @@ sample, and fingerprinting a large model reads only a few megabytes.
 
 Example:
     >>> from diffusion_accel.testing import tiny_pipeline
-    >>> model_fingerprint(tiny_pipeline("pixart-alpha", seed=0)) == model_fingerprint(tiny_pipeline("pixart-alpha", seed=0))
+    >>> a, b = tiny_pipeline("pixart-alpha", seed=0), tiny_pipeline("pixart-alpha", seed=0)
+    >>> model_fingerprint(a) == model_fingerprint(b)
     True
-    >>> model_fingerprint(tiny_pipeline("pixart-alpha", seed=0)) == model_fingerprint(tiny_pipeline("pixart-alpha", seed=1))
+    >>> model_fingerprint(a) == model_fingerprint(tiny_pipeline("pixart-alpha", seed=1))
     False
 """
 
