@@ -6,6 +6,7 @@
   too): MACs of one call, in total and inside the named denoiser modules.
 * :func:`peak_memory`: CUDA/XPU: peak allocator bytes during the call (``max_memory_allocated``);
   CPU: peak resident set size of the process sampled every millisecond during the call.
+* :func:`machine_environment`: CPU model, threads, torch version and device a latency was measured on.
 * :func:`operator_breakdown`: ``torch.profiler`` over one call; the time of each top-level ``aten``
   operator is assigned to ``attention``, ``linear``, ``convolution`` or ``other`` by
   :data:`OPERATOR_CATEGORIES`; returns each category's share of the operator time.
@@ -38,9 +39,11 @@ __all__ = [
     "LatencyResult",
     "MacsResult",
     "count_macs",
+    "machine_environment",
     "measure_latency",
     "operator_breakdown",
     "peak_memory",
+    "release_memory",
     "summarize_times",
     "synchronize",
     "time_call",
@@ -212,3 +215,49 @@ def _is_outermost_op(event: Any) -> bool:
 
 def _is_op(name: str) -> bool:
     return "::" in name and not name.startswith("autograd::")
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage and return freed memory to the system (glibc's ``malloc_trim``; the accelerator's
+    cache), so that a peak measured next starts from the memory that is really in use."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and module is not None and hasattr(module, "empty_cache"):
+        module.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def machine_environment(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What a latency depends on besides the model: ``cpu`` (model name), ``cpu_count``,
+    ``torch_threads``, ``torch`` (version), ``device`` (and ``device_name`` for an accelerator),
+    ``python``, ``platform``."""
+    import os
+    import platform
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    env: dict[str, Any] = {"cpu": _cpu_model() or platform.processor() or platform.machine(),
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "device": str(device)}
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and module is not None and hasattr(module, "get_device_name"):
+        env["device_name"] = module.get_device_name(device)
+    env.update(python=platform.python_version(), platform=platform.platform())
+    return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

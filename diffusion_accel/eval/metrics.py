@@ -501,13 +501,20 @@ def ssim_metric():
 
 def lpips_metric(net: str = "alex"):
     """``(torchmetrics LPIPS, None)``, or ``(None, reason)`` when torchvision or the weights are missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None, LPIPS_NO_TORCHVISION
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
         return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, **_LOCAL), None
     except Exception as exc:  # noqa: BLE001 - any failure to get the network means "not available"
-        return None, (f"LPIPS not computed: {exc} (it needs torchvision and the LPIPS weights; "
-                      "pip install 'diffusion-accel[fid]').")
+        return None, f"LPIPS not computed: its network weights could not be loaded ({exc})."
+
+
+#: The note of a run without torchvision (one sentence, one fix).
+LPIPS_NO_TORCHVISION = "LPIPS not computed: it needs torchvision (pip install 'diffusion-accel[fid]')."
 
 
 def psnr(images: np.ndarray, reference: np.ndarray) -> float:

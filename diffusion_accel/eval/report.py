@@ -5,8 +5,10 @@ as the strings ``"inf"``, ``"-inf"`` and ``"nan"``; :func:`load_results` turns t
 The CSV writes them the same way and JSON-encodes nested values (``config``, ``latency``, ...).
 
 The Pareto plot has one panel per available quality metric (``fid``, ``clip_score``, ``psnr``,
-``ssim``) against the speed-up; the non-dominated configurations (no other one is at least as
-fast and at least as good, and strictly better in one) are joined by a line and ringed.
+``ssim``, and ``frame_consistency`` for videos) against the speed-up; the non-dominated
+configurations (no other one is at least as fast and at least as good, and strictly better in
+one) are joined by a line and ringed. Videos are shown in report.md as animated GIF previews
+(Pillow), linked to their ``.npy``.
 
 Example:
     >>> pareto_front([1.0, 2.0, 3.0], [30.0, 25.0, 26.0], higher_is_better=True)
@@ -40,7 +42,11 @@ __all__ = [
 
 #: Quality metric -> whether higher is better.
 QUALITY_METRICS: dict[str, bool] = {"fid": False, "clip_score": True, "psnr": True, "ssim": True,
-                                    "fid_vs_baseline": False}
+                                    "frame_consistency": True, "fid_vs_baseline": False}
+#: Video metrics shown in report.md's table when a record has them.
+VIDEO_COLUMNS = ("frame_consistency", "flicker", "temporal_error")
+#: Folder of a variant's animated previews of its videos (``<out>/<name>/previews/<key>.gif``).
+PREVIEWS_DIR = "previews"
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
@@ -211,7 +217,8 @@ def _grid_png(records: Sequence[dict[str, Any]], out_dir: str, keys: list[str], 
 
 def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, items: Sequence[Any],
                  max_rows: int = 8) -> None:
-    """Write ``pareto.png``, ``grid.png`` (rows: items, columns: variants) and ``report.md``."""
+    """Write ``pareto.png``, ``grid.png`` (rows: items, columns: variants) and ``report.md``; a video
+    shown in the report gets an animated GIF preview (``<name>/previews/<key>.gif``)."""
     out_dir = os.fspath(out_dir)
     plotted = plot_pareto(records, os.path.join(out_dir, "pareto.png"))
     shown = list(items)[:max_rows]
@@ -224,16 +231,23 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
                "configuration with the baseline's outputs of the same items; `inf` PSNR means identical "
                "outputs. FID uses the reference images; `fid_vs_baseline` uses the baseline's outputs "
                "as reference."), ""]
-    header = ["name", "speedup", "latency_s", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
+    header = ["name", "speedup", "latency_s", "spread", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
               "fid_vs_baseline", "psnr", "ssim", "lpips", "max_abs_error", "wasserstein"]
+    header += [c for c in VIDEO_COLUMNS if any(c in r for r in records)]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for r in records:
         values = dict(r)
         mem = r.get("peak_memory_bytes")
         values["peak_memory_MB"] = None if mem is None else mem / 2**20
-        lines.append("| " + " | ".join(_fmt(values.get(h)) for h in header) + " |")
+        spread = r.get("latency_spread")
+        values["spread"] = None if spread is None else f"±{100 * spread:.0f}%"
+        row = [_fmt(values.get(h)) for h in header]
+        if r.get("speedup_noisy"):
+            row[1] += " ⚠"
+        lines.append("| " + " | ".join(row) + " |")
     lines += ["", "![quality vs speed-up](pareto.png)" if plotted else "", ""]
+    lines += _timing_notes(records)
 
     lines += ["## Time by operator", "", "| name | " + " | ".join(_op_columns(records)) + " |",
               "|" + "---|" * (1 + len(_op_columns(records)))]
@@ -258,12 +272,48 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
             elif rec["file"].endswith(".png"):
                 cells.append(f'<img src="{r["name"]}/{rec["file"]}" width="128">')
             else:
-                cells.append(f"[video]({r['name']}/{rec['file']})")
+                gif = _video_preview(out_dir, r["name"], rec)
+                cells.append(f'[<img src="{gif}" width="128">]({r["name"]}/{rec["file"]})')
         lines.append(f"| {_escape(it.prompt)} | " + " | ".join(cells) + " |")
     notes = sorted({n for r in records for n in r.get("notes", [])})
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     atomic_write_text(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")
+
+
+def _timing_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The machine the latencies were timed on, and a warning for each noisy speed-up."""
+    lines = []
+    env = next((r["environment"] for r in records if r.get("environment")), None)
+    if env:
+        device = env.get("device_name") or env.get("device")
+        lines += [f"Timed on {env.get('cpu')} ({env.get('cpu_count')} CPUs, {env.get('torch_threads')} torch "
+                  f"threads), torch {env.get('torch')}, device {device}. `spread`: how far the timed runs lie "
+                  "from their median (±).", ""]
+    noisy = [r["name"] for r in records if r.get("speedup_noisy")]
+    if noisy:
+        lines += [f"⚠ Noisy speed-up ({', '.join(f'`{n}`' for n in noisy)}): its runs or the baseline's spread "
+                  "more than ±10 % around the median, so the speed-up is uncertain; rerun with more "
+                  "`--latency-runs` on a quiet machine.", ""]
+    return lines
+
+
+def _video_preview(out_dir: str, name: str, record: dict[str, Any], min_size: int = 128,
+                   fps: float = 8.0) -> str:
+    """Write the animated GIF preview of one stored video (``(F, H, W, 3)`` ``.npy``, upscaled to at
+    least ``min_size`` pixels); returns its path relative to ``out_dir``."""
+    from PIL import Image
+
+    from .generate import load_item_array
+
+    rel = f"{name}/{PREVIEWS_DIR}/{os.path.splitext(os.path.basename(record['file']))[0]}.gif"
+    frames = load_item_array(os.path.join(out_dir, name, record["file"]))
+    scale = max(1, math.ceil(min_size / max(1, frames.shape[1])))
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    atomic_write_bytes(os.path.join(out_dir, rel), buf.getvalue())
+    return rel
 
 
 def _op_columns(records: Sequence[dict[str, Any]]) -> list[str]:

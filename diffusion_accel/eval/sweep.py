@@ -3,14 +3,15 @@
 For the baseline and then each config, :func:`evaluate` applies the config and generates every
 (prompt, image) item with the same seeds into ``<out>/<name>/`` (resumable, multi-process; see
 :mod:`.generate`). Then the main process alone measures MACs, peak memory and operator shares of
-one batch per variant (``<out>/<name>/cost.json``) and the latency in interleaved rounds (each
+one batch per variant (``<out>/<name>/cost.json``; :mod:`.costs`: every variant's memory first,
+each from a clean state, so the order of the variants does not change it) and the latency in interleaved rounds (each
 round times every variant once, so a drift in machine load affects all alike;
 ``<out>/latency.json``), scores every variant (:mod:`.scoring`) and writes ``results.json``,
 ``results.csv``, ``pareto.png`` and ``report.md`` (see :mod:`.report`).
 
 Output folder::
 
-    run.json                 the settings of the run (a resumed run must match them)
+    run.json                 the settings of the run and the model's fingerprint (a resumed run must match them)
     latency.json             the interleaved latency measurement
     baseline/, <name>/       images/, manifest.jsonl, cost.json per variant
     results.json  results.csv  pareto.png  report.md  grid.png
@@ -22,9 +23,12 @@ quality (``clip_score``, ``fid``, ``fid_vs_baseline``, ``psnr``, ``ssim``, ``lpi
 ``FlopCounterMode``; ``macs_ratio`` = baseline ``macs`` / this ``macs``, so 2.0 means half the
 denoising MACs, the convention of :func:`diffusion_accel.cost.macs`; ``pipeline_macs`` and
 ``pipeline_macs_ratio`` include text encoders and VAE; ``uncounted_ops`` lists operators without a
-flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`: ``speedup``, ``latency_s``,
-``latency``, ``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the
-timing fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
+flop formula, whose region's count is then ``None``) and the measured cost (:data:`TIMING_FIELDS`:
+``speedup``, ``latency_s``, ``latency`` (median, min, max, std, IQR and every run),
+``latency_spread`` (:func:`latency_spread`), ``speedup_noisy`` (this variant's or the baseline's runs
+spread more than :data:`NOISY_SPREAD`), ``environment`` (CPU model, threads, torch version, device),
+``peak_memory_bytes``, ``peak_memory_source``, ``operator_shares``). Every field but the timing
+fields is a deterministic function of the settings: :func:`deterministic_view` keeps them.
 
 Example:
     >>> # records = evaluate(model="benchmark", prompts="benchmark", configs=["fast.json"],
@@ -37,27 +41,27 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .._diffusers import progress_bar_disabled
-from ..api import acceleration_restored, apply, find_denoisers, remove
+from ..api import acceleration_restored
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
+from .fingerprint import model_fingerprint
 from .generate import (
     Item,
     check_item_call_kwargs,
     distributed_state,
     generate_images,
-    item_call_inputs,
     load_arrays,
     make_items,
 )
-from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
+from .costs import BASELINE, interleaved_latency, latency_environment, macs_counter, measure_costs, use_variant
+from .latency import MacsResult
 from .prompts import Prompt, load_prompts
 from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
 
@@ -71,13 +75,14 @@ __all__ = [
     "load_pipeline",
 ]
 
-BASELINE = "baseline"
 #: Record fields that depend on the machine's load (everything else is deterministic).
-TIMING_FIELDS = ("speedup", "latency_s", "latency", "peak_memory_bytes", "peak_memory_source",
-                 "operator_shares")
+TIMING_FIELDS = ("speedup", "latency_s", "latency", "latency_spread", "speedup_noisy", "environment",
+                 "peak_memory_bytes", "peak_memory_source", "operator_shares")
+#: A speed-up is flagged noisy when its runs or the baseline's spread more than this (relative to the median).
+NOISY_SPREAD = 0.10
 RUN_FILE = "run.json"
-COST_FILE = "cost.json"
-LATENCY_FILE = "latency.json"
+#: The ``run.json`` key of the model's :func:`~.fingerprint.model_fingerprint`.
+FINGERPRINT = "model_fingerprint"
 
 
 def deterministic_view(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,11 +236,13 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     device = torch.device(s.device) if s.device is not None else state.device
     out = os.fspath(s.out)
     run = _checked_inputs(s)  # 1. every input, before anything is generated
+    if s.resume:  # the configs of the run being resumed stay in it; the given ones are added
+        run = run._replace(variants=_with_finished_configs(out, run.variants))
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
-    _claim_out_dir(out, _run_record(s, run), s.resume, state)
+    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
+    _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state)
 
     # 2. Generate and measure each variant.
-    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     with acceleration_restored(pipe):
         costs = _generate_and_measure(pipe, s, variants, items, call_kwargs, out, state, device)
     if not state.is_main_process:
@@ -301,19 +308,17 @@ def _generate_and_measure(pipe: Any, s: EvalSettings, variants: list, items: lis
     process alone, after generation, so that the other processes never wait on it."""
     counted: dict[str, MacsResult] = {}
     for name, config in variants:
-        _use(pipe, name, config)
+        use_variant(pipe, name, config)
         # The MACs of the first batch are counted while it is generated (one call fewer).
-        count = _macs_counter(pipe, counted, name) if "macs" in s.measure and state.is_main_process else None
+        count = macs_counter(pipe, counted, name) if "macs" in s.measure and state.is_main_process else None
         generate_images(pipe, items, os.path.join(out, name), batch_size=s.batch_size, call_kwargs=call_kwargs,
                         progress=s.progress, desc=name, state=state, wrap_first_batch=count)
     if not state.is_main_process:
         return {}
     batch = items[:s.batch_size]
-    costs = {}
-    for name, config in variants:
-        _use(pipe, name, config)
-        costs[name] = _cost(pipe, batch, call_kwargs, os.path.join(out, name), device, s.measure, counted.get(name))
-    latencies = _interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device)
+    costs = measure_costs(pipe, variants, batch, call_kwargs, out, device, s.measure, counted, s.progress)
+    latencies = interleaved_latency(pipe, variants, batch, call_kwargs, out, s.latency_runs, s.warmup, device,
+                                    s.progress)
     for name, cost in costs.items():
         cost["latency"] = latencies[name]
     return costs
@@ -335,8 +340,30 @@ def _check_reference(reference: Any) -> None:
                          "point --reference at a folder of reference images or a saved .npz.")
 
 
+def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfig]]
+                           ) -> list[tuple[str, AccelerationConfig]]:
+    """The variants of the run in ``out`` (in their order; their outputs are reused), then those of
+    ``variants`` it lacks (generated now): ``--resume --config new.json`` adds a config to a run."""
+    path = os.path.join(out, RUN_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            finished = json.load(fh).get("configs") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return variants  # no run to resume (or an unreadable one: _claim_out_dir says so)
+    given = dict(variants)
+    merged = []
+    for name, data in finished.items():
+        if name in given and given[name].to_dict() != data:
+            raise ValueError(f"Cannot resume {out!r}: the settings differ in ['configs']: config {name!r} is not "
+                             f"the one the run evaluated under that name. Give the new config another name (a "
+                             "config file is named after the file), or choose another --out.")
+        merged.append((name, given[name] if name in given else _parse_config(data, f"{path}, config {name!r}")))
+    return merged + [(name, config) for name, config in variants if name not in finished]
+
+
 def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
     path = os.path.join(out, RUN_FILE)
+    previous = None
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as fh:
@@ -346,7 +373,12 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         if not resume:
             raise ValueError(f"{out!r} already holds an evaluation run; pass --resume (resume=True) to "
                              "continue it, or choose another --out. Nothing was changed.")
-        changed = sorted(k for k in set(settings) | set(previous) if settings.get(k) != previous.get(k))
+        _check_same_model(out, previous.get(FINGERPRINT), settings[FINGERPRINT])
+        changed = sorted(k for k in set(settings) | set(previous)
+                         if k not in (FINGERPRINT, "configs") and settings.get(k) != previous.get(k))
+        old_configs = previous.get("configs") or {}
+        if any(settings["configs"].get(name) != config for name, config in old_configs.items()):
+            changed = sorted([*changed, "configs"])
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
@@ -354,81 +386,26 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
     # Every process checks the folder before the main process writes run.json into it.
     state.wait_for_everyone()
-    if state.is_main_process and not os.path.exists(path):
+    if state.is_main_process and (not os.path.exists(path) or previous != settings):  # new: configs added
         atomic_write_json(path, settings)
     state.wait_for_everyone()
 
 
-def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:
-    remove(pipe)
-    if name != BASELINE:
-        apply(pipe, config)
+def _check_same_model(out: str, previous: str | None, current: str) -> None:
+    """Refuse to resume ``out`` with another model than the one its outputs come from (runs written
+    before fingerprints were recorded have ``previous`` ``None`` and are not checked)."""
+    if previous is not None and previous != current:
+        raise ValueError(f"Cannot resume {out!r}: the model is not the one this run was made with (its class, "
+                         f"config, weights, dtype or acceleration differ; fingerprint {current[:12]} != "
+                         f"{previous[:12]}), and its outputs would be mixed with the old ones. Pass the same model, "
+                         "or choose another --out for this one. Nothing was changed.")
 
 
-def _batch_call(pipe: Any, batch: list, call_kwargs: dict[str, Any]):
-    def call() -> Any:
-        generators = [torch.Generator("cpu").manual_seed(it.seed) for it in batch]
-        with torch.no_grad():
-            return pipe(**item_call_inputs(batch), generator=generators, output_type="np", **call_kwargs)
-
-    return call
-
-
-def _macs_counter(pipe: Any, counted: dict[str, MacsResult], name: str) -> Callable[[Callable[[], Any]], Any]:
-    """A ``wrap_first_batch`` for :func:`generate_images` that stores the call's MACs in ``counted[name]``."""
-    def count(run: Callable[[], Any]) -> Any:
-        output: list[Any] = []
-        counted[name] = count_macs(lambda: output.append(run()), [m for _, m in find_denoisers(pipe)])
-        return output[0]
-
-    return count
-
-
-def _cost(pipe: Any, batch: list, call_kwargs: dict[str, Any], folder: str, device: torch.device,
-          measure: tuple[str, ...] = COST_MEASURES, macs: MacsResult | None = None) -> dict:
-    """The ``measure`` costs (MACs, peak memory, operator shares) of one call of ``batch`` (cached in
-    ``cost.json``); measures left out are ``None``. ``macs``: that call's count, if already made."""
-    path = os.path.join(folder, COST_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    call = _batch_call(pipe, batch, call_kwargs)
-    cost: dict[str, Any] = {"peak_memory_bytes": None, "peak_memory_source": None, "operator_shares": None,
-                            "macs": None, "pipeline_macs": None, "uncounted_ops": [], "batch_size": len(batch)}
-    with progress_bar_disabled(pipe):
-        if "macs" in measure:
-            macs = macs or count_macs(call, [m for _, m in find_denoisers(pipe)])
-            # A count that missed operators without a flop formula is unknown, not small.
-            cost.update(macs=None if macs.uncounted_in_modules else macs.modules,
-                        pipeline_macs=None if macs.uncounted_ops else macs.total, uncounted_ops=macs.uncounted_ops)
-        if "memory" in measure:
-            cost["peak_memory_bytes"], cost["peak_memory_source"] = peak_memory(call, device)
-        if "operators" in measure:
-            cost["operator_shares"] = operator_breakdown(call, device)
-    atomic_write_json(path, cost)
-    return cost
-
-
-def _interleaved_latency(pipe: Any, variants: list, batch: list, call_kwargs: dict[str, Any], out: str,
-                         runs: int, warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Latency of every variant, timed in ``runs`` rounds that each time every variant once (after
-    ``warmup`` calls), so a drift in machine load affects all variants alike (cached in ``latency.json``)."""
-    path = os.path.join(out, LATENCY_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    times: dict[str, list[float]] = {name: [] for name, _ in variants}
-    call = _batch_call(pipe, batch, call_kwargs)
-    with progress_bar_disabled(pipe):
-        for _ in range(runs):
-            for name, config in variants:
-                _use(pipe, name, config)
-                for _ in range(warmup):
-                    call()
-                times[name].append(time_call(call, device))
-    latencies = {name: summarize_times(t, warmup).to_dict() for name, t in times.items()}
-    atomic_write_json(path, latencies)
-    return latencies
+def latency_spread(latency: dict[str, Any]) -> float:
+    """How far a variant's timed runs stray from their median: ``max(max - median, median - min) / median``
+    (0.1 = the runs lie within ±10 % of the median; 0 for a single run)."""
+    median = latency["median_s"]
+    return max(latency["max_s"] - median, median - latency["min_s"]) / median if median > 0 else 0.0
 
 
 def _ratio(full: int | None, accelerated: int | None) -> float | None:
@@ -461,14 +438,20 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
 
     manifests = {name: read_manifest(os.path.join(out, name)) for name, _ in variants}
     extractor = stats = baseline_stats = None
+    with_features = clip is not None or not (isinstance(fid_features, str) and fid_features == "clip")
+    # One step per item scored (and per baseline item whose features are extracted first), with the time left.
+    bar = tqdm(total=len(items) * (len(variants) + with_features), desc="scoring", unit="item",
+               disable=not progress, dynamic_ncols=True)
     notes_common: list[str] = []
-    if clip is not None or not (isinstance(fid_features, str) and fid_features == "clip"):
+    if with_features:
+        bar.set_postfix_str("baseline features", refresh=False)
         extractor = M.fid_features(fid_features, clip)
         if reference is not None:
             stats = M.load_reference(reference, extractor)
         sums = M.FeatureSums(extractor)
         for _, baseline_chunk, _ in _chunks(out, BASELINE, items, manifests):
             sums.update_frames(baseline_chunk)
+            bar.update(len(baseline_chunk))
         baseline_stats = sums.stats()
         if baseline_stats.num_samples < 2:
             baseline_stats = None
@@ -477,13 +460,18 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
     if stats is None:
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
+    environment = latency_environment(out)
     records = []
-    for name, config in tqdm(variants, desc="metrics", disable=not progress, dynamic_ncols=True):
+    for name, config in variants:
+        bar.set_postfix_str(name, refresh=False)
         cost = costs[name]
         record: dict[str, Any] = {"name": name, "config": config.to_dict(), "num_items": len(items)}
         record["speedup"] = base_cost["latency"]["median_s"] / cost["latency"]["median_s"]
         record["latency_s"] = cost["latency"]["median_s"]
         record["latency"] = cost["latency"]
+        record["latency_spread"] = latency_spread(cost["latency"])
+        record["speedup_noisy"] = max(record["latency_spread"], latency_spread(base_cost["latency"])) > NOISY_SPREAD
+        record["environment"] = environment
         record["peak_memory_bytes"] = cost["peak_memory_bytes"]
         record["peak_memory_source"] = cost["peak_memory_source"]
         record["operator_shares"] = cost["operator_shares"]
@@ -500,8 +488,10 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         scorer = QualityScorer(clip=clip, extractor=extractor, reference=stats, baseline=baseline_stats)
         for chunk in _chunks(out, name, items, manifests):
             scorer.update(*chunk)
+            bar.update(len(chunk[2]))
         values, quality_notes = scorer.compute()
         record.update(values)
         record["notes"] = notes + quality_notes
         records.append(record)
+    bar.close()
     return records

@@ -319,7 +319,10 @@ class _Search:
         s, state, targets = self.s, self.state, self.targets
         frontier = sorted((self.entry(k) for k in _frontier_keys(self.archive)),
                           key=lambda e: (e["speedup"], e["objectives"][1]))
-        heuristics = [self.entry(k) for k in self.names if k in self.archive and _is_heuristic(self.names[k])]
+        # Sorted: a resumed search rebuilds its seeds without the data-driven ones, so ``names`` comes in
+        # another order.
+        heuristics = sorted((self.entry(k) for k in self.names if k in self.archive and _is_heuristic(self.names[k])),
+                            key=lambda e: (e["speedup"], e["name"]))
         result = SearchResult(frontier, heuristics, evaluations=len(self.archive), out=self.out, requested=targets)
         if self.validation_list:
             items = make_items(self.validation_list, num_images=s.num_images, seed=s.seed)

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 from eval_helpers import TINY_CALL, toy_config
@@ -94,7 +95,13 @@ def test_sweep_records_and_files(pipe, finished_run):
     assert fast["lpips"] is None and any("LPIPS" in n for n in fast["notes"])
     assert load_results(out) == records
     assert all(r["latency"]["runs"] == 1 and r["latency_s"] > 0 for r in records)
-    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json", "latency.json"):
+    import torch  # the machine the latencies were timed on; one run has no spread (issue #17)
+
+    assert all(r["environment"]["torch"] == torch.__version__ and r["environment"]["cpu"] for r in records)
+    assert all(r["environment"]["torch_threads"] >= 1 and r["environment"]["device"] == "cpu" for r in records)
+    assert all(r["latency_spread"] == 0.0 and r["speedup_noisy"] is False for r in records)
+    for name in ("results.json", "results.csv", "pareto.png", "report.md", "grid.png", "run.json", "latency.json",
+                 "environment.json"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "fora/images/p00000-i00.png" in report and "baseline/images/p00000-i00.png" in report
@@ -160,7 +167,10 @@ def test_video_pipeline_outputs_and_metrics(clip, tmp_path):
     base = records[0]
     assert 0 < base["frame_consistency"] <= 100 and base["clip_score"] is not None
     assert base["psnr"] == math.inf and base["fid_vs_baseline"] == pytest.approx(0.0, abs=1e-6)
-    assert "[video](baseline/images/p00000-i00.npy)" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert '[<img src="baseline/previews/p00000-i00.gif" width="128">](baseline/images/p00000-i00.npy)' in report
+    assert (tmp_path / "baseline" / "previews" / "p00000-i00.gif").exists()
+    assert base["flicker"] is not None and "frame_consistency" in report
     assert (tmp_path / "grid.png").exists()
 
 
@@ -214,3 +224,56 @@ def test_settings_object_class_labels_and_the_pipelines_own_acceleration(tmp_pat
         evaluate(settings=settings, out=tmp_path / "other", call_kwargs={"class_labels": [3]})
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['num_image'\]"):
         evaluate(settings=settings, num_image=2)
+
+
+def test_resume_with_another_model_is_refused(pipe, clip, finished_run, reference_dir):
+    """Another pipeline object with other weights must not reuse the outputs of the run (issue #17)."""
+    from diffusion_accel.testing import tiny_pipeline
+
+    out, records = finished_run
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tiny_pipeline("pixart-alpha", seed=1)
+    with pytest.raises(ValueError, match="model is not the one this run was made with.*Pass the same model"):
+        _run(other, clip, out, reference_dir, [("fora", fora(pipe))], resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+def test_resume_adds_a_config_to_a_finished_run(pipe, tmp_path):
+    """``--resume --config new.json`` keeps the finished variants and generates only the new one (issue #17)."""
+    from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+    out = tmp_path / "out"
+    first = _run(pipe, None, out, None, [("fora", fora(pipe))], measure=("macs",))
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
+            if p.is_file() and p.parts[-3] in ("baseline", "fora") and p.parent.name == "images"}
+    costs = {n: (out / n / "cost.json").read_text() for n in ("baseline", "fora")}
+    wider = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, 3, 3)))
+    records = _run(pipe, None, out, None, [("wider", wider)], measure=("macs",), resume=True)
+    assert [r["name"] for r in records] == ["baseline", "fora", "wider"]
+    assert deterministic_view(records[:2]) == deterministic_view(first)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in kept} == kept  # not generated again
+    assert {n: (out / n / "cost.json").read_text() for n in costs} == costs
+    assert sorted(os.listdir(out / "wider" / "images")) == ["p00000-i00.png", "p00001-i00.png"]
+    assert list(json.loads((out / "run.json").read_text())["configs"]) == ["baseline", "fora", "wider"]
+    assert set(json.loads((out / "latency.json").read_text())) == {"baseline", "fora", "wider"}
+    with pytest.raises(ValueError, match="config 'fora' is not the one the run evaluated"):
+        _run(pipe, None, out, None, [("fora", wider)], measure=("macs",), resume=True)
+
+
+def test_identical_configs_report_the_same_peak_memory(pipe, tmp_path):
+    """Each variant's memory is measured from a clean state: the operator profiling of one variant
+    does not inflate the next one's peak (issue #17)."""
+    configs = [(f"fora{i}", fora(pipe)) for i in range(3)]
+    records = _run(pipe, None, tmp_path / "out", None, configs)
+    peaks = [r["peak_memory_bytes"] for r in records[1:]]
+    assert all(r["operator_shares"] is not None for r in records)
+    assert max(peaks) <= 1.02 * min(peaks), [p / 2**20 for p in peaks]
+
+
+def test_every_phase_shows_a_progress_bar_with_an_estimate(pipe, tmp_path, capsys):
+    """Generation, cost, latency and scoring each show a bar with its total (hence the time left) (issue #17)."""
+    evaluate(pipe, ["a red cat", "a blue dog"], [("fora", fora(pipe))], out=tmp_path / "out", call_kwargs=TINY_CALL,
+             clip=None, reference=None, latency_runs=1, warmup=0, progress=True)
+    err = capsys.readouterr().err
+    for desc, total in (("baseline", 2), ("fora", 2), ("cost", 4), ("latency", 2), ("scoring", 4)):
+        assert re.search(rf"{desc}: 100%.* {total}/{total} \[", err), (desc, err[-2000:])

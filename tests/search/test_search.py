@@ -254,3 +254,15 @@ def test_block_granularity_search_keeps_whole_blocks(pixart, tiny_call, tmp_path
         assert np.array_equal(compute.all(axis=2), compute.any(axis=2)), entry["name"]
     with pytest.raises(ValueError, match="6 bits"):  # resuming with the other granularity: another search space
         search(pixart, tiny_call, out=tmp_path, resume=True)
+
+
+def test_resumed_search_writes_the_heuristics_in_the_same_order(pixart, tiny_call, tmp_path, one_thread):
+    """A resumed search rebuilds its seeds without the data-driven ones (they are in the checkpoint):
+    frontier.json's heuristics must still come out in the same (sorted) order (issue #17)."""
+    first = search(pixart, tiny_call, generations=1, out=tmp_path, dynamic_seeds=(1e9,))
+    names = [h["name"] for h in json.loads((tmp_path / "frontier.json").read_text())["heuristics"]]
+    assert any(n.startswith("dynamic-replay") for n in names)
+    again = search(pixart, tiny_call, generations=1, out=tmp_path, dynamic_seeds=(1e9,), resume=True)
+    assert [h["name"] for h in json.loads((tmp_path / "frontier.json").read_text())["heuristics"]] == names
+    assert again.heuristics == first.heuristics
+    assert names == [h["name"] for h in sorted(first.heuristics, key=lambda h: (h["speedup"], h["name"]))]
