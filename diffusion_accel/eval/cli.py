@@ -17,10 +17,21 @@ import importlib
 
 from ..cli import json_object_option
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "positive_int", "run"]
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be >= 1 (``--steps 0`` is an error, not an empty run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="base seed of sampling and noise (default 0)")
     g = parser.add_argument_group("generation")
     g.add_argument("--batch-size", type=int, default=1, help="items per pipeline call (default 1)")
-    g.add_argument("--steps", type=int, default=None, help="num_inference_steps")
+    g.add_argument("--steps", type=positive_int, default=None, help="num_inference_steps (>= 1)")
     g.add_argument("--guidance-scale", type=float, default=None, help="guidance_scale")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)

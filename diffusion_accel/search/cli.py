@@ -18,6 +18,7 @@ import os
 import sys
 
 from ..cli import json_object_option
+from ..eval.cli import positive_int
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'benchmark' (bundled), 'tiny:<name>', a diffusers folder or a hub id (default: benchmark)")
     parser.add_argument("--prompts", default="benchmark:train",
                         help="calibration prompts: a file or 'benchmark[:split]' (default: benchmark:train)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's settings)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's settings)")
     parser.add_argument("--population", type=int, default=16, help="candidates per generation (>= 2)")
     parser.add_argument("--generations", type=int, default=10, help="generations after the initial one (>= 1)")
     parser.add_argument("--out", default=None, help="output folder (checkpoint, frontier, plots, picked configs)")
