@@ -59,7 +59,7 @@ from .generate import (
 )
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import Prompt, load_prompts
-from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
+from .settings import COST_MEASURES, EvalSettings, check_output_folder, jsonable, source_label
 
 __all__ = [
     "BASELINE",
@@ -260,7 +260,8 @@ class _Inputs(NamedTuple):
 
 
 def _checked_inputs(s: EvalSettings) -> _Inputs:
-    """What a run generates and scores, every input checked."""
+    """What a run generates and scores, every input checked (nothing loaded or written)."""
+    check_output_folder(s.out)
     prompt_list = load_prompts(s.prompts, column=s.prompt_column, categories=s.categories, num=s.num_prompts,
                                seed=s.seed)
     variants = [(BASELINE, AccelerationConfig())] + load_configs(s.configs)

@@ -48,3 +48,22 @@ def test_zero_steps_in_call_kwargs_is_an_error(pipeline_dir, tmp_path, steps):
         evaluate(model=pipeline_dir, prompts=["a cat"], out=tmp_path / "out",
                  call_kwargs={**CALL, "num_inference_steps": steps})
     assert not (tmp_path / "out").exists()
+
+
+def bad_outs(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    cases = [(tmp_path / "a-file", "is a file, not a folder"),
+             (tmp_path / "a-file" / "sub", "cannot be created")]
+    if os.path.isdir("/proc/self"):  # unwritable even for root
+        cases.append(("/proc/self/eval-out", "is not writable"))
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((locked / "out", "is not writable"))
+    return cases
+
+
+def test_a_bad_out_is_one_clear_error(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys):
+    for out, message in bad_outs(tmp_path):
+        assert main(cli_args(pipeline_dir, clip_dir, prompt_file, out)) == 2, out
+        one_error(capsys, message)

@@ -1,0 +1,42 @@
+"""``diffusion-accel search`` checks its inputs before any work (issue #17): one clear error, no traceback."""
+
+import json
+import os
+
+import pytest
+
+from diffusion_accel.cli import main
+
+
+def cli_args(prompts, out, *extra):
+    return ["search", "--model", "tiny:pixart-alpha", "--prompts", str(prompts), "--steps", "2", "--population", "2",
+            "--generations", "1", "--out", str(out), "--batch-size", "2", "--threads", "1",
+            "--call-kwargs", json.dumps({"height": 32, "width": 32}), "--no-generalise", "--no-progress",
+            "--dynamic-seeds", *extra]
+
+
+def one_error(capsys, message):
+    err = capsys.readouterr().err
+    assert err.startswith("diffusion-accel search: error:") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_steps_below_one_is_an_error(prompt_file, tmp_path, capsys, steps):
+    args = cli_args(prompt_file, tmp_path / "out")
+    args[args.index("--steps") + 1] = steps
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert f"argument --steps: must be an integer >= 1, got {steps}" in capsys.readouterr().err
+
+
+def test_a_bad_out_is_one_clear_error(prompt_file, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    cases = [(tmp_path / "a-file", "is a file, not a folder"), (tmp_path / "a-file" / "sub", "cannot be created")]
+    if os.path.isdir("/proc/self"):  # unwritable even for root
+        cases.append(("/proc/self/search-out", "is not writable"))
+    for out, message in cases:
+        assert main(cli_args(prompt_file, out)) == 2, out
+        one_error(capsys, message)
