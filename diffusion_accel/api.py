@@ -49,6 +49,7 @@ __all__ = [
     "acceleration_state",
     "apply",
     "as_acceleration_config",
+    "check_config",
     "find_denoisers",
     "register_accelerated_class",
     "remove",
@@ -90,6 +91,28 @@ def apply(pipe: Any, config: AccelerationConfig) -> Any:
         raise
     _use_accelerated_class(pipe, state)
     return pipe
+
+
+def check_config(pipe: Any, config: AccelerationConfig, num_steps: int | None = None) -> None:
+    """Raise the ``ValueError`` that ``apply(pipe, config)`` -- or its first call of ``num_steps``
+    denoising steps (``None``: not checked) -- would raise for a config made for another model (a
+    schedule of another family, depth or step count), without applying anything.
+
+    Example:
+        >>> from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> pipe = tiny_pipeline("pixart-alpha")
+        >>> config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, 4, 2)))
+        >>> check_config(pipe, config, num_steps=4)   # fine; num_steps=8 raises
+    """
+    if not isinstance(config, AccelerationConfig):
+        raise TypeError(f"check_config() takes an AccelerationConfig, got {type(config).__name__}.")
+    techniques = list(config.techniques())
+    if not techniques:
+        return
+    denoisers = [(module, find_model_adapter(module)) for _, module in find_denoisers(pipe)]
+    for _, technique in techniques:
+        technique.check(denoisers, num_steps)
 
 
 def remove(pipe: Any) -> Any:

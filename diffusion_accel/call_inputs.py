@@ -22,7 +22,8 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["accepts_call_arguments", "batch_inputs", "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
+__all__ = ["accepts_call_arguments", "batch_inputs", "call_argument_default", "check_call_inputs", "check_item_inputs",
+           "input_label", "item_inputs"]
 
 #: Call arguments a tool sets itself for every call (on top of the items' own inputs).
 TOOL_ARGUMENTS = ("generator", "output_type")
@@ -101,6 +102,31 @@ def check_call_inputs(pipe: Any, names: Iterable[str], where: str) -> None:
             else "check the pipeline's call arguments")
     raise ValueError(f"{type(pipe).__name__} takes no {missing} argument, which {where} set; {hint} "
                      f"(its call arguments: {[p for p in parameters if p != 'self']}).")
+
+
+def call_argument_default(pipe: Any, name: str) -> Any:
+    """The default value of ``pipe``'s call argument ``name`` (``None`` if it has none or is unknown).
+
+    Example:
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> call_argument_default(tiny_pipeline("pixart-alpha"), "num_inference_steps")
+        20
+    """
+    call = _named_call(type(pipe))
+    parameter = None if call is None else inspect.signature(call).parameters.get(name)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _named_call(pipeline_class: type) -> Any:
+    """The first ``__call__`` in the MRO that names its arguments (skipping ``(*args, **kwargs)`` wrappers)."""
+    for klass in pipeline_class.__mro__:
+        call = vars(klass).get("__call__")
+        if call is None:
+            continue
+        params = inspect.signature(call).parameters.values()
+        if [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)] != ["self"]:
+            return call
+    return None
 
 
 def _call_parameters(pipeline_class: type) -> list[str] | None:

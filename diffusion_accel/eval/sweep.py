@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from .._diffusers import progress_bar_disabled
-from ..api import acceleration_restored, apply, find_denoisers, remove
+from ..call_inputs import call_argument_default
+from ..api import acceleration_restored, apply, check_config, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
@@ -59,7 +60,7 @@ from .generate import (
 )
 from .latency import MacsResult, count_macs, operator_breakdown, peak_memory, summarize_times, time_call
 from .prompts import Prompt, load_prompts
-from .settings import COST_MEASURES, EvalSettings, check_output_folder, jsonable, source_label
+from .settings import COST_MEASURES, EvalSettings, check_device, check_output_folder, jsonable, source_label
 
 __all__ = [
     "BASELINE",
@@ -165,6 +166,14 @@ def _unique_names(configs: list[tuple[str, AccelerationConfig]]) -> list[tuple[s
     return out
 
 
+def check_folder_source(source: str | os.PathLike, what: str, fix: str, label: str | None = None) -> None:
+    """ValueError unless ``source`` is a folder or could be a hub id (not a path: absolute, ``./``,
+    ``~``, or an existing file)."""
+    path = os.fspath(source)
+    if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)):
+        raise ValueError(f"Cannot load {what} from {label or path!r}: no such folder; pass {fix}.")
+
+
 def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None) -> Any:
     """A diffusers pipeline from ``"benchmark"`` (the bundled model), a local folder or a hub id
@@ -179,10 +188,13 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
 
             path = os.fspath(benchmark_model_dir())
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        check_folder_source(path, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub id, "
+                            "or 'benchmark' (--model)", label=name)
         try:
             pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {first}") from exc
     else:
         pipe = model
         if dtype is not None:
@@ -227,22 +239,26 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     """
     s = EvalSettings.from_arguments(settings, "evaluate", {"model": model, "prompts": prompts, "configs": configs},
                                     options)
+    out = os.fspath(s.out)
+    run = _checked_inputs(s)  # 1. every input, before anything is loaded, generated or written
     state = distributed_state(s.device)
     device = torch.device(s.device) if s.device is not None else state.device
-    out = os.fspath(s.out)
-    run = _checked_inputs(s)  # 1. every input, before anything is generated
+    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
+    run = _checked_against_pipeline(pipe, run)
+    # The CLIP model loads now (on the CPU), so that a bad one fails before the first image.
+    clip_model = M.load_clip(s.clip) if s.clip is not None and state.is_main_process else None
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
     _claim_out_dir(out, _run_record(s, run), s.resume, state)
 
     # 2. Generate and measure each variant.
-    pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     with acceleration_restored(pipe):
         costs = _generate_and_measure(pipe, s, variants, items, call_kwargs, out, state, device)
     if not state.is_main_process:
         return []
 
     # 3. Score (main process) and report.
-    clip_model = None if s.clip is None else M.load_clip(s.clip, device=str(device))
+    if clip_model is not None:
+        clip_model.model.to(device)
     records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress)
     from .report import write_report, write_results
 
@@ -262,6 +278,12 @@ class _Inputs(NamedTuple):
 def _checked_inputs(s: EvalSettings) -> _Inputs:
     """What a run generates and scores, every input checked (nothing loaded or written)."""
     check_output_folder(s.out)
+    check_device(s.device)
+    if isinstance(s.model, (str, os.PathLike)) and os.fspath(s.model) != "benchmark":
+        check_folder_source(s.model, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub "
+                            "id, or 'benchmark' (--model)")
+    if isinstance(s.clip, (str, os.PathLike)) and os.fspath(s.clip) != "benchmark":
+        check_folder_source(s.clip, "a CLIP model", "a CLIP folder, a hub id, 'benchmark' or 'none' (--clip)")
     prompt_list = load_prompts(s.prompts, column=s.prompt_column, categories=s.categories, num=s.num_prompts,
                                seed=s.seed)
     variants = [(BASELINE, AccelerationConfig())] + load_configs(s.configs)
@@ -277,6 +299,19 @@ def _checked_inputs(s: EvalSettings) -> _Inputs:
     if isinstance(s.fid_features, str) and s.fid_features != "clip":
         M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here
     return _Inputs(prompt_list, variants, items, call_kwargs, reference)
+
+
+def _checked_against_pipeline(pipe: Any, run: _Inputs) -> _Inputs:
+    """``run`` checked against the loaded pipeline: every config fits the denoisers and the step count."""
+    steps = run.call_kwargs.get("num_inference_steps", call_argument_default(pipe, "num_inference_steps"))
+    for name, config in run.variants:
+        if name == BASELINE:
+            continue
+        try:
+            check_config(pipe, config, steps if isinstance(steps, int) else None)
+        except ValueError as exc:
+            raise ValueError(f"Config {name!r} does not fit {type(pipe).__name__}: {exc}") from None
+    return run
 
 
 def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
@@ -337,8 +372,11 @@ def _check_reference(reference: Any) -> None:
 
 
 def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
+    """Check that ``out`` may take this run and write ``run.json``. A folder whose run failed before
+    any output (``run.json`` and maybe empty folders) is restarted with these settings."""
     path = os.path.join(out, RUN_FILE)
-    if os.path.exists(path):
+    started = os.path.exists(path) and _generated_anything(out)
+    if started:
         try:
             with open(path, encoding="utf-8") as fh:
                 previous = json.load(fh)
@@ -351,13 +389,22 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
-    elif os.path.isdir(out) and os.listdir(out) and not resume:
+    elif not os.path.exists(path) and os.path.isdir(out) and os.listdir(out) and not resume:
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
     # Every process checks the folder before the main process writes run.json into it.
     state.wait_for_everyone()
-    if state.is_main_process and not os.path.exists(path):
+    if state.is_main_process and not started:
         atomic_write_json(path, settings)
     state.wait_for_everyone()
+
+
+def _generated_anything(out: str) -> bool:
+    """Whether any variant folder of the run in ``out`` holds a generated output."""
+    for name in os.listdir(out):
+        images = os.path.join(out, name, "images")
+        if os.path.isdir(images) and os.listdir(images):
+            return True
+    return False
 
 
 def _use(pipe: Any, name: str, config: AccelerationConfig) -> None:

@@ -51,7 +51,7 @@ from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
 from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
-from ..eval.settings import check_output_folder, jsonable
+from ..eval.settings import check_device, check_output_folder, jsonable
 from ..utils import atomic_write_json
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import check_agreement, map_tasks
@@ -201,6 +201,7 @@ class _Search:
         out = os.fspath(s.out) if s.out is not None else None
         if out is not None:
             check_output_folder(out)
+        check_device(s.device)
         saved = load_checkpoint(out) if out is not None else None
         if saved is not None and not s.resume:
             raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
