@@ -22,8 +22,8 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["accepts_call_arguments", "batch_inputs", "call_argument_default", "check_call_inputs", "check_item_inputs",
-           "input_label", "item_inputs"]
+__all__ = ["accepts_call_arguments", "batch_inputs", "call_argument_default", "check_call_arguments",
+           "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
 
 #: Call arguments a tool sets itself for every call (on top of the items' own inputs).
 TOOL_ARGUMENTS = ("generator", "output_type")
@@ -102,6 +102,23 @@ def check_call_inputs(pipe: Any, names: Iterable[str], where: str) -> None:
             else "check the pipeline's call arguments")
     raise ValueError(f"{type(pipe).__name__} takes no {missing} argument, which {where} set; {hint} "
                      f"(its call arguments: {[p for p in parameters if p != 'self']}).")
+
+
+def check_call_arguments(pipe: Any, names: Iterable[str], where: str) -> None:
+    """Raise a ``ValueError`` naming the valid ones when ``pipe``'s call takes not every argument in
+    ``names`` (e.g. a misspelt key of ``--call-kwargs``, named by ``where``). The check is against the
+    named parameters even when ``__call__`` also takes ``**kwargs`` (diffusers pipelines swallow
+    unknown keys there, e.g. PixArt's); a ``__call__`` with no named parameter accepts every name."""
+    call = _named_call(type(pipe))
+    if call is None:
+        return
+    params = inspect.signature(call).parameters.values()
+    parameters = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = sorted(n for n in set(names) if n not in parameters)
+    if unknown:
+        valid = sorted(p for p in parameters if p not in ("self", *TOOL_ARGUMENTS))
+        raise ValueError(f"{where} sets {unknown}, which {type(pipe).__name__} does not take; its call arguments "
+                         f"are {valid}.")
 
 
 def call_argument_default(pipe: Any, name: str) -> Any:

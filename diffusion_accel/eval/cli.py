@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prompt file (.txt, .csv, .tsv, .json, .jsonl) or 'benchmark[:split]' (default)")
     g.add_argument("--prompt-column", default=None, help="prompt column of a CSV/TSV/JSON file")
     g.add_argument("--category", action="append", default=None, help="keep prompts of this category (repeatable)")
+    g.add_argument("--category-column", default=None,
+                   help="category column of a CSV/TSV/JSON file (default: Category or category)")
     g.add_argument("--num-prompts", type=int, default=None, help="sample this many prompts (seeded)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     g.add_argument("--seed", type=int, default=0, help="base seed of sampling and noise (default 0)")
@@ -77,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+#: The flags of evaluate()'s settings, for its error messages.
+OPTION_NAMES = {"num_prompts": "--num-prompts", "category_column": "--category-column", "call_kwargs": "--call-kwargs"}
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict | None:
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         num_prompts=args.num_prompts,
         prompt_column=args.prompt_column,
+        category_column=args.category_column,
         categories=args.category,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, _DTYPES[args.dtype]) if args.dtype else None,
         resume=args.resume,
         progress=not args.no_progress,
+        option_names=OPTION_NAMES,
     )
     for r in records:
         print(f"{r['name']:>24}  speed-up {r['speedup']:.2f}x  MACs /{_f(r['macs_ratio'])}  "

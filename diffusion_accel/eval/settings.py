@@ -185,7 +185,8 @@ class EvalSettings(RunSettings):
     Args:
         configs: AccelerationConfig files, frontier files, configs or ``(name, config)`` pairs (see
             :func:`~diffusion_accel.eval.load_configs`); the baseline is always evaluated first.
-        prompt_column, categories: see :func:`~diffusion_accel.eval.load_prompts`.
+        prompt_column, category_column, categories: see :func:`~diffusion_accel.eval.load_prompts`
+            (``column``, ``category_column``, ``categories``).
         reference: FID reference: ``"auto"`` (the benchmark images for the benchmark model, else
             none), ``None``, ``"benchmark[:split]"``, a folder of images or a ``.npz`` of statistics.
         fid_features: ``"clip"``, ``"inception"`` (needs torch-fidelity) or an ``nn.Module``.
@@ -199,6 +200,7 @@ class EvalSettings(RunSettings):
 
     configs: tuple[Any, ...] = ()
     prompt_column: str | None = None
+    category_column: str | None = None
     categories: tuple[str, ...] | None = None
     reference: Any = "auto"
     fid_features: Any = "clip"

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .._diffusers import progress_bar_disabled
-from ..call_inputs import call_argument_default
+from ..call_inputs import call_argument_default, check_call_arguments
 from ..api import acceleration_restored, apply, check_config, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
@@ -220,16 +220,19 @@ def default_call_kwargs(model: Any) -> dict[str, Any]:
 
 
 def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | None = None, *,
-             settings: EvalSettings | None = None, **options: Any) -> list[dict[str, Any]]:
+             settings: EvalSettings | None = None, option_names: dict[str, str] | None = None,
+             **options: Any) -> list[dict[str, Any]]:
     """Evaluate ``configs`` against the baseline; write results and reports to ``out``.
 
     Takes :class:`~diffusion_accel.eval.settings.EvalSettings` as ``settings=``, or its fields as
     arguments (they replace the fields of ``settings``): ``model``, ``prompts`` (prompt file,
     ``"benchmark[:split]"``, a list), ``configs``, ``out`` (required), ``num_images``,
-    ``num_prompts``, ``prompt_column``, ``categories``, ``seed``, ``num_steps``, ``batch_size``,
+    ``num_prompts``, ``prompt_column``, ``category_column``, ``categories``, ``seed``, ``num_steps``, ``batch_size``,
     ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
     ``device``, ``dtype``, ``resume``, ``progress``, ``measure`` -- see the settings for each.
-    A pipeline passed as ``model`` keeps the acceleration it had.
+    A pipeline passed as ``model`` keeps the acceleration it had. ``option_names``: how the caller
+    names the settings in error messages (the command line passes its flags, e.g.
+    ``{"num_prompts": "--num-prompts"}``; default the keywords, ``num_prompts=``).
 
     Returns:
         The records (one per variant, baseline first) on the main process; ``[]`` on the others.
@@ -240,11 +243,13 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     s = EvalSettings.from_arguments(settings, "evaluate", {"model": model, "prompts": prompts, "configs": configs},
                                     options)
     out = os.fspath(s.out)
-    run = _checked_inputs(s)  # 1. every input, before anything is loaded, generated or written
+    names = {k: f"{k}=" for k in ("num_prompts", "category_column", "call_kwargs")}
+    names.update(option_names or {})
+    run = _checked_inputs(s, names)  # 1. every input, before anything is loaded, generated or written
     state = distributed_state(s.device)
     device = torch.device(s.device) if s.device is not None else state.device
     pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
-    run = _checked_against_pipeline(pipe, run)
+    run = _checked_against_pipeline(pipe, run, names)
     # The CLIP model loads now (on the CPU), so that a bad one fails before the first image.
     clip_model = M.load_clip(s.clip) if s.clip is not None and state.is_main_process else None
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
@@ -275,7 +280,7 @@ class _Inputs(NamedTuple):
     reference: Any
 
 
-def _checked_inputs(s: EvalSettings) -> _Inputs:
+def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
     """What a run generates and scores, every input checked (nothing loaded or written)."""
     check_output_folder(s.out)
     check_device(s.device)
@@ -284,8 +289,9 @@ def _checked_inputs(s: EvalSettings) -> _Inputs:
                             "id, or 'benchmark' (--model)")
     if isinstance(s.clip, (str, os.PathLike)) and os.fspath(s.clip) != "benchmark":
         check_folder_source(s.clip, "a CLIP model", "a CLIP folder, a hub id, 'benchmark' or 'none' (--clip)")
-    prompt_list = load_prompts(s.prompts, column=s.prompt_column, categories=s.categories, num=s.num_prompts,
-                               seed=s.seed)
+    prompt_list = load_prompts(s.prompts, column=s.prompt_column, category_column=s.category_column,
+                               categories=s.categories, num=s.num_prompts, seed=s.seed,
+                               names={"num": names["num_prompts"], "category_column": names["category_column"]})
     variants = [(BASELINE, AccelerationConfig())] + load_configs(s.configs)
     items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
     call_kwargs = default_call_kwargs(s.model) if s.call_kwargs is None else dict(s.call_kwargs)
@@ -301,8 +307,10 @@ def _checked_inputs(s: EvalSettings) -> _Inputs:
     return _Inputs(prompt_list, variants, items, call_kwargs, reference)
 
 
-def _checked_against_pipeline(pipe: Any, run: _Inputs) -> _Inputs:
-    """``run`` checked against the loaded pipeline: every config fits the denoisers and the step count."""
+def _checked_against_pipeline(pipe: Any, run: _Inputs, names: dict[str, str]) -> _Inputs:
+    """``run`` checked against the loaded pipeline: the call takes every argument, every config fits
+    the denoisers and the step count."""
+    check_call_arguments(pipe, run.call_kwargs, names["call_kwargs"].rstrip("="))
     steps = run.call_kwargs.get("num_inference_steps", call_argument_default(pipe, "num_inference_steps"))
     for name, config in run.variants:
         if name == BASELINE:

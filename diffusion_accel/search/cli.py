@@ -84,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+#: The flags of search_schedule()'s settings, for its error messages.
+OPTION_NAMES = {"num_prompts": "--num-prompts", "validation_prompts": "--validation-prompts",
+                "call_kwargs": "--call-kwargs"}
+
+
 def _resolution(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
-        refine_rounds=args.refine_rounds, **extra,
+        refine_rounds=args.refine_rounds, option_names=OPTION_NAMES, **extra,
     )
     from accelerate import PartialState
 

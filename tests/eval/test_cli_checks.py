@@ -128,3 +128,47 @@ def test_a_rerun_after_a_failed_start_is_accepted(pipeline_dir, clip_dir, prompt
     assert main(cli_args(pipeline_dir, clip_dir, prompt_file, out)) == 0
     assert json.loads((out / "run.json").read_text())["seed"] == 0
     assert json.loads((out / "results.json").read_text())
+
+
+def test_more_prompts_than_the_file_holds_is_an_error(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys):
+    assert main(cli_args(pipeline_dir, clip_dir, prompt_file, tmp_path / "out") + ["--num-prompts", "10"]) == 2
+    err = one_error(capsys, "--num-prompts 10 asks for 10 prompts but")
+    assert "holds only 2; ask for at most 2, or leave --num-prompts out" in err
+    with pytest.raises(ValueError, match=r"num_prompts=10 asks for 10 prompts .* holds only 2"):
+        evaluate(model=pipeline_dir, prompts=["a", "b"], num_prompts=10, out=tmp_path / "out2")
+
+
+def test_unknown_call_kwargs_name_the_valid_ones(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys):
+    args = cli_args(pipeline_dir, clip_dir, prompt_file, tmp_path / "out", call={**CALL, "guidance_scael": 3.0})
+    assert main(args) == 2
+    err = one_error(capsys, "--call-kwargs sets ['guidance_scael'], which PixArtAlphaPipeline does not take")
+    assert "'guidance_scale'" in err and "'num_inference_steps'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_category_error_names_the_flag(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys):
+    assert main(cli_args(pipeline_dir, clip_dir, prompt_file, tmp_path / "out") + ["--category", "Animals"]) == 2
+    err = one_error(capsys, "has no category column")
+    assert "--category-column" in err and "category_column=" not in err
+    table = tmp_path / "p.csv"
+    table.write_text("prompt,kind\na red cat,Animals\na green tree,Plants\na blue dog,Animals\n")
+    with pytest.raises(ValueError, match="name the column with category_column="):
+        evaluate(model=pipeline_dir, prompts=str(table), categories=["Animals"], out=tmp_path / "o")
+    # The CLI can name it.
+    args = cli_args(pipeline_dir, clip_dir, table, tmp_path / "out") + ["--category", "Animals", "--category-column",
+                                                                       "kind"]
+    assert main(args) == 0
+    assert [p for _, p in json.loads((tmp_path / "out" / "run.json").read_text())["prompts"]] == ["a red cat",
+                                                                                                 "a blue dog"]
+
+
+@pytest.mark.parametrize("command", ["eval", "search"])
+def test_help_examples_are_one_per_line(command, capsys):
+    from diffusion_accel.cli import main as top_main
+
+    with pytest.raises(SystemExit):
+        top_main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    examples = [line.strip() for line in lines if line.strip().startswith(("diffusion-accel ", "accelerate launch"))]
+    assert len(examples) >= 2, lines[:20]  # each example on its own line, not run together into a paragraph
+    assert all(line.count("diffusion-accel ") <= 1 for line in examples), examples

@@ -57,3 +57,13 @@ def test_inputs_are_checked_before_any_work(prompt_file, tmp_path, capsys):
         assert main(args) == 2, extra
         one_error(capsys, message)
         assert not (tmp_path / "out").exists()
+
+
+def test_prompt_count_and_call_kwargs_are_checked(prompt_file, tmp_path, capsys):
+    assert main(cli_args(prompt_file, tmp_path / "out", "--num-prompts", "10")) == 2
+    one_error(capsys, "--num-prompts 10 asks for 10 prompts but")
+    args = cli_args(prompt_file, tmp_path / "out")
+    args[args.index("--call-kwargs") + 1] = json.dumps({"height": 32, "width": 32, "guidance_scael": 3.0})
+    assert main(args) == 2
+    err = one_error(capsys, "--call-kwargs sets ['guidance_scael'], which PixArtAlphaPipeline does not take")
+    assert "'guidance_scale'" in err
