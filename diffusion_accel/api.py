@@ -38,6 +38,7 @@ from .pipeline_state import (
     clear_acceleration_state,
     find_denoisers,
     set_acceleration_state,
+    with_call_defaults,
 )
 from .techniques import technique_apply_fn
 
@@ -177,7 +178,9 @@ class AcceleratedPipelineMixin:
 
     Adds ``from_pretrained(..., acceleration=config)``, ``enable_acceleration(config)``,
     ``disable_acceleration()`` and ``acceleration``, and brackets every call so that per-call state
-    (step tracking, caches) starts fresh. Everything else (components, ``from_pipe``, callbacks,
+    (step tracking, caches) starts fresh. A call gets the arguments the checkpoint needs that it does
+    not set (:func:`~diffusion_accel.pipeline_state.with_call_defaults`; e.g. a PixArt checkpoint whose
+    sample size has no aspect-ratio bins runs with ``use_resolution_binning=False``, with a logged note). Everything else (components, ``from_pipe``, callbacks,
     ``save_pretrained``) is the diffusers class's own.
     """
 
@@ -205,6 +208,8 @@ class AcceleratedPipelineMixin:
         return None if state is None else state.config
 
     def __call__(self, *args: Any, **kwargs: Any):
+        # Arguments the checkpoint needs (e.g. no resolution binning for a PixArt sample size without bins).
+        kwargs = with_call_defaults(self, kwargs)
         state = acceleration_state(self)
         if state is None:
             return super().__call__(*args, **kwargs)

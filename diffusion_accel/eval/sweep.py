@@ -46,6 +46,7 @@ import torch
 from .._diffusers import progress_bar_disabled
 from ..call_inputs import call_argument_default, check_call_arguments
 from ..api import acceleration_restored, apply, check_config, find_denoisers, remove
+from ..pipeline_state import with_call_defaults
 from ..config import AccelerationConfig
 from ..utils import atomic_write_json
 from . import metrics as M
@@ -309,7 +310,9 @@ def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
 
 def _checked_against_pipeline(pipe: Any, run: _Inputs, names: dict[str, str]) -> _Inputs:
     """``run`` checked against the loaded pipeline: the call takes every argument, every config fits
-    the denoisers and the step count."""
+    the denoisers and the step count. The checkpoint's own call defaults are added (e.g. no resolution
+    binning for a PixArt checkpoint whose sample size has no bins; see the model adapters)."""
+    run = run._replace(call_kwargs=with_call_defaults(pipe, run.call_kwargs))
     check_call_arguments(pipe, run.call_kwargs, names["call_kwargs"].rstrip("="))
     steps = run.call_kwargs.get("num_inference_steps", call_argument_default(pipe, "num_inference_steps"))
     for name, config in run.variants:

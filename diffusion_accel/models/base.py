@@ -32,12 +32,17 @@ import torch
 
 from ..utils import get_submodule_or_none
 
-__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "TokenGrid",
-           "forward_argument", "patched_grid_2d"]
+__all__ = ["COMPONENT_KINDS", "CallDefaults", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter",
+           "TokenGrid", "forward_argument", "patched_grid_2d"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
 TokenGrid = Callable[[torch.nn.Module, tuple, dict], "tuple[int, int, int] | None"]
+
+#: ``fn(pipe, denoiser) -> {argument: (value, reason)}``: pipeline-call arguments a checkpoint of the
+#: family needs when the caller leaves them out (e.g. PixArt checkpoints whose sample size has no
+#: aspect-ratio bins: ``use_resolution_binning=False``), each with a note saying why.
+CallDefaults = Callable[[Any, torch.nn.Module], "dict[str, tuple[Any, str]]"]
 
 #: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
 #: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
@@ -129,6 +134,9 @@ class ModelAdapter:
         token_grid: how to read the latent token grid ``(frames, height, width)`` of a call from its
             inputs (:data:`TokenGrid`; e.g. :func:`patched_grid_2d`), for techniques that reorder
             tokens spatially (sparse attention's PARO); ``None`` if unknown.
+        call_defaults: pipeline-call arguments a checkpoint needs unless the caller sets them
+            (:data:`CallDefaults`); the tools and the accelerated pipeline classes add them
+            (:func:`diffusion_accel.pipeline_state.with_call_defaults`). ``None``: none.
     """
 
     family: str
@@ -138,6 +146,7 @@ class ModelAdapter:
     timestep_scale: float = 1.0
     notes: str = field(default="", compare=False)
     token_grid: TokenGrid | None = field(default=None, compare=False)
+    call_defaults: CallDefaults | None = field(default=None, compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..api import acceleration_restored, acceleration_state, find_denoisers
+from ..pipeline_state import with_call_defaults
 from ..call_inputs import check_call_arguments, check_call_inputs, item_inputs
 from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
@@ -218,6 +219,7 @@ class _Search:
         state = distributed_state(s.device)
         pipe = load_search_pipeline(s.model, device=s.device if s.device is not None else state.device)
         check_call_inputs(pipe, {n for it in items for n in item_inputs(it.call_input())}, "the search's prompts")
+        call_kwargs = with_call_defaults(pipe, call_kwargs)  # what the checkpoint needs (model adapters)
         check_call_arguments(pipe, call_kwargs, names["call_kwargs"].rstrip("="))
         genome = ScheduleGenome.for_model(pipe, call_kwargs["num_inference_steps"], s.granularity)
         run = cls(s=s, out=out, saved=saved, state=state, pipe=pipe, genome=genome, items=items,

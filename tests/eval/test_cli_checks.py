@@ -108,6 +108,7 @@ def test_every_input_is_checked_before_anything_is_written(pipeline_dir, clip_di
         assert not out.exists(), extra  # no run.json: nothing to refuse on the corrected rerun
 
 
+@pytest.mark.slow
 def test_a_rerun_after_a_failed_start_is_accepted(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys,
                                                   monkeypatch):
     """A start that failed before any output (here: in the first pipeline call) leaves run.json; the
@@ -146,6 +147,7 @@ def test_unknown_call_kwargs_name_the_valid_ones(pipeline_dir, clip_dir, prompt_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_category_error_names_the_flag(pipeline_dir, clip_dir, prompt_file, tmp_path, capsys):
     assert main(cli_args(pipeline_dir, clip_dir, prompt_file, tmp_path / "out") + ["--category", "Animals"]) == 2
     err = one_error(capsys, "has no category column")

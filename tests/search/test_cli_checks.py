@@ -67,3 +67,17 @@ def test_prompt_count_and_call_kwargs_are_checked(prompt_file, tmp_path, capsys)
     assert main(args) == 2
     err = one_error(capsys, "--call-kwargs sets ['guidance_scael'], which PixArtAlphaPipeline does not take")
     assert "'guidance_scale'" in err
+
+
+@pytest.mark.slow
+def test_a_saved_pixart_checkpoint_without_binning_arguments_is_searched(prompt_file, tmp_path, capsys):
+    """Issue #17 item 15: a PixArt checkpoint whose sample size has no aspect-ratio bins runs without
+    use_resolution_binning=False in --call-kwargs (the adapter turns binning off)."""
+    from diffusion_accel.testing import tiny_pipeline
+
+    tiny_pipeline("pixart-alpha", seed=0).save_pretrained(tmp_path / "model")
+    args = cli_args(prompt_file, tmp_path / "out", "--num-prompts", "2", "--pick-speedup", "1.1")
+    args[args.index("--model") + 1] = str(tmp_path / "model")
+    assert main(args) == 0, capsys.readouterr().err
+    settings = json.loads((tmp_path / "out" / "frontier.json").read_text())["settings"]
+    assert settings["call_kwargs"]["use_resolution_binning"] is False
