@@ -65,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="device (default: the process's GPU, else cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="load the model in this dtype")
     g = parser.add_argument_group("metrics")
-    g.add_argument("--clip", default="benchmark",
-                   help="CLIP model for CLIP score and CLIP-feature FID: 'benchmark' (default), folder, "
-                        "hub id, or 'none'")
+    g.add_argument("--clip", default="auto",
+                   help="CLIP model for CLIP score and CLIP-feature FID: a folder, hub id, 'benchmark' (the "
+                        "bundled CLIP) or 'none'; default 'auto' = the bundled CLIP for the bundled model, none "
+                        "(the scores are skipped, with a note) for any other")
     g.add_argument("--reference", default="auto",
                    help="FID reference: folder of images, .npz statistics, 'benchmark[:split]', 'none'; "
                         "default 'auto' = the benchmark images for the benchmark model")

@@ -193,6 +193,9 @@ class EvalSettings(RunSettings):
         latency_runs, warmup: timed and warm-up calls of the cost measurement.
         dtype: load the model in this dtype (default: its own).
         measure: cost measurements besides latency (:data:`COST_MEASURES`), each one more call.
+        clip: as in :class:`RunSettings`, default ``"auto"``: the bundled CLIP for the bundled model;
+            for any other model CLIP score and CLIP-feature FID are skipped (with a note in the
+            report) unless a CLIP model that fits it is given -- the bundled CLIP only knows digit scenes.
     """
 
     DEFAULT_PROMPTS: ClassVar[str] = "benchmark"
@@ -208,6 +211,7 @@ class EvalSettings(RunSettings):
     warmup: int = 1
     dtype: Any = None
     measure: tuple[str, ...] = COST_MEASURES
+    clip: Any = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "configs", tuple(self.configs))

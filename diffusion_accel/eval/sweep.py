@@ -205,6 +205,33 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
     return pipe
 
 
+def is_bundled_model(model: Any) -> bool:
+    """Whether ``model`` is the bundled benchmark model: ``"benchmark"``, its folder, or a pipeline loaded from it."""
+    if not isinstance(model, (str, os.PathLike)):
+        model = getattr(model, "name_or_path", None)
+        if not isinstance(model, (str, os.PathLike)):
+            return False
+    if os.fspath(model) == "benchmark":
+        return True
+    from ..assets import benchmark_model_dir
+
+    try:
+        return os.path.realpath(os.fspath(model)) == os.path.realpath(benchmark_model_dir())
+    except FileNotFoundError:
+        return False
+
+
+def _resolved_clip(clip: Any, model: Any) -> tuple[Any, str | None]:
+    """``(clip source or None, note)``: ``"auto"`` is the bundled CLIP for the bundled model and no CLIP
+    (with a note saying how to get the scores) for any other model."""
+    if not (isinstance(clip, str) and clip == "auto"):
+        return clip, None
+    if is_bundled_model(model):
+        return "benchmark", None
+    return None, ("clip_score and CLIP-feature FID skipped: the bundled CLIP only knows the bundled model's digit "
+                  "scenes; pass a CLIP model that fits this model with --clip (clip=) to compute them.")
+
+
 def default_call_kwargs(model: Any) -> dict[str, Any]:
     """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
     if isinstance(model, str) and model == "benchmark":
@@ -252,7 +279,7 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     run = _checked_against_pipeline(pipe, run, names)
     # The CLIP model loads now (on the CPU), so that a bad one fails before the first image.
-    clip_model = M.load_clip(s.clip) if s.clip is not None and state.is_main_process else None
+    clip_model = M.load_clip(run.clip) if run.clip is not None and state.is_main_process else None
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
     _claim_out_dir(out, _run_record(s, run), s.resume, state)
 
@@ -265,7 +292,8 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     # 3. Score (main process) and report.
     if clip_model is not None:
         clip_model.model.to(device)
-    records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress)
+    records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress,
+                     run.clip_note)
     from .report import write_report, write_results
 
     write_results(records, out)
@@ -279,6 +307,8 @@ class _Inputs(NamedTuple):
     items: list[Item]
     call_kwargs: dict[str, Any]
     reference: Any
+    clip: Any  # the CLIP source (``"auto"`` resolved), or None
+    clip_note: str | None  # why there is no CLIP model
 
 
 def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
@@ -288,8 +318,9 @@ def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
     if isinstance(s.model, (str, os.PathLike)) and os.fspath(s.model) != "benchmark":
         check_folder_source(s.model, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub "
                             "id, or 'benchmark' (--model)")
-    if isinstance(s.clip, (str, os.PathLike)) and os.fspath(s.clip) != "benchmark":
-        check_folder_source(s.clip, "a CLIP model", "a CLIP folder, a hub id, 'benchmark' or 'none' (--clip)")
+    clip, clip_note = _resolved_clip(s.clip, s.model)
+    if isinstance(clip, (str, os.PathLike)) and os.fspath(clip) != "benchmark":
+        check_folder_source(clip, "a CLIP model", "a CLIP folder, a hub id, 'benchmark' or 'none' (--clip)")
     prompt_list = load_prompts(s.prompts, column=s.prompt_column, category_column=s.category_column,
                                categories=s.categories, num=s.num_prompts, seed=s.seed,
                                names={"num": names["num_prompts"], "category_column": names["category_column"]})
@@ -305,7 +336,7 @@ def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
     _check_reference(reference)
     if isinstance(s.fid_features, str) and s.fid_features != "clip":
         M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here
-    return _Inputs(prompt_list, variants, items, call_kwargs, reference)
+    return _Inputs(prompt_list, variants, items, call_kwargs, reference, clip, clip_note)
 
 
 def _checked_against_pipeline(pipe: Any, run: _Inputs, names: dict[str, str]) -> _Inputs:
@@ -336,7 +367,7 @@ def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
         "seed": s.seed,
         "batch_size": s.batch_size,
         "call_kwargs": jsonable(run.call_kwargs),
-        "clip": None if s.clip is None else s.clip.name if isinstance(s.clip, M.Clip) else source_label(s.clip),
+        "clip": None if run.clip is None else run.clip.name if isinstance(run.clip, M.Clip) else source_label(run.clip),
         "reference": None if reference is None else source_label(reference),
         "fid_features": s.fid_features if isinstance(s.fid_features, str) else type(s.fid_features).__name__,
     }
@@ -512,7 +543,8 @@ def _chunks(out: str, name: str, items: list, manifests: dict[str, dict]):
                [it.prompt for it in chunk])
 
 
-def _score(variants, items, out, costs, clip, reference, fid_features, progress) -> list[dict[str, Any]]:
+def _score(variants, items, out, costs, clip, reference, fid_features, progress,
+           clip_note: str | None = None) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from .generate import read_manifest
@@ -532,7 +564,7 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         if baseline_stats.num_samples < 2:
             baseline_stats = None
     else:
-        notes_common.append("No CLIP model: clip_score and CLIP-feature FID are not computed.")
+        notes_common.append(clip_note or "No CLIP model: clip_score and CLIP-feature FID are not computed.")
     if stats is None:
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
