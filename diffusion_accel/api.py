@@ -180,8 +180,9 @@ class AcceleratedPipelineMixin:
     ``disable_acceleration()`` and ``acceleration``, and brackets every call so that per-call state
     (step tracking, caches) starts fresh. A call gets the arguments the checkpoint needs that it does
     not set (:func:`~diffusion_accel.pipeline_state.with_call_defaults`; e.g. a PixArt checkpoint whose
-    sample size has no aspect-ratio bins runs with ``use_resolution_binning=False``, with a logged note). Everything else (components, ``from_pipe``, callbacks,
-    ``save_pretrained``) is the diffusers class's own.
+    sample size has no aspect-ratio bins runs with ``use_resolution_binning=False``, with a logged
+    note). Everything else (components, ``from_pipe``, callbacks, ``save_pretrained``) is the
+    diffusers class's own.
     """
 
     @classmethod

@@ -117,8 +117,8 @@ def check_call_arguments(pipe: Any, names: Iterable[str], where: str) -> None:
     unknown = sorted(n for n in set(names) if n not in parameters)
     if unknown:
         valid = sorted(p for p in parameters if p not in ("self", *TOOL_ARGUMENTS))
-        raise ValueError(f"{where} sets {unknown}, which {type(pipe).__name__} does not take; its call arguments "
-                         f"are {valid}.")
+        raise ValueError(f"{where} sets {unknown}, which {type(pipe).__name__} does not take; its call "
+                         f"arguments are {valid}.")
 
 
 def call_argument_default(pipe: Any, name: str) -> Any:
@@ -135,7 +135,7 @@ def call_argument_default(pipe: Any, name: str) -> Any:
 
 
 def _named_call(pipeline_class: type) -> Any:
-    """The first ``__call__`` in the MRO that names its arguments (skipping ``(*args, **kwargs)`` wrappers)."""
+    """The first ``__call__`` in the MRO that names its arguments (not an ``(*args, **kwargs)`` wrapper)."""
     for klass in pipeline_class.__mro__:
         call = vars(klass).get("__call__")
         if call is None:

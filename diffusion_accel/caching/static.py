@@ -46,8 +46,8 @@ REUSE_MODES = ("outputs", "block_residual", "forecast")
 #: Values of :attr:`StaticCacheConfig.forecast_order`.
 FORECAST_ORDERS = (1, 2)
 _BLOCK_RESIDUAL_UNSUPPORTED = (
-    "reuse='block_residual' needs blocks with declared input/output streams (BlockIO); {model} ({family}) has "
-    "blocks without one. Use StaticCacheConfig(schedule, reuse='outputs')."
+    "reuse='block_residual' needs blocks with declared input/output streams (BlockIO); {model} ({family}) "
+    "has blocks without one. Use StaticCacheConfig(schedule, reuse='outputs')."
 )
 
 
@@ -101,7 +101,8 @@ class StaticCacheConfig(TechniqueConfig):
         for module, adapter in denoisers:
             self.schedule.check_model(module, adapter)
             if self.reuse == "block_residual" and not block_residual_supported(module):
-                raise ValueError(_BLOCK_RESIDUAL_UNSUPPORTED.format(model=type(module).__name__, family=adapter.family))
+                raise ValueError(_BLOCK_RESIDUAL_UNSUPPORTED.format(model=type(module).__name__,
+                                                                    family=adapter.family))
         if num_steps is not None and not self.auto_resample:
             self.schedule.check_steps(num_steps)
 

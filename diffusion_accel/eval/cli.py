@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("metrics")
     g.add_argument("--clip", default="auto",
                    help="CLIP model for CLIP score and CLIP-feature FID: a folder, hub id, 'benchmark' (the "
-                        "bundled CLIP) or 'none'; default 'auto' = the bundled CLIP for the bundled model, none "
-                        "(the scores are skipped, with a note) for any other")
+                        "bundled CLIP) or 'none'; default 'auto' = the bundled CLIP for the bundled model, "
+                        "none (the scores are skipped, with a note) for any other")
     g.add_argument("--reference", default="auto",
                    help="FID reference: folder of images, .npz statistics, 'benchmark[:split]', 'none'; "
                         "default 'auto' = the benchmark images for the benchmark model")
@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: The flags of evaluate()'s settings, for its error messages.
-OPTION_NAMES = {"num_prompts": "--num-prompts", "category_column": "--category-column", "call_kwargs": "--call-kwargs"}
+OPTION_NAMES = {"num_prompts": "--num-prompts", "category_column": "--category-column",
+                "call_kwargs": "--call-kwargs"}
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict | None:

@@ -116,11 +116,10 @@ def load_prompts(
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"{_given(names['num'], num)}: must be a positive integer.")
         if num > len(prompts):
-            where = f"{label} in the categories {sorted({str(c) for c in categories})}" if categories is not None \
-                else label
+            where = label if categories is None else f"{label} in the categories {sorted(map(str, categories))}"
             raise ValueError(f"{_given(names['num'], num)} asks for {num} prompts but {where} holds only "
-                             f"{len(prompts)}; ask for at most {len(prompts)}, or leave {names['num'].rstrip('=')} "
-                             "out to use them all.")
+                             f"{len(prompts)}; ask for at most {len(prompts)}, or leave "
+                             f"{names['num'].rstrip('=')} out to use them all.")
         if num < len(prompts):
             chosen = sorted(random.Random(seed).sample(range(len(prompts)), num))
             prompts = [prompts[i] for i in chosen]

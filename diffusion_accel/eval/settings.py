@@ -63,8 +63,8 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(f"{flag} {os.fspath(out)!r} cannot be created: {existing!r} is a file; choose a folder "
-                         f"path for {flag}.")
+        raise ValueError(f"{flag} {os.fspath(out)!r} cannot be created: {existing!r} is a file; choose a "
+                         f"folder path for {flag}.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
