@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 from .._diffusers import progress_bar_disabled
-from ..call_inputs import call_argument_default, check_call_arguments
 from ..api import acceleration_restored, apply, check_config, find_denoisers, remove
-from ..pipeline_state import with_call_defaults
+from ..call_inputs import call_argument_default, check_call_arguments
 from ..config import AccelerationConfig
+from ..pipeline_state import with_call_defaults
 from ..utils import atomic_write_json
 from . import metrics as M
 from .generate import (
@@ -255,8 +255,8 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     Takes :class:`~diffusion_accel.eval.settings.EvalSettings` as ``settings=``, or its fields as
     arguments (they replace the fields of ``settings``): ``model``, ``prompts`` (prompt file,
     ``"benchmark[:split]"``, a list), ``configs``, ``out`` (required), ``num_images``,
-    ``num_prompts``, ``prompt_column``, ``category_column``, ``categories``, ``seed``, ``num_steps``, ``batch_size``,
-    ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
+    ``num_prompts``, ``prompt_column``, ``category_column``, ``categories``, ``seed``, ``num_steps``,
+    ``batch_size``, ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
     ``device``, ``dtype``, ``resume``, ``progress``, ``measure`` -- see the settings for each.
     A pipeline passed as ``model`` keeps the acceleration it had. ``option_names``: how the caller
     names the settings in error messages (the command line passes its flags, e.g.

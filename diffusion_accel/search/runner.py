@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 
 from ..api import acceleration_restored, acceleration_state, find_denoisers
-from ..pipeline_state import with_call_defaults
 from ..call_inputs import check_call_arguments, check_call_inputs, item_inputs
 from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
 from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
 from ..eval.settings import check_device, check_output_folder, jsonable
+from ..pipeline_state import with_call_defaults
 from ..utils import atomic_write_json
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import check_agreement, map_tasks
