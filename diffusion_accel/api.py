@@ -38,6 +38,7 @@ from .pipeline_state import (
     clear_acceleration_state,
     find_denoisers,
     set_acceleration_state,
+    with_call_defaults,
 )
 from .techniques import technique_apply_fn
 
@@ -49,6 +50,7 @@ __all__ = [
     "acceleration_state",
     "apply",
     "as_acceleration_config",
+    "check_config",
     "find_denoisers",
     "register_accelerated_class",
     "remove",
@@ -90,6 +92,28 @@ def apply(pipe: Any, config: AccelerationConfig) -> Any:
         raise
     _use_accelerated_class(pipe, state)
     return pipe
+
+
+def check_config(pipe: Any, config: AccelerationConfig, num_steps: int | None = None) -> None:
+    """Raise the ``ValueError`` that ``apply(pipe, config)`` -- or its first call of ``num_steps``
+    denoising steps (``None``: not checked) -- would raise for a config made for another model (a
+    schedule of another family, depth or step count), without applying anything.
+
+    Example:
+        >>> from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> pipe = tiny_pipeline("pixart-alpha")
+        >>> config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, 4, 2)))
+        >>> check_config(pipe, config, num_steps=4)   # fine; num_steps=8 raises
+    """
+    if not isinstance(config, AccelerationConfig):
+        raise TypeError(f"check_config() takes an AccelerationConfig, got {type(config).__name__}.")
+    techniques = list(config.techniques())
+    if not techniques:
+        return
+    denoisers = [(module, find_model_adapter(module)) for _, module in find_denoisers(pipe)]
+    for _, technique in techniques:
+        technique.check(denoisers, num_steps)
 
 
 def remove(pipe: Any) -> Any:
@@ -154,8 +178,11 @@ class AcceleratedPipelineMixin:
 
     Adds ``from_pretrained(..., acceleration=config)``, ``enable_acceleration(config)``,
     ``disable_acceleration()`` and ``acceleration``, and brackets every call so that per-call state
-    (step tracking, caches) starts fresh. Everything else (components, ``from_pipe``, callbacks,
-    ``save_pretrained``) is the diffusers class's own.
+    (step tracking, caches) starts fresh. A call gets the arguments the checkpoint needs that it does
+    not set (:func:`~diffusion_accel.pipeline_state.with_call_defaults`; e.g. a PixArt checkpoint whose
+    sample size has no aspect-ratio bins runs with ``use_resolution_binning=False``, with a logged
+    note). Everything else (components, ``from_pipe``, callbacks, ``save_pretrained``) is the
+    diffusers class's own.
     """
 
     @classmethod
@@ -182,6 +209,8 @@ class AcceleratedPipelineMixin:
         return None if state is None else state.config
 
     def __call__(self, *args: Any, **kwargs: Any):
+        # Arguments the checkpoint needs (e.g. no resolution binning for a PixArt sample size without bins).
+        kwargs = with_call_defaults(self, kwargs)
         state = acceleration_state(self)
         if state is None:
             return super().__call__(*args, **kwargs)

@@ -22,7 +22,8 @@ import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["accepts_call_arguments", "batch_inputs", "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
+__all__ = ["accepts_call_arguments", "batch_inputs", "call_argument_default", "check_call_arguments",
+           "check_call_inputs", "check_item_inputs", "input_label", "item_inputs"]
 
 #: Call arguments a tool sets itself for every call (on top of the items' own inputs).
 TOOL_ARGUMENTS = ("generator", "output_type")
@@ -101,6 +102,48 @@ def check_call_inputs(pipe: Any, names: Iterable[str], where: str) -> None:
             else "check the pipeline's call arguments")
     raise ValueError(f"{type(pipe).__name__} takes no {missing} argument, which {where} set; {hint} "
                      f"(its call arguments: {[p for p in parameters if p != 'self']}).")
+
+
+def check_call_arguments(pipe: Any, names: Iterable[str], where: str) -> None:
+    """Raise a ``ValueError`` naming the valid ones when ``pipe``'s call takes not every argument in
+    ``names`` (e.g. a misspelt key of ``--call-kwargs``, named by ``where``). The check is against the
+    named parameters even when ``__call__`` also takes ``**kwargs`` (diffusers pipelines swallow
+    unknown keys there, e.g. PixArt's); a ``__call__`` with no named parameter accepts every name."""
+    call = _named_call(type(pipe))
+    if call is None:
+        return
+    params = inspect.signature(call).parameters.values()
+    parameters = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = sorted(n for n in set(names) if n not in parameters)
+    if unknown:
+        valid = sorted(p for p in parameters if p not in ("self", *TOOL_ARGUMENTS))
+        raise ValueError(f"{where} sets {unknown}, which {type(pipe).__name__} does not take; its call "
+                         f"arguments are {valid}.")
+
+
+def call_argument_default(pipe: Any, name: str) -> Any:
+    """The default value of ``pipe``'s call argument ``name`` (``None`` if it has none or is unknown).
+
+    Example:
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> call_argument_default(tiny_pipeline("pixart-alpha"), "num_inference_steps")
+        20
+    """
+    call = _named_call(type(pipe))
+    parameter = None if call is None else inspect.signature(call).parameters.get(name)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _named_call(pipeline_class: type) -> Any:
+    """The first ``__call__`` in the MRO that names its arguments (not an ``(*args, **kwargs)`` wrapper)."""
+    for klass in pipeline_class.__mro__:
+        call = vars(klass).get("__call__")
+        if call is None:
+            continue
+        params = inspect.signature(call).parameters.values()
+        if [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)] != ["self"]:
+            return call
+    return None
 
 
 def _call_parameters(pipeline_class: type) -> list[str] | None:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,11 @@ from diffusers.utils.torch_utils import unwrap_module
 from .hooks import Denoiser
 from .models import find_model_adapter, supported_model_classes
 
-__all__ = ["AccelerationState", "acceleration_state", "clear_acceleration_state", "find_denoisers",
-           "set_acceleration_state"]
+__all__ = ["AccelerationState", "acceleration_state", "call_defaults", "clear_acceleration_state", "find_denoisers",
+           "set_acceleration_state", "with_call_defaults"]
+
+logger = logging.getLogger(__name__)
+_NOTED_ATTR = "_diffusion_accel_call_notes"
 
 _STATE_ATTR = "_diffusion_accel_state"
 
@@ -89,3 +93,41 @@ def set_acceleration_state(pipe: Any, state: AccelerationState) -> None:
 
 def clear_acceleration_state(pipe: Any) -> None:
     pipe.__dict__.pop(_STATE_ATTR, None)
+
+
+def call_defaults(pipe: Any) -> dict[str, tuple[Any, str]]:
+    """Pipeline-call arguments ``pipe``'s checkpoint needs unless the caller sets them, with a note each:
+    ``{argument: (value, reason)}`` from the model adapters' ``call_defaults`` (``{}`` for a pipeline
+    without a known denoiser)."""
+    components = getattr(pipe, "components", None)
+    out: dict[str, tuple[Any, str]] = {}
+    for module in (components.values() if isinstance(components, dict) else ()):
+        if not isinstance(module, torch.nn.Module):
+            continue
+        adapter = find_model_adapter(module)
+        if adapter is not None and adapter.call_defaults is not None:
+            out.update(adapter.call_defaults(pipe, unwrap_module(module)))
+    return out
+
+
+def with_call_defaults(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the :func:`call_defaults` it does not set added; each note is logged once per pipeline.
+
+    Example:
+        >>> from diffusion_accel.testing import tiny_pipeline
+        >>> kwargs = with_call_defaults(tiny_pipeline("pixart-alpha"), {"height": 32})   # sample size 8: no bins
+        >>> kwargs["height"], kwargs["use_resolution_binning"]
+        (32, False)
+    """
+    missing = {name: default for name, default in call_defaults(pipe).items() if name not in kwargs}
+    if not missing:
+        return kwargs
+    noted = getattr(pipe, _NOTED_ATTR, None)
+    if noted is None:
+        noted = set()
+        object.__setattr__(pipe, _NOTED_ATTR, noted)
+    for name, (_, note) in missing.items():
+        if note not in noted:
+            noted.add(note)
+            logger.warning(note)
+    return {**kwargs, **{name: value for name, (value, _) in missing.items()}}

@@ -27,6 +27,7 @@ Example (a technique that does nothing, registered for the ``cache`` field):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from .serialization import dataclass_from_dict, dataclass_to_dict
@@ -60,6 +61,13 @@ class TechniqueConfig:
 
     field_name: ClassVar[str] = ""
     version: ClassVar[int] = 1
+
+    def check(self, denoisers: Sequence[tuple[Any, Any]], num_steps: int | None) -> None:
+        """Raise a ``ValueError`` naming the fix when this config cannot run on ``denoisers``
+        (``(module, adapter)`` pairs) in pipeline calls of ``num_steps`` denoising steps (``None``:
+        not known), without changing anything. Tools call it (through
+        :func:`diffusion_accel.api.check_config`) before any work, so that a config made for another
+        model fails before the first image. The default checks nothing; ``apply`` checks again."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form: ``{"type": <class name>, "version": ..., <fields>}``."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,10 @@ _BLOCK_HOOK_NAME = "static_cache_block"
 REUSE_MODES = ("outputs", "block_residual", "forecast")
 #: Values of :attr:`StaticCacheConfig.forecast_order`.
 FORECAST_ORDERS = (1, 2)
+_BLOCK_RESIDUAL_UNSUPPORTED = (
+    "reuse='block_residual' needs blocks with declared input/output streams (BlockIO); {model} ({family}) "
+    "has blocks without one. Use StaticCacheConfig(schedule, reuse='outputs')."
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,17 @@ class StaticCacheConfig(TechniqueConfig):
         if self.forecast_order != 1 and self.reuse != "forecast":
             raise ValueError(f"forecast_order={self.forecast_order} only applies to reuse='forecast' "
                              f"(got reuse={self.reuse!r}); pass reuse='forecast' or drop forecast_order.")
+
+    def check(self, denoisers: Sequence[tuple[Any, Any]], num_steps: int | None) -> None:
+        """The schedule matches every denoiser (family, components, block count), ``block_residual``
+        has declared block streams, and -- unless ``auto_resample`` -- ``num_steps`` is the schedule's."""
+        for module, adapter in denoisers:
+            self.schedule.check_model(module, adapter)
+            if self.reuse == "block_residual" and not block_residual_supported(module):
+                raise ValueError(_BLOCK_RESIDUAL_UNSUPPORTED.format(model=type(module).__name__,
+                                                                    family=adapter.family))
+        if num_steps is not None and not self.auto_resample:
+            self.schedule.check_steps(num_steps)
 
 
 def scheduler_num_steps(pipe: Any, tracker: StepTracker | None = None) -> int | None:
@@ -361,11 +377,8 @@ def apply_static_cache(pipe: Any, config: StaticCacheConfig, denoisers: list[Den
     if config.reuse == "block_residual":
         for denoiser in denoisers:
             if not block_residual_supported(denoiser.module):
-                raise ValueError(
-                    f"reuse='block_residual' needs blocks with declared input/output streams (BlockIO); "
-                    f"{type(denoiser.module).__name__} ({denoiser.adapter.family}) has blocks without one. "
-                    "Use StaticCacheConfig(schedule, reuse='outputs')."
-                )
+                raise ValueError(_BLOCK_RESIDUAL_UNSUPPORTED.format(model=type(denoiser.module).__name__,
+                                                                    family=denoiser.adapter.family))
     block_hooks = HookSet(_BLOCK_HOOK_NAME, [d.module for d in denoisers])
     for denoiser in denoisers:
         block_level = config.reuse == "block_residual" or (

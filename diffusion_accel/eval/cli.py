@@ -17,10 +17,21 @@ import importlib
 
 from ..cli import json_object_option
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "positive_int", "run"]
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count that must be >= 1 (``--steps 0`` is an error, not an empty run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prompt file (.txt, .csv, .tsv, .json, .jsonl) or 'benchmark[:split]' (default)")
     g.add_argument("--prompt-column", default=None, help="prompt column of a CSV/TSV/JSON file")
     g.add_argument("--category", action="append", default=None, help="keep prompts of this category (repeatable)")
+    g.add_argument("--category-column", default=None,
+                   help="category column of a CSV/TSV/JSON file (default: Category or category)")
     g.add_argument("--num-prompts", type=int, default=None, help="sample this many prompts (seeded)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     g.add_argument("--seed", type=int, default=0, help="base seed of sampling and noise (default 0)")
     g = parser.add_argument_group("generation")
     g.add_argument("--batch-size", type=int, default=1, help="items per pipeline call (default 1)")
-    g.add_argument("--steps", type=int, default=None, help="num_inference_steps")
+    g.add_argument("--steps", type=positive_int, default=None, help="num_inference_steps (>= 1)")
     g.add_argument("--guidance-scale", type=float, default=None, help="guidance_scale")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
@@ -52,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="device (default: the process's GPU, else cpu)")
     g.add_argument("--dtype", default=None, choices=sorted(_DTYPES), help="load the model in this dtype")
     g = parser.add_argument_group("metrics")
-    g.add_argument("--clip", default="benchmark",
-                   help="CLIP model for CLIP score and CLIP-feature FID: 'benchmark' (default), folder, "
-                        "hub id, or 'none'")
+    g.add_argument("--clip", default="auto",
+                   help="CLIP model for CLIP score and CLIP-feature FID: a folder, hub id, 'benchmark' (the "
+                        "bundled CLIP) or 'none'; default 'auto' = the bundled CLIP for the bundled model, "
+                        "none (the scores are skipped, with a note) for any other")
     g.add_argument("--reference", default="auto",
                    help="FID reference: folder of images, .npz statistics, 'benchmark[:split]', 'none'; "
                         "default 'auto' = the benchmark images for the benchmark model")
@@ -66,6 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+#: The flags of evaluate()'s settings, for its error messages.
+OPTION_NAMES = {"num_prompts": "--num-prompts", "category_column": "--category-column",
+                "call_kwargs": "--call-kwargs"}
 
 
 def _call_kwargs(args: argparse.Namespace) -> dict | None:
@@ -106,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         num_prompts=args.num_prompts,
         prompt_column=args.prompt_column,
+        category_column=args.category_column,
         categories=args.category,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -119,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, _DTYPES[args.dtype]) if args.dtype else None,
         resume=args.resume,
         progress=not args.no_progress,
+        option_names=OPTION_NAMES,
     )
     for r in records:
         print(f"{r['name']:>24}  speed-up {r['speedup']:.2f}x  MACs /{_f(r['macs_ratio'])}  "

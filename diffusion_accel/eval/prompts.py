@@ -71,6 +71,7 @@ def load_prompts(
     categories: Iterable[str] | None = None,
     num: int | None = None,
     seed: int = 0,
+    names: Mapping[str, str] | None = None,
 ) -> list[Prompt]:
     """Read prompts, filter by category, then sample ``num`` of them (seeded, order kept).
 
@@ -83,14 +84,17 @@ def load_prompts(
         num: sample this many prompts (without replacement, ``random.Random(seed)``); ``None``
             keeps all. The sampled prompts stay in source order.
         seed: sampling seed.
+        names: how the caller names ``category_column`` and ``num`` in error messages (a command
+            line passes its flags, e.g. ``{"num": "--num-prompts"}``; default ``category_column=``, ``num=``).
 
     Returns:
         ``list[Prompt]`` (non-empty).
 
     Raises:
         ValueError: missing file or column, empty prompt set, no prompt in the categories,
-            bad ``num``.
+            ``num`` not a positive integer or more than the prompts there are.
     """
+    names = {"category_column": "category_column=", "num": "num=", **(names or {})}
     prompts = _read(source, column, category_column)
     label = _label(source)
     if not prompts:
@@ -101,7 +105,7 @@ def load_prompts(
         if not present:
             raise ValueError(
                 f"A category filter was given but {label} has no category column; "
-                "drop the filter or name the column with category_column=."
+                f"drop the filter or name the column with {names['category_column']}."
             )
         unknown = sorted(wanted - set(present))
         if unknown:
@@ -110,11 +114,21 @@ def load_prompts(
         prompts = [p for p in prompts if p.category in wanted]
     if num is not None:
         if not isinstance(num, int) or num < 1:
-            raise ValueError(f"num must be a positive integer, got {num!r}.")
+            raise ValueError(f"{_given(names['num'], num)}: must be a positive integer.")
+        if num > len(prompts):
+            where = label if categories is None else f"{label} in the categories {sorted(map(str, categories))}"
+            raise ValueError(f"{_given(names['num'], num)} asks for {num} prompts but {where} holds only "
+                             f"{len(prompts)}; ask for at most {len(prompts)}, or leave "
+                             f"{names['num'].rstrip('=')} out to use them all.")
         if num < len(prompts):
             chosen = sorted(random.Random(seed).sample(range(len(prompts)), num))
             prompts = [prompts[i] for i in chosen]
     return prompts
+
+
+def _given(name: str, value: Any) -> str:
+    """``--flag 3`` or ``keyword=3``: how the caller wrote the option ``name``."""
+    return f"{name}{value!r}" if name.endswith("=") else f"{name} {value!r}"
 
 
 def _label(source: Any) -> str:

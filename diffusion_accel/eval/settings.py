@@ -22,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["COST_MEASURES", "EvalSettings", "RunSettings", "check_int", "jsonable", "source_label"]
+__all__ = ["COST_MEASURES", "EvalSettings", "RunSettings", "check_device", "check_int", "check_output_folder",
+           "jsonable", "source_label"]
 
 #: Optional per-variant cost measurements of the evaluation harness (latency is always measured).
 COST_MEASURES = ("macs", "memory", "operators")
@@ -48,6 +50,41 @@ def check_int(name: str, value: Any, minimum: int, hint: str, optional: bool = F
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}.")
+
+
+def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+    """One clear ``ValueError`` unless ``out`` is a folder, or can be created as one, that this process
+    can write to. Nothing is created: a temporary file is made and removed in the nearest existing
+    folder on the path. ``flag`` names the option in the message (``out=`` in Python)."""
+    path = os.path.abspath(os.fspath(out))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {os.fspath(out)!r} is a file, not a folder; choose a folder for {flag}.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {os.fspath(out)!r} cannot be created: {existing!r} is a file; choose a "
+                         f"folder path for {flag}.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {os.fspath(out)!r} is not writable ({existing!r}: {exc.strerror or exc}); choose "
+                         f"a folder you can write to for {flag}.") from None
+
+
+def check_device(device: Any, flag: str = "--device") -> None:
+    """One clear ``ValueError`` unless ``device`` (``None`` = the default) names a device this machine has."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(0, device=torch.device(device))
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        raise ValueError(f"{flag} {str(device)!r} is not available here ({str(exc).splitlines()[0]}); use one of "
+                         f"{available}, or leave {flag} out for the default.") from None
 
 
 @dataclass(frozen=True)
@@ -107,6 +144,9 @@ class RunSettings:
         check_int("batch_size", self.batch_size, 1, "use at least one item per call")
         check_int("num_prompts", self.num_prompts, 1, "sample at least one prompt, or None for all", optional=True)
         check_int("num_steps", self.num_steps, 1, "run at least one denoising step", optional=True)
+        if isinstance(self.call_kwargs, dict):
+            check_int("num_inference_steps (steps)", self.call_kwargs.get("num_inference_steps"), 1,
+                      "run at least one denoising step", optional=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}; it seeds prompt sampling and every item's noise.")
         if self.call_kwargs is not None and not isinstance(self.call_kwargs, dict):
@@ -145,13 +185,17 @@ class EvalSettings(RunSettings):
     Args:
         configs: AccelerationConfig files, frontier files, configs or ``(name, config)`` pairs (see
             :func:`~diffusion_accel.eval.load_configs`); the baseline is always evaluated first.
-        prompt_column, categories: see :func:`~diffusion_accel.eval.load_prompts`.
+        prompt_column, category_column, categories: see :func:`~diffusion_accel.eval.load_prompts`
+            (``column``, ``category_column``, ``categories``).
         reference: FID reference: ``"auto"`` (the benchmark images for the benchmark model, else
             none), ``None``, ``"benchmark[:split]"``, a folder of images or a ``.npz`` of statistics.
         fid_features: ``"clip"``, ``"inception"`` (needs torch-fidelity) or an ``nn.Module``.
         latency_runs, warmup: timed and warm-up calls of the cost measurement.
         dtype: load the model in this dtype (default: its own).
         measure: cost measurements besides latency (:data:`COST_MEASURES`), each one more call.
+        clip: as in :class:`RunSettings`, default ``"auto"``: the bundled CLIP for the bundled model;
+            for any other model CLIP score and CLIP-feature FID are skipped (with a note in the
+            report) unless a CLIP model that fits it is given -- the bundled CLIP only knows digit scenes.
     """
 
     DEFAULT_PROMPTS: ClassVar[str] = "benchmark"
@@ -159,6 +203,7 @@ class EvalSettings(RunSettings):
 
     configs: tuple[Any, ...] = ()
     prompt_column: str | None = None
+    category_column: str | None = None
     categories: tuple[str, ...] | None = None
     reference: Any = "auto"
     fid_features: Any = "clip"
@@ -166,6 +211,7 @@ class EvalSettings(RunSettings):
     warmup: int = 1
     dtype: Any = None
     measure: tuple[str, ...] = COST_MEASURES
+    clip: Any = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "configs", tuple(self.configs))

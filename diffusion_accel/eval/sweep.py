@@ -47,8 +47,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..api import acceleration_restored
+from ..api import acceleration_restored, check_config
+from ..call_inputs import call_argument_default, check_call_arguments
 from ..config import AccelerationConfig
+from ..pipeline_state import with_call_defaults
 from ..utils import atomic_write_json
 from . import metrics as M
 from .fingerprint import model_fingerprint
@@ -63,7 +65,7 @@ from .generate import (
 from .costs import BASELINE, interleaved_latency, latency_environment, macs_counter, measure_costs, use_variant
 from .latency import MacsResult
 from .prompts import Prompt, load_prompts
-from .settings import COST_MEASURES, EvalSettings, jsonable, source_label
+from .settings import COST_MEASURES, EvalSettings, check_device, check_output_folder, jsonable, source_label
 
 __all__ = [
     "BASELINE",
@@ -170,6 +172,14 @@ def _unique_names(configs: list[tuple[str, AccelerationConfig]]) -> list[tuple[s
     return out
 
 
+def check_folder_source(source: str | os.PathLike, what: str, fix: str, label: str | None = None) -> None:
+    """ValueError unless ``source`` is a folder or could be a hub id (not a path: absolute, ``./``,
+    ``~``, or an existing file)."""
+    path = os.fspath(source)
+    if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)):
+        raise ValueError(f"Cannot load {what} from {label or path!r}: no such folder; pass {fix}.")
+
+
 def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None) -> Any:
     """A diffusers pipeline from ``"benchmark"`` (the bundled model), a local folder or a hub id
@@ -184,10 +194,13 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
 
             path = os.fspath(benchmark_model_dir())
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        check_folder_source(path, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub id, "
+                            "or 'benchmark' (--model)", label=name)
         try:
             pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"Cannot load a diffusers pipeline from {name!r}: {first}") from exc
     else:
         pipe = model
         if dtype is not None:
@@ -195,6 +208,33 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def is_bundled_model(model: Any) -> bool:
+    """Whether ``model`` is the bundled benchmark model: ``"benchmark"``, its folder, or a pipeline loaded from it."""
+    if not isinstance(model, (str, os.PathLike)):
+        model = getattr(model, "name_or_path", None)
+        if not isinstance(model, (str, os.PathLike)):
+            return False
+    if os.fspath(model) == "benchmark":
+        return True
+    from ..assets import benchmark_model_dir
+
+    try:
+        return os.path.realpath(os.fspath(model)) == os.path.realpath(benchmark_model_dir())
+    except FileNotFoundError:
+        return False
+
+
+def _resolved_clip(clip: Any, model: Any) -> tuple[Any, str | None]:
+    """``(clip source or None, note)``: ``"auto"`` is the bundled CLIP for the bundled model and no CLIP
+    (with a note saying how to get the scores) for any other model."""
+    if not (isinstance(clip, str) and clip == "auto"):
+        return clip, None
+    if is_bundled_model(model):
+        return "benchmark", None
+    return None, ("clip_score and CLIP-feature FID skipped: the bundled CLIP only knows the bundled model's digit "
+                  "scenes; pass a CLIP model that fits this model with --clip (clip=) to compute them.")
 
 
 def default_call_kwargs(model: Any) -> dict[str, Any]:
@@ -213,16 +253,19 @@ def default_call_kwargs(model: Any) -> dict[str, Any]:
 
 
 def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | None = None, *,
-             settings: EvalSettings | None = None, **options: Any) -> list[dict[str, Any]]:
+             settings: EvalSettings | None = None, option_names: dict[str, str] | None = None,
+             **options: Any) -> list[dict[str, Any]]:
     """Evaluate ``configs`` against the baseline; write results and reports to ``out``.
 
     Takes :class:`~diffusion_accel.eval.settings.EvalSettings` as ``settings=``, or its fields as
     arguments (they replace the fields of ``settings``): ``model``, ``prompts`` (prompt file,
     ``"benchmark[:split]"``, a list), ``configs``, ``out`` (required), ``num_images``,
-    ``num_prompts``, ``prompt_column``, ``categories``, ``seed``, ``num_steps``, ``batch_size``,
-    ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
+    ``num_prompts``, ``prompt_column``, ``category_column``, ``categories``, ``seed``, ``num_steps``,
+    ``batch_size``, ``call_kwargs``, ``clip``, ``reference``, ``fid_features``, ``latency_runs``, ``warmup``,
     ``device``, ``dtype``, ``resume``, ``progress``, ``measure`` -- see the settings for each.
-    A pipeline passed as ``model`` keeps the acceleration it had.
+    A pipeline passed as ``model`` keeps the acceleration it had. ``option_names``: how the caller
+    names the settings in error messages (the command line passes its flags, e.g.
+    ``{"num_prompts": "--num-prompts"}``; default the keywords, ``num_prompts=``).
 
     Returns:
         The records (one per variant, baseline first) on the main process; ``[]`` on the others.
@@ -232,14 +275,19 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     """
     s = EvalSettings.from_arguments(settings, "evaluate", {"model": model, "prompts": prompts, "configs": configs},
                                     options)
+    out = os.fspath(s.out)
+    names = {k: f"{k}=" for k in ("num_prompts", "category_column", "call_kwargs")}
+    names.update(option_names or {})
+    run = _checked_inputs(s, names)  # 1. every input, before anything is loaded, generated or written
     state = distributed_state(s.device)
     device = torch.device(s.device) if s.device is not None else state.device
-    out = os.fspath(s.out)
-    run = _checked_inputs(s)  # 1. every input, before anything is generated
     if s.resume:  # the configs of the run being resumed stay in it; the given ones are added
         run = run._replace(variants=_with_finished_configs(out, run.variants))
-    variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
     pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
+    run = _checked_against_pipeline(pipe, run, names)
+    # The CLIP model loads now (on the CPU), so that a bad one fails before the first image.
+    clip_model = M.load_clip(run.clip) if run.clip is not None and state.is_main_process else None
+    variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
     _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state)
 
     # 2. Generate and measure each variant.
@@ -249,8 +297,10 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
         return []
 
     # 3. Score (main process) and report.
-    clip_model = None if s.clip is None else M.load_clip(s.clip, device=str(device))
-    records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress)
+    if clip_model is not None:
+        clip_model.model.to(device)
+    records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress,
+                     run.clip_note)
     from .report import write_report, write_results
 
     write_results(records, out)
@@ -264,12 +314,23 @@ class _Inputs(NamedTuple):
     items: list[Item]
     call_kwargs: dict[str, Any]
     reference: Any
+    clip: Any  # the CLIP source (``"auto"`` resolved), or None
+    clip_note: str | None  # why there is no CLIP model
 
 
-def _checked_inputs(s: EvalSettings) -> _Inputs:
-    """What a run generates and scores, every input checked."""
-    prompt_list = load_prompts(s.prompts, column=s.prompt_column, categories=s.categories, num=s.num_prompts,
-                               seed=s.seed)
+def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
+    """What a run generates and scores, every input checked (nothing loaded or written)."""
+    check_output_folder(s.out)
+    check_device(s.device)
+    if isinstance(s.model, (str, os.PathLike)) and os.fspath(s.model) != "benchmark":
+        check_folder_source(s.model, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub "
+                            "id, or 'benchmark' (--model)")
+    clip, clip_note = _resolved_clip(s.clip, s.model)
+    if isinstance(clip, (str, os.PathLike)) and os.fspath(clip) != "benchmark":
+        check_folder_source(clip, "a CLIP model", "a CLIP folder, a hub id, 'benchmark' or 'none' (--clip)")
+    prompt_list = load_prompts(s.prompts, column=s.prompt_column, category_column=s.category_column,
+                               categories=s.categories, num=s.num_prompts, seed=s.seed,
+                               names={"num": names["num_prompts"], "category_column": names["category_column"]})
     variants = [(BASELINE, AccelerationConfig())] + load_configs(s.configs)
     items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
     call_kwargs = default_call_kwargs(s.model) if s.call_kwargs is None else dict(s.call_kwargs)
@@ -282,7 +343,24 @@ def _checked_inputs(s: EvalSettings) -> _Inputs:
     _check_reference(reference)
     if isinstance(s.fid_features, str) and s.fid_features != "clip":
         M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here
-    return _Inputs(prompt_list, variants, items, call_kwargs, reference)
+    return _Inputs(prompt_list, variants, items, call_kwargs, reference, clip, clip_note)
+
+
+def _checked_against_pipeline(pipe: Any, run: _Inputs, names: dict[str, str]) -> _Inputs:
+    """``run`` checked against the loaded pipeline: the call takes every argument, every config fits
+    the denoisers and the step count. The checkpoint's own call defaults are added (e.g. no resolution
+    binning for a PixArt checkpoint whose sample size has no bins; see the model adapters)."""
+    run = run._replace(call_kwargs=with_call_defaults(pipe, run.call_kwargs))
+    check_call_arguments(pipe, run.call_kwargs, names["call_kwargs"].rstrip("="))
+    steps = run.call_kwargs.get("num_inference_steps", call_argument_default(pipe, "num_inference_steps"))
+    for name, config in run.variants:
+        if name == BASELINE:
+            continue
+        try:
+            check_config(pipe, config, steps if isinstance(steps, int) else None)
+        except ValueError as exc:
+            raise ValueError(f"Config {name!r} does not fit {type(pipe).__name__}: {exc}") from None
+    return run
 
 
 def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
@@ -296,7 +374,7 @@ def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
         "seed": s.seed,
         "batch_size": s.batch_size,
         "call_kwargs": jsonable(run.call_kwargs),
-        "clip": None if s.clip is None else s.clip.name if isinstance(s.clip, M.Clip) else source_label(s.clip),
+        "clip": None if run.clip is None else run.clip.name if isinstance(run.clip, M.Clip) else source_label(run.clip),
         "reference": None if reference is None else source_label(reference),
         "fid_features": s.fid_features if isinstance(s.fid_features, str) else type(s.fid_features).__name__,
     }
@@ -362,9 +440,12 @@ def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfi
 
 
 def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
+    """Check that ``out`` may take this run and write ``run.json``. A folder whose run failed before
+    any output (``run.json`` and maybe empty folders) is restarted with these settings."""
     path = os.path.join(out, RUN_FILE)
     previous = None
-    if os.path.exists(path):
+    started = os.path.exists(path) and _generated_anything(out)
+    if started:
         try:
             with open(path, encoding="utf-8") as fh:
                 previous = json.load(fh)
@@ -382,11 +463,11 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
-    elif os.path.isdir(out) and os.listdir(out) and not resume:
+    elif not os.path.exists(path) and os.path.isdir(out) and os.listdir(out) and not resume:
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
     # Every process checks the folder before the main process writes run.json into it.
     state.wait_for_everyone()
-    if state.is_main_process and (not os.path.exists(path) or previous != settings):  # new: configs added
+    if state.is_main_process and (not started or previous != settings):  # new run, or configs added
         atomic_write_json(path, settings)
     state.wait_for_everyone()
 
@@ -399,6 +480,15 @@ def _check_same_model(out: str, previous: str | None, current: str) -> None:
                          f"config, weights, dtype or acceleration differ; fingerprint {current[:12]} != "
                          f"{previous[:12]}), and its outputs would be mixed with the old ones. Pass the same model, "
                          "or choose another --out for this one. Nothing was changed.")
+
+
+def _generated_anything(out: str) -> bool:
+    """Whether any variant folder of the run in ``out`` holds a generated output."""
+    for name in os.listdir(out):
+        images = os.path.join(out, name, "images")
+        if os.path.isdir(images) and os.listdir(images):
+            return True
+    return False
 
 
 def latency_spread(latency: dict[str, Any]) -> float:
@@ -430,7 +520,8 @@ def _chunks(out: str, name: str, items: list, manifests: dict[str, dict]):
                [it.prompt for it in chunk])
 
 
-def _score(variants, items, out, costs, clip, reference, fid_features, progress) -> list[dict[str, Any]]:
+def _score(variants, items, out, costs, clip, reference, fid_features, progress,
+           clip_note: str | None = None) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from .generate import read_manifest
@@ -456,7 +547,7 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress)
         if baseline_stats.num_samples < 2:
             baseline_stats = None
     else:
-        notes_common.append("No CLIP model: clip_score and CLIP-feature FID are not computed.")
+        notes_common.append(clip_note or "No CLIP model: clip_score and CLIP-feature FID are not computed.")
     if stats is None:
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]

@@ -32,12 +32,17 @@ import torch
 
 from ..utils import get_submodule_or_none
 
-__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "LatentLayout", "ModelAdapter",
-           "TokenGrid", "forward_argument", "patch_size_2d", "patched_grid_2d"]
+__all__ = ["COMPONENT_KINDS", "CallDefaults", "Component", "BlockIO", "BlockGroup", "Block", "LatentLayout",
+           "ModelAdapter", "TokenGrid", "forward_argument", "patch_size_2d", "patched_grid_2d"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
 TokenGrid = Callable[[torch.nn.Module, tuple, dict], "tuple[int, int, int] | None"]
+
+#: ``fn(pipe, denoiser) -> {argument: (value, reason)}``: pipeline-call arguments a checkpoint of the
+#: family needs when the caller leaves them out (e.g. PixArt checkpoints whose sample size has no
+#: aspect-ratio bins: ``use_resolution_binning=False``), each with a note saying why.
+CallDefaults = Callable[[Any, torch.nn.Module], "dict[str, tuple[Any, str]]"]
 
 #: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
 #: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
@@ -153,6 +158,9 @@ class ModelAdapter:
             tokens spatially (sparse attention's PARO); ``None`` if unknown.
         latent_layout: how the pipeline's latents can be resized between steps
             (:class:`LatentLayout`), or ``None`` if they cannot (then ``latent_layout_note`` says why).
+        call_defaults: pipeline-call arguments a checkpoint needs unless the caller sets them
+            (:data:`CallDefaults`); the tools and the accelerated pipeline classes add them
+            (:func:`diffusion_accel.pipeline_state.with_call_defaults`). ``None``: none.
     """
 
     family: str
@@ -164,6 +172,7 @@ class ModelAdapter:
     token_grid: TokenGrid | None = field(default=None, compare=False)
     latent_layout: LatentLayout | None = field(default=None, compare=False)
     latent_layout_note: str = field(default="", compare=False)
+    call_defaults: CallDefaults | None = field(default=None, compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:

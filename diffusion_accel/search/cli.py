@@ -18,6 +18,7 @@ import os
 import sys
 
 from ..cli import json_object_option
+from ..eval.cli import positive_int
 
 #: ``--reuse`` values: "auto" plus :data:`diffusion_accel.caching.static.REUSE_MODES` (kept literal so that
 #: ``--help`` does not import torch; tests/search/test_cli_reuse.py checks they agree).
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'benchmark' (bundled), 'tiny:<name>', a diffusers folder or a hub id (default: benchmark)")
     parser.add_argument("--prompts", default="benchmark:train",
                         help="calibration prompts: a file or 'benchmark[:split]' (default: benchmark:train)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's settings)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's settings)")
     parser.add_argument("--population", type=int, default=16, help="candidates per generation (>= 2)")
     parser.add_argument("--generations", type=int, default=10, help="generations after the initial one (>= 1)")
     parser.add_argument("--out", default=None, help="output folder (checkpoint, frontier, plots, picked configs)")
@@ -85,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--device", default=None, help="device (default: the process's accelerator, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+#: The flags of search_schedule()'s settings, for its error messages.
+OPTION_NAMES = {"num_prompts": "--num-prompts", "validation_prompts": "--validation-prompts",
+                "call_kwargs": "--call-kwargs"}
 
 
 def _resolution(text: str | None) -> tuple[int, int] | None:
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
-        refine_rounds=args.refine_rounds, **extra,
+        refine_rounds=args.refine_rounds, option_names=OPTION_NAMES, **extra,
     )
     from accelerate import PartialState
 

@@ -46,12 +46,13 @@ from typing import Any
 import numpy as np
 
 from ..api import acceleration_restored, acceleration_state, find_denoisers
-from ..call_inputs import check_call_inputs, item_inputs
+from ..call_inputs import check_call_arguments, check_call_inputs, item_inputs
 from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
 from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
-from ..eval.settings import jsonable
+from ..eval.settings import check_device, check_output_folder, jsonable
+from ..pipeline_state import with_call_defaults
 from ..utils import atomic_write_json
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .distributed import check_agreement, map_tasks
@@ -139,7 +140,8 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
 
 
 def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchSettings | None = None,
-                    callback: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
+                    callback: Callable[[dict[str, Any]], None] | None = None,
+                    option_names: dict[str, str] | None = None, **options: Any) -> SearchResult:
     """Search a Pareto frontier of cache schedules for ``model`` with NSGA-II.
 
     Takes :class:`~diffusion_accel.search.SearchSettings` as ``settings=``, or its fields as arguments
@@ -162,6 +164,9 @@ def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchS
             after each evaluated candidate and ``{"event": "generation", "generation", "frontier"}``
             after each checkpoint (raising from it stops the search; resume continues it).
 
+        option_names: how the caller names the settings in error messages (the command line passes its
+            flags, e.g. ``{"num_prompts": "--num-prompts"}``; default the keywords, ``num_prompts=``).
+
     Returns:
         :class:`SearchResult`.
 
@@ -172,7 +177,9 @@ def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchS
             left untouched.
     """
     s = SearchSettings.from_arguments(settings, "search_schedule", {"model": model, "prompts": prompts}, options)
-    run = _Search.start(s)  # 1.-2.: inputs, pipeline, search space, checkpoint; nothing written yet
+    names = {k: f"{k}=" for k in ("num_prompts", "validation_prompts", "call_kwargs")}
+    names.update(option_names or {})
+    run = _Search.start(s, names)  # 1.-2.: inputs, pipeline, search space, checkpoint; nothing written yet
     with acceleration_restored(run.pipe):
         run.prepare()  # 3.
         with _bar(total=run.total_rounds, initial=min(run.completed, run.total_rounds), desc="generations",
@@ -190,15 +197,21 @@ class _Search:
         self.__dict__.update(fields)
 
     @classmethod
-    def start(cls, s: SearchSettings) -> _Search:
+    def start(cls, s: SearchSettings, names: dict[str, str]) -> _Search:
         """Check every input and load the pipeline; on ``resume`` check the checkpoint matches."""
         wanted = None if s.num_prompts is None else s.num_prompts + s.validation_prompts
-        prompt_list, validation_list = split_prompts(load_prompts(s.prompts, num=wanted, seed=s.seed),
+        num_name = names["num_prompts"] if not s.validation_prompts else \
+            f"{names['num_prompts'].rstrip('=')} + {names['validation_prompts']}"
+        prompt_list, validation_list = split_prompts(load_prompts(s.prompts, num=wanted, seed=s.seed,
+                                                                  names={"num": num_name}),
                                                      s.validation_prompts, s.seed)
         items = make_items(prompt_list, num_images=s.num_images, seed=s.seed)
         call_kwargs = s.resolved_call_kwargs(search_call_kwargs(s.model))
         check_item_call_kwargs(items, call_kwargs, "the search")
         out = os.fspath(s.out) if s.out is not None else None
+        if out is not None:
+            check_output_folder(out)
+        check_device(s.device)
         saved = load_checkpoint(out) if out is not None else None
         if saved is not None and not s.resume:
             raise ValueError(f"{out!r} already holds a schedule search; pass --resume (resume=True) to continue "
@@ -206,6 +219,8 @@ class _Search:
         state = distributed_state(s.device)
         pipe = load_search_pipeline(s.model, device=s.device if s.device is not None else state.device)
         check_call_inputs(pipe, {n for it in items for n in item_inputs(it.call_input())}, "the search's prompts")
+        call_kwargs = with_call_defaults(pipe, call_kwargs)  # what the checkpoint needs (model adapters)
+        check_call_arguments(pipe, call_kwargs, names["call_kwargs"].rstrip("="))
         genome = ScheduleGenome.for_model(pipe, call_kwargs["num_inference_steps"], s.granularity)
         run = cls(s=s, out=out, saved=saved, state=state, pipe=pipe, genome=genome, items=items,
                   validation_list=validation_list, call_kwargs=call_kwargs, targets=[float(t) for t in s.pick_speedups],
