@@ -37,15 +37,17 @@ def positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to evaluate")
     g.add_argument("--model", default="benchmark",
-                   help="'benchmark' (the bundled model, default), a local diffusers folder or a hub id")
+                   help="'benchmark' (the bundled image model, default), 'benchmark-video' (the bundled video "
+                        "model), a local diffusers folder or a hub id")
     g.add_argument("--config", action="append", default=[], metavar="CFG.json",
                    help="an AccelerationConfig JSON file or a search frontier file (repeatable); "
                         "the baseline is always included")
     g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import this module first (e.g. a plug-in that registers a technique)")
     g = parser.add_argument_group("prompts")
-    g.add_argument("--prompts", default="benchmark",
-                   help="prompt file (.txt, .csv, .tsv, .json, .jsonl) or 'benchmark[:split]' (default)")
+    g.add_argument("--prompts", default=None,
+                   help="prompt file (.txt, .csv, .tsv, .json, .jsonl) or 'benchmark[-video][:split]' (default: the "
+                        "bundled model's held-out captions; 'benchmark' for other models)")
     g.add_argument("--prompt-column", default=None, help="prompt column of a CSV/TSV/JSON file")
     g.add_argument("--category", action="append", default=None, help="keep prompts of this category (repeatable)")
     g.add_argument("--category-column", default=None,
@@ -96,10 +98,9 @@ def _call_kwargs(args: argparse.Namespace) -> dict | None:
             kwargs[key] = value
     if not kwargs:
         return None
-    if args.model == "benchmark":
-        from .sweep import default_call_kwargs
+    from .sweep import default_call_kwargs
 
-        kwargs = {**default_call_kwargs("benchmark"), **kwargs}
+    kwargs = {**default_call_kwargs(args.model), **kwargs}
     return kwargs
 
 

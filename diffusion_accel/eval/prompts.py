@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..assets.bundled import bundled_prompt_source
 from ..call_inputs import input_label, item_inputs
 
 __all__ = ["BENCHMARK", "Prompt", "load_prompts"]
@@ -138,8 +139,10 @@ def _label(source: Any) -> str:
 def _read(source: Any, column: str | None, category_column: str | None) -> list[Prompt]:
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if text == BENCHMARK or text.startswith(BENCHMARK + ":"):
-            return _benchmark(text.partition(":")[2] or "heldout")
+        bundled = bundled_prompt_source(text)
+        if bundled is not None:
+            model, split = bundled
+            return _make(list(model.prompts(split)), None)
         return _read_file(text, column, category_column)
     if isinstance(source, Iterable) and not isinstance(source, Mapping):
         items = list(source)
@@ -148,12 +151,6 @@ def _read(source: Any, column: str | None, category_column: str | None) -> list[
                             "e.g. {'class_labels': 207}).")
         return _make(items, None)
     raise TypeError(f"Prompt source must be a path, 'benchmark[:split]' or a list of strings, got {source!r}.")
-
-
-def _benchmark(split: str) -> list[Prompt]:
-    from ..assets import benchmark_prompts
-
-    return _make(list(benchmark_prompts(split)), None)
 
 
 def _read_file(path: str, column: str | None, category_column: str | None) -> list[Prompt]:

@@ -130,8 +130,8 @@ class RunSettings:
     clip: Any = "benchmark"
 
     def __post_init__(self) -> None:
-        if self.prompts is None:
-            object.__setattr__(self, "prompts", self.DEFAULT_PROMPTS)
+        if self.prompts is None:  # the tool's default split of the bundled model's own prompts
+            object.__setattr__(self, "prompts", _default_prompts(self.DEFAULT_PROMPTS, self.model))
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", self.DEFAULT_BATCH_SIZE)
         if isinstance(self.call_kwargs, Mapping):
@@ -232,3 +232,14 @@ class EvalSettings(RunSettings):
         unknown = sorted(set(self.measure) - set(COST_MEASURES)) if not isinstance(self.measure, str) else [self.measure]
         if unknown:
             raise ValueError(f"Unknown cost measure(s) {unknown}; choose from {list(COST_MEASURES)}.")
+
+
+def _default_prompts(default: str, model: Any) -> str:
+    """``default`` (e.g. ``"benchmark:train"``), for a bundled model by name its own prompt set with
+    the same split (``"benchmark-video:train"``)."""
+    from ..assets.bundled import BUNDLED_MODELS
+
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        _, colon, split = default.partition(":")
+        return model + colon + split
+    return default

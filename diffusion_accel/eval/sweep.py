@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..api import acceleration_restored, check_config
+from ..assets.bundled import BUNDLED_MODELS, bundled_model
 from ..call_inputs import call_argument_default, check_call_arguments
 from ..config import AccelerationConfig
 from ..pipeline_state import with_call_defaults
@@ -189,10 +190,8 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
 
         name = os.fspath(model)
         path = name
-        if name == "benchmark":
-            from ..assets import benchmark_model_dir
-
-            path = os.fspath(benchmark_model_dir())
+        if name in BUNDLED_MODELS:
+            path = os.fspath(BUNDLED_MODELS[name].model_dir())
         kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         check_folder_source(path, "a diffusers pipeline", "a diffusers folder (with model_index.json), a hub id, "
                             "or 'benchmark' (--model)", label=name)
@@ -212,18 +211,7 @@ def load_pipeline(model: Any = "benchmark", device: str | torch.device | None = 
 
 def is_bundled_model(model: Any) -> bool:
     """Whether ``model`` is the bundled benchmark model: ``"benchmark"``, its folder, or a pipeline loaded from it."""
-    if not isinstance(model, (str, os.PathLike)):
-        model = getattr(model, "name_or_path", None)
-        if not isinstance(model, (str, os.PathLike)):
-            return False
-    if os.fspath(model) == "benchmark":
-        return True
-    from ..assets import benchmark_model_dir
-
-    try:
-        return os.path.realpath(os.fspath(model)) == os.path.realpath(benchmark_model_dir())
-    except FileNotFoundError:
-        return False
+    return bundled_model(model) is not None
 
 
 def _resolved_clip(clip: Any, model: Any) -> tuple[Any, str | None]:
@@ -231,20 +219,17 @@ def _resolved_clip(clip: Any, model: Any) -> tuple[Any, str | None]:
     (with a note saying how to get the scores) for any other model."""
     if not (isinstance(clip, str) and clip == "auto"):
         return clip, None
-    if is_bundled_model(model):
-        return "benchmark", None
+    entry = bundled_model(model)
+    if entry is not None and entry.clip is not None:
+        return entry.clip, None
     return None, ("clip_score and CLIP-feature FID skipped: the bundled CLIP only knows the bundled model's digit "
                   "scenes; pass a CLIP model that fits this model with --clip (clip=) to compute them.")
 
 
 def default_call_kwargs(model: Any) -> dict[str, Any]:
     """Pipeline arguments the bundled benchmark model is evaluated with (``{}`` for other models)."""
-    if isinstance(model, str) and model == "benchmark":
-        from ..assets import BENCHMARK_GENERATION_KWARGS
-
-        # The benchmark is a PixArt pipeline: caption cleaning needs beautifulsoup and only prints a
-        # warning per call without it; its captions need no cleaning.
-        return {"clean_caption": False, **BENCHMARK_GENERATION_KWARGS}
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        return BUNDLED_MODELS[model].generation_kwargs()
     return {}
 
 
@@ -339,7 +324,8 @@ def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
     check_item_call_kwargs(items, call_kwargs, "the harness")
     reference = s.reference
     if reference == "auto":
-        reference = "benchmark" if isinstance(s.model, str) and s.model == "benchmark" else None
+        reference = BUNDLED_MODELS[s.model].fid_reference if isinstance(s.model, str) and s.model in BUNDLED_MODELS \
+            else None
     _check_reference(reference)
     if isinstance(s.fid_features, str) and s.fid_features != "clip":
         M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here

@@ -32,9 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .nsga import CROSSOVERS
 
     parser.add_argument("--model", default="benchmark",
-                        help="'benchmark' (bundled), 'tiny:<name>', a diffusers folder or a hub id (default: benchmark)")
-    parser.add_argument("--prompts", default="benchmark:train",
-                        help="calibration prompts: a file or 'benchmark[:split]' (default: benchmark:train)")
+                        help="'benchmark' (the bundled image model), 'benchmark-video' (the bundled video model), "
+                        "'tiny:<name>', a diffusers folder or a hub id (default: benchmark)")
+    parser.add_argument("--prompts", default=None,
+                        help="calibration prompts: a file or 'benchmark[-video][:split]' (default: the bundled "
+                        "model's train captions, benchmark:train for other models)")
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's settings)")
     parser.add_argument("--population", type=int, default=16, help="candidates per generation (>= 2)")
     parser.add_argument("--generations", type=int, default=10, help="generations after the initial one (>= 1)")

@@ -133,10 +133,7 @@ def search_call_kwargs(model: Any) -> dict[str, Any]:
         return {k: v for k, v in tiny_call_kwargs(model.split(":", 1)[1]).items() if k not in per_item}
     from ..eval.sweep import default_call_kwargs
 
-    kwargs = dict(default_call_kwargs(model))
-    if model == "benchmark":
-        kwargs.setdefault("clean_caption", False)
-    return kwargs
+    return dict(default_call_kwargs(model))
 
 
 def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchSettings | None = None,
