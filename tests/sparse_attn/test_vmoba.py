@@ -1,6 +1,7 @@
 """VMoBA: partitions, global/threshold selection, exactness at full budget, the config, pipelines."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -86,6 +87,21 @@ def test_gathered_path_gradients_match_the_reference():
         grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
     for a, b in zip(*grads):
         assert (a - b).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors need the Triton interpreter")
+def test_equal_blocks_run_the_triton_kernel_on_the_permuted_tokens(monkeypatch):
+    # grid (2, 4, 8), 2d tiles of 2x4 through both frames: 4 full slots of 16 tokens, a permutation
+    from diffusion_accel.sparse_attn import kernels
+
+    calls = []
+    kernel = kernels.block_sparse_attention_triton
+    monkeypatch.setattr(kernels, "block_sparse_attention_triton", lambda *a: calls.append(1) or kernel(*a))
+    q, k, v = qkv(1, 2, 64, 64, 16, seed=4)
+    out, block_map, layout = vmoba_attention(q, k, v, grid=(2, 4, 8), partition="2d", block_spatial=(2, 4),
+                                             density=0.5, backend="triton", return_block_map=True)
+    assert layout.uniform and layout.slot == 16 and calls
+    assert (out - vmoba_attention_reference(q, k, v, layout, block_map)).abs().max() <= 1e-5
 
 
 # ----------------------------------------------------------------------------- selection
