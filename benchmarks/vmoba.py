@@ -9,6 +9,8 @@ Sections:
   * ``quality``: a tiny random Wan (2 layers, 4 heads x 64; ``sparse_attn.py: _wan_pipeline``) at
     4096 video tokens (512x512, 13 frames), PSNR of the decoded frames against the dense output for
     block_sparse and VMoBA at several densities (first step dense for every method).
+  * ``partitions``: the same model with VMoBA restricted to the 3d partition (two cube sizes), and
+    threshold selection with and without a density cap.
 
 Usage:
     python benchmarks/vmoba.py --out benchmarks/results/vmoba.json
@@ -112,6 +114,19 @@ def main(argv=None) -> dict:
                                                     "selection_scope": scope}
         methods["vmoba_head_cdf0.9"] = {"method": "vmoba", "cdf_threshold": 0.9, "dense_steps": 1}
         result["quality"] = bench_quality(methods, args.steps)
+    if "partitions" in sections:  # the 2-layer model sees only 1d and 2d under the default cycle
+        base = {"method": "vmoba", "dense_steps": 1}
+        methods = {}
+        for dens in (0.5, 0.25):
+            # on this 4-frame grid the default cube (4, 8, 8) is the 2d tile (8, 8) through all frames
+            methods[f"vmoba_3d_{dens}"] = {**base, "density": dens, "partitions": ("3d",)}
+            methods[f"vmoba_3d_2x8x8_{dens}"] = {**base, "density": dens, "partitions": ("3d",),
+                                                 "block_cube": (2, 8, 8)}
+        methods["vmoba_3d_2x8x8_query_0.25"] = {**base, "density": 0.25, "partitions": ("3d",),
+                                                "block_cube": (2, 8, 8), "selection_scope": "query"}
+        methods["vmoba_head_cdf0.5"] = {**base, "cdf_threshold": 0.5}
+        methods["vmoba_head_cdf0.9_cap0.25"] = {**base, "cdf_threshold": 0.9, "density": 0.25}
+        result["partitions"] = bench_quality(methods, args.steps)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -187,7 +187,7 @@ class SparseLayer:
             q, k, v, block_map, block_q, block_k, backend=self.config.backend, need_lse=need_lse
         )
 
-    def video_grid(self, q, layout: TokenLayout, why: str) -> tuple[tuple[int, int, int], tuple[int, int]]:
+    def video_grid(self, q, layout: TokenLayout, why: str, instead: str) -> tuple[tuple, tuple[int, int]]:
         """``(grid, span)`` of this call's image/video tokens (ValueError naming the fix if unknown)."""
         span = layout.span or (0, q.shape[2])
         context = self._context() if self._context is not None else CallContext()
@@ -196,14 +196,14 @@ class SparseLayer:
             raise ValueError(
                 f"{self.name}: {why} needs the token grid of the {span[1] - span[0]} image/video "
                 f"tokens, but the model call gave {context.grid}. Declare how to read it in the model's adapter "
-                "(ModelAdapter(..., token_grid=fn))."
+                f"(ModelAdapter(..., token_grid=fn)) or use {instead}."
             )
         return grid, span
 
     def vmoba_layout(self, q, layout: TokenLayout) -> BlockLayout:
         """The :class:`~diffusion_accel.sparse_attn.vmoba_blocks.BlockLayout` of this block and call."""
         cfg = self.config
-        grid, span = self.video_grid(q, layout, "method='vmoba'")
+        grid, span = self.video_grid(q, layout, "method='vmoba'", "method='block_sparse'")
         kind = cfg.partition(self.block_index)
         key = (grid, span, q.shape[2], kind, q.device)
         if key not in self.vmoba_layouts:
@@ -213,7 +213,7 @@ class SparseLayer:
 
     def _paro_permutation(self, q, k, layout: TokenLayout) -> torch.Tensor:
         seq = q.shape[2]
-        grid, span = self.video_grid(q, layout, "reorder='paro' (or use reorder='none')")
+        grid, span = self.video_grid(q, layout, "reorder='paro'", "reorder='none'")
         key = (grid, span, q.shape[1])
         if key not in self.paro_orders:
             block_q, block_k = self.block_shape(q)

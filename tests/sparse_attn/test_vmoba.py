@@ -217,6 +217,15 @@ def test_video_pipeline_at_half_density_stays_close_to_dense(name, max_bound, me
     assert 0 < diff.max() <= max_bound and diff.mean() <= mean_bound
 
 
+def test_layer_without_a_token_grid_is_a_clear_error():
+    from diffusion_accel.sparse_attn.layer import SparseLayer, TokenLayout
+
+    layer = SparseLayer("blocks.0.attn1", 0, SparseAttentionConfig(method="vmoba"), head_dim=8)
+    q, k, v = qkv(1, 1, 32, 32, 8)
+    with pytest.raises(ValueError, match="token grid.*token_grid=fn"):
+        layer.attend(q, k, v, TokenLayout())
+
+
 def test_image_pipeline_needs_a_partition_cycle_without_1d():
     pipe = tiny_pipeline("pixart-alpha")
     _apply(pipe, density=0.5)
