@@ -5,6 +5,8 @@
 * :class:`SparseAttentionConfig` — ``AccelerationConfig(attention=SparseAttentionConfig(...))``:
   block-sparse (+ PARO reordering), SLA, Re-ttention, linear attention, through diffusers
   attention processors for PixArt, SD3, Flux, CogVideoX, Wan and SD1.5.
+* :func:`vmoba_attention` — VMoBA: 1d/2d/3d partitions of the video token grid, global and
+  threshold block selection (``method="vmoba"``).
 * :func:`sla_parameters`, :func:`fit_sla_projections` — SLA's fine-tuning hooks.
 
 Example:
@@ -23,6 +25,7 @@ from .linear import linear_attention
 from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
 from .technique import apply_sparse_attention, sparse_layers
 from .training import fit_sla_projections, sla_parameters
+from .vmoba import vmoba_attention
 
 __all__ = [
     "METHODS",
@@ -35,4 +38,5 @@ __all__ = [
     "sla_attention",
     "sla_parameters",
     "sparse_layers",
+    "vmoba_attention",
 ]

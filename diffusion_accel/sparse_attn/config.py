@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from ..techniques import TechniqueConfig
 from ._validate import check_block_size, check_fraction, check_selection
 from .features import FEATURE_MAPS
+from .vmoba_blocks import PARTITION_KINDS
+from .vmoba_select import SCOPES
 
 __all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
 
@@ -22,9 +24,14 @@ __all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
 #: ``sla``: critical blocks exact + marginal blocks linear (+ zero-initialised projection).
 #: ``rettention``: sparse attention rescaled with statistics cached at the last dense step.
 #: ``linear``: linear attention in the chosen layers (``blocks``).
-METHODS = ("block_sparse", "sla", "rettention", "linear")
+#: ``vmoba``: VMoBA: blocks of layer-wise cycled 1d/2d/3d partitions of the video token grid,
+#: selected per query block, per head or over all heads, by budget and/or score threshold.
+METHODS = ("block_sparse", "sla", "rettention", "linear", "vmoba")
 REORDERS = ("none", "paro")
 BACKEND_NAMES = ("auto", "torch", "triton", "reference")
+
+
+_VMOBA_FIELDS = ("partitions", "block_frames", "block_spatial", "block_cube", "selection_scope")
 
 
 def _check_int_tuple(name: str, value) -> None:
@@ -86,13 +93,23 @@ class SparseAttentionConfig(TechniqueConfig):
     skip_fraction: float = 0.0
     feature_map: str = "softmax"
     backend: str = "auto"
+    partitions: tuple[str, ...] = ("1d", "2d", "3d")
+    block_frames: int = 1
+    block_spatial: tuple[int, int] = (8, 8)
+    block_cube: tuple[int, int, int] = (4, 8, 8)
+    selection_scope: str = "head"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"SparseAttentionConfig.method must be one of {METHODS}; got {self.method!r}.")
         if self.density is None and self.topk is None and self.cdf_threshold is None:
             object.__setattr__(self, "density", 0.25)
-        check_selection(self.density, self.topk, self.cdf_threshold)
+        self._check_vmoba()
+        if self.method == "vmoba" and self.cdf_threshold is not None and self.density is not None:
+            check_selection(None, None, self.cdf_threshold)
+            check_fraction("density", self.density)
+        else:
+            check_selection(self.density, self.topk, self.cdf_threshold)
         for name in ("block_q", "block_k"):
             if getattr(self, name) is not None:
                 check_block_size(name, getattr(self, name))
@@ -121,8 +138,47 @@ class SparseAttentionConfig(TechniqueConfig):
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be one of {BACKEND_NAMES}; got {self.backend!r}.")
 
+    def _check_vmoba(self) -> None:
+        for name in ("partitions", "block_spatial", "block_cube"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        defaults = {f: SparseAttentionConfig.__dataclass_fields__[f].default for f in _VMOBA_FIELDS}
+        if self.method != "vmoba":
+            changed = [f for f, d in defaults.items() if getattr(self, f) != d]
+            if changed:
+                raise ValueError(f"{changed} only apply to method='vmoba' (got method={self.method!r}); "
+                                 "remove them or set method='vmoba'.")
+            return
+        if not self.partitions or any(p not in PARTITION_KINDS for p in self.partitions):
+            raise ValueError(f"partitions must be a non-empty tuple of {sorted(PARTITION_KINDS)} (the cycle "
+                             f"over blocks, e.g. ('1d', '2d', '3d')); got {self.partitions!r}.")
+        for name, length in (("block_frames", None), ("block_spatial", 2), ("block_cube", 3)):
+            value = getattr(self, name)
+            items = (value,) if length is None else value
+            if (length is not None and (not isinstance(value, tuple) or len(value) != length)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in items
+            ):
+                shape = "a positive int" if length is None else f"a tuple of {length} positive ints"
+                raise ValueError(f"{name} must be {shape} (tokens per block side); got {value!r}.")
+        if self.selection_scope not in SCOPES:
+            raise ValueError(f"selection_scope must be one of {sorted(SCOPES)}; got {self.selection_scope!r}.")
+        for name, why in (("block_q", "block sizes come from block_frames/block_spatial/block_cube"),
+                          ("block_k", "block sizes come from block_frames/block_spatial/block_cube"),
+                          ("similarity_threshold", "it has no self-similarity guard")):
+            if getattr(self, name) is not None:
+                raise ValueError(f"method='vmoba' does not use {name} ({why}); leave it None.")
+        if self.reorder != "none":
+            raise ValueError("method='vmoba' partitions the token grid itself; use reorder='none'.")
+
+    def partition(self, block_index: int) -> str:
+        """VMoBA: the partition (``"1d"``/``"2d"``/``"3d"``) of block ``block_index``."""
+        return self.partitions[block_index % len(self.partitions)]
+
     def selection(self) -> dict:
-        """The block-selection keyword (``density``, ``topk`` or ``cdf_threshold``) as a dict."""
+        """The block-selection keyword (``density``, ``topk`` or ``cdf_threshold``) as a dict
+        (VMoBA: ``cdf_threshold`` and the ``density`` capping it)."""
+        if self.method == "vmoba":
+            return {n: getattr(self, n) for n in ("density", "topk", "cdf_threshold") if getattr(self, n) is not None}
         for name in ("density", "topk", "cdf_threshold"):
             if getattr(self, name) is not None:
                 return {name: getattr(self, name)}

@@ -12,7 +12,9 @@ whether the call is dense, applies PARO reordering, and runs the configured meth
   block map, the softmax-denominator ratio ``r = sum_sparse exp / sum_all exp`` per query and the
   residual ``o_dense - r * o_sparse``; at sparse steps returns ``r * o_sparse + residual``
   (exactly dense when q, k, v did not change);
-* ``linear``: linear attention.
+* ``linear``: linear attention;
+* ``vmoba``: VMoBA: the block's partition (``config.partition(block_index)``) of the call's token
+  grid, blocks selected within ``selection_scope`` (``vmoba.py``); text tokens stay dense.
 
 Example:
     >>> import torch
@@ -41,6 +43,9 @@ from .defaults import resolve_block_shape
 from .masks import block_constraints, block_density, block_scores, select_blocks
 from .ops import run_block_sparse, sla_block_maps, sla_branches
 from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
+from .vmoba import run_vmoba
+from .vmoba_blocks import BlockLayout, partition_layout
+from .vmoba_select import vmoba_block_map
 
 __all__ = ["LAYER_METHODS", "SparseLayer", "TokenLayout", "dense_with_lse"]
 
@@ -117,6 +122,7 @@ class SparseLayer:
             torch.nn.init.zeros_(self.proj.weight)
             torch.nn.init.zeros_(self.proj.bias)
         self.paro_orders: dict[tuple, torch.Tensor] = {}
+        self.vmoba_layouts: dict[tuple, BlockLayout] = {}
         self.sla_fit: _RidgeFit | None = None
         self.stats = {"sparse_calls": 0, "dense_calls": 0, "density_sum": 0.0}
         self.cache: dict[str, tuple] = {}
@@ -181,17 +187,33 @@ class SparseLayer:
             q, k, v, block_map, block_q, block_k, backend=self.config.backend, need_lse=need_lse
         )
 
-    def _paro_permutation(self, q, k, layout: TokenLayout) -> torch.Tensor:
-        seq = q.shape[2]
-        span = layout.span or (0, seq)
+    def video_grid(self, q, layout: TokenLayout, why: str, instead: str) -> tuple[tuple, tuple[int, int]]:
+        """``(grid, span)`` of this call's image/video tokens (ValueError naming the fix if unknown)."""
+        span = layout.span or (0, q.shape[2])
         context = self._context() if self._context is not None else CallContext()
         grid = grid_for_tokens(context.grid, span[1] - span[0])
         if grid is None:
             raise ValueError(
-                f"{self.name}: reorder='paro' needs the token grid of the {span[1] - span[0]} image/video "
+                f"{self.name}: {why} needs the token grid of the {span[1] - span[0]} image/video "
                 f"tokens, but the model call gave {context.grid}. Declare how to read it in the model's adapter "
-                "(ModelAdapter(..., token_grid=fn)) or use reorder='none'."
+                f"(ModelAdapter(..., token_grid=fn)) or use {instead}."
             )
+        return grid, span
+
+    def vmoba_layout(self, q, layout: TokenLayout) -> BlockLayout:
+        """The :class:`~diffusion_accel.sparse_attn.vmoba_blocks.BlockLayout` of this block and call."""
+        cfg = self.config
+        grid, span = self.video_grid(q, layout, "method='vmoba'", "method='block_sparse'")
+        kind = cfg.partition(self.block_index)
+        key = (grid, span, q.shape[2], kind, q.device)
+        if key not in self.vmoba_layouts:
+            sizes = (cfg.block_frames, cfg.block_spatial, cfg.block_cube)
+            self.vmoba_layouts[key] = partition_layout(grid, kind, sizes, seq=q.shape[2], span=span).to(q.device)
+        return self.vmoba_layouts[key]
+
+    def _paro_permutation(self, q, k, layout: TokenLayout) -> torch.Tensor:
+        seq = q.shape[2]
+        grid, span = self.video_grid(q, layout, "reorder='paro'", "reorder='none'")
         key = (grid, span, q.shape[1])
         if key not in self.paro_orders:
             block_q, block_k = self.block_shape(q)
@@ -249,10 +271,21 @@ def _linear(layer: SparseLayer, q, k, v, layout):
     return linear_attention(q, k, v, feature_map=layer.config.feature_map)
 
 
+def _vmoba(layer: SparseLayer, q, k, v, layout):
+    cfg = layer.config
+    blocks = layer.vmoba_layout(q, layout)
+    block_map = vmoba_block_map(q, k, blocks, scope=cfg.selection_scope, **cfg.selection())
+    layer.stats["sparse_calls"] += 1
+    video = ~blocks.dense
+    layer.stats["density_sum"] += float(block_map[..., video, :][..., video].float().mean())
+    return run_vmoba(q, k, v, blocks, block_map, backend=cfg.backend)
+
+
 #: method name -> fn(layer, q, k, v, layout) -> out
 LAYER_METHODS: dict[str, Callable] = {
     "block_sparse": _block_sparse,
     "sla": _sla,
     "rettention": _rettention,
     "linear": _linear,
+    "vmoba": _vmoba,
 }
