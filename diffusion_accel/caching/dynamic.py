@@ -1,17 +1,35 @@
-"""Dynamic caching (FBCache / TeaCache / MagCache family): skip the deep blocks when the first
-block's output barely changed since the previous step.
+"""Dynamic caching (FBCache / TeaCache / MagCache family): skip the blocks of a denoiser call
+while a cheap signal says its output will barely change since the last computed step.
 
-At every denoiser call the first block runs. Its residual (output - input; for UNets, its
-output) is compared with the previous step's: the relative L1 change is **accumulated** over
-consecutive skipped steps, and while the accumulated change stays below ``threshold`` (and
-fewer than ``max_consecutive_skips`` steps in a row were skipped) the remaining blocks are
-skipped:
+The skip rule is a **policy** chosen by name (``DynamicCacheConfig(policy=...)``, registry in
+:mod:`.policies`):
+
+* ``"first_block"`` (default): the first block runs at every call; the relative L1 change of its
+  residual (output - input; for UNets, its output) since the previous step is **accumulated**
+  over consecutive skipped steps, and the remaining blocks are skipped while the sum stays below
+  ``threshold``;
+* ``"teacache"``: the first block's timestep-modulated input (from the model adapter) is compared
+  with the previous step's, its relative L1 change rescaled by a calibrated polynomial
+  (:func:`~.calibrate.calibrate_teacache`) and accumulated; every block is skipped while the sum
+  stays below ``threshold``;
+* ``"magcache"``: the calibrated per-step magnitude ratios of the blocks' residual
+  (:func:`~.calibrate.calibrate_magcache`) give the error of reusing it; every block is skipped
+  while the accumulated error stays at most ``threshold``.
+
+Every policy skips at most ``max_consecutive_skips`` steps in a row, never in the first
+``warmup_steps`` nor the last ``final_steps``. What a skipped call returns:
 
 * transformers (every block group declares a ``BlockIO``): the skipped blocks pass their input
   through and the last block adds the residual the skipped blocks produced at the last
   computed step (for both streams of MMDiT blocks);
-* UNets: all blocks but the first and the last return their outputs from the last computed
-  step (DeepCache-like reuse), so the outermost blocks stay fresh.
+* UNets (``"first_block"`` only): all blocks but the first and the last return their outputs from
+  the last computed step (DeepCache-like reuse), so the outermost blocks stay fresh.
+
+Decisions are per guidance branch and, by default, per batch (the signal's change over the whole
+batch). With ``decide_per="sample"`` each sample (row of the denoiser's batch; both guidance
+halves of a batched-CFG call are rows too) keeps its own accumulators and the call skips only if
+every row may skip: when some rows would skip and others compute, **all rows are computed** (the
+blocks are not run on a slice of the batch) and every row's accumulation restarts.
 
 State is kept per guidance branch, cleared at the start of each pipeline call and released at its
 end (``report()["cache_bytes"]`` is then 0; ``"peak_cache_bytes"`` is what the last call held).
@@ -32,6 +50,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.hooks import ModelHook
 
@@ -43,25 +62,39 @@ from .block_io import block_argument as _argument
 from .block_io import block_streams as _streams
 from .block_io import pack_block_output as _pack
 from .block_io import sub_stream as _sub
+from .policies import SkipPolicy, skip_policy, skip_policy_names
 from .state import tensor_bytes
 from .static import scheduler_num_steps
 
-__all__ = ["DynamicCacheConfig", "apply_dynamic_cache"]
+__all__ = ["DECISION_UNITS", "DynamicCacheConfig", "apply_dynamic_cache"]
 
 _HOOK_NAME = "dynamic_cache"
+
+#: Values of :attr:`DynamicCacheConfig.decide_per`.
+DECISION_UNITS = ("batch", "sample")
 
 
 @dataclass(frozen=True)
 class DynamicCacheConfig(TechniqueConfig):
-    """Skip the remaining blocks while the first block's residual changes little.
+    """Skip the blocks of a denoiser call while the chosen policy's signal changes little.
 
     Args:
-        threshold: skip while the accumulated relative L1 change of the first block's residual
-            since the last computed step is below this (larger = faster, lossier).
+        threshold: skip while the policy's accumulated change (``"first_block"``, ``"teacache"``) is below
+            this, or its accumulated error (``"magcache"``) at most this (larger = faster, lossier).
         max_consecutive_skips: never skip more than this many steps in a row.
         warmup_steps: the first steps always compute (at least 1).
         final_steps: the last steps always compute (needs the call's step count, read from
             the pipeline's scheduler: see :func:`~diffusion_accel.caching.static.scheduler_num_steps`).
+        policy: the skip rule, a name registered in :mod:`.policies`: ``"first_block"`` (default),
+            ``"teacache"`` or ``"magcache"``.
+        decide_per: ``"batch"`` (default: one decision from the whole batch's change) or ``"sample"``
+            (each row of the batch accumulates its own change; the call skips only if all rows may).
+        teacache_coefficients: ``policy="teacache"`` only: polynomial (numpy order, highest degree first)
+            mapping the modulated input's relative L1 change to the output's; fitted by
+            :func:`~.calibrate.calibrate_teacache`.
+        magcache_ratios: ``policy="magcache"`` only: per-step mean magnitude ratio of the blocks'
+            residual to the previous step's (step 0: 1.0); measured by :func:`~.calibrate.calibrate_magcache`.
+            Resampled linearly for calls with another step count.
     """
 
     field_name = "cache"
@@ -70,6 +103,10 @@ class DynamicCacheConfig(TechniqueConfig):
     max_consecutive_skips: int = 3
     warmup_steps: int = 1
     final_steps: int = 0
+    policy: str = "first_block"
+    decide_per: str = "batch"
+    teacache_coefficients: tuple[float, ...] = ()
+    magcache_ratios: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
@@ -78,16 +115,35 @@ class DynamicCacheConfig(TechniqueConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        if self.decide_per not in DECISION_UNITS:
+            raise ValueError(f"decide_per must be one of {list(DECISION_UNITS)}, got {self.decide_per!r}.")
+        for name in ("teacache_coefficients", "magcache_ratios"):
+            object.__setattr__(self, name, _numbers(name, getattr(self, name)))
+        policy = skip_policy(self.policy)
+        for other in skip_policy_names():
+            for name in skip_policy(other).config_fields:
+                if name not in policy.config_fields and getattr(self, name):
+                    raise ValueError(f"{name} only applies to policy={other!r} (got policy={self.policy!r}); "
+                                     f"pass policy={other!r} or drop {name}.")
+        policy.check_config(self)
+
+
+def _numbers(name: str, values: Any) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) for v in values):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}.")
+    return tuple(float(v) for v in values)
 
 
 @dataclass
 class _BranchState:
     previous_signal: torch.Tensor | None = None
-    accumulated: float = 0.0
+    accumulators: dict[str, np.ndarray] | None = None  # the policy's, since the last computed step
     consecutive_skips: int = 0
     skipping: bool = False
-    head_output: tuple[Any, Any] = (None, None)  # first block's output streams this call
-    tail_residual: tuple[Any, Any] = (None, None)  # last - first block output, last computed step
+    # first block's output streams this call (policies deciding before it: its input streams)
+    head_output: tuple[Any, Any] = (None, None)
+    tail_residual: tuple[Any, Any] = (None, None)  # last block output - head_output, last computed step
     block_outputs: dict[int, Any] = field(default_factory=dict)  # reuse mode
 
     def tensor_bytes(self) -> int:
@@ -97,9 +153,11 @@ class _BranchState:
 class _Controller:
     """Shared decision state of one denoiser's block hooks."""
 
-    def __init__(self, config: DynamicCacheConfig, tracker: StepTracker, blocks: list[Block], pipe: Any):
+    def __init__(self, config: DynamicCacheConfig, denoiser: Denoiser, blocks: list[Block], pipe: Any):
         self.config = config
-        self.tracker = tracker
+        self.policy: SkipPolicy = skip_policy(config.policy)
+        self.adapter = denoiser.adapter
+        self.tracker = denoiser.tracker
         self.first = blocks[0].index
         self.last = blocks[-1].index
         self.residual_mode = all(b.group.io is not None for b in blocks)
@@ -147,22 +205,33 @@ class _Controller:
             self.peak_bytes = self.held_bytes()
         return self._pass_steps
 
-    def decide(self, signal: torch.Tensor) -> bool:
-        """Record the first block's signal; return True to skip the remaining blocks."""
-        state, call, cfg = self.state(), self.tracker.current, self.config
-        signal = signal.detach()
-        previous, state.previous_signal = state.previous_signal, signal
+    def decide(self, signal: torch.Tensor | None) -> bool:
+        """Record the policy's signal (``None`` if it has none); return True to skip the blocks."""
+        state, call, cfg, policy = self.state(), self.tracker.current, self.config, self.policy
+        previous = None
+        ready = True
+        if policy.signal is not None:
+            signal = signal.detach()
+            previous, state.previous_signal = state.previous_signal, signal
+            ready = previous is not None and previous.shape == signal.shape
+        if policy.before_first_block:
+            ready = ready and state.tail_residual[0] is not None
         total = self.total_steps()
         skip = False
-        if previous is not None and previous.shape == signal.shape and call.step >= cfg.warmup_steps:
+        if ready and call.step >= cfg.warmup_steps:
             in_final = total is not None and cfg.final_steps > 0 and call.step >= total - cfg.final_steps
             if not in_final and state.consecutive_skips < cfg.max_consecutive_skips:
-                change = float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
-                skip = state.accumulated + change < cfg.threshold
+                change = None if previous is None else self._change(previous, signal)
+                rows = 1 if change is None else len(change)
+                accumulators = state.accumulators
+                if accumulators is None or any(len(v) != rows for v in accumulators.values()):
+                    accumulators = policy.initial(rows)
+                candidate, rows_skip = policy.propose(cfg, accumulators, change, call.step, total)
+                skip = bool(np.all(rows_skip))
                 if skip:
-                    state.accumulated += change
+                    state.accumulators = candidate
         if not skip:
-            state.accumulated = 0.0
+            state.accumulators = None
             state.consecutive_skips = 0
         else:
             state.consecutive_skips += 1
@@ -171,6 +240,13 @@ class _Controller:
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
         self.record_bytes()
         return skip
+
+    def _change(self, previous: torch.Tensor, signal: torch.Tensor) -> np.ndarray:
+        """Relative L1 change of the signal: over the whole batch (1 row) or per sample (batch rows)."""
+        if self.config.decide_per == "batch":
+            return np.array([float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))])
+        change = (signal - previous).abs().flatten(1).mean(1) / previous.abs().flatten(1).mean(1).clamp_min(1e-12)
+        return change.double().cpu().numpy()
 
 
 class DynamicBlockHook(ModelHook):
@@ -201,8 +277,10 @@ class DynamicBlockHook(ModelHook):
         """The block's output when the remaining blocks are skipped at this call, else ``None``."""
         ctl = self.controller
         index = self.block.index
-        if ctl.tracker.current is None or index == ctl.first:
+        if ctl.tracker.current is None:
             return None
+        if index == ctl.first:
+            return self._decide_before(module, args, kwargs) if ctl.policy.before_first_block else None
         state = ctl.state()
         if not state.skipping:
             return None
@@ -217,6 +295,17 @@ class DynamicBlockHook(ModelHook):
             return state.block_outputs.get(index)
         return None
 
+    def _decide_before(self, module, args, kwargs) -> Any:
+        """First block, policy deciding before it: pass the input through if skipping, else keep it."""
+        ctl = self.controller
+        hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
+        encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
+        signal = ctl.adapter.modulated_input(module, args, kwargs) if ctl.policy.signal == "modulated_input" else None
+        if ctl.decide(signal):
+            return _pack(self.io, hidden, encoder)
+        ctl.state().head_output = (hidden, encoder)
+        return None
+
     @torch.compiler.disable
     def _ran(self, module, args, kwargs, output) -> None:
         ctl = self.controller
@@ -225,6 +314,8 @@ class DynamicBlockHook(ModelHook):
         index = self.block.index
         state = ctl.state()
         if index == ctl.first:
+            if ctl.policy.before_first_block:
+                return  # decided (and kept the input) in _decide_before
             if ctl.residual_mode:
                 hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
                 hidden_out, encoder_out = _streams(self.io, output)
@@ -258,14 +349,17 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
         blocks = denoiser.blocks()
         if len(blocks) < 2:
             raise ValueError(f"Dynamic caching needs at least 2 blocks; {denoiser.name} has {len(blocks)}.")
-        controller = _Controller(config, denoiser.tracker, blocks, pipe)
+        controller = _Controller(config, denoiser, blocks, pipe)
+        controller.policy.check_denoiser(denoiser.adapter, controller.residual_mode)
         controllers.append(controller)
-        for block in blocks:
+    for controller, denoiser in zip(controllers, denoisers):
+        for block in denoiser.blocks():
             hooks.add(block.module, DynamicBlockHook(controller, block))
     hooks.added()
 
     def report() -> dict[str, Any]:
         return {
+            "policy": config.policy,
             # bytes held now (released at the end of every pipeline call) / most held during the last call
             "cache_bytes": sum(c.held_bytes() for c in controllers),
             "peak_cache_bytes": sum(c.peak_bytes for c in controllers),

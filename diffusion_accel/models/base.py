@@ -32,12 +32,17 @@ import torch
 
 from ..utils import get_submodule_or_none
 
-__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "TokenGrid",
-           "forward_argument", "patched_grid_2d"]
+__all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "ModulatedInput",
+           "TokenGrid", "forward_argument", "patched_grid_2d"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
 TokenGrid = Callable[[torch.nn.Module, tuple, dict], "tuple[int, int, int] | None"]
+
+#: ``fn(block, args, kwargs) -> tensor``: the timestep-modulated input of a block — the input of its
+#: first attention after the adaLN modulation by the timestep embedding, ``(B, tokens, dim)`` —
+#: computed from the block's call ``(args, kwargs)`` without running the block (TeaCache's signal).
+ModulatedInput = Callable[[torch.nn.Module, tuple, dict], torch.Tensor]
 
 #: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
 #: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
@@ -129,6 +134,9 @@ class ModelAdapter:
         token_grid: how to read the latent token grid ``(frames, height, width)`` of a call from its
             inputs (:data:`TokenGrid`; e.g. :func:`patched_grid_2d`), for techniques that reorder
             tokens spatially (sparse attention's PARO); ``None`` if unknown.
+        modulated_input: how to compute a block's timestep-modulated input from its call
+            (:data:`ModulatedInput`), for dynamic caching's ``policy="teacache"``; ``None`` if the
+            family has none (UNets) or it is not described yet.
     """
 
     family: str
@@ -138,6 +146,7 @@ class ModelAdapter:
     timestep_scale: float = 1.0
     notes: str = field(default="", compare=False)
     token_grid: TokenGrid | None = field(default=None, compare=False)
+    modulated_input: ModulatedInput | None = field(default=None, compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:

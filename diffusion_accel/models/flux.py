@@ -29,6 +29,16 @@ def flux_token_grid(model, args, kwargs):
     return (1, int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
 
 
+def flux_modulated_input(block, args, kwargs):
+    """Image-stream input of a Flux block's attention: its adaLN-Zero ``norm1(hidden_states, emb=temb)`` (the
+    first output; double-stream blocks' ``AdaLayerNormZero`` and single-stream blocks'
+    ``AdaLayerNormZeroSingle`` both return it first). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    norm = block.norm1 if hasattr(block, "norm1") else block.norm
+    return norm(hidden, emb=temb)[0]
+
+
 FLUX_ADAPTER = ModelAdapter(
     family="flux",
     groups=(
@@ -55,6 +65,7 @@ FLUX_ADAPTER = ModelAdapter(
     text_tokens_first=True,
     timestep_scale=1e-3,  # the pipelines pass t / 1000; the model multiplies by 1000
     token_grid=flux_token_grid,
+    modulated_input=flux_modulated_input,
 )
 
 register_model_adapter(FluxTransformer2DModel, FLUX_ADAPTER)

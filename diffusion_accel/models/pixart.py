@@ -2,8 +2,19 @@
 
 from diffusers import PixArtTransformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter, patched_grid_2d
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument, patched_grid_2d
 from .registry import register_model_adapter
+
+
+def pixart_modulated_input(block, args, kwargs):
+    """Input of a PixArt block's self-attention: ``norm1(x) * (1 + scale_msa) + shift_msa``, the adaLN-single
+    modulation whose shift/scale are the block's ``scale_shift_table`` plus its ``timestep`` argument
+    (the transformer's ``adaln_single`` embedding, ``(B, 6 * dim)``). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    timestep = forward_argument(block, "timestep", args, kwargs)
+    shift, scale = (block.scale_shift_table[None] + timestep.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)[:2]
+    return block.norm1(hidden) * (1 + scale) + shift
+
 
 PIXART_ADAPTER = ModelAdapter(
     family="pixart",
@@ -20,6 +31,7 @@ PIXART_ADAPTER = ModelAdapter(
         ),
     ),
     token_grid=patched_grid_2d,
+    modulated_input=pixart_modulated_input,
 )
 
 register_model_adapter(PixArtTransformer2DModel, PIXART_ADAPTER)
