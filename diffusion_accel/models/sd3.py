@@ -7,8 +7,17 @@ FFN (absent in the last, context-pre-only block).
 
 from diffusers import SD3Transformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, ModelAdapter, patched_grid_2d
+from .base import BlockGroup, BlockIO, Component, ModelAdapter, forward_argument, patched_grid_2d
 from .registry import register_model_adapter
+
+
+def sd3_modulated_input(block, args, kwargs):
+    """Image-stream input of an SD3 block's joint attention: its adaLN-Zero ``norm1(hidden_states, emb=temb)``
+    (first output; also for SD3.5's ``SD35AdaLayerNormZeroX``). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    return block.norm1(hidden, emb=temb)[0]
+
 
 SD3_ADAPTER = ModelAdapter(
     family="sd3",
@@ -31,6 +40,7 @@ SD3_ADAPTER = ModelAdapter(
     ),
     text_tokens_first=False,
     token_grid=patched_grid_2d,
+    modulated_input=sd3_modulated_input,
 )
 
 register_model_adapter(SD3Transformer2DModel, SD3_ADAPTER)

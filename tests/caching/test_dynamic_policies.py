@@ -45,7 +45,7 @@ def test_threshold_zero_is_bit_identical(name, policy, run_pipe):
     assert report["steps_skipped"] == 0 and report["policy"] == policy
 
 
-@pytest.mark.parametrize("name", ["pixart-alpha", "flux"])
+@pytest.mark.parametrize("name", ["pixart-alpha", "flux", "sd3", "cogvideox", "wan"])
 @pytest.mark.parametrize("policy", ["teacache", "magcache"])
 def test_large_threshold_skips_every_block_and_counts(name, policy, run_pipe):
     """Huge threshold, at most 1 skip in a row: steps 1 and 3 of 5 skip every block, the first one too."""
@@ -198,7 +198,7 @@ def test_unet_refuses_whole_stack_policies(policy):
 
 
 def test_family_without_modulated_input_names_the_fix():
-    pipe = tiny_pipeline("sd3")  # the SD3 adapter does not describe its modulated input
+    pipe = tiny_pipeline("dit")  # the DiT adapter does not describe its modulated input
     with pytest.raises(ValueError, match="Use policy='first_block' or policy='magcache'"):
         _apply(pipe, **POLICY_KWARGS["teacache"])
 
