@@ -24,18 +24,15 @@ or one per sample with ``decide_per="sample"``) as float64 numpy arrays: :meth:`
 returns the candidate accumulators and the rows that would skip; the controller keeps the
 candidate if the call skips and restarts from :meth:`SkipPolicy.initial` when it computes.
 
-Example (a policy that never skips):
+Example:
+    >>> skip_policy_names()
+    ['first_block', 'magcache', 'teacache']
+    >>> skip_policy("teacache").signal, skip_policy("teacache").before_first_block
+    ('modulated_input', True)
 
-    >>> import numpy as np
-    >>> class Never(SkipPolicy):
-    ...     name, signal, before_first_block = "never", None, True
-    ...     def initial(self, rows):
-    ...         return {}
-    ...     def propose(self, config, state, change, step, total):
-    ...         return state, np.zeros(1, dtype=bool)
-    >>> _ = register_skip_policy(Never())
-    >>> skip_policy("never").name
-    'never'
+A policy of your own subclasses :class:`SkipPolicy` (class attributes ``name``, ``signal``,
+``before_first_block``; methods ``initial`` and ``propose``) and is registered with
+``register_skip_policy(MyPolicy())``; ``DynamicCacheConfig(policy="my-name")`` then selects it.
 """
 
 from __future__ import annotations
