@@ -5,9 +5,10 @@ seeds measured in the same run:
 
 * ``teacache`` and ``magcache`` are calibrated first (``calibrate_teacache`` / ``calibrate_magcache``)
   on prompts disjoint from the evaluation prompts (the bundled ``train`` captions);
-* every policy runs at a few thresholds; ``compute_ratio`` = block computations of the full run /
-  block computations that really ran (forward calls of each block's first attention's ``to_q``,
-  the peers' measure), ``psnr_db`` against the full-compute images;
+* every policy runs at a few thresholds, per batch and (``*-sample``) with ``decide_per="sample"``;
+  ``compute_ratio`` = block computations of the full run / block computations that really ran
+  (rows through each block's first linear, ``attn1.to_q`` for PixArt: the peers' measure, per
+  row), ``psnr_db`` against the full-compute images;
 * ``psnr_at_compute`` interpolates each policy's PSNR (linearly in compute ratio) at common
   compute ratios, where its points bracket them.
 
@@ -41,7 +42,8 @@ from diffusion_accel.models import get_model_adapter  # noqa: E402
 
 
 class BlockCounter:
-    """Counts forward calls of the first linear of every block (a block that ran)."""
+    """Counts the rows that went through the first linear of every block (a block that ran, per sample:
+    per-sample decisions may run a block on some rows of the batch)."""
 
     def __init__(self, denoiser: torch.nn.Module) -> None:
         self.calls = 0
@@ -51,7 +53,7 @@ class BlockCounter:
             self._handles.append(first_linear.register_forward_hook(self._count))
 
     def _count(self, module, args, output) -> None:
-        self.calls += 1
+        self.calls += args[0].shape[0]
 
     def close(self) -> None:
         for h in self._handles:
@@ -140,12 +142,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "teacache": [dataclasses.replace(teacache, threshold=t) for t in args.teacache],
         "magcache": [dataclasses.replace(magcache, threshold=t)
                      for t in magcache_thresholds(magcache, args.steps, args.magcache_skips)],
+        "first_block-sample": [dataclasses.replace(base, threshold=t, decide_per="sample")
+                               for t in args.sample_first_block],
+        "teacache-sample": [dataclasses.replace(teacache, threshold=t, decide_per="sample") for t in args.sample_teacache],
     }
     results: dict[str, list[dict[str, Any]]] = {}
     for policy, cfgs in configs.items():
         for cfg in cfgs:
             point = measure(pipe, call, cfg, full["images"], full["blocks"])
             point.pop("images")
+            point["psnr_db"] = min(point["psnr_db"], 100.0)  # identical images: inf (JSON has no infinity)
             results.setdefault(policy, []).append({"threshold": cfg.threshold, **point})
             log(policy, cfg.threshold, f"{point['compute_ratio']:.2f}x", f"{point['psnr_db']:.2f} dB")
     return {
@@ -171,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--degree", type=int, default=4, help="TeaCache polynomial degree")
     parser.add_argument("--max-skips", type=int, default=3, help="max_consecutive_skips of every policy")
-    parser.add_argument("--first-block", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--teacache", type=float, nargs="+", default=[0.1, 0.2, 0.35])
-    parser.add_argument("--magcache-skips", type=int, nargs="+", default=[6, 9, 12],
+    parser.add_argument("--first-block", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.25, 0.35])
+    parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 10, 11, 12],
                         help="pick MagCache thresholds that skip this many steps")
+    parser.add_argument("--sample-first-block", type=float, nargs="*", default=[0.2, 0.3],
+                        help="first_block thresholds with decide_per='sample'")
+    parser.add_argument("--sample-teacache", type=float, nargs="*", default=[0.15, 0.2, 0.25],
+                        help="teacache thresholds with decide_per='sample'")
     parser.add_argument("--match", type=float, nargs="+", default=[1.5, 2.0, 2.5], help="compute ratios to compare at")
     args = parser.parse_args(argv)
     json.dump(run(args), sys.stdout, indent=2, default=float)

@@ -55,7 +55,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
-from ..models import Block
+from ..models import Block, map_arguments
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
 from .block_io import add_stream as _add
 from .block_io import block_argument as _argument
@@ -138,9 +138,11 @@ def _numbers(name: str, values: Any) -> tuple[float, ...]:
 @dataclass
 class _BranchState:
     previous_signal: torch.Tensor | None = None
-    accumulators: dict[str, np.ndarray] | None = None  # the policy's, since the last computed step
-    consecutive_skips: int = 0
+    accumulators: dict[str, np.ndarray] | None = None  # the policy's, per row, since the row last computed
+    row_skips: np.ndarray | None = None  # per row: steps skipped in a row (None: all rows just computed)
     skipping: bool = False
+    compute_rows: torch.Tensor | None = None  # this call computes only these rows (per-sample decisions)
+    batch: int = 0  # rows of the call being decided
     # first block's output streams this call (policies deciding before it: its input streams)
     head_output: tuple[Any, Any] = (None, None)
     tail_residual: tuple[Any, Any] = (None, None)  # last block output - head_output, last computed step
@@ -161,12 +163,18 @@ class _Controller:
         self.first = blocks[0].index
         self.last = blocks[-1].index
         self.residual_mode = all(b.group.io is not None for b in blocks)
+        #: per-sample decisions may run the blocks on the rows that compute only
+        self.slicing = (config.decide_per == "sample" and self.residual_mode
+                        and all(b.group.io.batch_args is not None for b in blocks))
         self._pipe = weakref.ref(pipe)
         self.branches: dict[str, _BranchState] = {}
         #: denoising step -> number of denoiser calls at that step that skipped (every call so far)
         self.skips_by_step: dict[int, int] = {}
         #: denoising step -> number of denoiser calls at that step (every call so far)
         self.calls_by_step: dict[int, int] = {}
+        #: calls where some rows computed and the others skipped (per-sample decisions), and those skipped rows
+        self.partial_calls = 0
+        self.partial_rows_skipped = 0
         #: most bytes held at once during the last sampling pass
         self.peak_bytes = 0
         self._pass: Any = None
@@ -205,8 +213,9 @@ class _Controller:
             self.peak_bytes = self.held_bytes()
         return self._pass_steps
 
-    def decide(self, signal: torch.Tensor | None) -> bool:
-        """Record the policy's signal (``None`` if it has none); return True to skip the blocks."""
+    def decide(self, signal: torch.Tensor | None, batch: int) -> bool:
+        """Record the policy's signal (``None`` if it has none) for a call of ``batch`` rows; return True to
+        skip the blocks. With per-sample slicing, ``state().compute_rows`` is then set when only some rows compute."""
         state, call, cfg, policy = self.state(), self.tracker.current, self.config, self.policy
         previous = None
         ready = True
@@ -217,29 +226,50 @@ class _Controller:
         if policy.before_first_block:
             ready = ready and state.tail_residual[0] is not None
         total = self.total_steps()
-        skip = False
+        proposal = None
         if ready and call.step >= cfg.warmup_steps:
             in_final = total is not None and cfg.final_steps > 0 and call.step >= total - cfg.final_steps
-            if not in_final and state.consecutive_skips < cfg.max_consecutive_skips:
-                change = None if previous is None else self._change(previous, signal)
-                rows = 1 if change is None else len(change)
-                accumulators = state.accumulators
-                if accumulators is None or any(len(v) != rows for v in accumulators.values()):
-                    accumulators = policy.initial(rows)
-                candidate, rows_skip = policy.propose(cfg, accumulators, change, call.step, total)
-                skip = bool(np.all(rows_skip))
-                if skip:
-                    state.accumulators = candidate
-        if not skip:
-            state.accumulators = None
-            state.consecutive_skips = 0
+            if not in_final:
+                proposal = self._propose(state, previous, signal, total)
+        skip = proposal is not None and bool(proposal[1].all())
+        state.compute_rows, state.batch = None, batch
+        if skip:
+            state.accumulators, state.row_skips = proposal[0], proposal[2] + 1
+        elif proposal is not None and proposal[1].any() and self._can_slice(state, len(proposal[1]), batch):
+            self._partial(state, *proposal, device=signal.device)
         else:
-            state.consecutive_skips += 1
+            state.accumulators = state.row_skips = None
         state.skipping = skip
         self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
         self.record_bytes()
         return skip
+
+    def _propose(self, state: _BranchState, previous, signal, total) -> tuple[dict, np.ndarray, np.ndarray] | None:
+        """(candidate accumulators, rows that may skip, rows' consecutive skips so far), or ``None`` when every
+        row has skipped ``max_consecutive_skips`` steps in a row."""
+        if state.row_skips is not None and bool((state.row_skips >= self.config.max_consecutive_skips).all()):
+            return None
+        change = None if previous is None else self._change(previous, signal)
+        rows = 1 if change is None else len(change)
+        accumulators, row_skips = state.accumulators, state.row_skips
+        if accumulators is None or row_skips is None or len(row_skips) != rows:
+            accumulators, row_skips = self.policy.initial(rows), np.zeros(rows, dtype=np.int64)
+        candidate, rows_skip = self.policy.propose(self.config, accumulators, change, self.tracker.current.step, total)
+        rows_skip = np.broadcast_to(np.asarray(rows_skip, dtype=bool), row_skips.shape)
+        return candidate, rows_skip & (row_skips < self.config.max_consecutive_skips), row_skips
+
+    def _can_slice(self, state: _BranchState, rows: int, batch: int) -> bool:
+        return self.slicing and rows == batch and state.tail_residual[0] is not None
+
+    def _partial(self, state: _BranchState, candidate, rows_skip, row_skips, device) -> None:
+        """Some rows skip, the others compute: keep each row's accumulators and run the blocks on the latter."""
+        initial = self.policy.initial(len(rows_skip))
+        state.accumulators = {k: np.where(rows_skip, candidate[k], initial[k]) for k in initial}
+        state.row_skips = np.where(rows_skip, row_skips + 1, 0)
+        state.compute_rows = torch.as_tensor(np.flatnonzero(~rows_skip), device=device)
+        self.partial_calls += 1
+        self.partial_rows_skipped += int(rows_skip.sum())
 
     def _change(self, previous: torch.Tensor, signal: torch.Tensor) -> np.ndarray:
         """Relative L1 change of the signal: over the whole batch (1 row) or per sample (batch rows)."""
@@ -268,9 +298,9 @@ class DynamicBlockHook(ModelHook):
         shortcut = self._shortcut(module, args, kwargs)
         if shortcut is not None:
             return shortcut
+        args, kwargs = self._rows_only(module, args, kwargs)
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self._ran(module, args, kwargs, output)
-        return output
+        return self._ran(module, args, kwargs, output)
 
     @torch.compiler.disable
     def _shortcut(self, module, args, kwargs) -> Any:
@@ -301,21 +331,39 @@ class DynamicBlockHook(ModelHook):
         hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
         encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
         signal = ctl.adapter.modulated_input(module, args, kwargs) if ctl.policy.signal == "modulated_input" else None
-        if ctl.decide(signal):
+        if ctl.decide(signal, hidden.shape[0]):
             return _pack(self.io, hidden, encoder)
         ctl.state().head_output = (hidden, encoder)
         return None
 
     @torch.compiler.disable
-    def _ran(self, module, args, kwargs, output) -> None:
+    def _rows_only(self, module, args, kwargs) -> tuple[tuple, dict]:
+        """The call's arguments, cut to the rows that compute when only some do (per-sample decisions)."""
+        ctl = self.controller
+        if ctl.tracker.current is None or (self.block.index == ctl.first and not ctl.policy.before_first_block):
+            return args, kwargs
+        state = ctl.state()
+        rows, batch = state.compute_rows, state.batch
+        if rows is None:
+            return args, kwargs
+
+        def take(value):
+            return value.index_select(0, rows) if torch.is_tensor(value) and value.dim() and len(value) == batch else value
+
+        return map_arguments(module, self.io.batch_args, args, kwargs, take)
+
+    @torch.compiler.disable
+    def _ran(self, module, args, kwargs, output) -> Any:
+        """Record what the decisions need after the block ran; returns the block's output (at the last
+        block of a call that computed some rows only: merged with the skipped rows')."""
         ctl = self.controller
         if ctl.tracker.current is None:
-            return
+            return output
         index = self.block.index
         state = ctl.state()
         if index == ctl.first:
             if ctl.policy.before_first_block:
-                return  # decided (and kept the input) in _decide_before
+                return output  # decided (and kept the input) in _decide_before
             if ctl.residual_mode:
                 hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
                 hidden_out, encoder_out = _streams(self.io, output)
@@ -323,8 +371,10 @@ class DynamicBlockHook(ModelHook):
                 state.head_output = (hidden_out, encoder_out)
             else:
                 signal = output[0] if isinstance(output, tuple) else output
-            ctl.decide(signal)
+            ctl.decide(signal, signal.shape[0])
         elif ctl.residual_mode:
+            if index == ctl.last and state.compute_rows is not None:
+                return self._merge_rows(state, output)
             if index == ctl.last:
                 hidden, encoder = _streams(self.io, output)
                 head_hidden, head_encoder = state.head_output
@@ -334,6 +384,25 @@ class DynamicBlockHook(ModelHook):
         elif index != ctl.last:
             state.block_outputs[index] = output
             ctl.record_bytes()
+        return output
+
+    def _merge_rows(self, state: _BranchState, output: Any) -> Any:
+        """Last block, some rows computed: the full batch's output (computed rows as computed, the others
+        their head plus cached residual); the computed rows' residuals replace theirs in the cache."""
+        rows = state.compute_rows
+        merged, residuals = [], []
+        for head, residual, computed in zip(state.head_output, state.tail_residual, _streams(self.io, output)):
+            if head is None or residual is None or computed is None:
+                merged.append(computed)
+                residuals.append(residual)
+                continue
+            merged.append((head + residual).index_copy(0, rows, computed))
+            residuals.append(residual.index_copy(0, rows, computed - head.index_select(0, rows)))
+        state.tail_residual = tuple(residuals)
+        state.head_output = (None, None)
+        state.compute_rows = None
+        self.controller.record_bytes()
+        return _pack(self.io, *merged)
 
     def reset_state(self, module):
         self.controller.reset()
@@ -365,6 +434,9 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
             "peak_cache_bytes": sum(c.peak_bytes for c in controllers),
             "steps_computed": sum(c.computed_steps for c in controllers),
             "steps_skipped": sum(c.skipped_steps for c in controllers),
+            # decide_per="sample": calls where only some rows computed, and the rows they skipped
+            "partial_calls": sum(c.partial_calls for c in controllers),
+            "partial_rows_skipped": sum(c.partial_rows_skipped for c in controllers),
             # per denoising step, the share of denoiser calls that skipped (all calls so far)
             "skip_share_by_step": {
                 step: sum(c.skips_by_step.get(step, 0) for c in controllers)

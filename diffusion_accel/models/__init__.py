@@ -16,6 +16,7 @@ from .base import (
     ModulatedInput,
     TokenGrid,
     forward_argument,
+    map_arguments,
     patched_grid_2d,
 )
 from .registry import (
@@ -39,6 +40,7 @@ __all__ = [
     "adapter_for_class",
     "find_model_adapter",
     "forward_argument",
+    "map_arguments",
     "get_model_adapter",
     "patched_grid_2d",
     "register_model_adapter",

@@ -33,7 +33,7 @@ import torch
 from ..utils import get_submodule_or_none
 
 __all__ = ["COMPONENT_KINDS", "Component", "BlockIO", "BlockGroup", "Block", "ModelAdapter", "ModulatedInput",
-           "TokenGrid", "forward_argument", "patched_grid_2d"]
+           "TokenGrid", "forward_argument", "map_arguments", "patched_grid_2d"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
@@ -74,12 +74,16 @@ class BlockIO:
 
     ``output_hidden_states_index=None`` means the block returns the hidden-states tensor itself;
     otherwise it returns a tuple and the indices say where the image and text streams are.
+    ``batch_args`` names the forward arguments that hold one row per sample (leading batch
+    dimension): running the block on some rows of the batch slices exactly these (per-sample
+    dynamic caching); ``None`` if unknown (the block then always runs on the whole batch).
     """
 
     hidden_states_arg: str = "hidden_states"
     encoder_hidden_states_arg: str | None = None
     output_hidden_states_index: int | None = None
     output_encoder_hidden_states_index: int | None = None
+    batch_args: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,14 @@ def forward_argument(model: torch.nn.Module, name: str, args: tuple, kwargs: dic
         return kwargs[name]
     position = _positional_index(type(model), name)
     return args[position] if position is not None and position < len(args) else None
+
+
+def map_arguments(model: torch.nn.Module, names: tuple[str, ...], args: tuple, kwargs: dict[str, Any],
+                  fn: Callable[[Any], Any]) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` of a call of ``model.forward`` with ``fn`` applied to the arguments ``names``."""
+    positions = {_positional_index(type(model), name) for name in names} - {None}
+    args = tuple(fn(v) if i in positions else v for i, v in enumerate(args))
+    return args, {k: fn(v) if k in names else v for k, v in kwargs.items()}
 
 
 def patched_grid_2d(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:

@@ -15,6 +15,7 @@ _STREAMS = BlockIO(
     encoder_hidden_states_arg="encoder_hidden_states",
     output_hidden_states_index=1,
     output_encoder_hidden_states_index=0,
+    batch_args=("hidden_states", "encoder_hidden_states", "temb"),  # image_rotary_emb is shared
 )
 
 

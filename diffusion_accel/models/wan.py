@@ -43,7 +43,7 @@ WAN_ADAPTER = ModelAdapter(
                 Component("attn2", "attn2", "cross_attn"),
                 Component("ffn", "ffn", "ffn"),
             ),
-            BlockIO(),
+            BlockIO(batch_args=("hidden_states", "encoder_hidden_states", "temb")),  # rotary_emb is shared
         ),
     ),
     token_grid=wan_token_grid,

@@ -219,22 +219,57 @@ class _Scripted(policies.SkipPolicy):
         return state, np.asarray(self.rows_skip[: len(change)])
 
 
-@pytest.mark.parametrize("rows_skip, skipped", [((True, True, True, True), 1), ((True, False, True, True), 0)])
-def test_per_sample_decisions_skip_only_when_every_row_may(rows_skip, skipped, monkeypatch, run_pipe):
-    # steps 1 and 2 propose, unless step 1 skipped (at most 1 skip in a row: step 2 computes)
-    """decide_per='sample': one change per row of the (CFG-batched) call; a call skips only if all rows skip."""
+def _scripted(monkeypatch, rows_skip):
     scripted = _Scripted(rows_skip)
     monkeypatch.setitem(policies._POLICIES, "scripted", scripted)
-    pipe = tiny_pipeline("pixart-alpha")
+    return scripted
+
+
+def _rows_per_block(pipe):
+    """Rows that went through each block's first attention (hooks on ``attn1.to_q``)."""
+    counts = [0] * len(pipe.transformer.transformer_blocks)
+    for i, block in enumerate(pipe.transformer.transformer_blocks):
+        block.attn1.to_q.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts[i] + a[0].shape[0]))
+    return counts
+
+
+def test_per_sample_decisions_compute_only_the_rows_that_need_it(monkeypatch, run_pipe):
+    """PixArt batches [uncond a, uncond b, cond a, cond b]. At step 1 the rows of prompt a skip and those of b
+    compute (on a 2-row slice); step 2 computes all (at most 1 skip in a row). Prompt b's image is then the
+    full-compute image, prompt a's the image of a run where every row skipped step 1."""
+    prompts, name = ["a cat", "a dog"], "pixart-alpha"
+    pipe = tiny_pipeline(name)
+    full = run_pipe(pipe, name, num_inference_steps=3, prompt=prompts)
+    _scripted(monkeypatch, (True, True, True, True))
     _apply(pipe, threshold=1.0, max_consecutive_skips=1, policy="scripted", decide_per="sample")
-    run_pipe(pipe, "pixart-alpha", num_inference_steps=3, prompt=["a cat", "a dog"])
-    assert _report(pipe)["steps_skipped"] == skipped
-    assert [len(c) for c in scripted.changes] == [4] * (2 - skipped)  # 2 prompts x 2 guidance halves
+    all_skip = run_pipe(pipe, name, num_inference_steps=3, prompt=prompts)
+    diffusion_accel.remove(pipe)
+
+    scripted = _scripted(monkeypatch, (True, False, True, False))
+    _apply(pipe, threshold=1.0, max_consecutive_skips=1, policy="scripted", decide_per="sample")
+    rows = _rows_per_block(pipe)
+    mixed = run_pipe(pipe, name, num_inference_steps=3, prompt=prompts)
+    report = _report(pipe)
+    assert (report["steps_skipped"], report["partial_calls"], report["partial_rows_skipped"]) == (0, 1, 2)
+    assert rows == [4 + 2 + 4] * 2 and [len(c) for c in scripted.changes] == [4, 4]
+    # (bit-identical on this CPU; a 2-row batch may round differently elsewhere)
+    torch.testing.assert_close(mixed[1], full[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[0], all_skip[0], rtol=0, atol=1e-6)
+    assert (all_skip[0] - full[0]).abs().max() > 1e-4  # skipping step 1 changes prompt a's image
+
+
+def test_per_sample_decisions_without_sliceable_blocks_compute_every_row(monkeypatch, run_pipe):
+    """SD3's adapter does not declare its blocks' per-sample arguments: rows that disagree all compute."""
+    _scripted(monkeypatch, (True, False))
+    pipe = tiny_pipeline("sd3")
+    _apply(pipe, threshold=1.0, max_consecutive_skips=1, policy="scripted", decide_per="sample")
+    run_pipe(pipe, "sd3", num_inference_steps=3)
+    report = _report(pipe)
+    assert (report["steps_skipped"], report["partial_calls"], report["steps_computed"]) == (0, 0, 3)
 
 
 def test_per_batch_decisions_see_one_change(monkeypatch, run_pipe):
-    scripted = _Scripted((True,))
-    monkeypatch.setitem(policies._POLICIES, "scripted", scripted)
+    scripted = _scripted(monkeypatch, (True,))
     pipe = tiny_pipeline("pixart-alpha")
     _apply(pipe, threshold=1.0, max_consecutive_skips=1, policy="scripted")
     run_pipe(pipe, "pixart-alpha", num_inference_steps=3, prompt=["a cat", "a dog"])
