@@ -42,14 +42,15 @@ from diffusion_accel.models import get_model_adapter  # noqa: E402
 
 
 class BlockCounter:
-    """Counts the rows that went through the first linear of every block (a block that ran, per sample:
+    """Counts the rows that went through the first linear of every block's first component (a block that ran, per sample:
     per-sample decisions may run a block on some rows of the batch)."""
 
     def __init__(self, denoiser: torch.nn.Module) -> None:
         self.calls = 0
         self._handles = []
         for block in get_model_adapter(denoiser).blocks(denoiser):
-            first_linear = next(m for m in block.module.modules() if isinstance(m, torch.nn.Linear))
+            component = next(iter(block.components().values()))  # not the adaLN modulation teacache reads
+            first_linear = next(m for m in component.modules() if isinstance(m, torch.nn.Linear))
             self._handles.append(first_linear.register_forward_hook(self._count))
 
     def _count(self, module, args, output) -> None:
