@@ -42,8 +42,8 @@ from diffusion_accel.models import get_model_adapter  # noqa: E402
 
 
 class BlockCounter:
-    """Counts the rows that went through the first linear of every block's first component (a block that ran, per sample:
-    per-sample decisions may run a block on some rows of the batch)."""
+    """Counts the rows that went through the first linear of every block's first component (a block that
+    ran, per sample: per-sample decisions may run a block on some rows of the batch)."""
 
     def __init__(self, denoiser: torch.nn.Module) -> None:
         self.calls = 0
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     full = measure(pipe, call, None, None, None)
     log("full", full["blocks"], f"{full['seconds']:.0f}s")
-    base = DynamicCacheConfig(max_consecutive_skips=args.max_skips)
+    base = DynamicCacheConfig(max_consecutive_skips=args.max_skips, warmup_steps=args.warmup_steps)
     other = {k: v for k, v in call_kwargs.items() if k not in ("prompt", "output_type")}
     start = time.perf_counter()
     teacache = calibrate_teacache(pipe, calibration_prompts, degree=args.degree, base=base, batch_size=args.batch,
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      for t in magcache_thresholds(magcache, args.steps, args.magcache_skips)],
         "first_block-sample": [dataclasses.replace(base, threshold=t, decide_per="sample")
                                for t in args.sample_first_block],
-        "teacache-sample": [dataclasses.replace(teacache, threshold=t, decide_per="sample") for t in args.sample_teacache],
+        "teacache-sample": [dataclasses.replace(teacache, threshold=t, decide_per="sample")
+                            for t in args.sample_teacache],
     }
     results: dict[str, list[dict[str, Any]]] = {}
     for policy, cfgs in configs.items():
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "prompts": args.batch,
         "max_consecutive_skips": args.max_skips,
+        "warmup_steps": args.warmup_steps,
         "baseline": {"blocks": full["blocks"], "seconds": full["seconds"]},
         "calibration": {"seconds": calibration_s, "prompts": len(calibration_prompts),
                         "teacache_coefficients": teacache.teacache_coefficients,
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--degree", type=int, default=4, help="TeaCache polynomial degree")
     parser.add_argument("--max-skips", type=int, default=3, help="max_consecutive_skips of every policy")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="warmup_steps of every policy")
     parser.add_argument("--first-block", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.4])
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.25, 0.35])
     parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 10, 11, 12],

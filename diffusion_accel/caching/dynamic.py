@@ -348,7 +348,8 @@ class DynamicBlockHook(ModelHook):
             return args, kwargs
 
         def take(value):
-            return value.index_select(0, rows) if torch.is_tensor(value) and value.dim() and len(value) == batch else value
+            per_sample = torch.is_tensor(value) and value.dim() and len(value) == batch
+            return value.index_select(0, rows) if per_sample else value
 
         return map_arguments(module, self.io.batch_args, args, kwargs, take)
 

@@ -66,7 +66,8 @@ def test_large_threshold_skips_every_block_and_counts(name, policy, run_pipe):
 
 
 def test_skipped_step_adds_the_residual_of_every_block(run_pipe):
-    """teacache/magcache: a skipped call returns its input plus (last output - first input) of the last computed step."""
+    """teacache/magcache: a skipped call returns its input plus (last output - first input) of the last
+    computed step."""
     pipe = tiny_pipeline("flux")
     _apply(pipe, threshold=1e9, max_consecutive_skips=1, **POLICY_KWARGS["magcache"])
     first, last = pipe.transformer.transformer_blocks[0], pipe.transformer.single_transformer_blocks[-1]
@@ -90,7 +91,8 @@ def test_magcache_follows_the_accumulated_ratio_error(run_pipe):
 
 
 def test_teacache_accumulates_the_rescaled_change(run_pipe):
-    """A constant polynomial c makes every rescaled change c: with threshold 2.5c, two steps skip, the third computes."""
+    """A constant polynomial c makes every rescaled change c: with threshold 2.5c, two steps skip, the third
+    computes."""
     pipe = tiny_pipeline("pixart-alpha")
     _apply(pipe, threshold=2.5, max_consecutive_skips=10, policy="teacache", teacache_coefficients=(0.0, 1.0))
     run_pipe(pipe, "pixart-alpha", num_inference_steps=6)
@@ -171,7 +173,8 @@ def test_calibration_refuses_a_cached_pipeline_and_few_points():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"policy": "tea"}, r"Unknown dynamic caching policy 'tea'; use one of \['first_block', 'magcache', 'teacache'"),
+        ({"policy": "tea"},
+         r"Unknown dynamic caching policy 'tea'; use one of \['first_block', 'magcache', 'teacache'"),
         ({"policy": "teacache"}, r"calibrate_teacache\(pipe, prompts\)"),
         ({"policy": "magcache"}, r"calibrate_magcache\(pipe, prompts\)"),
         ({"policy": "magcache", "magcache_ratios": (1.0, -1.0)}, "must be finite and > 0"),
