@@ -2,8 +2,9 @@
 
 * :class:`CacheSchedule` — ``compute[step, block, component]`` plus heuristic factories
   (``full``, ``fora``, ``delta_dit``, ``tgate``, ``deepcache``, ``encoder_propagation``).
-* :class:`StaticCacheConfig` — follow a schedule; :class:`DynamicCacheConfig` — skip the deep
-  blocks while the first block's residual barely changes.
+* :class:`StaticCacheConfig` — follow a schedule; :class:`DynamicCacheConfig` — skip the blocks
+  while a policy's signal barely changes (``policy="first_block" | "teacache" | "magcache"``);
+  :func:`calibrate_teacache` / :func:`calibrate_magcache` fit the last two on your model.
 
 MAC accounting (:mod:`diffusion_accel.cost`) and the schedule search (:mod:`diffusion_accel.search`)
 are tools built on top of this package; their old names here (``search_schedule``, ``pick``,
@@ -22,6 +23,7 @@ Example:
 import warnings
 
 from . import heuristics
+from .calibrate import calibrate_magcache, calibrate_teacache
 from .dynamic import DynamicCacheConfig
 from .schedule import CacheSchedule
 from .static import StaticCacheConfig
@@ -30,6 +32,8 @@ __all__ = [
     "CacheSchedule",
     "StaticCacheConfig",
     "DynamicCacheConfig",
+    "calibrate_teacache",
+    "calibrate_magcache",
     "heuristics",
 ]
 

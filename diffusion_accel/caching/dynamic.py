@@ -1,17 +1,35 @@
-"""Dynamic caching (FBCache / TeaCache / MagCache family): skip the deep blocks when the first
-block's output barely changed since the previous step.
+"""Dynamic caching (FBCache / TeaCache / MagCache family): skip the blocks of a denoiser call
+while a cheap signal says its output will barely change since the last computed step.
 
-At every denoiser call the first block runs. Its residual (output - input; for UNets, its
-output) is compared with the previous step's: the relative L1 change is **accumulated** over
-consecutive skipped steps, and while the accumulated change stays below ``threshold`` (and
-fewer than ``max_consecutive_skips`` steps in a row were skipped) the remaining blocks are
-skipped:
+The skip rule is a **policy** chosen by name (``DynamicCacheConfig(policy=...)``, registry in
+:mod:`.policies`):
+
+* ``"first_block"`` (default): the first block runs at every call; the relative L1 change of its
+  residual (output - input; for UNets, its output) since the previous step is **accumulated**
+  over consecutive skipped steps, and the remaining blocks are skipped while the sum stays below
+  ``threshold``;
+* ``"teacache"``: the first block's timestep-modulated input (from the model adapter) is compared
+  with the previous step's, its relative L1 change rescaled by a calibrated polynomial
+  (:func:`~.calibrate.calibrate_teacache`) and accumulated; every block is skipped while the sum
+  stays below ``threshold``;
+* ``"magcache"``: the calibrated per-step magnitude ratios of the blocks' residual
+  (:func:`~.calibrate.calibrate_magcache`) give the error of reusing it; every block is skipped
+  while the accumulated error stays at most ``threshold``.
+
+Every policy skips at most ``max_consecutive_skips`` steps in a row, never in the first
+``warmup_steps`` nor the last ``final_steps``. What a skipped call returns:
 
 * transformers (every block group declares a ``BlockIO``): the skipped blocks pass their input
   through and the last block adds the residual the skipped blocks produced at the last
   computed step (for both streams of MMDiT blocks);
-* UNets: all blocks but the first and the last return their outputs from the last computed
-  step (DeepCache-like reuse), so the outermost blocks stay fresh.
+* UNets (``"first_block"`` only): all blocks but the first and the last return their outputs from
+  the last computed step (DeepCache-like reuse), so the outermost blocks stay fresh.
+
+Decisions are per guidance branch and, by default, per batch (the signal's change over the whole
+batch). With ``decide_per="sample"`` each sample (row of the denoiser's batch; both guidance
+halves of a batched-CFG call are rows too) keeps its own accumulators and the call skips only if
+every row may skip: when some rows would skip and others compute, **all rows are computed** (the
+blocks are not run on a slice of the batch) and every row's accumulation restarts.
 
 State is kept per guidance branch, cleared at the start of each pipeline call and released at its
 end (``report()["cache_bytes"]`` is then 0; ``"peak_cache_bytes"`` is what the last call held).
@@ -32,36 +50,51 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.hooks import ModelHook
 
 from ..hooks import Denoiser, HookSet, StepTracker
-from ..models import Block
+from ..models import Block, map_arguments
 from ..techniques import TechniqueConfig, TechniqueHandle, register_technique
 from .block_io import add_stream as _add
 from .block_io import block_argument as _argument
 from .block_io import block_streams as _streams
 from .block_io import pack_block_output as _pack
 from .block_io import sub_stream as _sub
+from .policies import SkipPolicy, skip_policy, skip_policy_names
 from .state import tensor_bytes
 from .static import scheduler_num_steps
 
-__all__ = ["DynamicCacheConfig", "apply_dynamic_cache"]
+__all__ = ["DECISION_UNITS", "DynamicCacheConfig", "apply_dynamic_cache"]
 
 _HOOK_NAME = "dynamic_cache"
+
+#: Values of :attr:`DynamicCacheConfig.decide_per`.
+DECISION_UNITS = ("batch", "sample")
 
 
 @dataclass(frozen=True)
 class DynamicCacheConfig(TechniqueConfig):
-    """Skip the remaining blocks while the first block's residual changes little.
+    """Skip the blocks of a denoiser call while the chosen policy's signal changes little.
 
     Args:
-        threshold: skip while the accumulated relative L1 change of the first block's residual
-            since the last computed step is below this (larger = faster, lossier).
+        threshold: skip while the policy's accumulated change (``"first_block"``, ``"teacache"``) is below
+            this, or its accumulated error (``"magcache"``) at most this (larger = faster, lossier).
         max_consecutive_skips: never skip more than this many steps in a row.
         warmup_steps: the first steps always compute (at least 1).
         final_steps: the last steps always compute (needs the call's step count, read from
             the pipeline's scheduler: see :func:`~diffusion_accel.caching.static.scheduler_num_steps`).
+        policy: the skip rule, a name registered in :mod:`.policies`: ``"first_block"`` (default),
+            ``"teacache"`` or ``"magcache"``.
+        decide_per: ``"batch"`` (default: one decision from the whole batch's change) or ``"sample"``
+            (each row of the batch accumulates its own change; the call skips only if all rows may).
+        teacache_coefficients: ``policy="teacache"`` only: polynomial (numpy order, highest degree first)
+            mapping the modulated input's relative L1 change to the output's; fitted by
+            :func:`~.calibrate.calibrate_teacache`.
+        magcache_ratios: ``policy="magcache"`` only: per-step mean magnitude ratio of the blocks'
+            residual to the previous step's (step 0: 1.0); measured by :func:`~.calibrate.calibrate_magcache`.
+            Resampled linearly for calls with another step count.
     """
 
     field_name = "cache"
@@ -70,6 +103,10 @@ class DynamicCacheConfig(TechniqueConfig):
     max_consecutive_skips: int = 3
     warmup_steps: int = 1
     final_steps: int = 0
+    policy: str = "first_block"
+    decide_per: str = "batch"
+    teacache_coefficients: tuple[float, ...] = ()
+    magcache_ratios: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
@@ -78,16 +115,37 @@ class DynamicCacheConfig(TechniqueConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        if self.decide_per not in DECISION_UNITS:
+            raise ValueError(f"decide_per must be one of {list(DECISION_UNITS)}, got {self.decide_per!r}.")
+        for name in ("teacache_coefficients", "magcache_ratios"):
+            object.__setattr__(self, name, _numbers(name, getattr(self, name)))
+        policy = skip_policy(self.policy)
+        for other in skip_policy_names():
+            for name in skip_policy(other).config_fields:
+                if name not in policy.config_fields and getattr(self, name):
+                    raise ValueError(f"{name} only applies to policy={other!r} (got policy={self.policy!r}); "
+                                     f"pass policy={other!r} or drop {name}.")
+        policy.check_config(self)
+
+
+def _numbers(name: str, values: Any) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) for v in values):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}.")
+    return tuple(float(v) for v in values)
 
 
 @dataclass
 class _BranchState:
     previous_signal: torch.Tensor | None = None
-    accumulated: float = 0.0
-    consecutive_skips: int = 0
+    accumulators: dict[str, np.ndarray] | None = None  # the policy's, per row, since the row last computed
+    row_skips: np.ndarray | None = None  # per row: steps skipped in a row (None: all rows just computed)
     skipping: bool = False
-    head_output: tuple[Any, Any] = (None, None)  # first block's output streams this call
-    tail_residual: tuple[Any, Any] = (None, None)  # last - first block output, last computed step
+    compute_rows: torch.Tensor | None = None  # this call computes only these rows (per-sample decisions)
+    batch: int = 0  # rows of the call being decided
+    # first block's output streams this call (policies deciding before it: its input streams)
+    head_output: tuple[Any, Any] = (None, None)
+    tail_residual: tuple[Any, Any] = (None, None)  # last block output - head_output, last computed step
     block_outputs: dict[int, Any] = field(default_factory=dict)  # reuse mode
 
     def tensor_bytes(self) -> int:
@@ -97,18 +155,26 @@ class _BranchState:
 class _Controller:
     """Shared decision state of one denoiser's block hooks."""
 
-    def __init__(self, config: DynamicCacheConfig, tracker: StepTracker, blocks: list[Block], pipe: Any):
+    def __init__(self, config: DynamicCacheConfig, denoiser: Denoiser, blocks: list[Block], pipe: Any):
         self.config = config
-        self.tracker = tracker
+        self.policy: SkipPolicy = skip_policy(config.policy)
+        self.adapter = denoiser.adapter
+        self.tracker = denoiser.tracker
         self.first = blocks[0].index
         self.last = blocks[-1].index
         self.residual_mode = all(b.group.io is not None for b in blocks)
+        #: per-sample decisions may run the blocks on the rows that compute only
+        self.slicing = (config.decide_per == "sample" and self.residual_mode
+                        and all(b.group.io.batch_args is not None for b in blocks))
         self._pipe = weakref.ref(pipe)
         self.branches: dict[str, _BranchState] = {}
         #: denoising step -> number of denoiser calls at that step that skipped (every call so far)
         self.skips_by_step: dict[int, int] = {}
         #: denoising step -> number of denoiser calls at that step (every call so far)
         self.calls_by_step: dict[int, int] = {}
+        #: calls where some rows computed and the others skipped (per-sample decisions), and those skipped rows
+        self.partial_calls = 0
+        self.partial_rows_skipped = 0
         #: most bytes held at once during the last sampling pass
         self.peak_bytes = 0
         self._pass: Any = None
@@ -147,30 +213,70 @@ class _Controller:
             self.peak_bytes = self.held_bytes()
         return self._pass_steps
 
-    def decide(self, signal: torch.Tensor) -> bool:
-        """Record the first block's signal; return True to skip the remaining blocks."""
-        state, call, cfg = self.state(), self.tracker.current, self.config
-        signal = signal.detach()
-        previous, state.previous_signal = state.previous_signal, signal
+    def decide(self, signal: torch.Tensor | None, batch: int) -> bool:
+        """Record the policy's signal (``None`` if it has none) for a call of ``batch`` rows; return True to
+        skip the blocks. With per-sample slicing, ``state().compute_rows`` is then set when only some rows compute."""
+        state, call, cfg, policy = self.state(), self.tracker.current, self.config, self.policy
+        previous = None
+        ready = True
+        if policy.signal is not None:
+            signal = signal.detach()
+            previous, state.previous_signal = state.previous_signal, signal
+            ready = previous is not None and previous.shape == signal.shape
+        if policy.before_first_block:
+            ready = ready and state.tail_residual[0] is not None
         total = self.total_steps()
-        skip = False
-        if previous is not None and previous.shape == signal.shape and call.step >= cfg.warmup_steps:
+        proposal = None
+        if ready and call.step >= cfg.warmup_steps:
             in_final = total is not None and cfg.final_steps > 0 and call.step >= total - cfg.final_steps
-            if not in_final and state.consecutive_skips < cfg.max_consecutive_skips:
-                change = float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))
-                skip = state.accumulated + change < cfg.threshold
-                if skip:
-                    state.accumulated += change
-        if not skip:
-            state.accumulated = 0.0
-            state.consecutive_skips = 0
+            if not in_final:
+                proposal = self._propose(state, previous, signal, total)
+        skip = proposal is not None and bool(proposal[1].all())
+        state.compute_rows, state.batch = None, batch
+        if skip:
+            state.accumulators, state.row_skips = proposal[0], proposal[2] + 1
+        elif proposal is not None and proposal[1].any() and self._can_slice(state, len(proposal[1]), batch):
+            self._partial(state, *proposal, device=signal.device)
         else:
-            state.consecutive_skips += 1
+            state.accumulators = state.row_skips = None
         state.skipping = skip
         self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
         self.record_bytes()
         return skip
+
+    def _propose(self, state: _BranchState, previous, signal, total) -> tuple[dict, np.ndarray, np.ndarray] | None:
+        """(candidate accumulators, rows that may skip, rows' consecutive skips so far), or ``None`` when every
+        row has skipped ``max_consecutive_skips`` steps in a row."""
+        if state.row_skips is not None and bool((state.row_skips >= self.config.max_consecutive_skips).all()):
+            return None
+        change = None if previous is None else self._change(previous, signal)
+        rows = 1 if change is None else len(change)
+        accumulators, row_skips = state.accumulators, state.row_skips
+        if accumulators is None or row_skips is None or len(row_skips) != rows:
+            accumulators, row_skips = self.policy.initial(rows), np.zeros(rows, dtype=np.int64)
+        candidate, rows_skip = self.policy.propose(self.config, accumulators, change, self.tracker.current.step, total)
+        rows_skip = np.broadcast_to(np.asarray(rows_skip, dtype=bool), row_skips.shape)
+        return candidate, rows_skip & (row_skips < self.config.max_consecutive_skips), row_skips
+
+    def _can_slice(self, state: _BranchState, rows: int, batch: int) -> bool:
+        return self.slicing and rows == batch and state.tail_residual[0] is not None
+
+    def _partial(self, state: _BranchState, candidate, rows_skip, row_skips, device) -> None:
+        """Some rows skip, the others compute: keep each row's accumulators and run the blocks on the latter."""
+        initial = self.policy.initial(len(rows_skip))
+        state.accumulators = {k: np.where(rows_skip, candidate[k], initial[k]) for k in initial}
+        state.row_skips = np.where(rows_skip, row_skips + 1, 0)
+        state.compute_rows = torch.as_tensor(np.flatnonzero(~rows_skip), device=device)
+        self.partial_calls += 1
+        self.partial_rows_skipped += int(rows_skip.sum())
+
+    def _change(self, previous: torch.Tensor, signal: torch.Tensor) -> np.ndarray:
+        """Relative L1 change of the signal: over the whole batch (1 row) or per sample (batch rows)."""
+        if self.config.decide_per == "batch":
+            return np.array([float((signal - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))])
+        change = (signal - previous).abs().flatten(1).mean(1) / previous.abs().flatten(1).mean(1).clamp_min(1e-12)
+        return change.double().cpu().numpy()
 
 
 class DynamicBlockHook(ModelHook):
@@ -192,17 +298,19 @@ class DynamicBlockHook(ModelHook):
         shortcut = self._shortcut(module, args, kwargs)
         if shortcut is not None:
             return shortcut
+        args, kwargs = self._rows_only(module, args, kwargs)
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self._ran(module, args, kwargs, output)
-        return output
+        return self._ran(module, args, kwargs, output)
 
     @torch.compiler.disable
     def _shortcut(self, module, args, kwargs) -> Any:
         """The block's output when the remaining blocks are skipped at this call, else ``None``."""
         ctl = self.controller
         index = self.block.index
-        if ctl.tracker.current is None or index == ctl.first:
+        if ctl.tracker.current is None:
             return None
+        if index == ctl.first:
+            return self._decide_before(module, args, kwargs) if ctl.policy.before_first_block else None
         state = ctl.state()
         if not state.skipping:
             return None
@@ -217,14 +325,46 @@ class DynamicBlockHook(ModelHook):
             return state.block_outputs.get(index)
         return None
 
+    def _decide_before(self, module, args, kwargs) -> Any:
+        """First block, policy deciding before it: pass the input through if skipping, else keep it."""
+        ctl = self.controller
+        hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
+        encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
+        signal = ctl.adapter.modulated_input(module, args, kwargs) if ctl.policy.signal == "modulated_input" else None
+        if ctl.decide(signal, hidden.shape[0]):
+            return _pack(self.io, hidden, encoder)
+        ctl.state().head_output = (hidden, encoder)
+        return None
+
     @torch.compiler.disable
-    def _ran(self, module, args, kwargs, output) -> None:
+    def _rows_only(self, module, args, kwargs) -> tuple[tuple, dict]:
+        """The call's arguments, cut to the rows that compute when only some do (per-sample decisions)."""
+        ctl = self.controller
+        if ctl.tracker.current is None or (self.block.index == ctl.first and not ctl.policy.before_first_block):
+            return args, kwargs
+        state = ctl.state()
+        rows, batch = state.compute_rows, state.batch
+        if rows is None:
+            return args, kwargs
+
+        def take(value):
+            per_sample = torch.is_tensor(value) and value.dim() and len(value) == batch
+            return value.index_select(0, rows) if per_sample else value
+
+        return map_arguments(module, self.io.batch_args, args, kwargs, take)
+
+    @torch.compiler.disable
+    def _ran(self, module, args, kwargs, output) -> Any:
+        """Record what the decisions need after the block ran; returns the block's output (at the last
+        block of a call that computed some rows only: merged with the skipped rows')."""
         ctl = self.controller
         if ctl.tracker.current is None:
-            return
+            return output
         index = self.block.index
         state = ctl.state()
         if index == ctl.first:
+            if ctl.policy.before_first_block:
+                return output  # decided (and kept the input) in _decide_before
             if ctl.residual_mode:
                 hidden_in = _argument(module, self.io.hidden_states_arg, args, kwargs)
                 hidden_out, encoder_out = _streams(self.io, output)
@@ -232,8 +372,10 @@ class DynamicBlockHook(ModelHook):
                 state.head_output = (hidden_out, encoder_out)
             else:
                 signal = output[0] if isinstance(output, tuple) else output
-            ctl.decide(signal)
+            ctl.decide(signal, signal.shape[0])
         elif ctl.residual_mode:
+            if index == ctl.last and state.compute_rows is not None:
+                return self._merge_rows(state, output)
             if index == ctl.last:
                 hidden, encoder = _streams(self.io, output)
                 head_hidden, head_encoder = state.head_output
@@ -243,6 +385,25 @@ class DynamicBlockHook(ModelHook):
         elif index != ctl.last:
             state.block_outputs[index] = output
             ctl.record_bytes()
+        return output
+
+    def _merge_rows(self, state: _BranchState, output: Any) -> Any:
+        """Last block, some rows computed: the full batch's output (computed rows as computed, the others
+        their head plus cached residual); the computed rows' residuals replace theirs in the cache."""
+        rows = state.compute_rows
+        merged, residuals = [], []
+        for head, residual, computed in zip(state.head_output, state.tail_residual, _streams(self.io, output)):
+            if head is None or residual is None or computed is None:
+                merged.append(computed)
+                residuals.append(residual)
+                continue
+            merged.append((head + residual).index_copy(0, rows, computed))
+            residuals.append(residual.index_copy(0, rows, computed - head.index_select(0, rows)))
+        state.tail_residual = tuple(residuals)
+        state.head_output = (None, None)
+        state.compute_rows = None
+        self.controller.record_bytes()
+        return _pack(self.io, *merged)
 
     def reset_state(self, module):
         self.controller.reset()
@@ -258,19 +419,25 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
         blocks = denoiser.blocks()
         if len(blocks) < 2:
             raise ValueError(f"Dynamic caching needs at least 2 blocks; {denoiser.name} has {len(blocks)}.")
-        controller = _Controller(config, denoiser.tracker, blocks, pipe)
+        controller = _Controller(config, denoiser, blocks, pipe)
+        controller.policy.check_denoiser(denoiser.adapter, controller.residual_mode)
         controllers.append(controller)
-        for block in blocks:
+    for controller, denoiser in zip(controllers, denoisers):
+        for block in denoiser.blocks():
             hooks.add(block.module, DynamicBlockHook(controller, block))
     hooks.added()
 
     def report() -> dict[str, Any]:
         return {
+            "policy": config.policy,
             # bytes held now (released at the end of every pipeline call) / most held during the last call
             "cache_bytes": sum(c.held_bytes() for c in controllers),
             "peak_cache_bytes": sum(c.peak_bytes for c in controllers),
             "steps_computed": sum(c.computed_steps for c in controllers),
             "steps_skipped": sum(c.skipped_steps for c in controllers),
+            # decide_per="sample": calls where only some rows computed, and the rows they skipped
+            "partial_calls": sum(c.partial_calls for c in controllers),
+            "partial_rows_skipped": sum(c.partial_rows_skipped for c in controllers),
             # per denoising step, the share of denoiser calls that skipped (all calls so far)
             "skip_share_by_step": {
                 step: sum(c.skips_by_step.get(step, 0) for c in controllers)

@@ -33,7 +33,8 @@ import torch
 from ..utils import get_submodule_or_none
 
 __all__ = ["COMPONENT_KINDS", "CallDefaults", "Component", "BlockIO", "BlockGroup", "Block", "LatentLayout",
-           "ModelAdapter", "TokenGrid", "forward_argument", "patch_size_2d", "patched_grid_2d"]
+           "ModelAdapter", "TokenGrid", "forward_argument", "patch_size_2d", "patched_grid_2d",
+           "ModulatedInput", "map_arguments"]
 
 #: ``fn(model, args, kwargs) -> (frames, height, width)`` or ``None``: the latent token grid of a
 #: denoiser call (after patching), read from the call's inputs.
@@ -43,6 +44,10 @@ TokenGrid = Callable[[torch.nn.Module, tuple, dict], "tuple[int, int, int] | Non
 #: family needs when the caller leaves them out (e.g. PixArt checkpoints whose sample size has no
 #: aspect-ratio bins: ``use_resolution_binning=False``), each with a note saying why.
 CallDefaults = Callable[[Any, torch.nn.Module], "dict[str, tuple[Any, str]]"]
+#: ``fn(block, args, kwargs) -> tensor``: the timestep-modulated input of a block — the input of its
+#: first attention after the adaLN modulation by the timestep embedding, ``(B, tokens, dim)`` —
+#: computed from the block's call ``(args, kwargs)`` without running the block (TeaCache's signal).
+ModulatedInput = Callable[[torch.nn.Module, tuple, dict], torch.Tensor]
 
 #: Roles a component can play. ``joint_attn`` is attention over image and text tokens together
 #: (MMDiT); ``block`` is a whole block (UNet blocks, DeepCache-style caching).
@@ -74,12 +79,16 @@ class BlockIO:
 
     ``output_hidden_states_index=None`` means the block returns the hidden-states tensor itself;
     otherwise it returns a tuple and the indices say where the image and text streams are.
+    ``batch_args`` names the forward arguments that hold one row per sample (leading batch
+    dimension): running the block on some rows of the batch slices exactly these (per-sample
+    dynamic caching); ``None`` if unknown (the block then always runs on the whole batch).
     """
 
     hidden_states_arg: str = "hidden_states"
     encoder_hidden_states_arg: str | None = None
     output_hidden_states_index: int | None = None
     output_encoder_hidden_states_index: int | None = None
+    batch_args: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,9 @@ class ModelAdapter:
         call_defaults: pipeline-call arguments a checkpoint needs unless the caller sets them
             (:data:`CallDefaults`); the tools and the accelerated pipeline classes add them
             (:func:`diffusion_accel.pipeline_state.with_call_defaults`). ``None``: none.
+        modulated_input: how to compute a block's timestep-modulated input from its call
+            (:data:`ModulatedInput`), for dynamic caching's ``policy="teacache"``; ``None`` if the
+            family has none (UNets) or it is not described yet.
     """
 
     family: str
@@ -173,6 +185,7 @@ class ModelAdapter:
     latent_layout: LatentLayout | None = field(default=None, compare=False)
     latent_layout_note: str = field(default="", compare=False)
     call_defaults: CallDefaults | None = field(default=None, compare=False)
+    modulated_input: ModulatedInput | None = field(default=None, compare=False)
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -246,6 +259,12 @@ def patch_size_2d(model: torch.nn.Module) -> tuple[int, int]:
     if isinstance(p, int):
         return (p, p)
     return (int(p[-2]), int(p[-1]))
+def map_arguments(model: torch.nn.Module, names: tuple[str, ...], args: tuple, kwargs: dict[str, Any],
+                  fn: Callable[[Any], Any]) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` of a call of ``model.forward`` with ``fn`` applied to the arguments ``names``."""
+    positions = {_positional_index(type(model), name) for name in names} - {None}
+    args = tuple(fn(v) if i in positions else v for i, v in enumerate(args))
+    return args, {k: fn(v) if k in names else v for k, v in kwargs.items()}
 
 
 def patched_grid_2d(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:

@@ -16,6 +16,15 @@ def cogvideox_token_grid(model, args, kwargs):
     return (x.shape[1] // pt, x.shape[3] // p, x.shape[4] // p)
 
 
+def cogvideox_modulated_input(block, args, kwargs):
+    """Video-stream input of a CogVideoX block's attention: the first output of its
+    ``norm1(hidden_states, encoder_hidden_states, temb)`` (``CogVideoXLayerNormZero``). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    encoder = forward_argument(block, "encoder_hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    return block.norm1(hidden, encoder, temb)[0]
+
+
 COGVIDEOX_ADAPTER = ModelAdapter(
     family="cogvideox",
     groups=(
@@ -37,6 +46,7 @@ COGVIDEOX_ADAPTER = ModelAdapter(
     token_grid=cogvideox_token_grid,
     latent_layout_note="the pipeline computes the rotary position embeddings from the call's height and "
     "width once, before the loop",
+    modulated_input=cogvideox_modulated_input,
 )
 
 register_model_adapter(CogVideoXTransformer3DModel, COGVIDEOX_ADAPTER)

@@ -15,6 +15,7 @@ _STREAMS = BlockIO(
     encoder_hidden_states_arg="encoder_hidden_states",
     output_hidden_states_index=1,
     output_encoder_hidden_states_index=0,
+    batch_args=("hidden_states", "encoder_hidden_states", "temb"),  # image_rotary_emb is shared
 )
 
 
@@ -27,6 +28,16 @@ def flux_token_grid(model, args, kwargs):
         return None
     ids = ids[0] if ids.dim() == 3 else ids
     return (1, int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+
+
+def flux_modulated_input(block, args, kwargs):
+    """Image-stream input of a Flux block's attention: its adaLN-Zero ``norm1(hidden_states, emb=temb)`` (the
+    first output; double-stream blocks' ``AdaLayerNormZero`` and single-stream blocks'
+    ``AdaLayerNormZeroSingle`` both return it first). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    norm = block.norm1 if hasattr(block, "norm1") else block.norm
+    return norm(hidden, emb=temb)[0]
 
 
 FLUX_ADAPTER = ModelAdapter(
@@ -57,6 +68,7 @@ FLUX_ADAPTER = ModelAdapter(
     token_grid=flux_token_grid,
     latent_layout_note="the pipeline packs latents into a sequence of 2x2 patches (B, H*W/4, 4C) and builds "
     "the image position ids from the call's height and width before the loop",
+    modulated_input=flux_modulated_input,
 )
 
 register_model_adapter(FluxTransformer2DModel, FLUX_ADAPTER)

@@ -16,7 +16,8 @@ import torch
 from diffusers import PixArtTransformer2DModel
 
 from ..call_inputs import call_argument_default
-from .base import BlockGroup, BlockIO, Component, LatentLayout, ModelAdapter, patch_size_2d, patched_grid_2d
+from .base import (BlockGroup, BlockIO, Component, LatentLayout, ModelAdapter, forward_argument, patch_size_2d,
+                   patched_grid_2d)
 from .registry import register_model_adapter
 
 #: Transformer sample sizes (latent pixels) with aspect-ratio bins, per pipeline (diffusers' own tables).
@@ -54,6 +55,16 @@ def resolution_binning_defaults(pipe: Any, transformer: torch.nn.Module) -> dict
     return {"use_resolution_binning": (False, note)}
 
 
+def pixart_modulated_input(block, args, kwargs):
+    """Input of a PixArt block's self-attention: ``norm1(x) * (1 + scale_msa) + shift_msa``, the adaLN-single
+    modulation whose shift/scale are the block's ``scale_shift_table`` plus its ``timestep`` argument
+    (the transformer's ``adaln_single`` embedding, ``(B, 6 * dim)``). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    timestep = forward_argument(block, "timestep", args, kwargs)
+    shift, scale = (block.scale_shift_table[None] + timestep.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)[:2]
+    return block.norm1(hidden) * (1 + scale) + shift
+
+
 PIXART_ADAPTER = ModelAdapter(
     family="pixart",
     groups=(
@@ -65,7 +76,8 @@ PIXART_ADAPTER = ModelAdapter(
                 Component("attn2", "attn2", "cross_attn"),
                 Component("ff", "ff", "ffn"),
             ),
-            BlockIO(),
+            BlockIO(batch_args=("hidden_states", "attention_mask", "encoder_hidden_states",
+                                "encoder_attention_mask", "timestep")),
         ),
     ),
     token_grid=patched_grid_2d,
@@ -76,6 +88,7 @@ PIXART_ADAPTER = ModelAdapter(
         "(grid / (size / base_size) / interpolation_scale): a smaller grid samples the trained range coarsely",
     ),
     call_defaults=pixart_call_defaults,
+    modulated_input=pixart_modulated_input,
 )
 
 register_model_adapter(PixArtTransformer2DModel, PIXART_ADAPTER)

@@ -7,8 +7,26 @@ FFN (absent in the last, context-pre-only block).
 
 from diffusers import SD3Transformer2DModel
 
-from .base import BlockGroup, BlockIO, Component, LatentLayout, ModelAdapter, patch_size_2d, patched_grid_2d
+from .base import (
+    BlockGroup,
+    BlockIO,
+    Component,
+    LatentLayout,
+    ModelAdapter,
+    forward_argument,
+    patch_size_2d,
+    patched_grid_2d,
+)
 from .registry import register_model_adapter
+
+
+def sd3_modulated_input(block, args, kwargs):
+    """Image-stream input of an SD3 block's joint attention: its adaLN-Zero ``norm1(hidden_states, emb=temb)``
+    (first output; also for SD3.5's ``SD35AdaLayerNormZeroX``). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    return block.norm1(hidden, emb=temb)[0]
+
 
 SD3_ADAPTER = ModelAdapter(
     family="sd3",
@@ -37,6 +55,7 @@ SD3_ADAPTER = ModelAdapter(
         positions="sin-cos positions cropped from the centre of a pos_embed_max_size grid: a smaller "
         "grid gets the central positions, with the trained spacing",
     ),
+    modulated_input=sd3_modulated_input,
 )
 
 register_model_adapter(SD3Transformer2DModel, SD3_ADAPTER)

@@ -18,6 +18,20 @@ def wan_token_grid(model, args, kwargs):
     return (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
 
 
+def wan_modulated_input(block, args, kwargs):
+    """Input of a Wan block's self-attention: ``norm1(x) * (1 + scale_msa) + shift_msa`` with shift/scale from
+    the block's ``scale_shift_table`` plus its ``temb`` argument (the projected timestep embedding,
+    ``(B, 6, dim)``, or ``(B, tokens, 6, dim)`` for Wan 2.2 TI2V). ``(B, tokens, dim)``."""
+    hidden = forward_argument(block, "hidden_states", args, kwargs)
+    temb = forward_argument(block, "temb", args, kwargs)
+    if temb.ndim == 4:
+        shift, scale = (block.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)[:2]
+        shift, scale = shift.squeeze(2), scale.squeeze(2)
+    else:
+        shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
+    return (block.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+
+
 WAN_ADAPTER = ModelAdapter(
     family="wan",
     groups=(
@@ -29,7 +43,7 @@ WAN_ADAPTER = ModelAdapter(
                 Component("attn2", "attn2", "cross_attn"),
                 Component("ffn", "ffn", "ffn"),
             ),
-            BlockIO(),
+            BlockIO(batch_args=("hidden_states", "encoder_hidden_states", "temb")),  # rotary_emb is shared
         ),
     ),
     token_grid=wan_token_grid,
@@ -38,6 +52,7 @@ WAN_ADAPTER = ModelAdapter(
         patch_size=patch_size_2d,
         positions="3-D rotary positions by integer patch index, computed from the input's shape on each call",
     ),
+    modulated_input=wan_modulated_input,
 )
 
 register_model_adapter(WanTransformer3DModel, WAN_ADAPTER)
