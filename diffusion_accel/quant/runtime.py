@@ -9,7 +9,9 @@ One :class:`QuantRuntime` per quantized denoiser (never shared between pipelines
   by the tensor's identity and version counter (held through a weak reference), so a different
   or modified tensor is always quantized afresh. Tensors made under ``torch.inference_mode()``
   have no version counter (reading it raises), so an in-place write to them cannot be seen: they
-  are quantized afresh by every layer (same integers, no reuse; see :func:`tensor_version`);
+  are quantized afresh by every layer (same integers, no reuse; see :func:`tensor_version`).
+  Inside a ``torch.compile``d model the cache is bypassed: the compiler eliminates the repeated
+  quantization of one tensor itself;
 * whether the memory-bound quantize / rescale steps run through ``torch.compile``.
 
 Example:
@@ -56,6 +58,8 @@ class QuantRuntime:
 
     def quantized_input(self, group: str, x: torch.Tensor, quantize: Callable[[torch.Tensor], Any]) -> Any:
         """``quantize(x)``, reusing the result of the previous call of ``group`` on the same tensor."""
+        if torch.compiler.is_compiling():  # traced into one graph: the compiler merges repeats (CSE)
+            return quantize(x)
         version = tensor_version(x)
         if version is None:  # inference tensor: an in-place write would go unseen, so never reuse
             self._last.pop(group, None)

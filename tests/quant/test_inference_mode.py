@@ -5,6 +5,8 @@ raises ``RuntimeError: Inference tensors do not track version counter`` for ever
 under ``torch.inference_mode()`` — any quantized pipeline call inside it failed.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -99,3 +101,19 @@ def test_static_calibration_under_inference_mode(pixart):
     assert len(expected_groups) == 1 and groups == expected_groups  # q, k, v still share one input group
     assert all(torch.equal(a, b) for a, b in zip(scales, expected_scales))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("weight_bits", [8, 4])
+def test_quantlinear_traces_into_one_graph(weight_bits):
+    """A whole model under ``torch.compile`` traces its quantized linears without graph breaks (the
+    shared-input cache, whose weak references and version checks dynamo cannot trace, is bypassed)."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(64, 48), weight_bits=weight_bits, group_size=32)
+    q._runtime = QuantRuntime()
+    fresh = copy.deepcopy(q)
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad():
+        expected = q(x)  # eager: may pack the weight for a backend that cannot be traced (fbgemm)
+        got = torch.compile(fresh, backend="eager", fullgraph=True)(x)
+        again = torch.compile(q, backend="eager")(x)  # already packed: graph breaks, same result
+    assert torch.equal(got, expected) and torch.equal(again, expected)
