@@ -301,6 +301,8 @@ class GemmBackend:
             ``auto`` prefers a later full-precision integer backend of the list, if any runs here.
         traceable: whether ``torch.compile`` traces it into a graph (packed weights held as opaque
             objects are not); inside a compiled model ``auto`` takes the first traceable backend.
+        int_weight_bits: weight widths it runs in an integer kernel; ``auto`` skips it for other
+            layers (fbgemm runs 4-bit weights only as exact integers in an fp32 GEMM: slow).
     """
 
     gemm: Callable
@@ -310,13 +312,15 @@ class GemmBackend:
     forward: Callable | None = None
     reduced: Callable[[torch.device], str | None] = _no_problem
     traceable: bool = True
+    int_weight_bits: tuple[int, ...] = (4, 8)
 
 
 GEMM_BACKENDS: dict[str, GemmBackend] = {
     "onednn": GemmBackend(_onednn, ("cpu",), lambda d: cpu_support.onednn_problem(), _onednn_slow,
                           traceable=False),
     "fbgemm": GemmBackend(_fbgemm_gemm, ("cpu",), lambda d: cpu_support.fbgemm_problem(),
-                          forward=_fbgemm_forward, reduced=_fbgemm_reduced, traceable=False),
+                          forward=_fbgemm_forward, reduced=_fbgemm_reduced, traceable=False,
+                          int_weight_bits=(8,)),
     "int_mm": GemmBackend(_int_mm, ("cuda", "cpu"), _int_mm_problem, _int_mm_slow),
     "triton": GemmBackend(_triton, ("cuda",), _triton_problem),
     "fake": GemmBackend(_fake, ("cpu", "cuda", "mps", "xpu")),
@@ -352,7 +356,7 @@ def backend_problem(name: str, device: torch.device) -> str | None:
     return backend.problem(device)
 
 
-def resolve_backend_name(name: str, device: torch.device) -> str:
+def resolve_backend_name(name: str, device: torch.device, weight_bits: int = 8) -> str:
     """The backend that runs on ``device`` for the configured ``name`` (``"auto"`` resolved).
 
     Raises:
@@ -372,6 +376,7 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
     compiling = torch.compiler.is_compiling()
     usable = [c for c in AUTO_ORDER.get(_auto_key(device), ("fake",))
               if (GEMM_BACKENDS[c].traceable or not compiling)
+              and (c == "fake" or weight_bits in GEMM_BACKENDS[c].int_weight_bits)
               and backend_problem(c, device) is None and GEMM_BACKENDS[c].slow(device) is None]
     full = [c for c in usable if c != "fake" and GEMM_BACKENDS[c].reduced(device) is None]
     return (full or usable or ["fake"])[0]
@@ -380,11 +385,11 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
 def resolve_backend(layer, device: torch.device) -> str:
     """The backend ``layer`` runs with on ``device`` (cached on the layer per device)."""
     if torch.compiler.is_compiling():  # traced once per graph: no cache (auto takes a traceable backend)
-        return resolve_backend_name(layer.backend, device)
+        return resolve_backend_name(layer.backend, device, layer.weight_bits)
     cached = layer._resolved
     if cached is not None and cached[0] == device:
         return cached[1]
-    name = resolve_backend_name(layer.backend, device)
+    name = resolve_backend_name(layer.backend, device, layer.weight_bits)
     layer._resolved = (device, name)
     return name
 

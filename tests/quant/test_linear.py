@@ -208,6 +208,14 @@ def test_auto_prefers_full_8_bit_weights_over_a_saturating_fbgemm(monkeypatch, k
     assert resolve_backend(QuantLinear(32, 16), torch.device("cpu")) == expected
 
 
+def test_auto_runs_4_bit_weights_in_an_integer_kernel(monkeypatch):
+    """fbgemm runs 4-bit weights only as fp32 GEMMs: on VNNI, W4 layers take ``torch._int_mm``."""
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "avx512_vnni")
+    monkeypatch.setattr(cpu_support, "fbgemm_problem", lambda engine=None: None)
+    assert resolve_backend(QuantLinear(32, 16, weight_bits=8), torch.device("cpu")) == "fbgemm"
+    assert resolve_backend(QuantLinear(32, 16, weight_bits=4, group_size=16), torch.device("cpu")) == "int_mm"
+
+
 def test_auto_skips_a_backend_that_is_wrong_here(monkeypatch):
     monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "amx")
     monkeypatch.setattr(cpu_support, "onednn_problem", lambda: "wrong results (self-check)")
