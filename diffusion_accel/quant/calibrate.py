@@ -30,6 +30,7 @@ from ..call_inputs import batch_inputs, check_call_inputs, check_item_inputs, it
 from ..hooks import Denoiser, StepTracker, pipeline_call_scope, remove_hook, TRACKER_HOOK
 from ..models import find_model_adapter
 from ..pipeline_state import find_denoisers
+from .runtime import tensor_version
 
 __all__ = ["CalibrationResult", "calibrate", "calibrate_denoisers", "collect_statistics", "bucket_by_timestep", "run_prompts"]
 
@@ -80,11 +81,14 @@ class _Recorder:
             timestep = float("nan") if current is None or current.timestep is None else float(current.timestep)
             amax = x.detach().reshape(-1, x.shape[-1]).abs().amax(dim=0).float().cpu()
             self.records[name].append((timestep, amax))
-            for ref, version, other in self._recent:
-                if ref() is x and x._version == version:
+            # an inference tensor has no version: grouping then goes by identity alone (a wrong group
+            # costs precision, never correctness: each layer's weight absorbs the group's balancing)
+            version = tensor_version(x)
+            for ref, last_version, other in self._recent:
+                if ref() is x and version == last_version:
                     self._union(name, other)
                     break
-            self._recent.append((weakref.ref(x), x._version, name))
+            self._recent.append((weakref.ref(x), version, name))
             del self._recent[:-16]
         return hook
 

@@ -49,7 +49,12 @@ def _flag(name: str) -> bool:
 
 
 def cpu_kind() -> str:
-    """The running CPU's kind (one of :data:`CPU_KINDS`), from its runtime features."""
+    """The running CPU's kind (one of :data:`CPU_KINDS`), from its runtime features (read once per
+    process, when this module is imported: ``torch.compile`` cannot trace the feature queries)."""
+    return _CPU_KIND
+
+
+def _detect_cpu_kind() -> str:
     if _flag("_is_amx_tile_supported"):
         return "amx"
     if _flag("_is_vnni_supported"):
@@ -58,6 +63,9 @@ def cpu_kind() -> str:
         return "avx512"
     capability = torch.backends.cpu.get_cpu_capability()
     return "avx2" if capability.startswith("AVX2") or capability.startswith("AVX512") else "other"
+
+
+_CPU_KIND = _detect_cpu_kind()
 
 
 def _worst_case_operands(level: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,10 @@ here and is not known to be slow here. Why (torch 2.13.0, ratios against an fp32
 
 * AMX: ``qlinear_pointwise`` 1.6-1.9x faster than *bf16* (which is itself ~5x fp32 there);
   ``torch._int_mm`` 0.6-0.9x of bf16.
-* AVX-512 VNNI without AMX (AMD EPYC): ``torch._int_mm`` 4.5x faster than fp32 at 1024x1152x4608;
+* AVX-512 VNNI without AMX (AMD EPYC): whole W8A8 linears (quantize, GEMM, rescale, bias; CPU time,
+  one thread) at 2048 tokens, 1152 -> 1152 / 1152 -> 4608 / 4608 -> 1152: fbgemm 5.3x / 3.7x / 5.6x
+  faster than fp32, ``torch._int_mm`` 3.9x / 2.7x / 6.2x (its int32 output is one more (M, N)
+  temporary); same integers, same SQNR (fbgemm's self-check is exact with weights up to 127 here).
   ``qlinear_pointwise`` ~60x *slower* than fp32.
 * AVX2 only (AMD EPYC): ``torch._int_mm`` ~24x slower than fp32; ``qlinear_pointwise`` wrong; the
   fbgemm linear ~1.5-2.3x faster than fp32 and exact with weights in ``[-64, 64]``.
@@ -105,8 +108,8 @@ def _int_mm(layer, xq, x_scale, out_dtype):
     else:
         if xq.is_cuda and m <= 16:  # cuBLAS int8 needs M > 16
             xq = F.pad(xq, (0, 0, 0, 17 - m))
-        acc = torch._int_mm(xq, w.t())[:m].float()
-    acc = acc * layer.weight_scale
+        acc = torch._int_mm(xq, w.t())[:m]
+    acc = torch.mul(acc, layer.weight_scale)  # int32 -> float32 and the weight scale in one pass
     return ops.rescale_output(acc, x_scale, layer.bias, out_dtype, _compiled(layer), layer.activation)
 
 
@@ -267,6 +270,14 @@ def _int_mm_slow(device: torch.device) -> str | None:
     return cpu_support.int_mm_slow_reason() if device.type == "cpu" else None
 
 
+def _fbgemm_reduced(device: torch.device) -> str | None:
+    level = cpu_support.fbgemm_weight_level()
+    if level is None or level >= 127:
+        return None
+    return (f"the x86/fbgemm linear is exact here only with weights in [-{level}, {level}] (int16 pair sums "
+            "saturate without VNNI), which costs ~6 dB of weight SQNR")
+
+
 def _onednn_slow(device: torch.device) -> str | None:
     kind = cpu_support.cpu_kind()
     if kind == "amx":
@@ -286,6 +297,12 @@ class GemmBackend:
         slow: ``device -> reason`` it is slow here (``auto`` skips it; naming it warns), or ``None``.
         forward: optional ``(layer, x float (..., K), out_dtype) -> (M, N)`` that quantizes the
             input itself (fused); default: ``layer.quantize_input`` then ``gemm``.
+        reduced: ``device -> reason`` it runs here only with fewer than 8 weight bits, or ``None``;
+            ``auto`` prefers a later full-precision integer backend of the list, if any runs here.
+        traceable: whether ``torch.compile`` traces it into a graph (packed weights held as opaque
+            objects are not); inside a compiled model ``auto`` takes the first traceable backend.
+        int_weight_bits: weight widths it runs in an integer kernel; ``auto`` skips it for other
+            layers (fbgemm runs 4-bit weights only as exact integers in an fp32 GEMM: slow).
     """
 
     gemm: Callable
@@ -293,12 +310,17 @@ class GemmBackend:
     problem: Callable[[torch.device], str | None] = _no_problem
     slow: Callable[[torch.device], str | None] = _no_problem
     forward: Callable | None = None
+    reduced: Callable[[torch.device], str | None] = _no_problem
+    traceable: bool = True
+    int_weight_bits: tuple[int, ...] = (4, 8)
 
 
 GEMM_BACKENDS: dict[str, GemmBackend] = {
-    "onednn": GemmBackend(_onednn, ("cpu",), lambda d: cpu_support.onednn_problem(), _onednn_slow),
+    "onednn": GemmBackend(_onednn, ("cpu",), lambda d: cpu_support.onednn_problem(), _onednn_slow,
+                          traceable=False),
     "fbgemm": GemmBackend(_fbgemm_gemm, ("cpu",), lambda d: cpu_support.fbgemm_problem(),
-                          forward=_fbgemm_forward),
+                          forward=_fbgemm_forward, reduced=_fbgemm_reduced, traceable=False,
+                          int_weight_bits=(8,)),
     "int_mm": GemmBackend(_int_mm, ("cuda", "cpu"), _int_mm_problem, _int_mm_slow),
     "triton": GemmBackend(_triton, ("cuda",), _triton_problem),
     "fake": GemmBackend(_fake, ("cpu", "cuda", "mps", "xpu")),
@@ -308,7 +330,7 @@ GEMM_BACKENDS: dict[str, GemmBackend] = {
 #: type. The first backend that runs correctly here and is not slow here wins ("fake" always runs).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu:amx": ("onednn", "int_mm", "fbgemm", "fake"),
-    "cpu:avx512_vnni": ("int_mm", "fbgemm", "fake"),
+    "cpu:avx512_vnni": ("fbgemm", "int_mm", "fake"),
     "cpu:avx512": ("fbgemm", "fake"),
     "cpu:avx2": ("fbgemm", "fake"),
     "cpu:other": ("fake",),
@@ -334,7 +356,7 @@ def backend_problem(name: str, device: torch.device) -> str | None:
     return backend.problem(device)
 
 
-def resolve_backend_name(name: str, device: torch.device) -> str:
+def resolve_backend_name(name: str, device: torch.device, weight_bits: int = 8) -> str:
     """The backend that runs on ``device`` for the configured ``name`` (``"auto"`` resolved).
 
     Raises:
@@ -351,18 +373,23 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
             warnings.warn(f"GEMM backend {name!r} is slow here: {slow}. backend='auto' picks "
                           f"{resolve_backend_name('auto', device)!r} on this machine.", stacklevel=3)
         return name
-    for candidate in AUTO_ORDER.get(_auto_key(device), ("fake",)):
-        if backend_problem(candidate, device) is None and GEMM_BACKENDS[candidate].slow(device) is None:
-            return candidate
-    return "fake"
+    compiling = torch.compiler.is_compiling()
+    usable = [c for c in AUTO_ORDER.get(_auto_key(device), ("fake",))
+              if (GEMM_BACKENDS[c].traceable or not compiling)
+              and (c == "fake" or weight_bits in GEMM_BACKENDS[c].int_weight_bits)
+              and backend_problem(c, device) is None and GEMM_BACKENDS[c].slow(device) is None]
+    full = [c for c in usable if c != "fake" and GEMM_BACKENDS[c].reduced(device) is None]
+    return (full or usable or ["fake"])[0]
 
 
 def resolve_backend(layer, device: torch.device) -> str:
     """The backend ``layer`` runs with on ``device`` (cached on the layer per device)."""
+    if torch.compiler.is_compiling():  # traced once per graph: no cache (auto takes a traceable backend)
+        return resolve_backend_name(layer.backend, device, layer.weight_bits)
     cached = layer._resolved
     if cached is not None and cached[0] == device:
         return cached[1]
-    name = resolve_backend_name(layer.backend, device)
+    name = resolve_backend_name(layer.backend, device, layer.weight_bits)
     layer._resolved = (device, name)
     return name
 

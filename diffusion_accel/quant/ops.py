@@ -57,12 +57,12 @@ def _rescale(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, 
 
 def _rescale_eager(y: torch.Tensor, x_scale: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
                    activation: str | None = None):
-    # same arithmetic as _rescale in one pass where possible (addcmul), else in place on the GEMM's
-    # fresh output (fewer passes over memory and fewer temporaries than the composed ops)
+    # same arithmetic as _rescale, in one pass (addcmul) written over the GEMM's fresh float32 output:
+    # on CPU every new (M, N) temporary costs page faults comparable to the pass itself
     y = y.float()
-    out = y.mul_(x_scale) if bias is None else torch.addcmul(bias.float(), y, x_scale)
+    out = y.mul_(x_scale) if bias is None else torch.addcmul(bias.float(), y, x_scale, out=y)
     if activation is not None:
-        out = torch.nn.functional.gelu(out, approximate=activation)
+        out = torch.ops.aten.gelu_(out, approximate=activation)
     return out.to(out_dtype)
 
 

@@ -7,7 +7,11 @@ One :class:`QuantRuntime` per quantized denoiser (never shared between pipelines
 * the **shared-input cache**: linears that read the same tensor with the same activation
   quantizer (``to_q``/``to_k``/``to_v`` of a self-attention) quantize it once. The entry is keyed
   by the tensor's identity and version counter (held through a weak reference), so a different
-  or modified tensor is always quantized afresh;
+  or modified tensor is always quantized afresh. Tensors made under ``torch.inference_mode()``
+  have no version counter (reading it raises), so an in-place write to them cannot be seen: they
+  are quantized afresh by every layer (same integers, no reuse; see :func:`tensor_version`).
+  Inside a ``torch.compile``d model the cache is bypassed: the compiler eliminates the repeated
+  quantization of one tensor itself;
 * whether the memory-bound quantize / rescale steps run through ``torch.compile``.
 
 Example:
@@ -31,7 +35,16 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import ModelHook
 
-__all__ = ["QuantRuntime", "TimestepRangeHook"]
+__all__ = ["QuantRuntime", "TimestepRangeHook", "tensor_version"]
+
+
+def tensor_version(x: torch.Tensor) -> int | None:
+    """``x``'s version counter (bumped by every in-place write), or ``None`` for an inference tensor.
+
+    Tensors created under ``torch.inference_mode()`` track no version (``x._version`` raises
+    ``RuntimeError``), so whether they were modified in place cannot be known without reading them.
+    """
+    return None if x.is_inference() else x._version
 
 
 class QuantRuntime:
@@ -45,13 +58,19 @@ class QuantRuntime:
 
     def quantized_input(self, group: str, x: torch.Tensor, quantize: Callable[[torch.Tensor], Any]) -> Any:
         """``quantize(x)``, reusing the result of the previous call of ``group`` on the same tensor."""
+        if torch.compiler.is_compiling():  # traced into one graph: the compiler merges repeats (CSE)
+            return quantize(x)
+        version = tensor_version(x)
+        if version is None:  # inference tensor: an in-place write would go unseen, so never reuse
+            self._last.pop(group, None)
+            return quantize(x)
         entry = self._last.get(group)
         if entry is not None:
-            ref, version, value = entry
-            if ref() is x and x._version == version:
+            ref, last_version, value = entry
+            if ref() is x and version == last_version:
                 return value
         value = quantize(x)
-        self._last[group] = (weakref.ref(x), x._version, value)
+        self._last[group] = (weakref.ref(x), version, value)
         return value
 
     def clear(self) -> None:

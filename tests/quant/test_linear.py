@@ -189,13 +189,31 @@ def test_weight_placeholder_and_dtype_moves_keep_scales_float32():
     assert sqnr_db(y, yb.float()) >= 35.0
 
 
-@pytest.mark.parametrize("kind,expected", [("amx", "onednn"), ("avx512_vnni", "int_mm"), ("avx512", "fbgemm"),
+@pytest.mark.parametrize("kind,expected", [("amx", "onednn"), ("avx512_vnni", "fbgemm"), ("avx512", "fbgemm"),
                                            ("avx2", "fbgemm"), ("other", "fake")])
 def test_auto_backend_per_cpu_kind(monkeypatch, kind, expected):
     monkeypatch.setattr(cpu_support, "cpu_kind", lambda: kind)
     monkeypatch.setattr(cpu_support, "onednn_problem", lambda: None)
     monkeypatch.setattr(cpu_support, "fbgemm_problem", lambda engine=None: None)
     assert resolve_backend(QuantLinear(32, 16), torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("kind,expected", [("avx512_vnni", "int_mm"), ("avx2", "fbgemm")])
+def test_auto_prefers_full_8_bit_weights_over_a_saturating_fbgemm(monkeypatch, kind, expected):
+    """Where fbgemm is exact only with 7-bit weights, ``auto`` takes ``torch._int_mm`` if it is fast here
+    (VNNI: full 8-bit weights, ~6 dB better weight SQNR), and fbgemm only where nothing better runs."""
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: kind)
+    monkeypatch.setattr(cpu_support, "fbgemm_problem", lambda engine=None: None)
+    monkeypatch.setattr(cpu_support, "fbgemm_weight_level", lambda engine=None: 64)
+    assert resolve_backend(QuantLinear(32, 16), torch.device("cpu")) == expected
+
+
+def test_auto_runs_4_bit_weights_in_an_integer_kernel(monkeypatch):
+    """fbgemm runs 4-bit weights only as fp32 GEMMs: on VNNI, W4 layers take ``torch._int_mm``."""
+    monkeypatch.setattr(cpu_support, "cpu_kind", lambda: "avx512_vnni")
+    monkeypatch.setattr(cpu_support, "fbgemm_problem", lambda engine=None: None)
+    assert resolve_backend(QuantLinear(32, 16, weight_bits=8), torch.device("cpu")) == "fbgemm"
+    assert resolve_backend(QuantLinear(32, 16, weight_bits=4, group_size=16), torch.device("cpu")) == "int_mm"
 
 
 def test_auto_skips_a_backend_that_is_wrong_here(monkeypatch):
