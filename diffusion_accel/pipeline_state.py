@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import unwrap_module
 
-from .hooks import Denoiser
+from .hooks import Denoiser, StepTracker
 from .models import find_model_adapter, supported_model_classes
 
-__all__ = ["AccelerationState", "acceleration_state", "call_defaults", "clear_acceleration_state", "find_denoisers",
+__all__ = ["AccelerationState", "acceleration_state", "call_defaults", "clear_acceleration_state", "find_denoisers", "tracked_denoisers",
            "set_acceleration_state", "with_call_defaults"]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,23 @@ class AccelerationState:
     def report(self) -> dict[str, Any]:
         """Statistics reported by the applied techniques, by field."""
         return {name: h.report() for name, h in self.handles if h.report is not None}
+
+
+def tracked_denoisers(pipe: Any) -> tuple[list[Denoiser], list[torch.nn.Module]]:
+    """The pipeline's denoisers, each with a :class:`StepTracker` (attached here where absent), and the
+    modules that got one here (the caller detaches those when done, e.g. with ``remove_hook``).
+
+    Calibration helpers use it to follow steps without applying an acceleration.
+    """
+    denoisers, attached = [], []
+    for name, module in find_denoisers(pipe):
+        adapter = find_model_adapter(module)
+        tracker = StepTracker.get(module)
+        if tracker is None:
+            tracker = StepTracker.attach(module, adapter)
+            attached.append(module)
+        denoisers.append(Denoiser(name, module, adapter, tracker))
+    return denoisers, attached
 
 
 def find_denoisers(pipe: Any) -> list[tuple[str, torch.nn.Module]]:

@@ -36,9 +36,8 @@ import numpy as np
 import torch
 
 from ..call_inputs import batch_inputs, check_call_inputs, check_item_inputs
-from ..hooks import TRACKER_HOOK, Denoiser, StepTracker, pipeline_call_scope, remove_hook
-from ..models import find_model_adapter
-from ..pipeline_state import acceleration_state, find_denoisers
+from ..hooks import TRACKER_HOOK, Denoiser, pipeline_call_scope, remove_hook
+from ..pipeline_state import acceleration_state, tracked_denoisers
 from .block_io import block_argument, block_streams
 from .dynamic import DynamicCacheConfig
 
@@ -163,14 +162,7 @@ def _denoisers(pipe: Any) -> tuple[list[Denoiser], list[torch.nn.Module]]:
     if state is not None and state.config.cache is not None:
         raise ValueError("Calibrate on a pipeline without a cache: call diffusion_accel.remove(pipe) first "
                          "(quantization or sparse attention may stay applied).")
-    denoisers, attached = [], []
-    for name, module in find_denoisers(pipe):
-        adapter = find_model_adapter(module)
-        tracker = StepTracker.get(module)
-        if tracker is None:
-            tracker = StepTracker.attach(module, adapter)
-            attached.append(module)
-        denoisers.append(Denoiser(name, module, adapter, tracker))
+    denoisers, attached = tracked_denoisers(pipe)
     return denoisers, attached
 
 

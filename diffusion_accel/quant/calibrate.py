@@ -27,9 +27,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..call_inputs import batch_inputs, check_call_inputs, check_item_inputs, item_inputs
-from ..hooks import Denoiser, StepTracker, pipeline_call_scope, remove_hook, TRACKER_HOOK
-from ..models import find_model_adapter
-from ..pipeline_state import find_denoisers
+from ..hooks import TRACKER_HOOK, Denoiser, pipeline_call_scope, remove_hook
+from ..pipeline_state import tracked_denoisers
 from .runtime import tensor_version
 
 __all__ = ["CalibrationResult", "calibrate", "calibrate_denoisers", "collect_statistics", "bucket_by_timestep", "run_prompts"]
@@ -205,14 +204,7 @@ def calibrate(pipe, prompts: Sequence[str], num_inference_steps: int | None = No
         ValueError: ``prompts`` is empty.
     """
     prompts = _check_prompts(prompts)
-    denoisers, attached = [], []
-    for name, module in find_denoisers(pipe):
-        adapter = find_model_adapter(module)
-        tracker = StepTracker.get(module)
-        if tracker is None:
-            tracker = StepTracker.attach(module, adapter)
-            attached.append(module)
-        denoisers.append(Denoiser(name, module, adapter, tracker))
+    denoisers, attached = tracked_denoisers(pipe)
     try:
         names = {d.name: [n for n, m in d.module.named_modules() if isinstance(m, torch.nn.Linear)]
                  for d in denoisers}
