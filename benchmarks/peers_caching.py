@@ -63,6 +63,8 @@ class Method:
 
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("caching part")
+    group.add_argument("--caching-model", default="benchmark", choices=["benchmark", "benchmark-video"],
+                       help="bundled model: the PixArt image model (default) or the Wan video model")
     group.add_argument("--caching-prompts", type=int, default=16, help="held-out prompts (default 16)")
     group.add_argument("--caching-steps", type=int, default=20)
     group.add_argument("--caching-rounds", type=int, default=2,
@@ -190,7 +192,15 @@ class _DenoisingContext:
         return self.value
 
 
-def _diffusers(steps: int, calibrate: Callable[[], list[float]]) -> list[Method]:
+def _blocks_path(pipe: Any) -> str:
+    """Attribute path of the denoiser's main block list (``transformer_blocks`` on PixArt, ``blocks`` on Wan)."""
+    from diffusion_accel.models import find_model_adapter
+
+    return find_model_adapter(pipe.transformer).groups[0].path
+
+
+def _diffusers(steps: int, calibrate: Callable[[], list[float]], blocks: str = "transformer_blocks",
+               kind: str = "image") -> list[Method]:
     from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
                                  PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig, apply_faster_cache,
                                  apply_first_block_cache, apply_mag_cache, apply_pyramid_attention_broadcast,
@@ -232,7 +242,7 @@ def _diffusers(steps: int, calibrate: Callable[[], list[float]]) -> list[Method]
                       taylorseer({"cache_interval": 2, "max_order": 1, "disable_cache_before_step": 2})))
     for interval in (2, 3):
         settings = {"cache_interval": interval, "max_order": 1, "disable_cache_before_step": 2,
-                    "cache_identifiers": [r"transformer_blocks\.\d+"]}
+                    "cache_identifiers": [rf"{blocks}\.\d+"]}
         out.append(Method(f"diffusers TaylorSeer {interval} blocks", "diffusers",
                           {**settings, "taylor_factors_dtype": "float32"}, taylorseer(settings)))
     for threshold in (0.06, 0.24):
@@ -245,8 +255,8 @@ def _diffusers(steps: int, calibrate: Callable[[], list[float]]) -> list[Method]
 
         out.append(Method(f"diffusers MagCache {threshold}", "diffusers", settings, attach))
     settings = {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": (-1, 681),
-                "spatial_attention_block_identifiers": ["transformer_blocks"], "attention_weight": 0.3,
-                "tensor_format": "BCHW", "is_guidance_distilled": False}
+                "spatial_attention_block_identifiers": [blocks], "attention_weight": 0.3,
+                "tensor_format": "BCFHW" if kind == "video" else "BCHW", "is_guidance_distilled": False}
     out.append(Method("diffusers FasterCache 2", "diffusers", settings, hook(
         apply_faster_cache, lambda s=settings, **kw: FasterCacheConfig(
             **{k: v for k, v in s.items() if k != "attention_weight"},
@@ -260,20 +270,21 @@ def _diffusers(steps: int, calibrate: Callable[[], list[float]]) -> list[Method]
 
 class _Bench:
     def __init__(self, args) -> None:
-        from diffusion_accel.assets import BENCHMARK_GENERATION_KWARGS, benchmark_prompts
+        from diffusion_accel.assets.bundled import BUNDLED_MODELS
 
-        self.prompts = benchmark_prompts("heldout")[: args.caching_prompts]
+        self.model = BUNDLED_MODELS[args.caching_model]
+        self.prompts = self.model.prompts("heldout")[: args.caching_prompts]
         if len(self.prompts) < args.caching_prompts:
             raise ValueError(f"--caching-prompts {args.caching_prompts}: only {len(self.prompts)} held-out prompts.")
-        self.kwargs = {**BENCHMARK_GENERATION_KWARGS, "num_inference_steps": args.caching_steps,
-                       "clean_caption": False, "output_type": "np"}
+        self.kwargs = {**self.model.generation_kwargs(), "num_inference_steps": args.caching_steps,
+                       "output_type": "np"}
         self.steps = args.caching_steps
         self._mag_ratios: list[float] | None = None
 
     def fresh(self):
         from diffusion_accel.eval.sweep import load_pipeline
 
-        pipe = load_pipeline("benchmark")
+        pipe = load_pipeline(self.model.name)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -320,7 +331,7 @@ def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
     methods = [Method("full compute", "baseline", {}, lambda pipe: None)]
     methods += _ours(template_pipe, bench.steps)
     methods += _cache_dit(bench.steps)
-    methods += _diffusers(bench.steps, bench.mag_ratios)
+    methods += _diffusers(bench.steps, bench.mag_ratios, _blocks_path(template_pipe), bench.model.kind)
     prefixes = [p.strip() for p in only.split(",") if p.strip()]
     if prefixes:
         methods = methods[:1] + [m for m in methods[1:] if any(m.name.startswith(p) for p in prefixes)]
@@ -483,7 +494,7 @@ def run(args) -> dict[str, Any]:
         versions["cache_dit"] = cache_dit.__version__
     return {
         "benchmark": "peers-caching",
-        "model": "bundled PixArt-alpha (diffusion_accel.assets), 8 blocks, 32x32",
+        "model": f"bundled {bench.model.name} (diffusion_accel.assets.bundled, {bench.model.kind})",
         "prompts": len(bench.prompts), "steps": bench.steps, "rounds": args.caching_rounds,
         "threads": args.caching_threads, "versions": versions, "seconds": round(time.perf_counter() - started),
         "compute": "block computations that ran (BlockComputeCounter: calls of attn1.to_q, attn2.to_q, "
