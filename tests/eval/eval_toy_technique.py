@@ -8,6 +8,8 @@ real speed-up (the blocks do not run) with a real quality cost. Importing this m
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,10 @@ from diffusion_accel.hooks import add_hook, remove_hook
 from diffusion_accel.techniques import TechniqueConfig, TechniqueHandle, register_technique
 
 HOOK = "eval_toy_reuse"
+#: With this environment variable set to a path, a process using the technique writes that file when its
+#: first pipeline call is over and then waits (up to 10 min) instead of making its second call: a run the
+#: kill/resume tests stop at a known point, however fast the machine (they raced the run's end before).
+HOLD_ENV = "EVAL_TOY_HOLD_FILE"
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,10 @@ class EvalToyReuseCache(TechniqueConfig):
 class _ReuseHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, tracker, reuse_steps) -> None:
+    def __init__(self, tracker, reuse_steps, holds: bool = False) -> None:
         super().__init__()
+        self.holds = holds
+        self.calls = 0
         self.tracker = tracker
         self.reuse_steps = set(reuse_steps)
         self.cache: dict[str, Any] = {}
@@ -41,6 +49,10 @@ class _ReuseHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         call = self.tracker.current
+        if self.holds and call is not None and call.index == 0:  # the first denoiser call of a pipeline call
+            self.calls += 1
+            if self.calls == 2 and os.environ.get(HOLD_ENV):
+                _hold(os.environ[HOLD_ENV])
         if call is not None and call.step in self.reuse_steps and call.branch in self.cache:
             self.skipped += 1
             return self.cache[call.branch]
@@ -49,7 +61,7 @@ class _ReuseHook(ModelHook):
             self.cache[call.branch] = out
         return out
 
-    def reset_state(self, module):
+    def reset_state(self, module):  # noqa: D102
         self.cache = {}
         return module
 
@@ -58,8 +70,8 @@ class _ReuseHook(ModelHook):
 def _apply(pipe, config, denoisers) -> TechniqueHandle:
     hooked = []
     for d in denoisers:
-        for block in d.blocks():
-            add_hook(block.module, _ReuseHook(d.tracker, config.reuse_steps), HOOK)
+        for i, block in enumerate(d.blocks()):
+            add_hook(block.module, _ReuseHook(d.tracker, config.reuse_steps, holds=i == 0), HOOK)
             hooked.append(block.module)
 
     def remove() -> None:
@@ -67,3 +79,9 @@ def _apply(pipe, config, denoisers) -> TechniqueHandle:
             remove_hook(module, HOOK)
 
     return TechniqueHandle(remove=remove)
+
+
+def _hold(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(600)

@@ -80,14 +80,14 @@ def test_uninterrupted_run_writes_every_result(uninterrupted):
 
 def test_killed_run_resumes_to_the_same_results(inputs, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    proc = launch(cli_args(inputs, out))
-    part = out / "reuse" / "manifest.part-0.jsonl"
+    hold = tmp_path / "holding"  # the toy technique waits at its second pipeline call (eval_toy_technique.HOLD_ENV)
+    proc = launch(cli_args(inputs, out), EVAL_TOY_HOLD_FILE=str(hold))
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if part.exists() and len(part.read_text().splitlines()) >= 1:
-            break
+    while time.monotonic() < deadline and proc.poll() is None and not hold.exists():
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    assert proc.poll() is None and hold.exists(), "the run ended (or never got) to its second accelerated call"
+    lines = [p for p in (out / "reuse").glob("manifest*.jsonl") for _ in p.read_text().splitlines()]
+    assert lines, "the first batch of the accelerated variant is on disk"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "results.json").exists()
