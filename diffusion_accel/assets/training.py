@@ -95,6 +95,14 @@ def _log(log: Logger | None, message: str) -> None:
         log(message)
 
 
+def vae_update(vae, optimiser, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss`` with ``vae``'s gradients clipped to norm 1 (both VAE trainers)."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    optimiser.step()
+
+
 def train_vae(
     vae,
     images: torch.Tensor,
@@ -137,11 +145,7 @@ def train_vae(
             recon = vae.decode(z).sample
         rec_loss = (w * (recon.float() - x) ** 2).mean()
         kl = posterior.kl().float().mean()
-        loss = rec_loss + kl_weight * kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
+        vae_update(vae, optimiser, rec_loss + kl_weight * kl)
         if step % 100 == 0 or step == steps - 1:
             _log(log, f"vae step {step} rec {rec_loss.item():.5f} kl {kl.item():.1f} {time.time() - start:.0f}s")
     vae.eval()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .training import ExponentialMovingAverage
+from .training import ExponentialMovingAverage, vae_update
 
 __all__ = ["latent_weights", "decode_unclamped", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
            "train_flow_matching"]
@@ -111,11 +111,7 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
         recon = decode_unclamped(vae, posterior.mode() if deterministic else posterior.sample(generator=generator))
         rec_loss = (w * (recon - x) ** 2).mean()
         kl = posterior.kl().mean()
-        loss = rec_loss + kl_weight * kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
+        vae_update(vae, optimiser, rec_loss + kl_weight * kl)
         if step % 20 == 0 or step == steps - 1:
             _log(log, f"vae step {step} rec {rec_loss.item():.5f} kl {kl.item():.1f} {time.time() - start:.0f}s")
     vae.eval()
