@@ -39,8 +39,9 @@ from .schedule import CacheSchedule, resolve_denoiser
 
 __all__ = ["GRANULARITIES", "dp_schedule", "reuse_errors", "schedule_from_errors", "best_compute_steps"]
 
-#: Values of ``granularity``: one set of compute steps per block, or one for the whole model.
-GRANULARITIES = ("block", "step")
+#: Values of ``granularity``: one set of compute steps for the whole model (default: 1-8 dB better than
+#: per block on the bundled model, docs/caching.md), or one per block.
+GRANULARITIES = ("step", "block")
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -160,7 +161,7 @@ def _allocate(costs: list[np.ndarray], total: int) -> list[int]:
     return out[::-1]
 
 
-def schedule_from_errors(model: Any, errors: np.ndarray, budget: float, granularity: str = "block",
+def schedule_from_errors(model: Any, errors: np.ndarray, budget: float, granularity: str = "step",
                          name: str | None = None) -> CacheSchedule:
     """The least-error :class:`CacheSchedule` for ``model`` computing a ``budget`` share of (step, block)
     pairs (rounded; at least step 0 of every block), given :func:`reuse_errors`' ``errors``."""
@@ -188,7 +189,7 @@ def schedule_from_errors(model: Any, errors: np.ndarray, budget: float, granular
     return CacheSchedule.from_model(model, compute, name=name or f"dp-{budget:g}")
 
 
-def dp_schedule(pipe: Any, prompts: Sequence[Any], *, budget: float = 0.5, granularity: str = "block",
+def dp_schedule(pipe: Any, prompts: Sequence[Any], *, budget: float = 0.5, granularity: str = "step",
                 batch_size: int = 8, seed: int = 0, **call_kwargs: Any) -> CacheSchedule:
     """Measure the reuse errors of ``pipe`` on ``prompts`` (:func:`reuse_errors`; ``num_inference_steps``
     in ``call_kwargs`` sets the schedule's step count) and return the least-error schedule computing a

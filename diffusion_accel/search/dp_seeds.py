@@ -3,8 +3,8 @@
 :func:`dp_schedules` measures the reuse errors once on the search's calibration items
 (:func:`diffusion_accel.caching.dp.reuse_errors`, at full compute on top of the non-cache part of the
 pipeline's acceleration) and solves the DP (:func:`~diffusion_accel.caching.dp.schedule_from_errors`,
-whole blocks) at ``N`` compute budgets spread evenly over ``[0.3, 0.8]`` of the (step, block) pairs
-(``0.5`` for one). They join the heuristic seeds right after the full schedule
+one set of compute steps for all blocks) at ``N`` compute budgets spread evenly over ``[0.3, 0.8]`` of
+the (step, block) pairs (``0.5`` for one). They join the heuristic seeds right after the full schedule
 (:func:`.seeding.initial_population`'s ``extra``).
 """
 
@@ -45,7 +45,7 @@ def dp_schedules(evaluator: Any, count: int) -> list[CacheSchedule]:
         errors = reuse_errors(pipe, items, batch_size=evaluator.batch_size, **kwargs)
     out: list[CacheSchedule] = []
     for budget in dp_budgets(count):
-        schedule = schedule_from_errors(pipe, errors, budget, "block", name=f"dp-{budget:g}")
+        schedule = schedule_from_errors(pipe, errors, budget, "step", name=f"dp-{budget:g}")
         if not schedule.compute.all() and schedule not in out:
             out.append(schedule)
     return out

@@ -24,7 +24,7 @@ def test_seeds_are_the_dp_schedules_of_the_calibration_items(pixart, tiny_call, 
                             batch_size=4)
     seeds = dp_schedules(ev, 2)
     errors = reuse_errors(pixart, PROMPTS, batch_size=4, **call)
-    assert seeds == [schedule_from_errors(pixart, errors, b, "block", name=f"dp-{b:g}") for b in (0.3, 0.8)]
+    assert seeds == [schedule_from_errors(pixart, errors, b, "step", name=f"dp-{b:g}") for b in (0.3, 0.8)]
     assert [s.name for s in seeds] == ["dp-0.3", "dp-0.8"]
 
 
