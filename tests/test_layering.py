@@ -35,7 +35,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("_diffusers", "call_inputs", "hooks", "models", "pipeline_state", "serialization", "techniques", "testing",
         "utils"),
     1: ("caching", "quant", "sampling", "sparse_attn"),
-    2: ("", "api", "config", "pipelines", "assets"),  # "": the package's __init__
+    2: ("", "api", "config", "error_correction", "pipelines", "assets"),  # "": the package's __init__
     3: ("search", "eval", "cost", "cli", "demo", "info"),
 }
 NAMES = ("foundation", "techniques", "api", "tools")

@@ -24,6 +24,8 @@ import warnings
 
 from . import heuristics
 from .calibrate import calibrate_magcache, calibrate_teacache
+from .correction import CorrectedCacheConfig
+from .dp import dp_schedule
 from .dynamic import DynamicCacheConfig
 from .schedule import CacheSchedule
 from .static import StaticCacheConfig
@@ -34,6 +36,8 @@ __all__ = [
     "DynamicCacheConfig",
     "calibrate_teacache",
     "calibrate_magcache",
+    "dp_schedule",
+    "CorrectedCacheConfig",
     "heuristics",
 ]
 

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-seeds", type=float, nargs="*", default=None, metavar="THRESHOLD",
                         help="dynamic-caching thresholds whose decisions seed the search (default 0.1 0.2 0.3 "
                         "0.5 0.8; no value: no such seeds)")
+    parser.add_argument("--dp-seeds", type=int, default=0, metavar="N",
+                        help="seed the search with N DP schedules (least accumulated reuse error at compute "
+                        "budgets spread over 0.3-0.8; default 0)")
     parser.add_argument("--reuse", default="auto", choices=REUSE_CHOICES,
                         help="how reused components contribute (StaticCacheConfig.reuse; default auto: block "
                         "residuals where the blocks allow it; forecast extrapolates them, better at many steps)")
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
-        refine_rounds=args.refine_rounds, option_names=OPTION_NAMES, **extra,
+        refine_rounds=args.refine_rounds, dp_seeds=args.dp_seeds, option_names=OPTION_NAMES, **extra,
     )
     from accelerate import PartialState
 

@@ -62,6 +62,7 @@ from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver
 from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
 from .refine import gene_savings, refine_candidates
+from .dp_seeds import dp_schedules
 from .seeding import dynamic_schedules, initial_population
 from .settings import SearchSettings
 from .validation import candidates_to_validate, split_prompts, validated_entries
@@ -147,7 +148,7 @@ def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchS
     list of strings, or of per-item call arguments such as ``{"class_labels": 207}`` for DiT), ``out``
     (output folder: checkpoint, frontier, plots, picked configs; ``None`` writes nothing), ``num_steps``,
     ``population``, ``generations``, ``seed``, ``quality``, ``cost``, ``num_prompts``, ``num_images``,
-    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``reuse``,
+    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``dp_seeds``, ``reuse``,
     ``granularity``, ``validation_prompts``, ``validate_top``, ``refine_rounds``, ``clip``,
     ``fid_reference``, ``pick_speedups``, ``generalise``, ``generalise_steps``,
     ``generalise_resolution``, ``resume``, ``device``, ``progress`` -- see the settings for each.
@@ -248,6 +249,7 @@ class _Search:
             "operators": s.s.operators.to_dict(),
             "num_heuristics": s.s.num_heuristics,
             "dynamic_seeds": list(s.s.dynamic_seeds),
+            **({"dp_seeds": s.s.dp_seeds} if s.s.dp_seeds else {}),  # absent when 0: older checkpoints resume
             "reuse": s.reuse,
             "validation": {"prompts": [[p.index, p.text] for p in s.validation_list], "top": s.s.validate_top}
             if s.validation_list else None,
@@ -269,6 +271,8 @@ class _Search:
         # population, and the seeds' names, in the checkpoint).
         extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) if saved is None and s.dynamic_seeds \
             else []
+        if saved is None and s.dp_seeds:  # DP schedules under compute budgets (issue #21; .dp_seeds)
+            extra = dp_schedules(self.evaluator, s.dp_seeds) + extra
         seed_names, initial = initial_population(self.pipe, self.genome, s.population, s.seed, s.num_heuristics,
                                                  extra)
         self.driver = NsgaDriver(ScheduleProblem(self.genome), initial, s.seed, s.operators)

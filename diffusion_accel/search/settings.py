@@ -45,6 +45,8 @@ class SearchSettings(RunSettings):
         num_heuristics: at most this many heuristic seeds in the initial population.
         dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
             the initial population (:func:`.seeding.dynamic_schedules`); ``()`` for none.
+        dp_seeds: this many DP schedules (least accumulated reuse error under a compute budget,
+            :mod:`.dp_seeds`) seed the initial population; 0 (default) for none.
         reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
             ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
             its streams (all covered transformers), else ``"outputs"`` (UNets).
@@ -73,6 +75,7 @@ class SearchSettings(RunSettings):
     operators: Operators | None = None
     num_heuristics: int | None = None
     dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS
+    dp_seeds: int = 0
     reuse: str = "auto"
     granularity: str = "component"
     validation_prompts: int = 0
@@ -97,6 +100,7 @@ class SearchSettings(RunSettings):
         super().validate()
         check_int("validate_top", self.validate_top, 1, "validate at least one candidate per target speed-up")
         check_int("refine_rounds", self.refine_rounds, 0, "0 runs no refinement after the generations")
+        check_int("dp_seeds", self.dp_seeds, 0, "0 seeds no DP schedules")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}.")
         if self.quality not in QUALITY_METRICS:

@@ -8,6 +8,7 @@ point (several processes, a real kill); the rest runs ``main`` in this process.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ import pytest
 from diffusion_accel.cli import main
 
 pytestmark = pytest.mark.slow
+
+#: the test-side launcher that stops a search at a known point (see its docstring).
+HOLD_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "search_hold.py")
 
 GENERATIONS = 5
 
@@ -34,7 +38,7 @@ def launch(env, args, **extra_env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=400):
+def finish(proc, timeout=1200):  # a hang guard only: generous for a loaded machine
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     return out
@@ -83,16 +87,19 @@ def test_two_processes_give_the_same_frontier_as_one(prompts, reference, tmp_pat
 def test_killed_search_resumes_to_the_same_frontier(prompts, reference, tmp_path, subprocess_env, capsys,
                                                     one_thread):
     out = tmp_path / "killed"
-    proc = launch(subprocess_env, cli_args(prompts, out))
-    checkpoint = out / "checkpoint.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not checkpoint.exists():
-        time.sleep(0.005)
-    assert proc.poll() is None, "the search ended before it could be killed"
+    hold = tmp_path / "holding"  # written by search_hold.py once generation 1 is checkpointed; it then waits
+    with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe nobody reads while the test waits
+        proc = subprocess.Popen([sys.executable, HOLD_LAUNCHER, str(hold), "1", *cli_args(prompts, out)],
+                                env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 1200  # a hang guard only
+    while time.monotonic() < deadline and proc.poll() is None and not hold.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None and hold.exists(), \
+        f"the search did not stop after generation 1: {(tmp_path / 'killed.log').read_text()[-3000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    completed = json.loads(checkpoint.read_text())["completed"]
-    assert 1 <= completed < GENERATIONS + 2 and not (out / "frontier.json").exists()
+    completed = json.loads((out / "checkpoint.json").read_text())["completed"]
+    assert completed == 2 and not (out / "frontier.json").exists()  # killed where it was held
 
     assert main(["search", *cli_args(prompts, out)]) == 2  # without --resume: refused
     assert "pass --resume" in capsys.readouterr().err
