@@ -7,7 +7,7 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   Δ-DiT with block residuals, ``StaticCacheConfig(reuse="forecast")`` (TaylorSeer-style
   extrapolation) on FORA-3, dynamic caching at three thresholds, TeaCache (``DynamicCacheConfig(
   policy="teacache")``, coefficients calibrated on the training captions), the bundled searched
-  schedule, and the greedy step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (chosen on
+  schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
   training captions) for 1.5-2.2x;
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
@@ -112,21 +112,21 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
         out.append(Method(f"ours dynamic-{threshold}", "ours", {"policy": "dynamic", "threshold": threshold},
                           _ours_attach(bench.ours(config))))
     out += _ours_teacache(bench)
-    out += _ours_greedy(pipe, steps, bench)
+    out += _ours_skips(pipe, steps, bench)
     return out
 
 
-#: rounds of the greedy step-skip family (``benchmarks/low_speedup_schedules.py``) to run: skipping k of
-#: 20 steps is 20 / (20 - k) compute (1.54, 1.67, 1.82, 2.0, 2.22x)
-GREEDY_ROUNDS = (7, 8, 9, 10, 11)
+#: step-skip schedules picked by ``benchmarks/low_speedup_schedules.py`` to run, by skipped steps k: skipping
+#: k of 20 steps is 20 / (20 - k) compute (1.54, 1.67, 1.82, 2.0, 2.22x)
+SKIP_PICKS = (7, 8, 9, 10, 11)
 #: the same schedule with component-output reuse instead of block residuals (for comparison)
-GREEDY_OUTPUTS_ROUND = 10
+SKIP_OUTPUTS_PICK = 10
 #: TeaCache thresholds (coefficients calibrated on the training captions by benchmarks/dynamic_policies.py)
 TEACACHE_THRESHOLDS = (0.12, 0.15)
 
 
-def _ours_greedy(pipe, steps: int, bench) -> list[Method]:
-    """The greedy step-skip schedules chosen on training captions (``low_speedup_schedules.json``)."""
+def _ours_skips(pipe, steps: int, bench) -> list[Method]:
+    """The step-skip schedules picked on training captions (``low_speedup_schedules.json``)."""
     import json
 
     from diffusion_accel import AccelerationConfig
@@ -134,18 +134,18 @@ def _ours_greedy(pipe, steps: int, bench) -> list[Method]:
     from low_speedup_schedules import RESULTS, skip_schedule
 
     if not os.path.exists(RESULTS):
-        return [Method("ours greedy", "ours", {}, _raiser(FileNotFoundError(
+        return [Method("ours skip", "ours", {}, _raiser(FileNotFoundError(
             f"{RESULTS} is missing: run python benchmarks/low_speedup_schedules.py first")))]
     with open(RESULTS, encoding="utf-8") as fh:
         found = json.load(fh)
     out = []
-    for k, reuse in [(k, "block_residual") for k in GREEDY_ROUNDS] + [(GREEDY_OUTPUTS_ROUND, "outputs")]:
-        if k > len(found["order"]) or found["steps"] != steps:
+    for k, reuse in [(k, "block_residual") for k in SKIP_PICKS] + [(SKIP_OUTPUTS_PICK, "outputs")]:
+        if str(k) not in found["picks"] or found["steps"] != steps:
             continue
-        skipped = sorted(found["order"][:k])
+        skipped = found["picks"][str(k)]
         config = AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, skipped), reuse=reuse))
-        out.append(Method(f"ours greedy-skip-{k}" + ("-outputs" if reuse == "outputs" else ""), "ours",
-                          {"policy": "greedy step skip (chosen on training captions)", "skipped_steps": skipped,
+        out.append(Method(f"ours skip-{k}" + ("-outputs" if reuse == "outputs" else ""), "ours",
+                          {"policy": "step skip picked on training captions", "skipped_steps": skipped,
                            "reuse": reuse}, _ours_attach(bench.ours(config))))
     return out
 
