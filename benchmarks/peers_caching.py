@@ -606,9 +606,12 @@ def run(args) -> dict[str, Any]:
     started = time.perf_counter()
     _quality_pass(bench, methods, _Scorer(bench.model, bench.prompts))
     quality_seconds = round(time.perf_counter() - started)
+    _save_progress(methods)  # the quality pass survives a run stopped during the timing rounds
     for _ in range(args.caching_rounds):
         _timing_round(bench, methods)
     _summarize(methods)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(RESULTS_DIR, "peers_caching.partial.json"))
     import diffusers
 
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -634,6 +637,16 @@ def run(args) -> dict[str, Any]:
         "goal_check": goal_check(methods),
         "plots": plots(methods, len(bench.prompts)),
     }
+
+
+def _save_progress(methods: list[Method]) -> None:
+    import json
+
+    path = os.path.join(RESULTS_DIR, "peers_caching.partial.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump([{"name": m.name, "family": m.family, "settings": m.settings, **m.result} for m in methods], fh,
+                  indent=1, default=str)
+    print(f"[peers caching] quality pass saved to {path} (removed when the run completes)", flush=True)
 
 
 def markdown_table(part: dict[str, Any]) -> str:
