@@ -17,6 +17,10 @@ held-out prompts that ``benchmarks/peers_caching.py`` scores them on. Writes
 ``benchmarks/results/low_speedup_schedules.json`` (every candidate's PSNR and the picks, after
 each candidate); ``peers_caching.py`` reads the picks.
 
+Outcome (16 held-out prompts, ``benchmarks/results/peers.json``): the picks beat FORA-2 by 1.8-6.1 dB
+on the two training captions but lose 2.2-2.8 dB to it on the held-out prompts -- two captions are too
+few to choose steps on; choose on >= 8 captions and validate on others before trusting a pick.
+
     python benchmarks/low_speedup_schedules.py --prompts 2 [--profile]
 """
 
