@@ -5,7 +5,10 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
 
 * **ours** (the policies of ``benchmarks/caching.py``, built with its helpers): FORA-2/3/4 and
   Δ-DiT with block residuals, ``StaticCacheConfig(reuse="forecast")`` (TaylorSeer-style
-  extrapolation) on FORA-3/4, dynamic caching at three thresholds, the bundled searched schedule;
+  extrapolation) on FORA-3, dynamic caching at three thresholds, TeaCache (``DynamicCacheConfig(
+  policy="teacache")``, coefficients calibrated on the training captions), the bundled searched
+  schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
+  training captions) for 1.5-2.2x;
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -18,12 +21,17 @@ Every method runs on a *fresh* pipeline loaded from disk, so nothing leaks betwe
 * **compute** = block computations that really ran (:class:`diffusion_accel.cost.blocks.
   BlockComputeCounter`: calls of each block's ``attn1.to_q``, ``attn2.to_q``, ``ff.net[0].proj``),
   baseline / method; the same counter for everyone.
-* **quality**: PSNR and SSIM of the images against the full-compute images of the same seeds.
-* **wall clock**: ``--caching-rounds`` interleaved rounds (each round runs every method once, in
-  the same order); min over rounds, spread = (max - min) / min, speed-up from the minima, for the
-  whole pipeline call and for the time inside the denoiser.
+* **quality** (one untimed pass over all prompts): PSNR and SSIM of the images against the
+  full-compute images of the same seeds; CLIP score (bundled CLIP, image vs its prompt); FID with
+  bundled-CLIP features against the bundled real held-out scenes and against the full-compute images.
+* **wall clock**: then ``--caching-rounds`` interleaved rounds on the first ``--caching-timing-prompts``
+  prompts (each round runs every method once, in the same order); min over rounds, spread =
+  (max - min) / min, speed-up from the minima, for the whole pipeline call and for the time inside
+  the denoiser.
 * **goal**: our frontier (upper envelope of our points in (compute, PSNR), linear between them)
   minus each peer point's PSNR at the peer's compute, for peers between 1.5x and 4x; goal >= 3 dB.
+  The strict check (``margin_at_least_as_fast_db``) takes instead our best point that is at least as
+  fast as the peer, without interpolation. The frontier holds our configs only.
 
 Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``.
 Plots go to ``benchmarks/results/peers_caching_{compute,wallclock}.png``.
@@ -68,7 +76,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--caching-prompts", type=int, default=16, help="held-out prompts (default 16)")
     group.add_argument("--caching-steps", type=int, default=20)
     group.add_argument("--caching-rounds", type=int, default=2,
-                       help="interleaved timing rounds; the first also measures compute and quality")
+                       help="interleaved timing rounds (after the quality pass, which is not timed)")
+    group.add_argument("--caching-timing-prompts", type=int, default=2,
+                       help="held-out prompts of each timed call (default 2: the first ones)")
     group.add_argument("--caching-threads", type=int, default=2)
     group.add_argument("--caching-only", default="",
                        help="comma-separated name prefixes to run (debugging; the baseline always runs)")
@@ -95,13 +105,67 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
 
     out.append(Method("ours fora-4-res", "ours", {"policy": "fora-4", "reuse": "block_residual"},
                       static(CacheSchedule.fora(pipe, steps, 4), reuse="block_residual")))
-    for k in (3, 4):
-        out.append(Method(f"ours fora-{k}-forecast", "ours", {"policy": f"fora-{k}", "reuse": "forecast",
-                                                               "forecast_order": 1},
-                          static(CacheSchedule.fora(pipe, steps, k), reuse="forecast")))
+    out.append(Method("ours fora-3-forecast", "ours", {"policy": "fora-3", "reuse": "forecast", "forecast_order": 1},
+                      static(CacheSchedule.fora(pipe, steps, 3), reuse="forecast")))
     for threshold in (0.2, 0.3, 0.4):
         config = AccelerationConfig(cache=DynamicCacheConfig(threshold=threshold))
         out.append(Method(f"ours dynamic-{threshold}", "ours", {"policy": "dynamic", "threshold": threshold},
+                          _ours_attach(bench.ours(config))))
+    out += _ours_teacache(bench)
+    out += _ours_skips(pipe, steps, bench)
+    return out
+
+
+#: step-skip schedules picked by ``benchmarks/low_speedup_schedules.py`` to run, by skipped steps k: skipping
+#: k of 20 steps is 20 / (20 - k) compute (1.54, 1.67, 1.82, 2.0, 2.22x)
+SKIP_PICKS = (7, 8, 9, 10, 11)
+#: the same schedule with component-output reuse instead of block residuals (for comparison)
+SKIP_OUTPUTS_PICK = 10
+#: TeaCache thresholds (coefficients calibrated on the training captions by benchmarks/dynamic_policies.py)
+TEACACHE_THRESHOLDS = (0.12, 0.15)
+
+
+def _ours_skips(pipe, steps: int, bench) -> list[Method]:
+    """The step-skip schedules picked on training captions (``low_speedup_schedules.json``)."""
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import StaticCacheConfig
+    from low_speedup_schedules import RESULTS, skip_schedule
+
+    if not os.path.exists(RESULTS):
+        return [Method("ours skip", "ours", {}, _raiser(FileNotFoundError(
+            f"{RESULTS} is missing: run python benchmarks/low_speedup_schedules.py first")))]
+    with open(RESULTS, encoding="utf-8") as fh:
+        found = json.load(fh)
+    out = []
+    for k, reuse in [(k, "block_residual") for k in SKIP_PICKS] + [(SKIP_OUTPUTS_PICK, "outputs")]:
+        if str(k) not in found["picks"] or found["steps"] != steps:
+            continue
+        skipped = found["picks"][str(k)]
+        config = AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, skipped), reuse=reuse))
+        out.append(Method(f"ours skip-{k}" + ("-outputs" if reuse == "outputs" else ""), "ours",
+                          {"policy": "step skip picked on training captions", "skipped_steps": skipped,
+                           "reuse": reuse}, _ours_attach(bench.ours(config))))
+    return out
+
+
+def _ours_teacache(bench) -> list[Method]:
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    path = os.path.join(RESULTS_DIR, "dynamic_policies.json")
+    with open(path, encoding="utf-8") as fh:
+        coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    out = []
+    for threshold in TEACACHE_THRESHOLDS:
+        config = AccelerationConfig(cache=DynamicCacheConfig(threshold=threshold, policy="teacache",
+                                                             teacache_coefficients=coefficients))
+        out.append(Method(f"ours teacache-{threshold}", "ours",
+                          {"policy": "teacache", "threshold": threshold,
+                           "teacache_coefficients": "dynamic_policies.json (training captions)"},
                           _ours_attach(bench.ours(config))))
     return out
 
@@ -117,12 +181,12 @@ def _ours_attach(attach_and_detach):
 #: DBCache variant -> residual-diff thresholds (chosen to span about 1.3-4x compute here; F4B0 and
 #: F2B1 cannot go much beyond 8/4 = 2x and 8/3 = 2.7x: their first/last blocks always run).
 CACHE_DIT_SWEEP = {
-    (1, 0): (0.12, 0.2, 0.3, 0.45, 0.7),
+    (1, 0): (0.1, 0.12, 0.2, 0.3, 0.45, 0.7, 1.0),
     (2, 1): (0.35, 0.8),
     (4, 0): (0.35, 1.0),
 }
 #: thresholds also run with the TaylorSeer calibrator (all of F1B0's, the fastest of the others)
-CACHE_DIT_TAYLOR = {(1, 0): (0.12, 0.2, 0.3, 0.45, 0.7), (2, 1): (0.8,), (4, 0): (1.0,)}
+CACHE_DIT_TAYLOR = {(1, 0): (0.12, 0.2, 0.3, 0.7, 1.0), (2, 1): (0.8,), (4, 0): (1.0,)}
 
 
 def _cache_dit(steps: int) -> list[Method]:
@@ -279,6 +343,7 @@ class _Bench:
         self.kwargs = {**self.model.generation_kwargs(), "num_inference_steps": args.caching_steps,
                        "output_type": "np"}
         self.steps = args.caching_steps
+        self.timing_prompts = min(args.caching_timing_prompts, len(self.prompts))
         self._mag_ratios: list[float] | None = None
 
     def fresh(self):
@@ -310,21 +375,58 @@ class _Bench:
             self._mag_ratios = [float(x) for x in ast.literal_eval(lists[-1].strip())]
         return self._mag_ratios
 
-    def measure(self, method: Method, first_round: bool) -> tuple[float, float, np.ndarray | None, int]:
+    def quality(self, method: Method) -> tuple[np.ndarray, int]:
+        """Images of every prompt and the block computations that ran (fresh pipeline, not timed)."""
+        import caching as bench
+
+        pipe = self.fresh()
+        method.attach(pipe)
+        with BlockComputeCounter(pipe) as counter:
+            output = self.call(pipe)
+        return bench.images_of(output), counter.total
+
+    def timed(self, method: Method) -> tuple[float, float]:
+        """Wall clock of one call on the timing prompts and the time inside the denoiser (fresh pipeline)."""
         import caching as bench
 
         pipe = self.fresh()
         method.attach(pipe)
         timer = bench.DenoiserTimer(pipe)
         try:
-            with BlockComputeCounter(pipe) as counter:
-                start = time.perf_counter()
-                output = self.call(pipe)
-                elapsed = time.perf_counter() - start
+            start = time.perf_counter()
+            self.call(pipe, self.prompts[: self.timing_prompts])
+            elapsed = time.perf_counter() - start
         finally:
             timer.close()
-        images = bench.images_of(output) if first_round else None
-        return elapsed, timer.total, images, counter.total
+        return elapsed, timer.total
+
+
+class _Scorer:
+    """CLIP score (the bundled CLIP, image vs its prompt) and FID with CLIP features against the
+    bundled real held-out scenes and against the full-compute images of the same prompts."""
+
+    def __init__(self, model, prompts: list[str]) -> None:
+        from diffusion_accel.eval import metrics as M
+
+        self.prompts = prompts
+        self.clip = M.load_clip(model.clip) if model.clip else None
+        self.extractor = M.fid_features("clip", self.clip) if self.clip is not None else None
+        self.real = (M.load_reference(f"{model.fid_reference}:heldout", self.extractor)
+                     if self.extractor is not None and model.fid_reference else None)
+        self.full = None
+
+    def __call__(self, images: np.ndarray, baseline: bool) -> dict[str, float]:
+        from diffusion_accel.eval import metrics as M
+
+        if self.clip is None or images.ndim != 4:
+            return {}
+        if baseline:
+            self.full = M.reference_stats(images, self.extractor)
+        out = {"clip_score": M.clip_score(images, self.prompts, self.clip),
+               "fid_vs_full": M.fid(images, self.full, self.extractor)}
+        if self.real is not None:
+            out["fid_vs_real"] = M.fid(images, self.real, self.extractor)
+        return out
 
 
 def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
@@ -338,30 +440,35 @@ def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
     return methods
 
 
-def _round(bench: _Bench, methods: list[Method], first: bool, reference: dict) -> None:
+def _quality_pass(bench: _Bench, methods: list[Method], scorer: _Scorer) -> None:
     from diffusion_accel.eval.metrics import psnr, ssim
 
+    reference: dict[str, Any] = {}
     for m in methods:
-        if m.result.get("supported") is False:
-            continue
         try:
-            elapsed, denoiser_s, images, computed = bench.measure(m, first)
+            images, computed = bench.quality(m)
         except Exception as exc:  # a peer that does not run on this model: record why
             m.result = {"supported": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"[peers caching] {m.name}: FAILED {m.result['reason'][:200]}", flush=True)
             continue
+        if m.family == "baseline":
+            reference["images"], reference["computed"] = images, computed
+        m.result.update(supported=True, block_computations=computed,
+                        compute_ratio=BlockComputeCounter.ratio(reference["computed"], computed),
+                        psnr_db=psnr(images, reference["images"]), ssim=ssim(images, reference["images"]),
+                        **scorer(images, m.family == "baseline"))
+        print(f"[peers caching] {m.name}: compute {m.result['compute_ratio']:.2f}x, "
+              f"PSNR {m.result['psnr_db']:.2f} dB", flush=True)
+
+
+def _timing_round(bench: _Bench, methods: list[Method]) -> None:
+    for m in methods:
+        if not m.result.get("supported"):
+            continue
+        elapsed, denoiser_s = bench.timed(m)
         m.result.setdefault("wall_s", []).append(elapsed)
         m.result.setdefault("denoiser_s", []).append(denoiser_s)
-        if first:
-            if m.family == "baseline":
-                reference["images"], reference["computed"] = images, computed
-            m.result.update(supported=True, block_computations=computed,
-                            compute_ratio=BlockComputeCounter.ratio(reference["computed"], computed),
-                            psnr_db=psnr(images, reference["images"]), ssim=ssim(images, reference["images"]))
-        elif computed != m.result["block_computations"]:
-            m.result["computations_vary"] = True
-        print(f"[peers caching] {m.name}: {elapsed:.1f} s, compute {m.result['compute_ratio']:.2f}x, "
-              f"PSNR {m.result['psnr_db']:.2f} dB", flush=True)
+        print(f"[peers caching] timed {m.name}: {elapsed:.2f} s", flush=True)
 
 
 def _summarize(methods: list[Method]) -> None:
@@ -376,8 +483,8 @@ def _summarize(methods: list[Method]) -> None:
             r[f"{key}_min"] = round(min(runs), 3)
             r[f"{key}_spread"] = round((max(runs) - min(runs)) / min(runs), 3)
             r[f"{key.split('_')[0]}_speedup"] = round(base_min[key] / min(runs), 3)
-        for key in ("compute_ratio", "psnr_db", "ssim"):
-            if r[key] != float("inf"):
+        for key in ("compute_ratio", "psnr_db", "ssim", "clip_score", "fid_vs_full", "fid_vs_real"):
+            if key in r and r[key] != float("inf"):
                 r[key] = round(r[key], 4)
 
 
@@ -410,10 +517,10 @@ def frontier_psnr(front: list[tuple[float, float]], compute: float) -> float | N
 
 
 def goal_check(methods: list[Method]) -> dict[str, Any]:
-    ours = [(m.result["compute_ratio"], m.result["psnr_db"]) for m in methods
-            if m.family == "ours" and m.result.get("supported")]
-    front = frontier(ours)
-    rows, met = [], True
+    ours = [(m.result["compute_ratio"], m.result["psnr_db"], m.name) for m in methods
+            if m.family == "ours" and m.result.get("supported")]  # our configs only: no peer, no baseline
+    front = frontier([p[:2] for p in ours])
+    rows, met, met_strict = [], True, True
     for m in methods:
         r = m.result
         if m.family not in ("cache-dit", "diffusers") or not r.get("supported"):
@@ -425,13 +532,29 @@ def goal_check(methods: list[Method]) -> dict[str, Any]:
         ok = None if not in_range else (margin is not None and margin >= GOAL_DB)
         if ok is False:
             met = False
+        faster = at_least_as_fast(ours, c)
+        strict = None if faster is None else round(faster[1] - r["psnr_db"], 2)
+        ok_strict = None if not in_range else (strict is not None and strict >= GOAL_DB)
+        if ok_strict is False:
+            met_strict = False
         rows.append({"peer": m.name, "compute_ratio": c, "peer_psnr_db": r["psnr_db"],
                      "ours_frontier_psnr_db": None if q is None else round(q, 2), "margin_db": margin,
-                     "in_goal_range": in_range, "goal_met": ok})
+                     "in_goal_range": in_range, "goal_met": ok,
+                     "ours_at_least_as_fast": None if faster is None else faster[2],
+                     "margin_at_least_as_fast_db": strict, "goal_met_at_least_as_fast": ok_strict})
     return {"goal": f"our frontier >= +{GOAL_DB} dB over every peer point at matched compute, "
                     f"{GOAL_RANGE[0]}-{GOAL_RANGE[1]}x",
             "ours_frontier": [[round(c, 3), round(q, 2)] for c, q in front],
-            "met": met, "points": rows}
+            "met": met, "met_at_least_as_fast": met_strict,
+            "strict_check": "margin_at_least_as_fast_db: our best point whose compute ratio is >= the peer's "
+                            "(no interpolation) minus the peer",
+            "points": rows}
+
+
+def at_least_as_fast(ours: list[tuple[float, float, str]], compute: float) -> tuple[float, float, str] | None:
+    """Our best-PSNR point among those at least as fast as ``compute`` (``None`` if there is none)."""
+    faster = [p for p in ours if p[0] >= compute - 1e-9]
+    return max(faster, key=lambda p: p[1]) if faster else None
 
 
 def plots(methods: list[Method], prompts: int) -> list[str]:
@@ -480,11 +603,15 @@ def run(args) -> dict[str, Any]:
     torch.set_num_threads(args.caching_threads)
     bench = _Bench(args)
     methods = _methods(bench, bench.fresh(), args.caching_only)
-    reference: dict[str, Any] = {}
     started = time.perf_counter()
-    for r in range(args.caching_rounds):
-        _round(bench, methods, r == 0, reference)
+    _quality_pass(bench, methods, _Scorer(bench.model, bench.prompts))
+    quality_seconds = round(time.perf_counter() - started)
+    _save_progress(methods)  # the quality pass survives a run stopped during the timing rounds
+    for _ in range(args.caching_rounds):
+        _timing_round(bench, methods)
     _summarize(methods)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(RESULTS_DIR, "peers_caching.partial.json"))
     import diffusers
 
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -496,32 +623,55 @@ def run(args) -> dict[str, Any]:
         "benchmark": "peers-caching",
         "model": f"bundled {bench.model.name} (diffusion_accel.assets.bundled, {bench.model.kind})",
         "prompts": len(bench.prompts), "steps": bench.steps, "rounds": args.caching_rounds,
-        "threads": args.caching_threads, "versions": versions, "seconds": round(time.perf_counter() - started),
+        "timing_prompts": bench.timing_prompts, "threads": args.caching_threads, "versions": versions,
+        "seconds": round(time.perf_counter() - started), "quality_seconds": quality_seconds,
+        "quality": "PSNR/SSIM vs the full-compute images of the same seeds; clip_score: bundled CLIP, image vs "
+                   "its prompt; fid_vs_real / fid_vs_full: FID with bundled-CLIP features against the bundled "
+                   "held-out real scenes / the full-compute images (few images: compare methods, not papers)",
         "compute": "block computations that ran (BlockComputeCounter: calls of attn1.to_q, attn2.to_q, "
                    "ff.net[0].proj per block), full / method",
-        "timing": "wall clock of the pipeline call and time inside the denoiser; interleaved rounds, "
-                  "each method on a freshly loaded pipeline; speed-up from the minima",
+        "timing": "wall clock of the pipeline call and time inside the denoiser on the first timing_prompts "
+                  "prompts; interleaved rounds after the (untimed) quality pass, each method on a freshly loaded "
+                  "pipeline; speed-up from the minima, spread = (max - min) / min",
         "methods": [{"name": m.name, "family": m.family, "settings": m.settings, **m.result} for m in methods],
         "goal_check": goal_check(methods),
         "plots": plots(methods, len(bench.prompts)),
     }
 
 
+def _save_progress(methods: list[Method]) -> None:
+    import json
+
+    path = os.path.join(RESULTS_DIR, "peers_caching.partial.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump([{"name": m.name, "family": m.family, "settings": m.settings, **m.result} for m in methods], fh,
+                  indent=1, default=str)
+    print(f"[peers caching] quality pass saved to {path} (removed when the run completes)", flush=True)
+
+
 def markdown_table(part: dict[str, Any]) -> str:
     """The README table of a finished run (``python benchmarks/peers_caching.py`` prints it)."""
-    lines = ["| method | compute | PSNR dB | SSIM | wall clock | denoiser time | our frontier − peer at its compute |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | compute | PSNR dB | SSIM | CLIP | FID real / full | wall clock (spread) | "
+             "our frontier − peer at its compute | our best at ≥ its compute − peer |",
+             "|---|---|---|---|---|---|---|---|---|"]
     margins = {row["peer"]: row for row in part["goal_check"]["points"]}
     for m in part["methods"]:
         if not m.get("supported"):
-            lines.append(f"| {m['name']} | — | — | — | — | — | fails: {m['reason'][:110]} |")
+            lines.append(f"| {m['name']} | — | — | — | — | — | — | fails: {m['reason'][:110]} | |")
             continue
         row = margins.get(m["name"])
         margin = "" if row is None or row["margin_db"] is None else f"{row['margin_db']:+.1f} dB"
+        strict = ""
+        if row is not None:
+            strict = ("no point of ours" if row["margin_at_least_as_fast_db"] is None else
+                      f"{row['margin_at_least_as_fast_db']:+.1f} dB ({row['ours_at_least_as_fast'][5:]})")
         if row is not None and not row["in_goal_range"]:
             margin += " (outside 1.5–4×)" if margin else "(beyond our fastest point)"
-        lines.append(f"| {m['name']} | {m['compute_ratio']:.2f}× | {m['psnr_db']:.1f} | {m['ssim']:.4f} | "
-                     f"{m['wall_speedup']:.2f}× | {m['denoiser_speedup']:.2f}× | {margin} |")
+        psnr = "inf" if m["psnr_db"] == float("inf") else f"{m['psnr_db']:.1f}"
+        fid = f"{m.get('fid_vs_real', float('nan')):.2f} / {m.get('fid_vs_full', float('nan')):.2f}"
+        lines.append(f"| {m['name']} | {m['compute_ratio']:.2f}× | {psnr} | {m['ssim']:.4f} | "
+                     f"{m.get('clip_score', float('nan')):.2f} | {fid} | "
+                     f"{m['wall_speedup']:.2f}× ({100 * m['wall_s_spread']:.0f} %) | {margin} | {strict} |")
     return "\n".join(lines)
 
 
