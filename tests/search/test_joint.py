@@ -127,7 +127,7 @@ def test_search_keeps_what_lies_outside_its_space_and_restores_the_pipeline(pixa
     apply(pixart, user)
     try:
         result = search(pixart, tiny_call, space="cache,quant", latency_model=latency)
-        configs = [AccelerationConfig.from_dict(e["config"]) for e in result.frontier]
+        configs = [AccelerationConfig.from_dict(e["config"]) for e in [*result.frontier, *result.heuristics]]
         assert all(c.attention == user.attention for c in configs)  # outside the space: kept
         assert any(c.quant != user.quant for c in configs)           # inside: replaced by the genes
         assert acceleration_state(pixart).config == user
@@ -144,7 +144,7 @@ def test_quant_search_keeps_a_sampling_schedule(pixart, tiny_call, one_thread, l
     apply(pixart, user)
     try:
         result = search(pixart, tiny_call, space="quant", latency_model=latency)
-        configs = [AccelerationConfig.from_dict(e["config"]) for e in result.frontier]
+        configs = [AccelerationConfig.from_dict(e["config"]) for e in [*result.frontier, *result.heuristics]]
         assert all(c.sampling == user.sampling for c in configs) and any(c.quant is not None for c in configs)
         assert acceleration_state(pixart).config == user
     finally:
