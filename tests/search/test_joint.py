@@ -174,3 +174,31 @@ def test_cli_rejects_a_bad_space_before_any_work(tmp_path, subprocess_env):
     assert out.returncode == 2
     assert "valid choices: cache, quant, attention" in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_calibrated_latency_model(tmp_path, subprocess_env, master_port):
+    """Two processes: the main one calibrates the latency model and sends it to the other; they price
+    alike (else their populations would disagree and the search stop), split the candidates, and the
+    checkpoint holds the model that priced the frontier."""
+    out = tmp_path / "two"
+    args = ["--model", "tiny:pixart-alpha", "--prompts", str(tmp_path / "p.txt"), "--steps", "4", "--population", "4",
+            "--generations", "2", "--out", str(out), "--batch-size", "2", "--threads", "1", "--no-generalise",
+            "--no-progress", "--call-kwargs", json.dumps({"height": 32, "width": 32}), "--space", "cache,quant",
+            "--latency-repeats", "1", "--pick-speedup", "1.1"]
+    (tmp_path / "p.txt").write_text("a red cat\na blue dog\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "diffusion_accel.cli", "search", *args],
+                              env=subprocess_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                                                 MASTER_ADDR="127.0.0.1", MASTER_PORT=master_port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+    checkpoint = json.loads((out / "checkpoint.json").read_text())
+    assert {r["process"] for r in checkpoint["archive"].values()} == {0, 1}
+    from diffusion_accel.cost.latency import LatencyModel
+
+    model = LatencyModel.from_dict(checkpoint["latency_model"])
+    for entry in json.loads((out / "frontier.json").read_text())["frontier"]:
+        config = AccelerationConfig.from_dict(entry["config"])
+        assert entry["latency_model_speedup"] == pytest.approx(model.seconds(None) / model.seconds(config), rel=1e-9)
