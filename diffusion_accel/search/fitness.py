@@ -413,7 +413,9 @@ class CandidateEvaluator:
 
     def _priced(self, config: AccelerationConfig, quality: float, seconds: float) -> Evaluation:
         """The evaluation of ``config`` priced by the latency model (MACs and predicted seconds)."""
-        plain = AccelerationConfig(cache=config.cache, quant=config.quant, attention=config.attention)
+        # a cache outside the static schedules (a user's dynamic cache kept by the search) is priced as full compute
+        cache = config.cache if isinstance(config.cache, StaticCacheConfig) else None
+        plain = AccelerationConfig(cache=cache, quant=config.quant, attention=config.attention)
         ratio = self.latency.macs(None) / self.latency.macs(plain)
         latency_ratio = self.latency.seconds(None) / self.latency.seconds(plain)
         costs = {"macs": 1.0 / ratio, "latency": seconds / self.reference_seconds, "latency_model": 1.0 / latency_ratio}

@@ -49,6 +49,7 @@ from ..api import acceleration_restored, acceleration_state, find_denoisers
 from ..call_inputs import check_call_arguments, check_call_inputs, item_inputs
 from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
+from ..cost.latency import ATTENTION_OPS
 from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
 from ..eval.settings import check_device, check_output_folder, jsonable
@@ -351,6 +352,10 @@ class _Search:
         """The latency model pricing the candidates (:func:`.joint.search_latency_model`)."""
         part = self.genome.part("attention") if _joint(self.genome) else None
         pairs = part.pricing_keys() if part is not None else []
+        kept = None if self.base is None else self.base.attention  # the user's sparse attention, kept
+        if kept is not None and kept.method in ATTENTION_OPS and kept.density is not None \
+                and (kept.method, kept.density) not in pairs:
+            pairs.append((kept.method, kept.density))
         probe = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, batch_size=self.s.batch_size)
         return search_latency_model(self.s.latency_model, self.saved, self.pipe, probe, pairs, self.state,
                                     self.s.latency_repeats)
