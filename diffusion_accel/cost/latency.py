@@ -10,7 +10,12 @@ and a block-sparse attention run at their own speeds, which depend on the shapes
    W8A8, W4A8 and weight-only W8 / W4 -- the library's own ``QuantLinear``, backend ``auto``) and every
    attention shape dense (SDPA) and sparse at each requested ``(method, density)`` (the library's
    ops), interleaved, median of ``repeats``.
-3. **Prediction.** A site costs its op's measured seconds in the mode a config gives it. What the
+   The whole step-0 call is also timed with every linear in each quantized mode, interleaved with
+   the float call (**in situ**): at small widths isolated op timings mislead (on the bundled model
+   every isolated int8 linear was slower than float, yet W8A8 made the pipeline 1.3x faster).
+3. **Prediction.** A site costs its op's measured seconds in the mode a config gives it; a linear in a
+   quantized mode costs its float time plus its share (by float time) of that mode's in-situ call
+   difference. What the
    ops do not cover (norms, element-wise work, cross-attention, launches) is the measured call time
    minus the float ops; it is spread over the sites in proportion to their float time, so a reused
    component saves its share of it too. A cache schedule decides which (step, block, component)
@@ -91,6 +96,11 @@ class LatencyModel:
         linear_seconds: ``"rows x in x out"`` -> mode -> seconds.
         attention_seconds: ``"batch x heads x q x k x d"`` -> ``"dense"`` / ``"<method>@<density>"`` -> seconds.
         call_seconds: measured float seconds of each step-0 call.
+        in_situ: linear mode -> per call, measured seconds of the call with every linear in that mode
+            minus the float call (timed interleaved). When present it prices the mode: a linear in mode
+            ``m`` adds ``in_situ[m][call] x`` its share of the call's float linear time, instead of its
+            isolated op difference (small layers timed alone mislead: launch and quantize overheads
+            overlap differently inside the real call).
         components: the model's component names (schedule axes); num_blocks: its blocks.
         component_macs: ``calls x blocks x components`` MACs; call_macs: MACs per call (one step).
     """
@@ -106,6 +116,7 @@ class LatencyModel:
     call_macs: list[float]
     component_macs: list[Any]
     device: str = "cpu"
+    in_situ: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,10 +184,15 @@ class LatencyModel:
         scale = self._remainder_scale()
         plan = None if config.quant is None else config.quant.resolved_plan()
         act = None if config.quant is None else config.quant.act_bits
+        float_total = self._float_linear_seconds()
         for call, name, block, comp, rows, n_in, n_out in self.linears:
             mode = "float" if plan is None else linear_mode(plan.bits_for(name), act)
             times = self.linear_seconds[_shape_key((rows, n_in, n_out))]
-            t = _with_remainder(times, mode, scale[call])
+            if mode != "float" and mode in self.in_situ:
+                share = times["float"] / float_total[call]
+                t = _with_remainder(times, "float", scale[call]) + self.in_situ[mode][call] * share
+            else:
+                t = _with_remainder(times, mode, scale[call])
             if block < 0:
                 rest[call] += t
             elif not comp:
@@ -192,6 +208,13 @@ class LatencyModel:
                                  f"attention=[{sparse[block]!r}, ...].")
             site[call, block, self.components.index(comp)] += _with_remainder(times, key, scale[call], "dense")
         return site, block_other, float(rest.sum())
+
+    def _float_linear_seconds(self) -> np.ndarray:
+        """Per call: the isolated float seconds of all its linears."""
+        total = np.zeros(len(self.call_seconds))
+        for call, _, _, _, rows, n_in, n_out in self.linears:
+            total[call] += self.linear_seconds[_shape_key((rows, n_in, n_out))]["float"]
+        return np.maximum(total, 1e-12)
 
     def _remainder_scale(self) -> np.ndarray:
         """Per call: measured call seconds / float seconds of the modelled ops (>= 1: the rest rides along)."""
@@ -236,9 +259,9 @@ def calibrate_latency_model(pipe: Any, call_kwargs: dict[str, Any],
         profile = profile_macs(pipe, **call_kwargs)
         calls = _capture_first_step(pipe, denoiser, dict(call_kwargs))
         linears, sites = _record_sites(denoiser, calls)
-        call_seconds = [_median([lambda a=a, k=k: denoiser(*a, **k)], repeats)[0] for a, k in calls]
+        modes = ["float", *(m for m in modes if m != "float")]
+        call_seconds, in_situ = _time_calls_in_modes(denoiser, calls, linears, modes, repeats)
     device = next(denoiser.parameters()).device
-    modes = ["float", *(m for m in modes if m != "float")]
     linear_seconds = {key: _time_linear(key, modes, repeats, device) for key in
                       dict.fromkeys(_shape_key(r[4:7]) for r in linears)}
     attention_seconds = {key: _time_attention(key, attention, repeats, device) for key in
@@ -246,7 +269,7 @@ def calibrate_latency_model(pipe: Any, call_kwargs: dict[str, Any],
     return LatencyModel(profile.num_steps, list(profile.components), int(profile.component_macs.shape[1]),
                         linears, sites, linear_seconds, attention_seconds, call_seconds,
                         [float(m) for m in profile.call_macs], profile.component_macs.tolist(), str(device),
-                        {"repeats": repeats, "threads": torch.get_num_threads()})
+                        in_situ=in_situ, notes={"repeats": repeats, "threads": torch.get_num_threads()})
 
 
 def _record_sites(denoiser: torch.nn.Module, calls: list[tuple[tuple, dict]]) -> tuple[list, list]:
@@ -283,6 +306,37 @@ def _record_sites(denoiser: torch.nn.Module, calls: list[tuple[tuple, dict]]) ->
         for h in handles:
             h.remove()
     return linears, sites
+
+
+def _time_calls_in_modes(denoiser: torch.nn.Module, calls: list, linears: list, modes: Sequence[str],
+                         repeats: int) -> tuple[list[float], dict[str, list[float]]]:
+    """Float seconds of each step-0 call, and per quantized mode the call's seconds with every linear
+    in that mode minus the float seconds (the float call timed in the same interleaved rounds)."""
+    from ..quant import QuantLinear
+    from ..quant.replace import set_submodule
+
+    modules = dict(denoiser.named_modules())
+    names = list(dict.fromkeys(r[1] for r in linears))
+    quantized = {m: {n: QuantLinear.from_linear(modules[n], weight_bits=LINEAR_MODES[m][0],
+                                                act_bits=LINEAR_MODES[m][1]) for n in names} for m in modes[1:]}
+
+    def in_mode(mode: str, args: tuple, kwargs: dict) -> None:
+        layers = quantized.get(mode, {})
+        try:
+            for n, layer in layers.items():
+                set_submodule(denoiser, n, layer)
+            denoiser(*args, **kwargs)
+        finally:
+            for n in layers:
+                set_submodule(denoiser, n, modules[n])
+
+    call_seconds, in_situ = [], {m: [] for m in modes[1:]}
+    for args, kwargs in calls:
+        seconds = _median([lambda m=m: in_mode(m, args, kwargs) for m in modes], repeats)
+        call_seconds.append(seconds[0])
+        for m, t in zip(modes[1:], seconds[1:]):
+            in_situ[m].append(t - seconds[0])
+    return call_seconds, in_situ
 
 
 def _attention_shape(module: torch.nn.Module, args: tuple, kwargs: dict) -> list[int]:
