@@ -1,4 +1,5 @@
-"""Evolutionary search for cache schedules (ECAD-style NSGA-II): a Pareto frontier of schedules.
+"""Evolutionary search for cache schedules (ECAD-style NSGA-II) -- alone, or jointly with quantization
+bits and sparse attention (``space="cache,quant,attention"``): a Pareto frontier of configs.
 
 An offline tool above the api layer (it applies candidate configs to a pipeline); the caching
 technique it searches for lives in :mod:`diffusion_accel.caching`, the MAC pricing in
@@ -9,6 +10,10 @@ technique it searches for lives in :mod:`diffusion_accel.caching`, the MAC prici
   frozen :class:`SearchSettings`.
 * :func:`pick` -- the best-quality schedule of a frontier at (at least) a target speed-up, as an
   :class:`~diffusion_accel.AccelerationConfig`.
+* Search spaces: :data:`SPACES` (a registry: ``cache``, ``quant``, ``attention``), each laying out genes
+  and decoding them into its field of the config; :class:`JointGenome` puts them side by side. The
+  joint search prices candidates with a latency model calibrated on the machine
+  (:mod:`diffusion_accel.cost.latency`) and measures the picks' wall clock.
 * Building blocks: :class:`ScheduleGenome` (schedule <-> bits), :class:`NsgaDriver` (pymoo
   NSGA-II in ask/tell steps with an exact saved state), :class:`CandidateEvaluator` (objectives),
   :data:`QUALITY_METRICS`, :func:`non_dominated`.
@@ -28,14 +33,18 @@ Example:
 
 from .fitness import QUALITY_METRICS, CandidateEvaluator, Evaluation, quality_metric
 from .frontier import load_frontier, non_dominated, pick, pick_entry
+from .genome import JointGenome
 from .nsga import NsgaDriver, Operators
 from .problem import ScheduleGenome
 from .runner import SearchResult, search_schedule
 from .settings import SearchSettings
+from .space import SPACES, parse_space, register_space
 
 __all__ = [
     "QUALITY_METRICS",
+    "SPACES",
     "CandidateEvaluator",
+    "JointGenome",
     "Evaluation",
     "NsgaDriver",
     "Operators",
@@ -44,6 +53,8 @@ __all__ = [
     "SearchSettings",
     "load_frontier",
     "non_dominated",
+    "parse_space",
+    "register_space",
     "pick",
     "pick_entry",
     "quality_metric",

@@ -45,7 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole search (default 0)")
     parser.add_argument("--quality", default="latent_mse", choices=sorted(QUALITY_METRICS),
                         help="quality objective (default latent_mse: fidelity to the full-compute latents)")
-    parser.add_argument("--cost", default="macs", choices=sorted(COST_MODELS), help="cost objective (default macs)")
+    parser.add_argument("--space", default="cache",
+                        help="what to search, comma-separated: cache (default: cache schedules), quant (weight bits "
+                        "per block + activation mode), attention (sparse attention per block); e.g. "
+                        "--space cache,quant,attention for one joint NSGA-II")
+    parser.add_argument("--cost", default=None, choices=sorted(COST_MODELS),
+                        help="cost objective (default: macs for --space cache, latency_model for a joint space)")
+    parser.add_argument("--latency-model", default=None,
+                        help="JSON file of a calibrated latency model to price candidates with (default: calibrate "
+                        "one on this machine at the start of the search)")
+    parser.add_argument("--latency-repeats", type=int, default=5,
+                        help="timed repetitions per op when calibrating the latency model (default 5)")
     parser.add_argument("--num-prompts", type=int, default=None, help="sample this many calibration prompts")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration items per pipeline call")
@@ -151,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         generalise_resolution=_resolution(args.generalise_resolution), resume=args.resume, device=args.device,
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
-        refine_rounds=args.refine_rounds, dp_seeds=args.dp_seeds, option_names=OPTION_NAMES, **extra,
+        refine_rounds=args.refine_rounds, dp_seeds=args.dp_seeds, space=args.space, latency_model=args.latency_model,
+        latency_repeats=args.latency_repeats, option_names=OPTION_NAMES, **extra,
     )
     from accelerate import PartialState
 

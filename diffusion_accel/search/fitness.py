@@ -199,6 +199,8 @@ def quality_metric(name: Any, **options: Any) -> QualityMetric:
 COST_MODELS = {
     "macs": "accelerated / full MACs of the denoising loop (analytic, from the caching engine)",
     "latency": "time inside the denoiser / full-compute time inside the denoiser (measured)",
+    "latency_model": "predicted / full predicted seconds of the denoising loop (latency model calibrated on "
+                     "this machine: per-op seconds at the model's shapes x the counted ops; diffusion_accel.cost.latency)",
 }
 
 
@@ -216,6 +218,7 @@ class Evaluation:
         objective: ``quality`` as minimised by the search.
         macs_ratio: full / accelerated MACs of the denoising loop (the speed-up in MACs).
         denoiser_seconds: wall-clock time inside the denoiser during the evaluation.
+        latency_ratio: full / predicted seconds of the latency model (``None`` without one).
     """
 
     cost: float
@@ -223,13 +226,19 @@ class Evaluation:
     objective: float
     macs_ratio: float
     denoiser_seconds: float
+    latency_ratio: float | None = None
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        out = asdict(self)
+        if self.latency_ratio is None:  # absent without a latency model: cache-only records stay as they were
+            del out["latency_ratio"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Evaluation:
-        return cls(**{k: float(data[k]) for k in ("cost", "quality", "objective", "macs_ratio", "denoiser_seconds")})
+        values = {k: float(data[k]) for k in ("cost", "quality", "objective", "macs_ratio", "denoiser_seconds")}
+        latency = data.get("latency_ratio")
+        return cls(**values, latency_ratio=None if latency is None else float(latency))
 
 
 class _DenoiserTimer:
@@ -261,7 +270,7 @@ class CandidateEvaluator:
         call_kwargs: pipeline arguments (steps, guidance, size...) without the items' inputs,
             ``generator`` and ``output_type``.
         quality: a :data:`QUALITY_METRICS` name or a :class:`QualityMetric`.
-        cost: ``"macs"`` or ``"latency"``.
+        cost: a :data:`COST_MODELS` name (``"latency_model"`` needs ``latency``).
         batch_size: items per pipeline call (fixed, so results never depend on how work is split).
         memo: text-encoder memo to share between evaluators of the same prompts.
         quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
@@ -269,6 +278,8 @@ class CandidateEvaluator:
         base: the acceleration every candidate runs on top of (its ``cache`` is replaced by the
             candidate's; e.g. the W8A8 quantization the pipeline had), also the full-compute reference;
             ``None`` for the plain model.
+        latency: a :class:`~diffusion_accel.cost.latency.LatencyModel` pricing candidates (cost
+            ``"latency_model"``, and ``latency_ratio`` of every evaluation), or ``None``.
     """
 
     def __init__(
@@ -284,10 +295,14 @@ class CandidateEvaluator:
         quality_options: dict[str, Any] | None = None,
         reuse: str = "outputs",
         base: AccelerationConfig | None = None,
+        latency: Any = None,
     ) -> None:
         check_item_call_kwargs(items, call_kwargs, "the search")
         if cost not in COST_MODELS:
             raise ValueError(f"Unknown cost {cost!r}; choose one of {sorted(COST_MODELS)}.")
+        if cost == "latency_model" and latency is None:
+            raise ValueError("cost='latency_model' needs latency=<a LatencyModel> (calibrate_latency_model).")
+        self.latency = latency
         if not items:
             raise ValueError("The search needs at least one calibration prompt.")
         from ..caching.static import REUSE_MODES
@@ -315,7 +330,7 @@ class CandidateEvaluator:
         return CandidateEvaluator(self.pipe, self.items if items is None else items,
                                   self.call_kwargs if call_kwargs is None else call_kwargs, quality=self.metric,
                                   cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse,
-                                  base=self.base)
+                                  base=self.base, latency=self.latency)
 
     @property
     def prompts(self) -> list[str]:
@@ -378,8 +393,34 @@ class CandidateEvaluator:
         outputs, seconds = self.run(self.config(schedule))
         quality = self.score(outputs)
         ratio = self.macs_ratio(schedule)
+        if self.latency is not None:
+            return self._priced(self.config(schedule), quality, seconds)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
+
+    def evaluate_config(self, config: AccelerationConfig) -> Evaluation:
+        """Cost and quality of a complete candidate ``config`` (a joint search's; it replaces ``base``
+        entirely). MACs and predicted latency come from the latency model (needed for quantization or
+        sparse attention; a cache-only config without one is priced by the MAC profile)."""
+        if self.profile is None:
+            raise RuntimeError("Call CandidateEvaluator.prepare() before evaluate_config().")
+        if self.latency is None:
+            if config.quant is not None or config.attention is not None or not isinstance(config.cache, StaticCacheConfig):
+                raise ValueError("Pricing quantization or sparse attention needs a latency model (latency=...).")
+            return self.evaluate(config.cache.schedule)
+        outputs, seconds = self.run(config)
+        return self._priced(config, self.score(outputs), seconds)
+
+    def _priced(self, config: AccelerationConfig, quality: float, seconds: float) -> Evaluation:
+        """The evaluation of ``config`` priced by the latency model (MACs and predicted seconds)."""
+        # a cache outside the static schedules (a user's dynamic cache kept by the search) is priced as full compute
+        cache = config.cache if isinstance(config.cache, StaticCacheConfig) else None
+        plain = AccelerationConfig(cache=cache, quant=config.quant, attention=config.attention)
+        ratio = self.latency.macs(None) / self.latency.macs(plain)
+        latency_ratio = self.latency.seconds(None) / self.latency.seconds(plain)
+        costs = {"macs": 1.0 / ratio, "latency": seconds / self.reference_seconds, "latency_model": 1.0 / latency_ratio}
+        return Evaluation(float(costs[self.cost_name]), float(quality), self.metric.objective(quality), float(ratio),
+                          float(seconds), float(latency_ratio))
 
 
 def with_cache(base: AccelerationConfig | None, cache: Any) -> AccelerationConfig:

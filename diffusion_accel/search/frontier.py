@@ -8,6 +8,11 @@ A frontier entry is a JSON object::
      "macs_ratio": 2.4, "cost": 0.417, "quality": 0.0123, "objectives": [cost, minimised quality],
      "compute_fraction": 0.41, "generation": 5}
 
+A joint search (``space="cache,quant,attention"``) adds ``"latency_model_speedup"`` (full / predicted
+seconds of the calibrated latency model, its cost objective) next to ``macs_ratio``, and
+``frontier.json`` gets ``"wall_clock": {name: {"seconds", "reference_seconds", "speedup"}}``: the
+measured time inside the denoiser of every pick against the reference, interleaved.
+
 ``frontier.json`` holds ``{"format", "version", "metric", "cost", "settings", "frontier": [...],
 "generalisation": [...]}`` and, when the search validated its picks (:mod:`.validation`),
 ``"validation": {"prompts", "top", "entries": [...]}`` -- entries as above plus

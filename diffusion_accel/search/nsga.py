@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .problem import bits_to_str, str_to_bits
+from .problem import genes_to_str, str_to_bits, str_to_genes
 
-__all__ = ["CROSSOVERS", "NsgaDriver", "Operators"]
+__all__ = ["CROSSOVERS", "NsgaDriver", "Operators", "reset_mutation"]
 
 
 def _uniform():
@@ -110,17 +110,23 @@ class NsgaDriver:
         from pymoo.operators.mutation.bitflip import BitflipMutation
 
         operators = operators or Operators()
-        initial = np.asarray(initial, dtype=bool)
+        self.binary = _is_binary(problem)
+        initial = self._genes(initial)
         self.problem = problem
+        mutation = BitflipMutation if self.binary else reset_mutation()
         self.algorithm = NSGA2(
             pop_size=len(initial),
             sampling=initial,
             crossover=CROSSOVERS[operators.crossover]()(prob=operators.crossover_prob),
-            mutation=BitflipMutation(prob=operators.mutation_prob, prob_var=operators.bit_flip_prob),
+            mutation=mutation(prob=operators.mutation_prob, prob_var=operators.bit_flip_prob),
             eliminate_duplicates=True,
         )
         self.algorithm.setup(problem, termination=NoTermination(), seed=int(seed), verbose=False)
         self._pending: Any = None
+
+    def _genes(self, X: Any) -> np.ndarray:
+        """Candidates as the problem's genes: bool for a schedule genome, int64 for a joint genome."""
+        return np.asarray(X).astype(bool) if self.binary else np.rint(np.asarray(X, dtype=float)).astype(np.int64)
 
     @property
     def generation(self) -> int:
@@ -136,7 +142,7 @@ class NsgaDriver:
                 "search or raise bit_flip_prob."
             )
         self._pending = pop
-        return np.asarray(pop.get("X")).astype(bool)
+        return self._genes(pop.get("X"))
 
     def tell(self, X: np.ndarray, F: np.ndarray) -> None:
         """Report objectives ``F`` ``(n, n_obj)`` (lower is better) of the candidates ``X`` of the last ask."""
@@ -144,7 +150,7 @@ class NsgaDriver:
         from pymoo.problems.static import StaticProblem
 
         pop = self._pending
-        if pop is None or not np.array_equal(np.asarray(pop.get("X")).astype(bool), np.asarray(X, dtype=bool)):
+        if pop is None or not np.array_equal(self._genes(pop.get("X")), self._genes(X)):
             raise ValueError("tell() must receive the candidates of the last ask(), in the same order.")
         F = np.asarray(F, dtype=float)
         if F.shape != (len(pop), self.problem.n_obj) or not np.isfinite(F).all():
@@ -156,7 +162,7 @@ class NsgaDriver:
     def population(self) -> tuple[np.ndarray, np.ndarray]:
         """The surviving population: bits ``(pop_size, n_var)`` and objectives ``(pop_size, n_obj)``."""
         pop = self.algorithm.pop
-        return np.asarray(pop.get("X")).astype(bool), np.asarray(pop.get("F"), dtype=float)
+        return self._genes(pop.get("X")), np.asarray(pop.get("F"), dtype=float)
 
     def state(self) -> dict[str, Any]:
         """JSON-ready state after a :meth:`tell`: population, objectives, rank, crowding, RNG, counter."""
@@ -164,7 +170,7 @@ class NsgaDriver:
         pop = self.algorithm.pop
         return {
             "n_iter": int(self.algorithm.n_iter),
-            "X": [bits_to_str(x) for x in X],
+            "X": [genes_to_str(x) for x in X],
             "F": F.tolist(),
             "rank": [int(r) for r in pop.get("rank")],
             "crowding": [_encode_float(float(c)) for c in pop.get("crowding")],
@@ -178,7 +184,7 @@ class NsgaDriver:
         from pymoo.problems.static import StaticProblem
 
         algorithm = self.algorithm
-        X = np.stack([str_to_bits(x) for x in state["X"]])
+        X = np.stack([(str_to_bits if self.binary else str_to_genes)(x) for x in state["X"]])
         F = np.asarray(state["F"], dtype=float)
         pop = Population.new(X=X)
         Evaluator().eval(StaticProblem(self.problem, F=F), pop, skip_already_evaluated=False)
@@ -192,6 +198,31 @@ class NsgaDriver:
         algorithm._set_optimum()
         algorithm.random_state.bit_generator.state = state["rng"]
         self._pending = None
+
+
+def _is_binary(problem: Any) -> bool:
+    """Whether ``problem`` has boolean variables (a schedule genome) rather than integer genes."""
+    return getattr(problem, "vtype", None) is bool
+
+
+def reset_mutation():
+    """The pymoo mutation of integer genes: each gene of a mutated child is, with probability
+    ``prob_var`` (default ``1 / n_var``), replaced by another of its values drawn uniformly (on a
+    two-valued gene: a bit flip). Draws from pymoo's ``random_state`` only, so it resumes exactly."""
+    from pymoo.core.mutation import Mutation
+
+    class ResetMutation(Mutation):
+        def _do(self, problem, X, random_state=None, **kwargs):
+            X = np.rint(np.asarray(X, dtype=float)).astype(np.int64)
+            low, high = np.asarray(problem.xl, dtype=np.int64), np.asarray(problem.xu, dtype=np.int64)
+            mutate = random_state.random(X.shape) < self.get_prob_var(problem, size=(len(X), 1))
+            # another value: low + (offset + 1 .. span - 1) mod span, never the current one
+            span = high - low + 1
+            step = 1 + np.floor(random_state.random(X.shape) * (span - 1)).astype(np.int64)
+            moved = low + (X - low + step) % span
+            return np.where(mutate, moved, X)
+
+    return ResetMutation
 
 
 def _encode_float(x: float) -> float | str:

@@ -36,7 +36,8 @@ import numpy as np
 from ..models import get_model_adapter
 from ..caching.schedule import CacheSchedule, resolve_denoiser
 
-__all__ = ["GRANULARITIES", "ScheduleGenome", "ScheduleProblem", "bits_to_str", "str_to_bits"]
+__all__ = ["GRANULARITIES", "GeneProblem", "ScheduleGenome", "ScheduleProblem", "bits_to_str", "genes_to_str",
+           "str_to_bits", "str_to_genes"]
 
 #: What one gene switches: one component of one block at one step, or a whole block at one step.
 GRANULARITIES = ("component", "block")
@@ -52,6 +53,23 @@ def str_to_bits(text: str) -> np.ndarray:
     if not isinstance(text, str) or set(text) - {"0", "1"}:
         raise ValueError(f"A genome string holds only '0' and '1', got {text!r:.60}.")
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def genes_to_str(genes: Any) -> str:
+    """``(n,)`` genes (bool, or integers 0-9) -> ``"0120..."``; a bool genome gives :func:`bits_to_str`'s string."""
+    genes = np.asarray(genes).ravel()
+    if genes.dtype == bool:
+        return bits_to_str(genes)
+    if genes.size and (genes.min() < 0 or genes.max() > 9):
+        raise ValueError(f"A gene string holds one digit per gene (values 0-9), got values {genes.min()}..{genes.max()}.")
+    return "".join(str(int(g)) for g in genes)
+
+
+def str_to_genes(text: str) -> np.ndarray:
+    """Inverse of :func:`genes_to_str` for integer genomes: ``"0120"`` -> ``array([0, 1, 2, 0])``."""
+    if not isinstance(text, str) or (text and not (text.isascii() and text.isdigit())):
+        raise ValueError(f"A genome string holds only digits, got {text!r:.60}.")
+    return np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64) - ord("0")
 
 
 @dataclass(frozen=True)
@@ -165,3 +183,14 @@ def ScheduleProblem(genome: ScheduleGenome):
     from pymoo.core.problem import Problem
 
     return Problem(n_var=genome.num_bits, n_obj=2, xl=0, xu=1, vtype=bool)
+
+
+def GeneProblem(cardinalities: Any):
+    """A pymoo ``Problem`` of integer genes, gene ``i`` in ``0 .. cardinalities[i] - 1``, 2 objectives
+    (the joint search space, :mod:`.genome`). Evaluated outside pymoo, like :func:`ScheduleProblem`."""
+    from pymoo.core.problem import Problem
+
+    upper = np.asarray(cardinalities, dtype=int) - 1
+    if upper.ndim != 1 or not len(upper) or (upper < 1).any() or (upper > 9).any():
+        raise ValueError(f"Every gene needs 2 to 10 values, got cardinalities {np.asarray(cardinalities).tolist()}.")
+    return Problem(n_var=len(upper), n_obj=2, xl=np.zeros_like(upper), xu=upper, vtype=int)

@@ -49,6 +49,7 @@ from ..api import acceleration_restored, acceleration_state, find_denoisers
 from ..call_inputs import check_call_arguments, check_call_inputs, item_inputs
 from ..caching.static import StaticCacheConfig, block_residual_supported
 from ..config import AccelerationConfig
+from ..cost.latency import ATTENTION_OPS
 from ..eval.generate import check_item_call_kwargs, distributed_state, make_items
 from ..eval.prompts import load_prompts
 from ..eval.settings import check_device, check_output_folder, jsonable
@@ -60,7 +61,9 @@ from .fitness import CandidateEvaluator, Evaluation, with_cache
 from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver
-from .problem import ScheduleGenome, ScheduleProblem, bits_to_str, str_to_bits
+from .genome import JointGenome
+from .joint import initial_genes, joint_entry, measure_wall_clock, search_latency_model
+from .problem import ScheduleGenome, ScheduleProblem, genes_to_str, str_to_bits, str_to_genes
 from .refine import gene_savings, refine_candidates
 from .dp_seeds import dp_schedules
 from .seeding import dynamic_schedules, initial_population
@@ -219,10 +222,11 @@ class _Search:
         check_call_inputs(pipe, {n for it in items for n in item_inputs(it.call_input())}, "the search's prompts")
         call_kwargs = with_call_defaults(pipe, call_kwargs)  # what the checkpoint needs (model adapters)
         check_call_arguments(pipe, call_kwargs, names["call_kwargs"].rstrip("="))
-        genome = ScheduleGenome.for_model(pipe, call_kwargs["num_inference_steps"], s.granularity)
+        reuse = _resolve_reuse(pipe, s.reuse)
+        genome = _genome(pipe, s, call_kwargs["num_inference_steps"], reuse)
         run = cls(s=s, out=out, saved=saved, state=state, pipe=pipe, genome=genome, items=items,
                   validation_list=validation_list, call_kwargs=call_kwargs, targets=[float(t) for t in s.pick_speedups],
-                  reuse=_resolve_reuse(pipe, s.reuse), base=_base_config(pipe), completed=0,
+                  reuse=reuse, base=_base_config(pipe, _fields(genome)), completed=0, latency=None,
                   total_rounds=s.generations + 1 + s.refine_rounds, show=s.progress and state.is_main_process)
         run.record = run.settings_record(prompt_list)
         if saved is not None:
@@ -257,31 +261,41 @@ class _Search:
         }
         if s.base is not None:  # the acceleration every candidate ran on top of
             record["base_config"] = s.base.to_dict()
+        if s.s.latency_model is not None:  # a given latency model: its numbers, not its source, must match
+            record["latency_model"] = "given"
         return record
 
     def prepare(self) -> None:
         """References (only if there is something left to evaluate), seeds and the optimiser."""
         s, saved = self.s, self.saved
+        if _joint(self.genome) or s.cost == "latency_model":
+            self.latency = self._latency_model()
         self.evaluator = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, quality=s.quality, cost=s.cost,
                                             batch_size=s.batch_size, reuse=self.reuse, base=self.base,
-                                            quality_options={"clip": s.clip, "reference": s.fid_reference})
+                                            quality_options={"clip": s.clip, "reference": s.fid_reference},
+                                            latency=self.latency)
         if saved is None or int(saved["completed"]) < self.total_rounds:
             self.evaluator.prepare()
         # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
         # population, and the seeds' names, in the checkpoint).
-        extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) if saved is None and s.dynamic_seeds \
-            else []
-        if saved is None and s.dp_seeds:  # DP schedules under compute budgets (issue #21; .dp_seeds)
-            extra = dp_schedules(self.evaluator, s.dp_seeds) + extra
-        seed_names, initial = initial_population(self.pipe, self.genome, s.population, s.seed, s.num_heuristics,
-                                                 extra)
-        self.driver = NsgaDriver(ScheduleProblem(self.genome), initial, s.seed, s.operators)
+        if _joint(self.genome):
+            seed_names, initial = initial_genes(self.genome, s.population, s.seed, s.num_heuristics)
+            problem = self.genome.problem()
+        else:
+            extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) \
+                if saved is None and s.dynamic_seeds else []
+            if saved is None and s.dp_seeds:  # DP schedules under compute budgets (issue #21; .dp_seeds)
+                extra = dp_schedules(self.evaluator, s.dp_seeds) + extra
+            seed_names, initial = initial_population(self.pipe, self.genome, s.population, s.seed, s.num_heuristics,
+                                                     extra)
+            problem = ScheduleProblem(self.genome)
+        self.driver = NsgaDriver(problem, initial, s.seed, s.operators)
         self.archive: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
         if saved is not None:
             self.driver.load_state(saved["nsga"])
             self.archive, self.history, self.completed = saved["archive"], saved["history"], int(saved["completed"])
-        self.names = dict(zip((bits_to_str(b) for b in initial), seed_names))
+        self.names = dict(zip((genes_to_str(b) for b in initial), seed_names))
         self.names.update({key: record["name"] for key, record in self.archive.items() if record.get("name")})
         refining = s.refine_rounds and self.completed < self.total_rounds
         self.savings = gene_savings(self.genome, self.evaluator.profile) if refining else None
@@ -298,12 +312,13 @@ class _Search:
         else:
             X = self.driver.ask()
         what = "refinement round" if refining else "generation"
-        check_agreement(np.packbits(X).tobytes(), state, f"the candidates of {what} {generation}")
-        keys = [bits_to_str(x) for x in X]
+        payload = np.packbits(X) if X.dtype == bool else X.astype(np.uint8)
+        check_agreement(payload.tobytes(), state, f"the candidates of {what} {generation}")
+        keys = [genes_to_str(x) for x in X]
         todo = list(dict.fromkeys(k for k in keys if k not in self.archive))
 
         def evaluate(key: str) -> dict[str, Any]:
-            result = self.evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+            result = self.evaluate(self.evaluator, key)
             if callback is not None:
                 callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
             return {**result.to_dict(), "process": state.process_index}
@@ -318,9 +333,10 @@ class _Search:
         else:
             self.driver.tell(X, np.array([[self.archive[k]["cost"], self.archive[k]["objective"]] for k in keys]))
             self.history.append({"generation": generation,
-                                 "population": [bits_to_str(x) for x in self.driver.population()[0]]})
+                                 "population": [genes_to_str(x) for x in self.driver.population()[0]]})
         if self.out is not None and state.is_main_process:
-            save_checkpoint(self.out, {"settings": self.record, "completed": generation + 1,
+            latency = {} if self.latency is None else {"latency_model": self.latency.to_dict()}
+            save_checkpoint(self.out, {"settings": self.record, "completed": generation + 1, **latency,
                                        "nsga": self.driver.state(), "archive": self.archive, "history": self.history})
             _plot(self.out, generation, self.archive, self.history[-1]["population"], s.quality)
         if callback is not None:
@@ -329,6 +345,24 @@ class _Search:
 
     def entry(self, key: str) -> dict[str, Any]:
         return _entry(self.genome, key, self.archive[key], self.reuse, self.base)
+
+    def evaluate(self, evaluator: CandidateEvaluator, key: str) -> Evaluation:
+        """The evaluation of the genome ``key`` by ``evaluator`` (the search's, or a validation variant)."""
+        if _joint(self.genome):
+            return evaluator.evaluate_config(self.genome.decode(str_to_genes(key), self.base))
+        return evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+
+    def _latency_model(self) -> Any:
+        """The latency model pricing the candidates (:func:`.joint.search_latency_model`)."""
+        part = self.genome.part("attention") if _joint(self.genome) else None
+        pairs = part.pricing_keys() if part is not None else []
+        kept = None if self.base is None else self.base.attention  # the user's sparse attention, kept
+        if kept is not None and kept.method in ATTENTION_OPS and kept.density is not None \
+                and (kept.method, kept.density) not in pairs:
+            pairs.append((kept.method, kept.density))
+        probe = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, batch_size=self.s.batch_size)
+        return search_latency_model(self.s.latency_model, self.saved, self.pipe, probe, pairs, self.state,
+                                    self.s.latency_repeats)
 
     def finish(self) -> SearchResult:
         """Frontier, validation, picks and generalisation; the files of ``out`` (main process)."""
@@ -353,12 +387,16 @@ class _Search:
         if result.validated:
             extra["validation"] = {**self.record["validation"], "entries": result.validated}
         main = self.out is not None and state.is_main_process
+        if self.latency is not None and state.is_main_process and result.picked:
+            # measured wall clock of the picks (the cost objective was the latency model's prediction)
+            picked = {n: AccelerationConfig.from_dict(result.entry(n)["config"]) for n in set(result.picked.values())}
+            extra["wall_clock"] = measure_wall_clock(self.evaluator, picked)
         if main:
             save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra)
             for target, name in result.picked.items():
                 AccelerationConfig.from_dict(result.entry(name)["config"]).save(
                     os.path.join(self.out, f"picked-{target:g}x.json"))
-        if s.generalise:
+        if s.generalise and not _joint(self.genome):  # generalisation resamples cache schedules only
             result.generalisation = _generalise(self, result, heuristics)
             if main:
                 save_frontier(os.path.join(self.out, FRONTIER_FILE), frontier, **extra,
@@ -381,12 +419,29 @@ def _check_resume(saved: dict[str, Any], record: dict[str, Any], generations: in
                          f"--generations {done - 1} or more.")
 
 
-def _base_config(pipe: Any) -> AccelerationConfig | None:
-    """The pipeline's current acceleration without its cache (what candidates run on top of), or ``None``."""
+def _base_config(pipe: Any, fields: tuple[str, ...] = ("cache",)) -> AccelerationConfig | None:
+    """The pipeline's current acceleration without the ``fields`` the search decides (what candidates run
+    on top of: e.g. a sampling schedule, or quantization in a cache search), or ``None``."""
     state = acceleration_state(pipe)
-    if state is None or (state.config.quant is None and state.config.attention is None):
+    if state is None:
         return None
-    return dataclasses.replace(state.config, cache=None)
+    base = dataclasses.replace(state.config, **{f: None for f in fields})
+    return base if any(True for _ in base.techniques()) else None
+
+
+def _joint(genome: Any) -> bool:
+    return isinstance(genome, JointGenome)
+
+
+def _fields(genome: ScheduleGenome | JointGenome) -> tuple[str, ...]:
+    return genome.fields if _joint(genome) else ("cache",)
+
+
+def _genome(pipe: Any, s: SearchSettings, num_steps: int, reuse: str) -> ScheduleGenome | JointGenome:
+    """The search space: today's schedule genome for ``space=("cache",)``, else the joint genome."""
+    if tuple(s.space) == ("cache",):
+        return ScheduleGenome.for_model(pipe, num_steps, s.granularity)
+    return JointGenome.build(pipe, tuple(s.space), num_steps, s.granularity, reuse)
 
 
 @contextlib.contextmanager
@@ -411,8 +466,7 @@ def _validate(validator: CandidateEvaluator, run: _Search, targets: list[float],
     with _bar(total=len(chosen), desc="validation", unit="cand", show=run.show) as bar:
 
         def evaluate(keys: list[str]) -> list[dict[str, Any]]:
-            return map_tasks(lambda k: validator.evaluate(run.genome.decode(str_to_bits(k))).to_dict(), keys,
-                             run.state, bar)
+            return map_tasks(lambda k: run.evaluate(validator, k).to_dict(), keys, run.state, bar)
 
         return validated_entries(chosen, {k: run.entry(k) for k in chosen}, evaluate)
 
@@ -431,12 +485,15 @@ def _resolve_reuse(pipe: Any, reuse: str) -> str:
     return reuse
 
 
-def _entry(genome: ScheduleGenome, key: str, record: dict[str, Any], reuse: str = "outputs",
+def _entry(genome: ScheduleGenome | JointGenome, key: str, record: dict[str, Any], reuse: str = "outputs",
            base: AccelerationConfig | None = None) -> dict[str, Any]:
     """The frontier entry (see :mod:`.frontier`) of an archived genome; its config runs on top of ``base``."""
     evaluation = Evaluation.from_dict(record)
     prefix = "refine" if record.get("origin") == "refine" else "search"
     name = record.get("name") or f"{prefix}-g{record['generation']}-{key_digest(key)}"
+    if _joint(genome):
+        origin = "heuristic" if _is_heuristic(record.get("name")) else "random" if record.get("name") else "search"
+        return {**joint_entry(genome, key, record, base, name), "origin": origin}
     schedule = genome.decode(str_to_bits(key), name=name)
     return {
         "name": name,

@@ -26,6 +26,7 @@ from .fitness import COST_MODELS, QUALITY_METRICS
 from .nsga import Operators
 from .problem import GRANULARITIES
 from .seeding import DYNAMIC_SEED_THRESHOLDS
+from .space import parse_space
 
 __all__ = ["SearchSettings"]
 
@@ -39,8 +40,15 @@ class SearchSettings(RunSettings):
     Args:
         population: candidates per generation (>= 2).
         generations: NSGA-II generations after the initial population (>= 1).
+        space: what the search varies (:data:`.space.SPACES`): ``"cache"`` (default: the cache schedule,
+            as before), or several, e.g. ``"cache,quant,attention"`` (one NSGA-II over the joint genome,
+            :mod:`.genome`); a string or a sequence of names.
         quality: ``"latent_mse"`` (default), ``"psnr"``, ``"clip"`` or ``"fid"`` (see :mod:`.fitness`).
-        cost: ``"macs"`` (default) or ``"latency"``.
+        cost: ``"macs"``, ``"latency"`` or ``"latency_model"``; default ``None``: ``"macs"`` for the cache
+            space, ``"latency_model"`` for a joint space (quantization saves no MACs).
+        latency_model: a calibrated :class:`~diffusion_accel.cost.latency.LatencyModel` (or its dict or
+            JSON file) to price candidates with; ``None`` calibrates one at the start of the search.
+        latency_repeats: timed repetitions per op when the search calibrates the latency model.
         operators: crossover and mutation settings (:class:`.nsga.Operators`).
         num_heuristics: at most this many heuristic seeds in the initial population.
         dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
@@ -70,8 +78,11 @@ class SearchSettings(RunSettings):
 
     population: int = 16
     generations: int = 10
+    space: Any = ("cache",)
     quality: str = "latent_mse"
-    cost: str = "macs"
+    cost: str | None = None
+    latency_model: Any = None
+    latency_repeats: int = 5
     operators: Operators | None = None
     num_heuristics: int | None = None
     dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS
@@ -92,6 +103,9 @@ class SearchSettings(RunSettings):
             object.__setattr__(self, "operators", Operators())
         object.__setattr__(self, "dynamic_seeds", tuple(float(t) for t in self.dynamic_seeds))
         object.__setattr__(self, "pick_speedups", tuple(self.pick_speedups))
+        object.__setattr__(self, "space", parse_space(self.space))
+        if self.cost is None:
+            object.__setattr__(self, "cost", "macs" if self.space == ("cache",) else "latency_model")
         super().__post_init__()
 
     def validate(self) -> None:
@@ -101,6 +115,13 @@ class SearchSettings(RunSettings):
         check_int("validate_top", self.validate_top, 1, "validate at least one candidate per target speed-up")
         check_int("refine_rounds", self.refine_rounds, 0, "0 runs no refinement after the generations")
         check_int("dp_seeds", self.dp_seeds, 0, "0 seeds no DP schedules")
+        check_int("latency_repeats", self.latency_repeats, 1, "time every op at least once")
+        if self.refine_rounds and self.space != ("cache",):
+            raise ValueError(f"refine_rounds refines cache schedules; with space={','.join(self.space)!r} use "
+                             "refine_rounds=0 (--refine-rounds 0) or --space cache.")
+        if self.dp_seeds and self.space != ("cache",):
+            raise ValueError(f"dp_seeds seeds cache schedules; with space={','.join(self.space)!r} use "
+                             "dp_seeds=0 (--dp-seeds 0) or --space cache.")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}.")
         if self.quality not in QUALITY_METRICS:

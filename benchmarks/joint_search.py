@@ -1,0 +1,226 @@
+"""Joint search benchmark: one NSGA-II over cache x quantization x sparse attention vs caching then W8A8.
+
+One run, one machine, everything measured side by side:
+
+1. **Latency model** (:func:`diffusion_accel.cost.latency.calibrate_latency_model`) calibrated once on
+   the bundled model's shapes (float / W8A8 / W4A8 / W8 / W4 linears, dense and block-sparse
+   attention at the searched densities); both searches use it.
+2. **Joint search**: ``--space cache,quant,attention``, cost = the latency model's predicted time,
+   quality = latent MSE against full compute, on *train* prompts.
+3. **Baseline**: today's cache-only search (``--space cache``, cost = MACs) on the same prompts and
+   seeds, then W8A8 (dynamic per-token activations) applied to every frontier schedule afterwards.
+   The plain cache-only frontier (no W8A8) is reported too.
+4. **Held-out**: up to ``--max-points`` points of each frontier (spread over the speed-ups) run on
+   held-out prompts and seeds: PSNR of the images against the full-precision, full-compute images,
+   and the measured time inside the denoiser (median of ``--runs`` interleaved runs of one batch,
+   relative to the full model timed in the same rounds).
+5. **Dominance at matched measured latency**: for every baseline point, the best joint point at
+   least as fast (measured); the joint frontier dominates when that point is at least as good.
+
+    python benchmarks/joint_search.py                  # bundled model (~25 min on a quiet 2-core CPU)
+    python benchmarks/joint_search.py --model tiny:pixart-alpha --quick   # plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusion_accel import AccelerationConfig
+from diffusion_accel.cost.latency import calibrate_latency_model
+from diffusion_accel.eval.generate import make_items
+from diffusion_accel.eval.prompts import load_prompts
+from diffusion_accel.quant import QuantConfig
+from diffusion_accel.search import CandidateEvaluator, search_schedule
+from diffusion_accel.search.runner import load_search_pipeline, search_call_kwargs
+from diffusion_accel.search.space import ATTENTION_DENSITIES
+from diffusion_accel.utils import atomic_write_bytes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+W8A8 = QuantConfig(weight_bits=8, act_bits=8, keep_original="memory")
+
+
+def log(*args: Any) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
+
+
+def run_searches(args: argparse.Namespace, pipe: Any, call: dict[str, Any], latency: Any, out: str) -> dict[str, Any]:
+    """The joint search and the cache-only search on the same calibration prompts and seeds."""
+    common = dict(num_prompts=args.calib_prompts, population=args.population, generations=args.generations,
+                  seed=args.seed, call_kwargs=call, batch_size=args.calib_prompts, generalise=False,
+                  progress=not args.no_progress, pick_speedups=(1.5,), dynamic_seeds=())
+    results = {}
+    for name, space in (("joint", "cache,quant,attention"), ("cache", "cache")):
+        start = time.perf_counter()
+        extra = {"latency_model": latency} if space != "cache" else {}
+        results[name] = search_schedule(pipe, "benchmark:train", out=os.path.join(out, name), space=space,
+                                        granularity=args.granularity, **extra, **common)
+        log(f"{name} search: {len(results[name].frontier)} frontier points of {results[name].evaluations} "
+            f"evaluated in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def spread(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """At most ``limit`` entries spread evenly over the frontier (slowest and fastest kept)."""
+    if len(entries) <= limit:
+        return list(entries)
+    return [entries[int(round(i))] for i in np.linspace(0, len(entries) - 1, limit)]
+
+
+def points(results: dict[str, Any], limit: int) -> dict[str, dict[str, Any]]:
+    """Name -> {"series", "config", "search": entry fields} of every point evaluated on held-out prompts."""
+    out = {}
+    for entry in spread(results["joint"].frontier, limit):
+        out[f"joint/{entry['name']}"] = {"series": "joint", "entry": entry}
+    for entry in spread(results["cache"].frontier, limit):
+        out[f"cache/{entry['name']}"] = {"series": "cache-only", "entry": entry}
+        with_w8a8 = {**entry, "config": AccelerationConfig.from_dict(
+            {**entry["config"], "quant": W8A8.to_dict()}).to_dict()}
+        out[f"cache+w8a8/{entry['name']}"] = {"series": "cache-only + W8A8", "entry": with_w8a8}
+    return out
+
+
+def heldout(ev: CandidateEvaluator, timer: CandidateEvaluator, chosen: dict[str, dict[str, Any]],
+            runs: int) -> list[dict[str, Any]]:
+    """PSNR on the held-out prompts and measured denoiser time (interleaved rounds) of every point."""
+    configs = {n: AccelerationConfig.from_dict(p["entry"]["config"]) for n, p in chosen.items()}
+    records = []
+    for name, config in configs.items():
+        outputs, _ = ev.run(config)
+        p = chosen[name]["entry"]
+        records.append({"name": name, "series": chosen[name]["series"], "psnr": ev.score(outputs),
+                        "search_speedup": p["speedup"], "macs_ratio": p["macs_ratio"],
+                        "latency_model_speedup": p.get("latency_model_speedup"), "config": p["config"]})
+        log(f"held-out {name}: {records[-1]['psnr']:.2f} dB")
+    samples: dict[str, list[float]] = {n: [] for n in ["full", *configs]}
+    for name, config in configs.items():  # warm-up
+        timer.run(config)
+    for _ in range(runs):
+        samples["full"].append(timer.run(None)[1])
+        for name, config in configs.items():
+            samples[name].append(timer.run(config)[1])
+    full = statistics.median(samples["full"])
+    for r in records:
+        r["seconds"] = statistics.median(samples[r["name"]])
+        r["measured_speedup"] = full / r["seconds"]
+    return records
+
+
+def dominance(records: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """For each ``baseline`` point: the best joint point measured at least as fast; dominated if it is
+    at least as good (PSNR)."""
+    joint = [r for r in records if r["series"] == "joint"]
+    rows = []
+    for b in (r for r in records if r["series"] == baseline):
+        fast = [j for j in joint if j["measured_speedup"] >= b["measured_speedup"]]
+        best = max(fast, key=lambda j: j["psnr"], default=None)
+        rows.append({"baseline": b["name"], "baseline_speedup": b["measured_speedup"], "baseline_psnr": b["psnr"],
+                     "joint": None if best is None else best["name"],
+                     "joint_speedup": None if best is None else best["measured_speedup"],
+                     "joint_psnr": None if best is None else best["psnr"],
+                     "dominated": best is not None and best["psnr"] >= b["psnr"]})
+    return {"points": rows, "dominated": sum(r["dominated"] for r in rows), "of": len(rows)}
+
+
+def plot(records: list[dict[str, Any]], path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for series, style in (("joint", "-o"), ("cache-only + W8A8", "-s"), ("cache-only", "--^")):
+        pts = sorted((r["measured_speedup"], min(r["psnr"], 60.0)) for r in records if r["series"] == series)
+        if pts:
+            ax.plot(*zip(*pts), style, ms=4, label=series)
+    ax.set_xlabel("measured denoiser speed-up (interleaved runs)")
+    ax.set_ylabel("held-out PSNR vs full precision (dB, capped at 60)")
+    ax.set_title("joint search vs caching then W8A8 (bundled model)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    pipe = load_search_pipeline(args.model)
+    call = {**search_call_kwargs(args.model), "num_inference_steps": args.steps}
+    probe = {**call, "prompt": "a red square", "output_type": "latent", "generator": torch.Generator().manual_seed(0)}
+    start = time.perf_counter()
+    latency = calibrate_latency_model(pipe, probe, attention=[("block_sparse", d) for d in ATTENTION_DENSITIES],
+                                      repeats=args.latency_repeats)
+    log(f"latency model calibrated in {time.perf_counter() - start:.0f} s")
+    out = args.out or tempfile.mkdtemp(prefix="joint-search-")
+    results = run_searches(args, pipe, call, latency, out)
+    chosen = points(results, args.max_points)
+    prompts = load_prompts("benchmark:heldout", num=args.heldout_prompts, seed=args.seed + 1)
+    items = make_items(prompts, seed=args.seed + 1000)
+    ev = CandidateEvaluator(pipe, items, call, quality="psnr", batch_size=args.heldout_prompts)
+    ev.prepare()
+    timer = CandidateEvaluator(pipe, items[:args.timing_batch], call, quality="latent_mse",
+                               batch_size=args.timing_batch)
+    records = heldout(ev, timer, chosen, args.runs)
+    ops = {k: v for k, v in latency.linear_seconds.items()}
+    return {
+        "benchmark": "joint_search", "model": args.model, "torch": torch.__version__, "threads": args.threads,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "out")},
+        "latency_model": {"linear_seconds": ops, "attention_seconds": latency.attention_seconds,
+                          "call_seconds": latency.call_seconds,
+                          "predicted_speedup_w8a8": latency.seconds(None) / latency.seconds(
+                              AccelerationConfig(quant=W8A8))},
+        "searches": {n: {"evaluations": r.evaluations, "frontier_size": len(r.frontier)} for n, r in results.items()},
+        "points": records,
+        "dominance_vs_cache_w8a8": dominance(records, "cache-only + W8A8"),
+        "dominance_vs_cache_only": dominance(records, "cache-only"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="benchmark")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--population", type=int, default=10)
+    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--granularity", default="block", choices=["component", "block"])
+    parser.add_argument("--calib-prompts", type=int, default=4)
+    parser.add_argument("--heldout-prompts", type=int, default=8)
+    parser.add_argument("--timing-batch", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-points", type=int, default=7)
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny settings (plumbing check)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "joint_search.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.population, args.generations, args.calib_prompts = 4, 4, 1, 2
+        args.heldout_prompts, args.max_points, args.runs, args.latency_repeats = 2, 3, 1, 1
+    result = run(args)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        plot(result["points"], os.path.splitext(args.json)[0] + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
