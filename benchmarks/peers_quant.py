@@ -25,7 +25,9 @@ Reported per variant: latency (interleaved repeats: every round runs each varian
 median, max and the spread ``(max - min) / min``), speed ratios vs fp32 and bf16 from the minima,
 output SQNR vs fp32, weight bytes (real storage of every parameter and buffer, inner tensors of
 tensor subclasses included), and the process memory of each variant built in a fresh process
-(``memory_child.py``). The CPU kind and the GEMM backend ours chose are recorded.
+(``memory_child.py``). The CPU kind and the GEMM backend ours chose are recorded, and for the
+``--quant-profile`` variants the time of one profiled call split by op kind (attention, int8 GEMM,
+float GEMM, other), which bounds what faster quantize / rescale passes could still gain.
 
 Run with the driver: ``python benchmarks/peers.py --parts quant``.
 """
@@ -60,6 +62,8 @@ def add_arguments(parser) -> None:
     group.add_argument("--quant-dit-latent", type=int, default=64, help="latent side (64: 1024 tokens)")
     group.add_argument("--quant-memory", default="dit", help="models whose variants get a memory subprocess "
                        "('dit', 'dit,bundled' or 'none')")
+    group.add_argument("--quant-profile", default="fp32,ours-W8A8-fullgraph,torchao-int8dyn-compiled",
+                       help="variants whose CPU time is split by op kind (one profiled call each; 'none')")
 
 
 # --- models and their inputs ----------------------------------------------------------------------
@@ -214,6 +218,35 @@ def _timeit(fns: dict, repeats: int) -> dict:
     return out
 
 
+#: op-name fragments -> kind, first match wins (self CPU time of one profiled call)
+OP_KINDS = (("scaled_dot_product", "attention"), ("_int_mm", "int8_gemm"), ("quantized::", "int8_gemm"),
+            ("qlinear", "int8_gemm"), ("addmm", "float_gemm"), ("aten::mm", "float_gemm"),
+            ("aten::bmm", "float_gemm"), ("convolution", "conv"))
+
+
+def time_split(fn, calls: int = 2) -> dict:
+    """Profiler self time (ms; wall clock of each op, so a loaded machine inflates it: read the
+    shares) of one call of ``fn`` by op kind: attention, int8 / float GEMM, conv, and
+    ``other`` (elementwise, norms, quantize / rescale passes, fused inductor kernels); the profiled
+    call with the smallest total of ``calls``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    best = None
+    for _ in range(calls):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        split: dict[str, float] = {}
+        for event in prof.key_averages():
+            kind = next((k for frag, k in OP_KINDS if frag in event.key), "other")
+            split[kind] = split.get(kind, 0.0) + event.self_cpu_time_total / 1e3
+        split["total"] = sum(split.values())
+        if best is None or split["total"] < best["total"]:
+            best = split
+    out = {k: round(v, 1) for k, v in sorted(best.items())}
+    out["share"] = {k: round(v / best["total"], 3) for k, v in sorted(best.items()) if k != "total"}
+    return out
+
+
 def _backends(module) -> list[str]:
     return sorted({m._resolved[1] for m in module.modules() if getattr(m, "_resolved", None) is not None})
 
@@ -241,6 +274,8 @@ def bench_model(kind: str, args, variants: list[str]) -> dict:
             module(**_to(inputs, dtype))
         fns = {n: (lambda m=m, i=_to(inputs, d): m(**i)) for n, (m, d) in modules.items()}
         timing = _timeit(fns, args.quant_repeats)
+        profiled = [n for n in args.quant_profile.split(",") if n in fns]
+        split = {n: time_split(fns[n]) for n in profiled}
     memory = {}
     if kind in args.quant_memory.split(","):
         from memory_child import measure
@@ -249,6 +284,8 @@ def bench_model(kind: str, args, variants: list[str]) -> dict:
     result = {"variants": {}, "tokens": int(inputs["hidden_states"].shape[-1] * inputs["hidden_states"].shape[-2]
                                              // (4 if kind == "dit" else 1)),
               "batch": int(inputs["hidden_states"].shape[0])}
+    if split:
+        result["time_split_ms"] = split
     for name, (module, _) in modules.items():
         entry = {"latency": timing[name], "weight_bytes": storage_bytes(module),
                  "build_seconds": round(build_s[name], 2), "first_call_seconds": round(first_call_s[name], 2)}

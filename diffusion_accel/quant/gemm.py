@@ -39,7 +39,12 @@ here and is not known to be slow here. Why (torch 2.13.0, ratios against an fp32
   one thread) at 2048 tokens, 1152 -> 1152 / 1152 -> 4608 / 4608 -> 1152: fbgemm 5.3x / 3.7x / 5.6x
   faster than fp32, ``torch._int_mm`` 3.9x / 2.7x / 6.2x (its int32 output is one more (M, N)
   temporary); same integers, same SQNR (fbgemm's self-check is exact with weights up to 127 here).
-  ``qlinear_pointwise`` ~60x *slower* than fp32.
+  ``qlinear_pointwise`` ~60x *slower* than fp32. Inside a ``torch.compile``d model the order flips:
+  a whole compiled ``int_mm`` layer (quantize and rescale fused by inductor) took 8.2 / 62 / 28 ms
+  against 10.0 / 69 / 32 ms for fbgemm with compiled quantize / rescale steps (fp32: 51 / 221 /
+  205 ms); the bare GEMMs: ``_int_mm`` 5.5 / 39 / 22 ms, fbgemm's linear (its input quantization
+  and output dequantization included) 7.4 / 56 / 29 ms. So a traceable fbgemm op would not pay
+  here; ``auto`` takes ``int_mm`` (the first traceable backend) when compiling.
 * AVX2 only (AMD EPYC): ``torch._int_mm`` ~24x slower than fp32; ``qlinear_pointwise`` wrong; the
   fbgemm linear ~1.5-2.3x faster than fp32 and exact with weights in ``[-64, 64]``.
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import ModelHook
 
-__all__ = ["QuantRuntime", "TimestepRangeHook", "tensor_version"]
+__all__ = ["QuantRuntime", "TimestepRangeHook", "tensor_version", "unpack_for_tracing"]
 
 
 def tensor_version(x: torch.Tensor) -> int | None:
@@ -95,6 +95,8 @@ class TimestepRangeHook(ModelHook):
         self.edges = [float(e) for e in edges]
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            unpack_for_tracing(module)
         t = self.adapter.timestep_value(module, args, kwargs)
         self.runtime.timestep = t
         self.runtime.range_index = range_index(t, self.edges)
@@ -104,6 +106,23 @@ class TimestepRangeHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.runtime.clear()
         return module
+
+
+@torch.compiler.disable
+def unpack_for_tracing(module: torch.nn.Module) -> None:
+    """Put the plain int8 weights back in every layer of ``module`` whose weight is held packed for
+    a backend ``torch.compile`` cannot trace (e.g. fbgemm, after eager calls).
+
+    Called by the denoiser's hook when the denoiser is being compiled: it runs eagerly, outside the
+    graph (one break beside the hook's own timestep read), before the blocks are traced, so the
+    layers trace without a graph break each. A no-op once nothing is packed.
+    """
+    from .gemm import GEMM_BACKENDS, release_execution_weight
+
+    for layer in module.modules():
+        packed = getattr(layer, "_packed", None)
+        if packed is not None and not GEMM_BACKENDS[packed[0]].traceable:
+            release_execution_weight(layer)
 
 
 def range_index(timestep: float | None, edges: list[float]) -> int:
