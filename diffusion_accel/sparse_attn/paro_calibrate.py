@@ -46,7 +46,7 @@ def _denoisers(pipe) -> list[Denoiser]:
 @torch.no_grad()
 def calibrate_paro(
     pipe,
-    prompts: list[str],
+    prompts: list,
     path: str | os.PathLike,
     *,
     density: float = 0.25,
@@ -60,7 +60,9 @@ def calibrate_paro(
 
     Args:
         pipe: a diffusers pipeline (not accelerated: ``diffusion_accel.remove(pipe)`` first).
-        prompts: calibration prompts (one pipeline call each, generator seeded ``seed + i``).
+        prompts: calibration prompts (one pipeline call each, generator seeded ``seed + i``); an
+            item may be a dict of that call's own arguments instead (e.g. ``{"class_labels": [3]}``
+            for class-conditioned DiT).
         path: the safetensors file to write.
         density: fraction of image/video key blocks each query block keeps (the diagonal blocks
             count inside it; text blocks are kept on top).
@@ -74,7 +76,7 @@ def calibrate_paro(
     if acceleration_state(pipe) is not None:
         raise ValueError("calibrate_paro needs the dense pipeline: call diffusion_accel.remove(pipe) first.")
     if not prompts or isinstance(prompts, str):
-        raise ValueError("prompts must be a non-empty list of strings (the calibration prompts).")
+        raise ValueError("prompts must be a non-empty list of prompts (or of per-call argument dicts).")
     dens = _denoisers(pipe)
     device = next(dens[0].module.parameters()).device
     block_q, block_k = resolve_block_shape(block_q, block_k, device)
@@ -86,8 +88,8 @@ def calibrate_paro(
         for layer in handle.layers:
             layer.paro_recorder = {"block_shape": (block_q, block_k)}
         for i, prompt in enumerate(prompts):
-            kwargs = {"generator": torch.Generator().manual_seed(seed + i), **call_kwargs}
-            pipe(prompt=prompt, **kwargs)
+            per_call = prompt if isinstance(prompt, dict) else {"prompt": prompt}
+            pipe(**{"generator": torch.Generator().manual_seed(seed + i), **call_kwargs, **per_call})
         plans = []
         for layer in handle.layers:
             sums = layer.paro_recorder.get("mass", {})

@@ -25,8 +25,9 @@ BLOCKS = {"block_q": 8, "block_k": 8}
 def _calibrate(pipe, name, path, density, **extra):
     kwargs = tiny_call_kwargs(name, num_inference_steps=STEPS, **extra)
     prompt = kwargs.pop("prompt", None)
-    if prompt is None:  # class-conditioned: the prompt list drives the number of calls only
-        return calibrate_paro(pipe, [None], path, density=density, **BLOCKS, **kwargs)
+    if prompt is None:  # class-conditioned (DiT): one dict of call arguments per calibration call
+        calls = [{"class_labels": kwargs.pop("class_labels")}, {"class_labels": [7]}]
+        return calibrate_paro(pipe, calls, path, density=density, **BLOCKS, **kwargs)
     return calibrate_paro(pipe, [prompt, prompt + " again"], path, density=density, **BLOCKS, **kwargs)
 
 
@@ -78,7 +79,7 @@ def test_int8_qk_scores_and_outputs_stay_within_the_sqnr_bound():
 
 
 # ----------------------------------------------------------------------------- pipelines
-@pytest.mark.parametrize("name", ["wan", "cogvideox", "pixart-alpha"])
+@pytest.mark.parametrize("name", ["wan", "cogvideox", "pixart-alpha", "sd3", "flux", "dit"])
 def test_full_density_equals_dense_output(name, tmp_path):
     pipe = tiny_pipeline(name)
     ref = run(pipe, name, num_inference_steps=STEPS)
