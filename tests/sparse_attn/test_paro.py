@@ -128,6 +128,10 @@ def test_calibration_of_another_model_or_resolution_is_a_clear_error(tmp_path):
             diffusion_accel.apply(wan, AccelerationConfig(attention=SparseAttentionConfig(
                 **{**cfg.__dict__, **bad})))
     calib = ParoCalibration.load(cfg.calibration)
+    ParoCalibration(calib.block_q, calib.block_k, calib.density, calib.plans[:-1]).save(tmp_path / "layers.safetensors")
+    with pytest.raises(ValueError, match="attention layers, this model.*Recalibrate"):
+        diffusion_accel.apply(wan, AccelerationConfig(attention=SparseAttentionConfig(
+            method="paro", density=0.5, calibration=str(tmp_path / "layers.safetensors"))))
     calib.plans[0].orders = torch.zeros(calib.plans[0].heads + 1, dtype=torch.long)
     calib.save(tmp_path / "heads.safetensors")
     with pytest.raises(ValueError, match="heads.*Recalibrate"):
