@@ -123,10 +123,12 @@ class AccelerationConfig:
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON (atomically: a crash never leaves half a file)."""
+        """Write the config as JSON (atomically: a crash never leaves half a file). Data files a
+        technique names (a PARO calibration) are copied beside it and named relative to it."""
         from .utils import atomic_write_text
 
-        atomic_write_text(path, self.to_json() + "\n")
+        saved = {name: value.with_files_saved(os.fspath(path)) for name, value in self.techniques()}
+        atomic_write_text(path, AccelerationConfig(**saved).to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AccelerationConfig":
@@ -136,9 +138,11 @@ class AccelerationConfig:
         except OSError as exc:
             raise ValueError(f"Cannot read acceleration config {os.fspath(path)!r}: {exc}") from exc
         try:
-            return cls.from_json(text)
+            config = cls.from_json(text)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{os.fspath(path)}: {exc}") from exc
+        directory = os.path.dirname(os.path.abspath(path))
+        return cls(**{name: value.with_files_resolved(directory) for name, value in config.techniques()})
 
 
 def _names(field_name: str) -> str:

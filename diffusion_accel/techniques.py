@@ -69,6 +69,16 @@ class TechniqueConfig:
         :func:`diffusion_accel.api.check_config`) before any work, so that a config made for another
         model fails before the first image. The default checks nothing; ``apply`` checks again."""
 
+    def with_files_saved(self, json_path: str) -> "TechniqueConfig":
+        """The config to write into the JSON file ``json_path``, after copying any data file it
+        names beside that file (default: itself; ``AccelerationConfig.save`` calls it)."""
+        return self
+
+    def with_files_resolved(self, directory: str) -> "TechniqueConfig":
+        """The config read from a JSON file in ``directory`` with its data-file paths resolved
+        against that directory (default: itself; ``AccelerationConfig.load`` calls it)."""
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form: ``{"type": <class name>, "version": ..., <fields>}``."""
         return {"type": type(self).__name__, "version": self.version, **dataclass_to_dict(self)}

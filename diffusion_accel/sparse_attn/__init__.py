@@ -7,6 +7,8 @@
   attention processors for PixArt, SD3, Flux, CogVideoX, Wan and SD1.5.
 * :func:`vmoba_attention` — VMoBA: 1d/2d/3d partitions of the video token grid, global and
   threshold block selection (``method="vmoba"``).
+* :func:`calibrate_paro` — PARO: offline per-head token orders and static block masks
+  (``method="paro"``, saved as safetensors beside the config JSON), optional INT8 Q/K.
 * :func:`sla_parameters`, :func:`fit_sla_projections` — SLA's fine-tuning hooks.
 
 Example:
@@ -22,18 +24,24 @@ See ``docs/sparse_attn.md``.
 
 from .config import METHODS, SparseAttentionConfig
 from .linear import linear_attention
+from .int8_qk import int8_qk
 from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
+from .paro_calibrate import calibrate_paro
+from .paro_plan import ParoCalibration
 from .technique import apply_sparse_attention, sparse_layers
 from .training import fit_sla_projections, sla_parameters
 from .vmoba import vmoba_attention
 
 __all__ = [
     "METHODS",
+    "ParoCalibration",
     "SparseAttentionConfig",
     "SparseAttentionOutput",
     "apply_sparse_attention",
     "block_sparse_attention",
+    "calibrate_paro",
     "fit_sla_projections",
+    "int8_qk",
     "linear_attention",
     "sla_attention",
     "sla_parameters",

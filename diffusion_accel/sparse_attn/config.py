@@ -26,7 +26,9 @@ __all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
 #: ``linear``: linear attention in the chosen layers (``blocks``).
 #: ``vmoba``: VMoBA: blocks of layer-wise cycled 1d/2d/3d partitions of the video token grid,
 #: selected per query block, per head or over all heads, by budget and/or score threshold.
-METHODS = ("block_sparse", "sla", "rettention", "linear", "vmoba")
+#: ``paro``: offline calibrated per-head token orders and static block masks (``calibrate_paro``),
+#: read from the safetensors file ``calibration``; optional INT8 Q/K (``int8_qk``).
+METHODS = ("block_sparse", "sla", "rettention", "linear", "vmoba", "paro")
 REORDERS = ("none", "paro")
 BACKEND_NAMES = ("auto", "torch", "triton", "reference")
 
@@ -73,6 +75,11 @@ class SparseAttentionConfig(TechniqueConfig):
         feature_map: linear-attention feature map (``"elu"``, ``"relu"``, ``"softmax"``).
         backend: ``"auto"`` (Triton on CUDA, else PyTorch; PyTorch whenever gradients are needed),
             ``"torch"``, ``"triton"`` (forward-only), ``"reference"``.
+        calibration: ``method="paro"``: path of the safetensors file written by
+            :func:`~diffusion_accel.sparse_attn.calibrate_paro` (per-layer, per-head token orders
+            and static block masks); ``AccelerationConfig.save`` copies it beside the JSON.
+        int8_qk: ``method="paro"``: compute the attention scores from INT8 Q and K (per-block
+            scales, ``int8_qk.py``).
     """
 
     field_name = "attention"
@@ -98,10 +105,13 @@ class SparseAttentionConfig(TechniqueConfig):
     block_spatial: tuple[int, int] = (8, 8)
     block_cube: tuple[int, int, int] = (4, 8, 8)
     selection_scope: str = "head"
+    calibration: str | None = None
+    int8_qk: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"SparseAttentionConfig.method must be one of {METHODS}; got {self.method!r}.")
+        self._check_paro()
         if self.density is None and self.topk is None and self.cdf_threshold is None:
             object.__setattr__(self, "density", 0.25)
         self._check_vmoba()
@@ -169,6 +179,54 @@ class SparseAttentionConfig(TechniqueConfig):
                 raise ValueError(f"method='vmoba' does not use {name} ({why}); leave it None.")
         if self.reorder != "none":
             raise ValueError("method='vmoba' partitions the token grid itself; use reorder='none'.")
+
+    def _check_paro(self) -> None:
+        if self.method != "paro":
+            for name, default in (("calibration", None), ("int8_qk", False)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} only applies to method='paro' (got method={self.method!r}); "
+                                     "remove it or set method='paro'.")
+            return
+        if self.calibration is not None and (not isinstance(self.calibration, str) or not self.calibration):
+            raise ValueError(f"calibration must be the path of a PARO calibration file (calibrate_paro); "
+                             f"got {self.calibration!r}.")
+        if not isinstance(self.int8_qk, bool):
+            raise ValueError(f"int8_qk must be True or False; got {self.int8_qk!r}.")
+        if self.reorder != "none":
+            raise ValueError("method='paro' applies its calibrated per-head orders itself; use reorder='none'.")
+        if self.topk is not None or self.cdf_threshold is not None:
+            raise ValueError("method='paro' uses the static masks built at the calibration's density; "
+                             "leave topk and cdf_threshold None (set the density in calibrate_paro).")
+        if self.similarity_threshold is not None:
+            raise ValueError("method='paro' masks are static; leave similarity_threshold None.")
+
+    def with_files_saved(self, json_path: str) -> "SparseAttentionConfig":
+        """The config to write into the JSON at ``json_path``: the calibration file copied beside it
+        (``<name>.paro.safetensors``) and named relative to it."""
+        if self.calibration is None:
+            return self
+        import dataclasses
+        import os
+        import shutil
+
+        directory = os.path.dirname(os.path.abspath(json_path))
+        stem = os.path.splitext(os.path.basename(json_path))[0]
+        target = os.path.join(directory, f"{stem}.paro.safetensors")
+        source = os.path.abspath(self.calibration)
+        if not os.path.isfile(source):
+            raise ValueError(f"PARO calibration file {self.calibration!r} does not exist; rerun calibrate_paro.")
+        if source != target:
+            shutil.copyfile(source, target)
+        return dataclasses.replace(self, calibration=os.path.basename(target))
+
+    def with_files_resolved(self, directory: str) -> "SparseAttentionConfig":
+        """A relative ``calibration`` path read from a JSON file in ``directory``, made absolute."""
+        import dataclasses
+        import os
+
+        if self.calibration is None or os.path.isabs(self.calibration):
+            return self
+        return dataclasses.replace(self, calibration=os.path.join(os.path.abspath(directory), self.calibration))
 
     def partition(self, block_index: int) -> str:
         """VMoBA: the partition (``"1d"``/``"2d"``/``"3d"``) of block ``block_index``."""

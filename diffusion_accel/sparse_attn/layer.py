@@ -15,6 +15,10 @@ whether the call is dense, applies PARO reordering, and runs the configured meth
 * ``linear``: linear attention;
 * ``vmoba``: VMoBA: the block's partition (``config.partition(block_index)``) of the call's token
   grid, blocks selected within ``selection_scope`` (``vmoba.py``); text tokens stay dense.
+* ``paro``: the layer's calibrated :class:`~diffusion_accel.sparse_attn.paro_plan.ParoPlan`
+  (``paro_plan``): tokens reordered per head, the static block mask, the order undone; optional
+  INT8 Q/K. While ``paro_recorder`` is set (``calibrate_paro``) the call is dense and its block
+  attention mass is recorded instead.
 
 Example:
     >>> import torch
@@ -43,6 +47,8 @@ from .defaults import resolve_block_shape
 from .masks import block_constraints, block_density, block_scores, select_blocks
 from .ops import run_block_sparse, sla_block_maps, sla_branches
 from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
+from .int8_qk import int8_qk
+from .paro_plan import accumulate_block_mass
 from .vmoba import run_vmoba
 from .vmoba_blocks import BlockLayout, partition_layout
 from .vmoba_select import vmoba_block_map
@@ -122,6 +128,9 @@ class SparseLayer:
             torch.nn.init.zeros_(self.proj.weight)
             torch.nn.init.zeros_(self.proj.bias)
         self.paro_orders: dict[tuple, torch.Tensor] = {}
+        self.paro_plan = None  # ParoPlan of method="paro" (set by the technique from the calibration)
+        self.paro_recorder: dict | None = None  # calibrate_paro: (grid, span, seq, block_q, block_k) -> mass
+        self._paro_perm: tuple | None = None
         self.vmoba_layouts: dict[tuple, BlockLayout] = {}
         self.sla_fit: _RidgeFit | None = None
         self.stats = {"sparse_calls": 0, "dense_calls": 0, "density_sum": 0.0}
@@ -223,6 +232,41 @@ class SparseLayer:
         return head_permutation(self.paro_orders[key], grid, seq, span, q.device)
 
 
+def _paro_record(layer: SparseLayer, q, k, v, layout):
+    grid, span = layer.video_grid(q, layout, "method='paro'", "method='block_sparse'")
+    block_q, block_k = layer.paro_recorder["block_shape"]
+    key = (grid, span, q.shape[2])
+    mass = accumulate_block_mass(q, k, grid, span, block_q, block_k)
+    sums = layer.paro_recorder.setdefault("mass", {})
+    sums[key] = mass if key not in sums else sums[key] + mass
+    layer.stats["dense_calls"] += 1
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _paro(layer: SparseLayer, q, k, v, layout):
+    if layer.paro_recorder is not None:
+        return _paro_record(layer, q, k, v, layout)
+    plan = layer.paro_plan
+    if plan is None:
+        raise ValueError(f"{layer.name}: method='paro' needs a calibration; pass "
+                         "SparseAttentionConfig(method='paro', calibration=path) made by calibrate_paro.")
+    context = layer._context() if layer._context is not None else CallContext()
+    span = layout.span or (0, q.shape[2])
+    plan.check_call(q, grid_for_tokens(context.grid, span[1] - span[0]), span)
+    if layer._paro_perm is None or layer._paro_perm[0] != q.device:
+        layer._paro_perm = (q.device, plan.permutation(q.device), plan.mask.to(q.device))
+    _, perm, mask = layer._paro_perm
+    q, k, v = permute_heads(q, perm), permute_heads(k, perm), permute_heads(v, perm)
+    block_q, block_k = layer.paro_block_shape
+    if layer.config.int8_qk:
+        q, k = int8_qk(q, k, block_q, block_k)
+    layer.stats["sparse_calls"] += 1
+    layer.stats["density_sum"] += layer.paro_density
+    block_map = mask.expand(q.shape[0], *mask.shape)
+    out, _ = run_block_sparse(q, k, v, block_map, block_q, block_k, backend=layer.config.backend)
+    return unpermute_heads(out, perm)
+
+
 def _block_sparse(layer: SparseLayer, q, k, v, layout):
     out, _ = layer.sparse(q, k, v, *layer.predict(q, k, layout))
     return out
@@ -288,4 +332,5 @@ LAYER_METHODS: dict[str, Callable] = {
     "rettention": _rettention,
     "linear": _linear,
     "vmoba": _vmoba,
+    "paro": _paro,
 }

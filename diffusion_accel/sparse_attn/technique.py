@@ -29,9 +29,10 @@ from ..techniques import TechniqueHandle, register_technique
 from .config import SparseAttentionConfig
 from .context import DenoiserContextHook
 from .layer import SparseLayer
+from .paro_plan import attach_calibration
 from .processors import sparse_processor_for
 
-__all__ = ["AttentionSite", "apply_sparse_attention", "attention_sites", "sparse_layers"]
+__all__ = ["AttentionSite", "apply_sparse_attention", "attention_sites", "install_sparse_layers", "sparse_layers"]
 
 CONTEXT_HOOK = "sparse_attn.context"
 _SPARSE_KINDS = ("self_attn", "joint_attn")
@@ -75,7 +76,23 @@ def _head_dim(module: torch.nn.Module) -> int:
 
 @register_technique(SparseAttentionConfig)
 def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> TechniqueHandle:
-    """Swap the processors of every sparsifiable attention site; returns the undo handle."""
+    """Swap the processors of every sparsifiable attention site; returns the undo handle.
+
+    ``method="paro"``: the layers get their plans from ``config.calibration`` (a ValueError naming
+    the fix when it does not match the model)."""
+    handle = install_sparse_layers(config, denoisers)
+    if config.method == "paro":
+        try:
+            attach_calibration(handle.layers, handle.heads, config)
+        except BaseException:
+            handle.remove()
+            raise
+    return handle
+
+
+def install_sparse_layers(config: SparseAttentionConfig, denoisers) -> TechniqueHandle:
+    """The processors and :class:`SparseLayer` objects of ``config`` (no calibration attached)."""
+    heads: list[int] = []
     installed: list[tuple[torch.nn.Module, object]] = []
     hooked: list[torch.nn.Module] = []
     layers: list[SparseLayer] = []
@@ -104,6 +121,7 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
                     tracker=denoiser.tracker, context=lambda h=context_hook: h.current, device=device,
                 )
                 den_layers.append(layer)
+                heads.append(int(site.module.heads))
                 original = site.module.processor
                 site.module.set_processor(processor_cls(layer, original))
                 installed.append((site.module, original))
@@ -125,6 +143,7 @@ def apply_sparse_attention(pipe, config: SparseAttentionConfig, denoisers) -> Te
 
     handle = TechniqueHandle(remove=remove, report=report)
     handle.layers = layers  # used by sparse_layers() / the SLA fine-tuning helpers
+    handle.heads = heads  # attention heads of each layer (PARO checks its calibration against them)
     return handle
 
 
