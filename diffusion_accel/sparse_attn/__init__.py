@@ -8,6 +8,8 @@
 * :func:`vmoba_attention` — VMoBA: 1d/2d/3d partitions of the video token grid, global and
   threshold block selection (``method="vmoba"``).
 * :func:`sla_parameters`, :func:`fit_sla_projections` — SLA's fine-tuning hooks.
+* :func:`finetune_sparse` — distil the sparsified layers from the dense model (``finetune.py``);
+  every op is differentiable (explicit backward passes, ``autograd.py``).
 
 Example:
     >>> import torch
@@ -21,6 +23,7 @@ See ``docs/sparse_attn.md``.
 """
 
 from .config import METHODS, SparseAttentionConfig
+from .finetune import FinetuneConfig, FinetuneResult, finetune_sparse, load_finetuned, save_finetuned
 from .linear import linear_attention
 from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
 from .technique import apply_sparse_attention, sparse_layers
@@ -28,13 +31,18 @@ from .training import fit_sla_projections, sla_parameters
 from .vmoba import vmoba_attention
 
 __all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
     "METHODS",
     "SparseAttentionConfig",
     "SparseAttentionOutput",
     "apply_sparse_attention",
     "block_sparse_attention",
+    "finetune_sparse",
     "fit_sla_projections",
     "linear_attention",
+    "load_finetuned",
+    "save_finetuned",
     "sla_attention",
     "sla_parameters",
     "sparse_layers",
