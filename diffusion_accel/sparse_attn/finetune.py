@@ -212,7 +212,7 @@ def _distill_loss(records, grad: bool) -> torch.Tensor:
             loss = torch.nn.functional.mse_loss(out, target.float()) / len(records)
             if grad:
                 loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
     return torch.tensor(total)
 
 
@@ -221,13 +221,16 @@ def _heldout_loss(records) -> float:
 
 
 @torch.no_grad()
-def _psnr_vs_dense(pipe, prompts, call_kwargs, seed) -> float:
-    """Mean PSNR (dB, data range 1) of the sparse pipeline's outputs against the dense pipeline's."""
+def _psnr_vs_dense(pipe, prompts, call_kwargs, seed, dense_cache: dict) -> float:
+    """Mean PSNR (dB, data range 1) of the sparse pipeline's outputs against the dense pipeline's
+    (computed once per prompt, kept in ``dense_cache``)."""
     values = []
     for i, prompt in enumerate(prompts):
         kw = {**call_kwargs, "prompt": prompt, "output_type": "np"}
-        with dense_attention(pipe):
-            dense = _output_array(pipe(**kw, generator=torch.Generator().manual_seed(seed + i)))
+        if i not in dense_cache:
+            with dense_attention(pipe):
+                dense_cache[i] = _output_array(pipe(**kw, generator=torch.Generator().manual_seed(seed + i)))
+        dense = dense_cache[i]
         sparse = _output_array(pipe(**kw, generator=torch.Generator().manual_seed(seed + i)))
         mse = float(np.mean((np.clip(dense, 0, 1) - np.clip(sparse, 0, 1)) ** 2))
         values.append(100.0 if mse == 0 else 10 * math.log10(1.0 / mse))
@@ -276,8 +279,8 @@ def _only_trainable(pipe, params: dict[str, torch.nn.Parameter]):
             p.requires_grad_(b)
 
 
-def _quality(pipe, heldout_prompts, heldout_records, call_kwargs, seed) -> dict:
-    return {"psnr_vs_dense_db": round(_psnr_vs_dense(pipe, heldout_prompts, call_kwargs, seed), 3),
+def _quality(pipe, heldout_prompts, heldout_records, call_kwargs, seed, dense_cache) -> dict:
+    return {"psnr_vs_dense_db": round(_psnr_vs_dense(pipe, heldout_prompts, call_kwargs, seed, dense_cache), 3),
             "distill_loss_heldout": _heldout_loss(heldout_records)}
 
 
@@ -302,10 +305,11 @@ def finetune_sparse(pipe, prompts, heldout_prompts, config: FinetuneConfig = Fin
     params = trainable_parameters(pipe, config.trainable)
     records = _record_calls(pipe, prompts, call_kwargs, config.seed)
     heldout = _record_calls(pipe, heldout_prompts, call_kwargs, config.seed + 10_000)
-    before = _quality(pipe, heldout_prompts, heldout, call_kwargs, config.seed + 10_000)
+    dense_cache: dict = {}
+    before = _quality(pipe, heldout_prompts, heldout, call_kwargs, config.seed + 10_000, dense_cache)
     with _only_trainable(pipe, params):
         training = _train(list(params.values()), records, config)
-    after = _quality(pipe, heldout_prompts, heldout, call_kwargs, config.seed + 10_000)
+    after = _quality(pipe, heldout_prompts, heldout, call_kwargs, config.seed + 10_000, dense_cache)
     report = {"config": asdict(config), "sparse_config": sparse_layers(pipe)[0].config.to_dict(),
               "trainable_tensors": len(params), "trainable_numel": sum(p.numel() for p in params.values()),
               "train_prompts": len(prompts), "heldout_prompts": len(heldout_prompts),
