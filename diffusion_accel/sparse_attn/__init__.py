@@ -10,6 +10,8 @@
 * :func:`calibrate_paro` — PARO: offline per-head token orders and static block masks
   (``method="paro"``, saved as safetensors beside the config JSON), optional INT8 Q/K.
 * :func:`sla_parameters`, :func:`fit_sla_projections` — SLA's fine-tuning hooks.
+* :func:`finetune_sparse` — distil the sparsified layers from the dense model (``finetune.py``);
+  every op is differentiable (explicit backward passes, ``autograd.py``).
 
 Example:
     >>> import torch
@@ -23,6 +25,7 @@ See ``docs/sparse_attn.md``.
 """
 
 from .config import METHODS, SparseAttentionConfig
+from .finetune import FinetuneConfig, FinetuneResult, finetune_sparse, load_finetuned, save_finetuned
 from .linear import linear_attention
 from .int8_qk import int8_qk
 from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
@@ -33,6 +36,8 @@ from .training import fit_sla_projections, sla_parameters
 from .vmoba import vmoba_attention
 
 __all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
     "METHODS",
     "ParoCalibration",
     "SparseAttentionConfig",
@@ -40,9 +45,12 @@ __all__ = [
     "apply_sparse_attention",
     "block_sparse_attention",
     "calibrate_paro",
+    "finetune_sparse",
     "fit_sla_projections",
     "int8_qk",
     "linear_attention",
+    "load_finetuned",
+    "save_finetuned",
     "sla_attention",
     "sla_parameters",
     "sparse_layers",

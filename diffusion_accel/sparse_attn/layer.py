@@ -133,6 +133,8 @@ class SparseLayer:
         self._paro_perm: tuple | None = None
         self.vmoba_layouts: dict[tuple, BlockLayout] = {}
         self.sla_fit: _RidgeFit | None = None
+        #: True: every call is plain dense attention (the teacher of ``finetune.py``)
+        self.bypass = False
         self.stats = {"sparse_calls": 0, "dense_calls": 0, "density_sum": 0.0}
         self.cache: dict[str, tuple] = {}
 
@@ -151,6 +153,8 @@ class SparseLayer:
 
     def use_original(self) -> bool:
         """True when this call is plain dense attention (the model's own processor runs it)."""
+        if self.bypass:
+            return True
         if self.config.blocks is not None and self.block_index not in self.config.blocks:
             return True
         if self.block_index in self.config.dense_blocks:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import check_qkv
+from .autograd import linear_attention_fn
 from .features import feature_map_fn
 from .masks import num_blocks
 
@@ -39,6 +40,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, featu
     states are accumulated in fp32.
     """
     check_qkv(q, k, v)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return linear_attention_fn(q, k, v, feature_map).to(q.dtype)
     phi = feature_map_fn(feature_map)
     fk = phi(k.float())
     kv = fk.transpose(-1, -2) @ v.float()  # (B, H, D, D)

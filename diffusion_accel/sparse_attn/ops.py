@@ -2,10 +2,11 @@
 
 Backends (a registry, not a ladder): ``"reference"`` (fp32 PyTorch, chunked), ``"torch"``
 (fast PyTorch: chunked gathers + 4-D SDPA, CPU or GPU), ``"triton"`` (the Triton kernel; CUDA,
-or CPU under ``TRITON_INTERPRET=1`` for testing). The Triton kernels are forward-only: ``"auto"``
-picks the device's entry of :data:`AUTO_BACKENDS` (``"triton"`` on CUDA, else ``"torch"``) when
-no gradient is needed, and a differentiable backend (``"torch"``) when one is; asking for
-``"triton"`` while q, k or v require grad raises a ``ValueError``.
+or CPU under ``TRITON_INTERPRET=1`` for testing). Every backend is differentiable: ``"reference"``
+through autograd, ``"torch"`` and ``"triton"`` through ``autograd.Function`` wrappers
+(``autograd.py``: their own forward, the explicit backward of ``backward.py``), so ``"auto"``
+picks the device's entry of :data:`AUTO_BACKENDS` (``"triton"`` on CUDA, else ``"torch"``) with
+or without gradients.
 
 Block sizes left at ``None`` take the device's measured default (``defaults.py``).
 
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from ._validate import check_block_size, check_fraction, check_qkv, check_selection
+from .autograd import block_sparse_attention_fn, linear_branch_fn
 from .cpu import block_sparse_attention_torch
 from .defaults import resolve_block_shape
 from .features import feature_map_fn
@@ -69,6 +71,9 @@ def _reference(q, k, v, block_map, block_q, block_k, scale, need_lse):
 
 
 def _torch(q, k, v, block_map, block_q, block_k, scale, need_lse):
+    if needs_grad(q, k, v):
+        out, lse = block_sparse_attention_fn(q, k, v, block_map, block_q, block_k, scale)
+        return out, (lse if need_lse else None)
     if need_lse:
         return block_sparse_attention_torch(q, k, v, block_map, block_q, block_k, scale, return_lse=True)
     return block_sparse_attention_torch(q, k, v, block_map, block_q, block_k, scale), None
@@ -76,7 +81,10 @@ def _torch(q, k, v, block_map, block_q, block_k, scale, need_lse):
 
 def _triton(q, k, v, block_map, block_q, block_k, scale, need_lse):
     kernels = _triton_kernels(q, block_q, block_k)
-    out, lse = kernels.block_sparse_attention_triton(q, k, v, block_map, block_q, block_k, scale)
+    if needs_grad(q, k, v):
+        out, lse = block_sparse_attention_fn(q, k, v, block_map, block_q, block_k, scale, use_triton=True)
+    else:
+        out, lse = kernels.block_sparse_attention_triton(q, k, v, block_map, block_q, block_k, scale)
     return out, (lse if need_lse else None)
 
 
@@ -94,8 +102,8 @@ def _triton_kernels(q, block_q, block_k):
 
 #: name -> fn(q, k, v, block_map, block_q, block_k, scale, need_lse) -> (out, lse | None)
 BACKENDS: dict[str, Callable] = {"reference": _reference, "torch": _torch, "triton": _triton}
-#: backends whose output carries gradients to q, k, v (the Triton kernels are forward-only)
-DIFFERENTIABLE_BACKENDS = frozenset({"reference", "torch"})
+#: backends whose output carries gradients to q, k, v (all: Triton and torch via ``autograd.py``)
+DIFFERENTIABLE_BACKENDS = frozenset({"reference", "torch", "triton"})
 #: device type -> what ``"auto"`` runs when no gradient is needed (others: ``"torch"``)
 AUTO_BACKENDS: dict[str, str] = {"cuda": "triton"}
 
@@ -174,8 +182,7 @@ def block_sparse_attention(
         block_q, block_k: block sizes (powers of two; >= 16 for ``"triton"``); ``None`` = the
             device's measured default (:data:`~diffusion_accel.sparse_attn.defaults.DEFAULT_BLOCK_SHAPES`:
             256x64 on x86 CPUs, 128x64 on CUDA).
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (forward-only: raises
-            when q, k or v require grad; ``"auto"`` then picks ``"torch"``).
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (all differentiable).
         scale: softmax scale (default ``1/sqrt(head_dim)``).
         block_map: a ready bool map ``(B, H, nq, nk)`` instead of a selection rule.
         similarity_threshold: self-similarity guard of the mask prediction (None = off).
@@ -258,7 +265,11 @@ def sla_attention(
 
 def sla_branches(q, k, v, critical, marginal, block_q, block_k, feature_map, scale=None, backend="auto"):
     """The two SLA branches ``(o_sparse (q.dtype), o_linear fp32)`` with the chosen backend."""
-    name = resolve_backend(backend, q, grad=needs_grad(q, k, v))
+    grad = needs_grad(q, k, v)
+    name = resolve_backend(backend, q, grad=grad)
+    if grad and name != "reference":  # the Function wrappers: fast forward, explicit backward
+        o_s, _ = run_block_sparse(q, k, v, critical, block_q, block_k, scale=scale, backend=name)
+        return o_s, linear_branch_fn(q, k, v, marginal, block_q, block_k, feature_map)
     if name == "triton":
         o_s, o_l, _ = _triton_kernels(q, block_q, block_k).sla_attention_triton(
             q, k, v, critical, marginal, block_q, block_k, feature_map, scale

@@ -82,13 +82,13 @@ def test_auto_backend_rule():
     from diffusion_accel.sparse_attn.ops import auto_backend
 
     assert auto_backend("cuda", grad=False) == "triton"
-    assert auto_backend("cuda", grad=True) == "torch"  # the Triton kernels are forward-only
+    assert auto_backend("cuda", grad=True) == "triton"  # differentiable: Triton forward, explicit backward
     assert auto_backend("cpu", grad=False) == auto_backend("cpu", grad=True) == "torch"
 
 
 def test_auto_with_grad_takes_a_differentiable_path(monkeypatch):
-    # Make "auto" prefer the Triton kernel on CPU, as it does on CUDA: with gradients needed it must
-    # not run it (its output would carry no gradient), without them it must.
+    # Make "auto" prefer the Triton kernel on CPU, as it does on CUDA: it runs with and without
+    # gradients, and with them the output carries the gradients of the fp32 reference.
     from diffusion_accel.sparse_attn import ops
 
     monkeypatch.setitem(ops.AUTO_BACKENDS, "cpu", "triton")
@@ -105,7 +105,7 @@ def test_auto_with_grad_takes_a_differentiable_path(monkeypatch):
     assert calls == [1]
     qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
     out = block_sparse_attention(qs, ks, vs, block_map=bm, block_q=16, block_k=16)
-    assert calls == [1] and out.grad_fn is not None
+    assert calls == [1, 1] and out.grad_fn is not None  # Triton forward inside the autograd.Function
     qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
     ref = block_sparse_attention_reference(qr, kr, vr, bm, 16, 16)
     w = torch.randn_like(ref)
@@ -116,11 +116,18 @@ def test_auto_with_grad_takes_a_differentiable_path(monkeypatch):
         assert rel_err(a.grad, b.grad) <= 1e-4
 
 
-def test_triton_backend_refuses_to_lose_gradients():
-    q, k, v = (t.requires_grad_() for t in qkv(1, 1, 32, 32, 16))
-    with pytest.raises(ValueError, match="forward-only"):
-        block_sparse_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")
-    with pytest.raises(ValueError, match="forward-only"):
-        sla_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")
-    with torch.no_grad():  # no gradient needed: fine
-        block_sparse_attention(q, k, v, density=0.5, block_q=16, block_k=16, backend="triton")
+def test_triton_backend_is_differentiable():
+    # Regression: the Triton backend used to refuse q/k/v that require grad (forward-only kernels).
+    q, k, v = qkv(1, 2, 40, 40, 16, seed=5)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out = sla_attention(qs, ks, vs, density=0.5, block_q=16, block_k=16, backend="triton",
+                        proj=lambda x: 0.5 * x)
+    ref = sla_attention(qr, kr, vr, density=0.5, block_q=16, block_k=16, backend="reference",
+                        proj=lambda x: 0.5 * x)
+    w = torch.randn_like(ref)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert rel_err(out, ref) <= 1e-5
+    for a, b in ((qs, qr), (ks, kr), (vs, vr)):
+        assert rel_err(a.grad, b.grad) <= 1e-4
