@@ -205,3 +205,20 @@ def test_chunking_across_heads_does_not_change_the_result():
         torch.set_num_threads(before)
     assert torch.equal(one, many) and torch.equal(one, threaded)
     assert rel_err(one, block_sparse_attention_reference(q, k, v, bm, 32, 32)) <= 1e-5
+
+
+def test_cpu_kind_is_detected_at_runtime_amx_first(monkeypatch):
+    # AMX makes bf16 ~5x fp32 on some CPUs and not on others: the kind is probed, never assumed.
+    from diffusion_accel.sparse_attn.defaults import DEFAULT_BLOCK_SHAPES, device_kind
+
+    probes = {"_is_amx_tile_supported": False, "_is_avx512_supported": True, "_is_avx2_supported": True}
+    for name in probes:
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: probes[name])
+    assert device_kind("cpu") == "cpu-avx512"
+    probes["_is_amx_tile_supported"] = True
+    assert device_kind("cpu") == "cpu-amx"
+    probes.update({"_is_amx_tile_supported": False, "_is_avx512_supported": False})
+    assert device_kind("cpu") == "cpu-avx2"
+    probes["_is_avx2_supported"] = False
+    assert device_kind("cpu") == "cpu"
+    assert {"cpu-amx", "cpu-avx512", "cpu-avx2", "cpu"} <= set(DEFAULT_BLOCK_SHAPES)
