@@ -72,6 +72,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--caching-threads", type=int, default=2)
     group.add_argument("--caching-only", default="",
                        help="comma-separated name prefixes to run (debugging; the baseline always runs)")
+    group.add_argument("--caching-compute", default="calls", choices=["calls", "tokens"],
+                       help="compute axis: block computations (calls, default) or the same weighted by the token "
+                            "rows each projected (sees per-sample decisions and lower resolutions)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ class _Bench:
             self._mag_ratios = [float(x) for x in ast.literal_eval(lists[-1].strip())]
         return self._mag_ratios
 
-    def measure(self, method: Method, first_round: bool) -> tuple[float, float, np.ndarray | None, int]:
+    def measure(self, method: Method, first_round: bool) -> tuple[float, float, np.ndarray | None, Any]:
         import caching as bench
 
         pipe = self.fresh()
@@ -324,7 +327,7 @@ class _Bench:
         finally:
             timer.close()
         images = bench.images_of(output) if first_round else None
-        return elapsed, timer.total, images, counter.total
+        return elapsed, timer.total, images, counter
 
 
 def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
@@ -338,14 +341,15 @@ def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
     return methods
 
 
-def _round(bench: _Bench, methods: list[Method], first: bool, reference: dict) -> None:
+def _round(bench: _Bench, methods: list[Method], first: bool, reference: dict, tokens: bool = False) -> None:
     from diffusion_accel.eval.metrics import psnr, ssim
 
     for m in methods:
         if m.result.get("supported") is False:
             continue
         try:
-            elapsed, denoiser_s, images, computed = bench.measure(m, first)
+            elapsed, denoiser_s, images, counter = bench.measure(m, first)
+            computed = counter.token_total if tokens else counter.total
         except Exception as exc:  # a peer that does not run on this model: record why
             m.result = {"supported": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"[peers caching] {m.name}: FAILED {m.result['reason'][:200]}", flush=True)
@@ -355,10 +359,10 @@ def _round(bench: _Bench, methods: list[Method], first: bool, reference: dict) -
         if first:
             if m.family == "baseline":
                 reference["images"], reference["computed"] = images, computed
-            m.result.update(supported=True, block_computations=computed,
+            m.result.update(supported=True, block_computations=counter.total, token_computations=counter.token_total,
                             compute_ratio=BlockComputeCounter.ratio(reference["computed"], computed),
                             psnr_db=psnr(images, reference["images"]), ssim=ssim(images, reference["images"]))
-        elif computed != m.result["block_computations"]:
+        elif counter.total != m.result["block_computations"]:
             m.result["computations_vary"] = True
         print(f"[peers caching] {m.name}: {elapsed:.1f} s, compute {m.result['compute_ratio']:.2f}x, "
               f"PSNR {m.result['psnr_db']:.2f} dB", flush=True)
@@ -409,9 +413,12 @@ def frontier_psnr(front: list[tuple[float, float]], compute: float) -> float | N
     return None
 
 
-def goal_check(methods: list[Method]) -> dict[str, Any]:
+def goal_check(methods: list[Method], goal_db: float = GOAL_DB, goal_range: tuple[float, float] = GOAL_RANGE,
+               ours_filter: Callable[[Method], bool] = lambda m: True) -> dict[str, Any]:
+    """Our frontier (the ``ours`` points ``ours_filter`` keeps) minus each peer point's PSNR at the
+    peer's compute; the goal is a margin of at least ``goal_db`` for peers within ``goal_range``."""
     ours = [(m.result["compute_ratio"], m.result["psnr_db"]) for m in methods
-            if m.family == "ours" and m.result.get("supported")]
+            if m.family == "ours" and m.result.get("supported") and ours_filter(m)]
     front = frontier(ours)
     rows, met = [], True
     for m in methods:
@@ -419,34 +426,35 @@ def goal_check(methods: list[Method]) -> dict[str, Any]:
         if m.family not in ("cache-dit", "diffusers") or not r.get("supported"):
             continue
         c = r["compute_ratio"]
-        in_range = GOAL_RANGE[0] <= c <= GOAL_RANGE[1]
+        in_range = goal_range[0] <= c <= goal_range[1]
         q = frontier_psnr(front, c)
         margin = None if q is None else round(q - r["psnr_db"], 2)
-        ok = None if not in_range else (margin is not None and margin >= GOAL_DB)
+        ok = None if not in_range else (margin is not None and margin >= goal_db)
         if ok is False:
             met = False
         rows.append({"peer": m.name, "compute_ratio": c, "peer_psnr_db": r["psnr_db"],
                      "ours_frontier_psnr_db": None if q is None else round(q, 2), "margin_db": margin,
                      "in_goal_range": in_range, "goal_met": ok})
-    return {"goal": f"our frontier >= +{GOAL_DB} dB over every peer point at matched compute, "
-                    f"{GOAL_RANGE[0]}-{GOAL_RANGE[1]}x",
+    return {"goal": f"our frontier >= +{goal_db} dB over every peer point at matched compute, "
+                    f"{goal_range[0]}-{goal_range[1]}x",
             "ours_frontier": [[round(c, 3), round(q, 2)] for c, q in front],
             "met": met, "points": rows}
 
 
-def plots(methods: list[Method], prompts: int) -> list[str]:
+def plots(methods: list[Method], prompts: int, title: str = "Bundled PixArt model",
+          prefix: str = "peers_caching", steps: int = 20) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"ours": ("tab:blue", "o"), "cache-dit": ("tab:red", "s"), "cache-dit+TS": ("tab:orange", "D"),
+    style = {"ours searched": ("tab:purple", "*"), "ours": ("tab:blue", "o"), "cache-dit": ("tab:red", "s"), "cache-dit+TS": ("tab:orange", "D"),
              "diffusers": ("tab:green", "^")}
     paths = []
     for key, label, fname in (("compute_ratio", "compute ratio (block computations, full / method)",
-                               "peers_caching_compute.png"),
+                               f"{prefix}_compute.png"),
                               ("wall_speedup", "wall-clock speed-up (min of interleaved rounds)",
-                               "peers_caching_wallclock.png")):
+                               f"{prefix}_wallclock.png")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         groups: dict[str, list[tuple[float, float]]] = {}
         for m in methods:
@@ -454,17 +462,18 @@ def plots(methods: list[Method], prompts: int) -> list[str]:
             if m.family == "baseline" or not r.get("supported"):
                 continue
             group = "cache-dit+TS" if "TaylorSeer" in m.name and m.family == "cache-dit" else m.family
+            group = "ours searched" if m.settings.get("searched") else group
             groups.setdefault(group, []).append((r[key], r["psnr_db"]))
         for group, pts in groups.items():
             color, marker = style[group]
             xs, ys = zip(*sorted(pts))
             ax.scatter(xs, ys, c=color, marker=marker, label=group, s=28)
-            if group == "ours":
+            if group in ("ours", "ours searched"):
                 fx, fy = zip(*frontier(pts))
                 ax.plot(fx, fy, c=color, lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("PSNR vs full compute (dB)")
-        ax.set_title(f"Bundled PixArt model, {prompts} held-out prompts, 20 steps")
+        ax.set_title(f"{title}, {prompts} held-out prompts, {steps} steps")
         ax.grid(alpha=0.3)
         ax.legend()
         path = os.path.join(RESULTS_DIR, fname)
@@ -476,14 +485,20 @@ def plots(methods: list[Method], prompts: int) -> list[str]:
     return paths
 
 
-def run(args) -> dict[str, Any]:
+def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_prefix: str = "peers_caching",
+        title: str = "Bundled PixArt model") -> dict[str, Any]:
+    """The caching comparison; ``extra(bench, template_pipe)`` adds methods (e.g. the video benchmark's)."""
     torch.set_num_threads(args.caching_threads)
     bench = _Bench(args)
-    methods = _methods(bench, bench.fresh(), args.caching_only)
-    reference: dict[str, Any] = {}
+    template = bench.fresh()
+    methods = _methods(bench, template, args.caching_only)
     started = time.perf_counter()
+    if extra is not None:
+        methods += extra(bench, template)
+    tokens = getattr(args, "caching_compute", "calls") == "tokens"
+    reference: dict[str, Any] = {}
     for r in range(args.caching_rounds):
-        _round(bench, methods, r == 0, reference)
+        _round(bench, methods, r == 0, reference, tokens)
     _summarize(methods)
     import diffusers
 
@@ -497,13 +512,14 @@ def run(args) -> dict[str, Any]:
         "model": f"bundled {bench.model.name} (diffusion_accel.assets.bundled, {bench.model.kind})",
         "prompts": len(bench.prompts), "steps": bench.steps, "rounds": args.caching_rounds,
         "threads": args.caching_threads, "versions": versions, "seconds": round(time.perf_counter() - started),
-        "compute": "block computations that ran (BlockComputeCounter: calls of attn1.to_q, attn2.to_q, "
-                   "ff.net[0].proj per block), full / method",
+        "compute": "block computations that ran (BlockComputeCounter: calls of each block component's first "
+                   "projection, attn1.to_q, attn2.to_q, ff.net[0].proj)"
+                   + (", each weighted by the token rows it projected" if tokens else "") + ", full / method",
         "timing": "wall clock of the pipeline call and time inside the denoiser; interleaved rounds, "
                   "each method on a freshly loaded pipeline; speed-up from the minima",
         "methods": [{"name": m.name, "family": m.family, "settings": m.settings, **m.result} for m in methods],
         "goal_check": goal_check(methods),
-        "plots": plots(methods, len(bench.prompts)),
+        "plots": plots(methods, len(bench.prompts), title, plot_prefix, bench.steps),
     }
 
 
