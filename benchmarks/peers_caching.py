@@ -82,6 +82,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--caching-threads", type=int, default=2)
     group.add_argument("--caching-only", default="",
                        help="comma-separated name prefixes to run (debugging; the baseline always runs)")
+    group.add_argument("--caching-compute", default="calls", choices=["calls", "tokens"],
+                       help="compute axis: block computations (calls, default) or the same weighted by the token "
+                            "rows each projected (sees per-sample decisions and lower resolutions)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +378,7 @@ class _Bench:
             self._mag_ratios = [float(x) for x in ast.literal_eval(lists[-1].strip())]
         return self._mag_ratios
 
-    def quality(self, method: Method) -> tuple[np.ndarray, int]:
+    def quality(self, method: Method) -> tuple[np.ndarray, BlockComputeCounter]:
         """Images of every prompt and the block computations that ran (fresh pipeline, not timed)."""
         import caching as bench
 
@@ -383,7 +386,7 @@ class _Bench:
         method.attach(pipe)
         with BlockComputeCounter(pipe) as counter:
             output = self.call(pipe)
-        return bench.images_of(output), counter.total
+        return bench.images_of(output), counter
 
     def timed(self, method: Method) -> tuple[float, float]:
         """Wall clock of one call on the timing prompts and the time inside the denoiser (fresh pipeline)."""
@@ -440,20 +443,21 @@ def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
     return methods
 
 
-def _quality_pass(bench: _Bench, methods: list[Method], scorer: _Scorer) -> None:
+def _quality_pass(bench: _Bench, methods: list[Method], scorer: _Scorer, tokens: bool = False) -> None:
     from diffusion_accel.eval.metrics import psnr, ssim
 
     reference: dict[str, Any] = {}
     for m in methods:
         try:
-            images, computed = bench.quality(m)
+            images, counter = bench.quality(m)
+            computed = counter.token_total if tokens else counter.total
         except Exception as exc:  # a peer that does not run on this model: record why
             m.result = {"supported": False, "reason": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"[peers caching] {m.name}: FAILED {m.result['reason'][:200]}", flush=True)
             continue
         if m.family == "baseline":
             reference["images"], reference["computed"] = images, computed
-        m.result.update(supported=True, block_computations=computed,
+        m.result.update(supported=True, block_computations=counter.total, token_computations=counter.token_total,
                         compute_ratio=BlockComputeCounter.ratio(reference["computed"], computed),
                         psnr_db=psnr(images, reference["images"]), ssim=ssim(images, reference["images"]),
                         **scorer(images, m.family == "baseline"))
@@ -516,9 +520,12 @@ def frontier_psnr(front: list[tuple[float, float]], compute: float) -> float | N
     return None
 
 
-def goal_check(methods: list[Method]) -> dict[str, Any]:
+def goal_check(methods: list[Method], goal_db: float = GOAL_DB, goal_range: tuple[float, float] = GOAL_RANGE,
+               ours_filter: Callable[[Method], bool] = lambda m: True) -> dict[str, Any]:
+    """Our frontier (the ``ours`` points ``ours_filter`` keeps) minus each peer point's PSNR at the
+    peer's compute; the goal is a margin of at least ``goal_db`` for peers within ``goal_range``."""
     ours = [(m.result["compute_ratio"], m.result["psnr_db"], m.name) for m in methods
-            if m.family == "ours" and m.result.get("supported")]  # our configs only: no peer, no baseline
+            if m.family == "ours" and m.result.get("supported") and ours_filter(m)]  # our configs only
     front = frontier([p[:2] for p in ours])
     rows, met, met_strict = [], True, True
     for m in methods:
@@ -526,15 +533,15 @@ def goal_check(methods: list[Method]) -> dict[str, Any]:
         if m.family not in ("cache-dit", "diffusers") or not r.get("supported"):
             continue
         c = r["compute_ratio"]
-        in_range = GOAL_RANGE[0] <= c <= GOAL_RANGE[1]
+        in_range = goal_range[0] <= c <= goal_range[1]
         q = frontier_psnr(front, c)
         margin = None if q is None else round(q - r["psnr_db"], 2)
-        ok = None if not in_range else (margin is not None and margin >= GOAL_DB)
+        ok = None if not in_range else (margin is not None and margin >= goal_db)
         if ok is False:
             met = False
         faster = at_least_as_fast(ours, c)
         strict = None if faster is None else round(faster[1] - r["psnr_db"], 2)
-        ok_strict = None if not in_range else (strict is not None and strict >= GOAL_DB)
+        ok_strict = None if not in_range else (strict is not None and strict >= goal_db)
         if ok_strict is False:
             met_strict = False
         rows.append({"peer": m.name, "compute_ratio": c, "peer_psnr_db": r["psnr_db"],
@@ -542,8 +549,8 @@ def goal_check(methods: list[Method]) -> dict[str, Any]:
                      "in_goal_range": in_range, "goal_met": ok,
                      "ours_at_least_as_fast": None if faster is None else faster[2],
                      "margin_at_least_as_fast_db": strict, "goal_met_at_least_as_fast": ok_strict})
-    return {"goal": f"our frontier >= +{GOAL_DB} dB over every peer point at matched compute, "
-                    f"{GOAL_RANGE[0]}-{GOAL_RANGE[1]}x",
+    return {"goal": f"our frontier >= +{goal_db} dB over every peer point at matched compute, "
+                    f"{goal_range[0]}-{goal_range[1]}x",
             "ours_frontier": [[round(c, 3), round(q, 2)] for c, q in front],
             "met": met, "met_at_least_as_fast": met_strict,
             "strict_check": "margin_at_least_as_fast_db: our best point whose compute ratio is >= the peer's "
@@ -557,19 +564,20 @@ def at_least_as_fast(ours: list[tuple[float, float, str]], compute: float) -> tu
     return max(faster, key=lambda p: p[1]) if faster else None
 
 
-def plots(methods: list[Method], prompts: int) -> list[str]:
+def plots(methods: list[Method], prompts: int, title: str = "Bundled PixArt model",
+          prefix: str = "peers_caching", steps: int = 20) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"ours": ("tab:blue", "o"), "cache-dit": ("tab:red", "s"), "cache-dit+TS": ("tab:orange", "D"),
+    style = {"ours searched": ("tab:purple", "*"), "ours": ("tab:blue", "o"), "cache-dit": ("tab:red", "s"), "cache-dit+TS": ("tab:orange", "D"),
              "diffusers": ("tab:green", "^")}
     paths = []
     for key, label, fname in (("compute_ratio", "compute ratio (block computations, full / method)",
-                               "peers_caching_compute.png"),
+                               f"{prefix}_compute.png"),
                               ("wall_speedup", "wall-clock speed-up (min of interleaved rounds)",
-                               "peers_caching_wallclock.png")):
+                               f"{prefix}_wallclock.png")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         groups: dict[str, list[tuple[float, float]]] = {}
         for m in methods:
@@ -577,17 +585,18 @@ def plots(methods: list[Method], prompts: int) -> list[str]:
             if m.family == "baseline" or not r.get("supported"):
                 continue
             group = "cache-dit+TS" if "TaylorSeer" in m.name and m.family == "cache-dit" else m.family
+            group = "ours searched" if m.settings.get("searched") else group
             groups.setdefault(group, []).append((r[key], r["psnr_db"]))
         for group, pts in groups.items():
             color, marker = style[group]
             xs, ys = zip(*sorted(pts))
             ax.scatter(xs, ys, c=color, marker=marker, label=group, s=28)
-            if group == "ours":
+            if group in ("ours", "ours searched"):
                 fx, fy = zip(*frontier(pts))
                 ax.plot(fx, fy, c=color, lw=1)
         ax.set_xlabel(label)
         ax.set_ylabel("PSNR vs full compute (dB)")
-        ax.set_title(f"Bundled PixArt model, {prompts} held-out prompts, 20 steps")
+        ax.set_title(f"{title}, {prompts} held-out prompts, {steps} steps")
         ax.grid(alpha=0.3)
         ax.legend()
         path = os.path.join(RESULTS_DIR, fname)
@@ -599,12 +608,18 @@ def plots(methods: list[Method], prompts: int) -> list[str]:
     return paths
 
 
-def run(args) -> dict[str, Any]:
+def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_prefix: str = "peers_caching",
+        title: str = "Bundled PixArt model") -> dict[str, Any]:
+    """The caching comparison; ``extra(bench, template_pipe)`` adds methods (e.g. the video benchmark's)."""
     torch.set_num_threads(args.caching_threads)
     bench = _Bench(args)
-    methods = _methods(bench, bench.fresh(), args.caching_only)
+    template = bench.fresh()
+    methods = _methods(bench, template, args.caching_only)
+    if extra is not None:
+        methods += extra(bench, template)
+    tokens = getattr(args, "caching_compute", "calls") == "tokens"
     started = time.perf_counter()
-    _quality_pass(bench, methods, _Scorer(bench.model, bench.prompts))
+    _quality_pass(bench, methods, _Scorer(bench.model, bench.prompts), tokens)
     quality_seconds = round(time.perf_counter() - started)
     _save_progress(methods)  # the quality pass survives a run stopped during the timing rounds
     for _ in range(args.caching_rounds):
@@ -629,13 +644,14 @@ def run(args) -> dict[str, Any]:
                    "its prompt; fid_vs_real / fid_vs_full: FID with bundled-CLIP features against the bundled "
                    "held-out real scenes / the full-compute images (few images: compare methods, not papers)",
         "compute": "block computations that ran (BlockComputeCounter: calls of attn1.to_q, attn2.to_q, "
-                   "ff.net[0].proj per block), full / method",
+                   "ff.net[0].proj per block)" + (", each weighted by the token rows it projected" if tokens else "")
+                   + ", full / method",
         "timing": "wall clock of the pipeline call and time inside the denoiser on the first timing_prompts "
                   "prompts; interleaved rounds after the (untimed) quality pass, each method on a freshly loaded "
                   "pipeline; speed-up from the minima, spread = (max - min) / min",
         "methods": [{"name": m.name, "family": m.family, "settings": m.settings, **m.result} for m in methods],
         "goal_check": goal_check(methods),
-        "plots": plots(methods, len(bench.prompts)),
+        "plots": plots(methods, len(bench.prompts), title, plot_prefix, bench.steps),
     }
 
 

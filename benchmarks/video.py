@@ -4,9 +4,16 @@ Parts (``--parts``, default all):
 
 * ``caching``: ours vs cache-dit and diffusers' own caches at matched compute -- the caching part of
   ``benchmarks/peers.py`` run with ``--caching-model benchmark-video`` (block computations counted the
-  same way for every method);
-* ``techniques``: quantization (W8A8, W4A8) and sparse attention (block-sparse at 50 % / 25 %
-  density, VMoBA, linear) applied with :func:`diffusion_accel.apply`: PSNR per video, temporal error
+  same way for every method, each weighted by the token rows it projected so that Bottleneck
+  Sampling's lower resolution counts), plus the video-only points: the dynamic ``teacache`` and
+  ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
+  frontier (``search_schedule`` on the video model with a small budget, on training captions; its
+  frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
+  check is run twice: every one of our points, and the searched points alone, against every
+  diffusers cache (margin > 0 dB at the peer's compute).
+* ``techniques``: quantization (W8A8, W4A8, mixed W4/W8 allocated from sensitivities measured on the
+  video model) and sparse attention (block-sparse at 50 % / 25 % density, SLA, linear, VMoBA) at the
+  model's token count, applied with :func:`diffusion_accel.apply`: PSNR per video, temporal error
   and flicker against the full-compute clips of the same seeds, denoiser MAC ratio.
 
 Results go to ``benchmarks/results/video.json``::
@@ -32,19 +39,41 @@ RESULTS = os.path.join(HERE, "results", "video.json")
 
 
 def technique_configs() -> dict[str, Any]:
-    """name -> AccelerationConfig of the ``techniques`` part."""
+    """name -> AccelerationConfig of the ``techniques`` part (mixed precision is added by
+    :func:`mixed_precision_config`, from sensitivities measured on the model)."""
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.quant import QuantConfig
     from diffusion_accel.sparse_attn import SparseAttentionConfig
 
+    def sparse(**kw):
+        return AccelerationConfig(attention=SparseAttentionConfig(**kw))
+
     return {
         "W8A8": AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8)),
         "W4A8": AccelerationConfig(quant=QuantConfig(weight_bits=4, act_bits=8)),
-        "block-sparse 50%": AccelerationConfig(attention=SparseAttentionConfig(method="block_sparse", density=0.5)),
-        "block-sparse 25%": AccelerationConfig(attention=SparseAttentionConfig(method="block_sparse", density=0.25)),
-        "vmoba 50%": AccelerationConfig(attention=SparseAttentionConfig(method="vmoba", density=0.5)),
-        "linear": AccelerationConfig(attention=SparseAttentionConfig(method="linear")),
+        "block-sparse 50%": sparse(method="block_sparse", density=0.5),
+        "block-sparse 25%": sparse(method="block_sparse", density=0.25),
+        "SLA 25%": sparse(method="sla", density=0.25),
+        "vmoba 50%": sparse(method="vmoba", density=0.5),
+        "vmoba 25%": sparse(method="vmoba", density=0.25),
+        "linear": sparse(method="linear"),
     }
+
+
+def mixed_precision_config(pipe: Any, prompts: list[str], call_kwargs: dict[str, Any], average_bits: float = 6.0):
+    """W4/W8 per component (MILP at ``average_bits``) from sensitivities measured on the video model
+    (one training caption, half the steps: a component's rank, not its absolute loss, matters)."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.quant import QuantConfig, measure_sensitivity
+
+    steps = max(2, call_kwargs["num_inference_steps"] // 2)
+    other = {k: v for k, v in call_kwargs.items() if k not in ("num_inference_steps", "output_type")}
+    sens = measure_sensitivity(pipe, prompts, group_by="component", num_inference_steps=steps, call_kwargs=other)
+    plan = sens.allocate(average_bits=average_bits)
+    return AccelerationConfig(quant=QuantConfig(plan=plan, act_bits=8)), {
+        "average_bits": average_bits, "groups": len(sens.sizes), "sensitivity_steps": steps,
+        "w4_layers": sum(1 for _, bits in plan.rules if bits == 4),
+        "w8_layers": sum(1 for _, bits in plan.rules if bits == 8)}
 
 
 def _clips(output: Any) -> np.ndarray:
@@ -53,7 +82,23 @@ def _clips(output: Any) -> np.ndarray:
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
-def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str) -> list[dict[str, Any]]:
+def _tokens(pipe: Any, call) -> int:
+    """Video tokens one denoiser call sees (latent frames x height x width / patch)."""
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple((kwargs.get("hidden_states", args[0] if args else None)).shape)),
+        with_kwargs=True)
+    try:
+        call(1)
+    finally:
+        handle.remove()
+    _, _, f, h, w = seen[0]
+    pf, ph, pw = pipe.transformer.config.patch_size
+    return (f // pf) * (h // ph) * (w // pw)
+
+
+def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
+                   calibration: list[str]) -> dict[str, Any]:
     import diffusion_accel
     from diffusion_accel.cost import denoiser_macs
     from diffusion_accel.eval.sweep import load_pipeline
@@ -62,15 +107,28 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str) 
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
 
-    def call():
-        generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        return pipe(prompts, generator=generators, **call_kwargs)
+    def call(count=None):
+        chosen = prompts[:count] if count else prompts
+        generators = [torch.Generator().manual_seed(i) for i in range(len(chosen))]
+        return pipe(chosen, generator=generators, **call_kwargs)
 
+    tokens = _tokens(pipe, call)
     reference = _clips(call())
     full_macs = denoiser_macs(pipe, prompt=prompts, **call_kwargs)
+    configs = technique_configs()
+    extra: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        configs["W4A8 mixed @6 bits"], extra = mixed_precision_config(pipe, calibration, call_kwargs)
+    except Exception as exc:  # record why, keep the other rows
+        extra = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+    extra["seconds"] = round(time.perf_counter() - start, 1)
     rows = []
-    for name, config in technique_configs().items():
+    for name, config in configs.items():
         row: dict[str, Any] = {"name": name, "config": config.to_dict()}
+        attention = config.attention
+        if attention is not None and attention.method != "linear":
+            row["density"] = attention.density
         try:
             diffusion_accel.apply(pipe, config)
             try:
@@ -89,8 +147,99 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str) 
         row.update(supported=True, macs_ratio=full_macs / macs if macs else None, **sums.compute())
         rows.append(row)
         shown = {k: row.get(k) for k in ("macs_ratio", "psnr_per_video", "temporal_error")}
-        print(f"[video techniques] {name}: {json.dumps(shown, default=float)}", file=sys.stderr)
-    return rows
+        print(f"[video techniques] {name}: {json.dumps(shown, default=float)}", file=sys.stderr, flush=True)
+    return {"tokens": tokens, "mixed_precision": extra, "rows": rows}
+
+
+def _searched(bench: Any, args: argparse.Namespace, calibration: list[str], other: dict[str, Any]):
+    """``(points, record)``: frontier entries of a small ``search_schedule`` run on the video model
+    (training captions), spread over 1.3-5x MACs."""
+    from diffusion_accel.search import search_schedule
+
+    start = time.perf_counter()
+    result = search_schedule(model=bench.fresh(), prompts=calibration, num_steps=bench.steps,
+                             population=args.search_population, generations=args.search_generations,
+                             batch_size=len(calibration), call_kwargs=other, dynamic_seeds=(), generalise=False,
+                             out=None, progress=False, clip=None, seed=0)
+    entries = sorted((e for e in result.frontier if 1.3 <= e["speedup"] <= 5.0), key=lambda e: e["speedup"])
+    if len(entries) > args.searched_points:
+        picks = np.linspace(0, len(entries) - 1, args.searched_points).round().astype(int)
+        entries = [entries[i] for i in sorted(set(picks.tolist()))]
+    record = {"seconds": round(time.perf_counter() - start), "evaluations": result.evaluations,
+              "population": args.search_population, "generations": args.search_generations,
+              "calibration_prompts": len(calibration), "quality": "latent_mse", "cost": "macs",
+              "frontier": [{"name": e["name"], "origin": e.get("origin"), "macs_speedup": round(e["speedup"], 3)}
+                           for e in result.frontier]}
+    return entries, record
+
+
+def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
+    """The video-only methods of the caching part (see the module docstring); ``record`` gets the
+    calibrations and the search."""
+
+    def extra(bench: Any, template: Any) -> list[Any]:
+        import dataclasses
+
+        import peers_caching as pc
+        from dynamic_policies import magcache_thresholds
+
+        from diffusion_accel import AccelerationConfig, apply
+        from diffusion_accel.caching import calibrate_magcache, calibrate_teacache
+        from diffusion_accel.sampling import BottleneckSamplingConfig
+
+        def method(name, settings, config):
+            return pc.Method(name, "ours", {**settings, "config": config.to_dict()},
+                             lambda pipe: apply(pipe, config) and None)
+
+        calibration = bench.model.prompts("train")[: args.calibration_prompts]
+        other = {k: v for k, v in bench.kwargs.items() if k not in ("output_type", "num_inference_steps")}
+        out = []
+        start = time.perf_counter()
+        for policy, calibrate in (("teacache", calibrate_teacache), ("magcache", calibrate_magcache)):
+            try:
+                base = calibrate(template, calibration, batch_size=len(calibration), seed=1,
+                                 num_inference_steps=bench.steps, **other)
+            except Exception as exc:  # record why, keep the rest
+                out.append(pc.Method(f"ours dynamic {policy}", "ours", {"policy": policy}, pc._raiser(exc)))
+                continue
+            thresholds = (args.teacache if policy == "teacache"
+                          else magcache_thresholds(base, bench.steps, args.magcache_skips))
+            for t in thresholds:
+                out.append(method(f"ours dynamic {policy}-{t:g}", {"policy": policy, "threshold": t},
+                                  AccelerationConfig(cache=dataclasses.replace(base, threshold=float(t)))))
+        record["calibration_seconds"] = round(time.perf_counter() - start)
+        for stages in (((0.3, 1), (0.4, 2), (0.3, 1)), ((0.2, 1), (0.6, 2), (0.2, 1))):
+            name = "-".join(str(round(100 * f)) for f, _ in stages)
+            out.append(method(f"ours bottleneck {name}", {"policy": "bottleneck", "stages": stages},
+                              AccelerationConfig(sampling=BottleneckSamplingConfig(stages=stages))))
+        try:
+            entries, record["search"] = _searched(bench, args, calibration, other)
+        except Exception as exc:
+            record["search"] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+            entries = []
+        from diffusion_accel import AccelerationConfig as Config
+
+        for e in entries:
+            config = Config.from_dict(e["config"])
+            out.append(method(f"ours searched {e['speedup']:.2f}x", {"searched": True, "search_name": e["name"],
+                                                                      "search_macs_speedup": e["speedup"]}, config))
+        return out
+
+    return extra
+
+
+def goal_checks(part: dict[str, Any]) -> dict[str, Any]:
+    """Our frontier (all our points; the searched points alone) minus every diffusers cache's PSNR at
+    the cache's compute: the goal is a positive margin everywhere."""
+    import peers_caching as pc
+
+    methods = [pc.Method(m["name"], m["family"], m.get("settings", {}), None,
+                         {k: v for k, v in m.items() if k not in ("name", "family", "settings")})
+               for m in part["methods"]]
+    every = (1.01, float("inf"))  # a peer at 1.0x skipped nothing (it is the full-compute output)
+    skipped = lambda m: m.result.get("compute_ratio", 1.0) > 1.0  # noqa: E731 (a point at 1.0x skipped nothing)
+    return {"all_ours": pc.goal_check(methods, 0.0, every, skipped),
+            "searched_only": pc.goal_check(methods, 0.0, every, lambda m: skipped(m) and bool(m.settings.get("searched")))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts (default 8)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration-prompts", type=int, default=2,
+                        help="training captions for TeaCache/MagCache calibration, the search and sensitivities")
+    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.35])
+    parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 12],
+                        help="MagCache thresholds are set to skip this many of the steps")
+    parser.add_argument("--search-population", type=int, default=8)
+    parser.add_argument("--search-generations", type=int, default=2)
+    parser.add_argument("--searched-points", type=int, default=4, help="searched frontier points measured")
+    parser.add_argument("--caching-only", default="",
+                        help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the video-only caching methods (calibrated policies, Bottleneck, the search)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
@@ -112,23 +273,70 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from ['caching', 'techniques']")
     results: dict[str, Any] = {"model": model.name, "prompts": len(prompts), "steps": args.steps}
-    if "techniques" in parts:
-        results["techniques"] = run_techniques(prompts, call_kwargs, model.name)
+    started = time.perf_counter()
+    sys.path.insert(0, HERE)
     if "caching" in parts:
-        sys.path.insert(0, HERE)
         import peers_caching
 
         caching_args = argparse.Namespace(caching_model=model.name, caching_prompts=args.prompts,
                                           caching_steps=args.steps, caching_rounds=1, caching_threads=args.threads,
-                                          caching_only="")
-        results["caching"] = peers_caching.run(caching_args)
+                                          caching_only=args.caching_only, caching_compute="tokens")
+        record: dict[str, Any] = {}
+        part = peers_caching.run(caching_args, None if args.no_extras else caching_extra(args, record),
+                                 plot_prefix="video_caching",
+                                 title="Bundled Wan video model")
+        part.update(record)
+        part["goal_checks"] = goal_checks(part)
+        results["caching"] = part
+    if "techniques" in parts:
+        calibration = model.prompts("train")[: max(1, args.calibration_prompts // 2)]
+        results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration)
+    results["seconds"] = round(time.perf_counter() - started)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2, default=float)
         fh.write("\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "caching"}, indent=2, default=float))
+    print(markdown_tables(results))
     return 0
 
 
+def markdown_tables(results: dict[str, Any]) -> str:
+    """The README tables of a finished run (``python benchmarks/video.py --table`` reprints them)."""
+    lines = []
+    part = results.get("caching")
+    if part:
+        margins = {row["peer"]: row for row in part["goal_checks"]["searched_only"]["points"]}
+        lines += ["| method | family | compute (token-weighted blocks) | PSNR dB | SSIM | wall clock | searched frontier − peer |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in part["methods"]:
+            if not m.get("supported"):
+                lines.append(f"| {m['name']} | {m['family']} | — | — | — | — | fails: {m['reason'][:90]} |")
+                continue
+            row = margins.get(m["name"])
+            margin = "" if row is None else ("beyond our fastest point" if row["margin_db"] is None
+                                             else f"{row['margin_db']:+.1f} dB")
+            lines.append(f"| {m['name']} | {m['family']} | {m['compute_ratio']:.2f}× | {m['psnr_db']:.1f} | "
+                         f"{m['ssim']:.3f} | {m['wall_speedup']:.2f}× | {margin} |")
+    tech = results.get("techniques")
+    if tech:
+        lines += ["", f"Techniques at the model's {tech['tokens']} video tokens:", "",
+                  "| technique | density | denoiser MACs | PSNR/video dB | SSIM/video | temporal error | flicker (baseline) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in tech["rows"]:
+            if not r.get("supported"):
+                lines.append(f"| {r['name']} | | fails: {r['reason'][:90]} | | | | |")
+                continue
+            density = "" if r.get("density") is None else f"{100 * r['density']:.0f} %"
+            macs = "–" if r.get("macs_ratio") is None else f"{r['macs_ratio']:.2f}×"
+            lines.append(f"| {r['name']} | {density} | {macs} | {r['psnr_per_video']:.1f} | "
+                         f"{r['ssim_per_video']:.3f} | {r['temporal_error']:.4f} | "
+                         f"{r['flicker']:.4f} ({r['baseline_flicker']:.4f}) |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--table"]:
+        with open(sys.argv[2] if len(sys.argv) > 2 else RESULTS, encoding="utf-8") as fh:
+            print(markdown_tables(json.load(fh)))
+        sys.exit(0)
     sys.exit(main())

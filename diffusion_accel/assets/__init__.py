@@ -40,6 +40,7 @@ __all__ = [
     "benchmark_video_model_dir",
     "benchmark_video_prompts",
     "benchmark_video_attributes",
+    "benchmark_video_clips",
     "video_model_card_path",
 ]
 
@@ -209,3 +210,24 @@ def benchmark_video_attributes(split: str) -> dict[str, np.ndarray | tuple[str, 
     for key, names in data["names"].items():
         out[f"{key.rstrip('s')}_names"] = tuple(names)
     return out
+
+
+def benchmark_video_clips(split: str) -> tuple[np.ndarray, list[str]]:
+    """Real clips of ``split``: uint8 videos ``(N, 9, 32, 32, 3)`` and their N captions -- the
+    clips :func:`benchmark_video_prompts` describes, re-rendered from the data recipe (the held-out
+    ones are the FVD reference set; scans never seen in training). Needs scikit-learn (the digit
+    scans are not stored).
+
+    Raises:
+        ValueError: scikit-learn is missing, or the recipe no longer renders the stored captions.
+    """
+    from .video_clips import make_video_split
+
+    captions = benchmark_video_prompts(split)
+    try:
+        clips = make_video_split(split, len(captions), seed=0, sample_seed=0 if split == "heldout" else 1)
+    except ImportError as exc:
+        raise ValueError(f"The bundled {split} clips are rendered from scikit-learn's digit scans: {exc}") from None
+    if clips.captions != captions:
+        raise ValueError(f"The video recipe no longer renders the stored {split} captions; {_RETRAIN_VIDEO}.")
+    return clips.videos, captions

@@ -37,6 +37,8 @@ class BundledModel:
         clip: the CLIP source that scores it (``"benchmark"``: the bundled digits CLIP; per frame for
             videos), or ``None``.
         fid_reference: the FID reference source (``"benchmark"``: the bundled real scenes), or ``None``.
+        fvd_reference: the FVD reference source of a video model (``"benchmark-video"``: the bundled
+            real held-out clips), or ``None``.
     """
 
     name: str
@@ -46,6 +48,7 @@ class BundledModel:
     prompts: Callable[[str], list[str]]
     clip: str | None = "benchmark"
     fid_reference: str | None = None
+    fvd_reference: str | None = None
     extra_call_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def generation_kwargs(self) -> dict[str, Any]:
@@ -65,7 +68,8 @@ def _video_model() -> BundledModel:
     from . import BENCHMARK_VIDEO_GENERATION_KWARGS, benchmark_video_model_dir, benchmark_video_prompts
 
     return BundledModel("benchmark-video", "video", benchmark_video_model_dir, BENCHMARK_VIDEO_GENERATION_KWARGS,
-                        benchmark_video_prompts, clip="benchmark", fid_reference=None)
+                        benchmark_video_prompts, clip="benchmark", fid_reference=None,
+                        fvd_reference="benchmark-video")
 
 
 #: name -> :class:`BundledModel`.

@@ -64,6 +64,9 @@ class BlockComputeCounter:
     Use as a context manager (hooks are registered on entry and removed on exit) or call
     :meth:`attach` / :meth:`remove`. ``counts`` maps ``(denoiser, block, component)`` to calls;
     ``total`` is their sum; ``num_slots`` the number of watched (block, component) pairs.
+    ``token_counts`` / ``token_total``: the same weighted by the token rows each call projected
+    (batch x sequence): equal to the calls times a constant unless a method changes the batch or the
+    token count (per-sample cache decisions, a lower resolution as in Bottleneck Sampling).
     """
 
     def __init__(self, target: Any) -> None:
@@ -74,6 +77,7 @@ class BlockComputeCounter:
                 for comp_name, comp in block.components().items():
                     self._projections[(name, block.index, comp_name)] = first_projection(comp)
         self.counts: Counter = Counter()
+        self.token_counts: Counter = Counter()
         self._handles: list[Any] = []
 
     @property
@@ -83,6 +87,10 @@ class BlockComputeCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def token_total(self) -> int:
+        return sum(self.token_counts.values())
 
     @property
     def active(self) -> bool:
@@ -98,6 +106,8 @@ class BlockComputeCounter:
     def _hook(self, key: SlotKey):
         def count(module, args, output) -> None:
             self.counts[key] += 1
+            if torch.is_tensor(output) and output.dim() >= 1 and output.shape[-1]:
+                self.token_counts[key] += output.numel() // output.shape[-1]
 
         return count
 
@@ -108,6 +118,7 @@ class BlockComputeCounter:
 
     def reset(self) -> None:
         self.counts = Counter()
+        self.token_counts = Counter()
 
     def __enter__(self) -> "BlockComputeCounter":
         return self.attach()

@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default 'auto' = the benchmark images for the benchmark model")
     g.add_argument("--fid-features", default="clip", choices=["clip", "inception"],
                    help="FID feature extractor (inception needs torch-fidelity)")
+    g.add_argument("--video-reference", default="auto",
+                   help="FVD reference clips (video models): 'benchmark-video[:split]', a .npy of uint8 videos "
+                        "(N, F, H, W, 3), .npz statistics or 'none'; default 'auto' = the bundled held-out clips for "
+                        "benchmark-video. fvd_vs_baseline (the full-compute clips) is always computed")
+    g.add_argument("--fvd-features", default="clip-video", choices=["clip-video"],
+                   help="clip-level video feature extractor of FVD (default: per-frame CLIP features, their spread "
+                        "and temporal differences)")
     g.add_argument("--latency-runs", type=int, default=3, help="timed calls per configuration (default 3)")
     g.add_argument("--warmup", type=int, default=1, help="warm-up calls before timing (default 1)")
     g = parser.add_argument_group("output")
@@ -134,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         clip=_none(args.clip),
         reference=_none(args.reference),
         fid_features=args.fid_features,
+        video_reference=_none(args.video_reference),
+        fvd_features=args.fvd_features,
         latency_runs=args.latency_runs,
         warmup=args.warmup,
         device=args.device,
@@ -144,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in records:
         print(f"{r['name']:>24}  speed-up {r['speedup']:.2f}x  MACs /{_f(r['macs_ratio'])}  "
-              f"CLIP {_f(r.get('clip_score'))}  FID {_f(r.get('fid'))}  PSNR {_f(r.get('psnr'))}")
+              f"CLIP {_f(r.get('clip_score'))}  FID {_f(r.get('fid'))}  PSNR {_f(r.get('psnr'))}"
+              + (f"  FVD {_f(r.get('fvd', r.get('fvd_vs_baseline')))}" if "temporal_error" in r else ""))
     if records:
         print(f"results: {args.out}/results.json, report: {args.out}/report.md")
     return 0

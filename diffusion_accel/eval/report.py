@@ -5,7 +5,8 @@ as the strings ``"inf"``, ``"-inf"`` and ``"nan"``; :func:`load_results` turns t
 The CSV writes them the same way and JSON-encodes nested values (``config``, ``latency``, ...).
 
 The Pareto plot has one panel per available quality metric (``fid``, ``clip_score``, ``psnr``,
-``ssim``, and ``frame_consistency`` for videos) against the speed-up; the non-dominated
+``ssim``; videos add ``frame_consistency``, ``fvd`` -- or ``fvd_vs_baseline`` when there are no
+reference clips -- and ``temporal_error``) against the speed-up; the non-dominated
 configurations (no other one is at least as fast and at least as good, and strictly better in
 one) are joined by a line and ringed. Videos are shown in report.md as animated GIF previews
 (Pillow), linked to their ``.npy``.
@@ -42,9 +43,11 @@ __all__ = [
 
 #: Quality metric -> whether higher is better.
 QUALITY_METRICS: dict[str, bool] = {"fid": False, "clip_score": True, "psnr": True, "ssim": True,
-                                    "frame_consistency": True, "fid_vs_baseline": False}
+                                    "frame_consistency": True, "fvd": False, "fvd_vs_baseline": False,
+                                    "temporal_error": False, "fid_vs_baseline": False}
 #: Video metrics shown in report.md's table when a record has them.
-VIDEO_COLUMNS = ("frame_consistency", "flicker", "temporal_error")
+VIDEO_COLUMNS = ("frame_consistency", "fvd", "fvd_vs_baseline", "flicker", "temporal_error", "psnr_per_video",
+                 "ssim_per_video")
 #: Folder of a variant's animated previews of its videos (``<out>/<name>/previews/<key>.gif``).
 PREVIEWS_DIR = "previews"
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
@@ -125,8 +128,12 @@ def plot_pareto(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> l
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metrics = [m for m in QUALITY_METRICS if m != "fid_vs_baseline"
-               and any(_is_number(r.get(m)) for r in records)]
+    def available(metric: str) -> bool:
+        return any(_is_number(r.get(metric)) for r in records)
+
+    # The distances to the baseline's own outputs are plotted only for videos without reference clips.
+    metrics = [m for m in QUALITY_METRICS if available(m) and m != "fid_vs_baseline"
+               and not (m == "fvd_vs_baseline" and available("fvd"))]
     fig = Figure(figsize=(4.2 * max(1, len(metrics)), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     if not metrics:
@@ -231,6 +238,12 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike, 
                "configuration with the baseline's outputs of the same items; `inf` PSNR means identical "
                "outputs. FID uses the reference images; `fid_vs_baseline` uses the baseline's outputs "
                "as reference."), ""]
+    if any("temporal_error" in r for r in records):
+        lines += [("Videos: `clip_score` is per frame; `fvd` is the Fréchet video distance (clip-level features) "
+                   "to the reference clips and `fvd_vs_baseline` to the full-compute clips; `flicker` is the mean "
+                   "change between consecutive frames, `temporal_error` how far the frame-to-frame changes differ "
+                   "from the baseline's (frozen or invented motion); `psnr_per_video` / `ssim_per_video` average "
+                   "each video's own score."), ""]
     header = ["name", "speedup", "latency_s", "spread", "macs_ratio", "peak_memory_MB", "clip_score", "fid",
               "fid_vs_baseline", "psnr", "ssim", "lpips", "max_abs_error", "wasserstein"]
     header += [c for c in VIDEO_COLUMNS if any(c in r for r in records)]

@@ -190,6 +190,12 @@ class EvalSettings(RunSettings):
         reference: FID reference: ``"auto"`` (the benchmark images for the benchmark model, else
             none), ``None``, ``"benchmark[:split]"``, a folder of images or a ``.npz`` of statistics.
         fid_features: ``"clip"``, ``"inception"`` (needs torch-fidelity) or an ``nn.Module``.
+        video_reference: FVD reference of a video model: ``"auto"`` (the bundled held-out clips for
+            ``benchmark-video``, else none), ``None``, ``"benchmark-video[:split]"``, a ``.npy`` of
+            uint8 videos ``(N, F, H, W, 3)`` or a ``.npz`` of statistics. ``fvd_vs_baseline`` (the
+            full-compute clips as reference) is computed for every video run with a CLIP.
+        fvd_features: the clip-level video feature extractor: a name of
+            :data:`~diffusion_accel.eval.video_metrics.FVD_FEATURES` (``"clip-video"``) or an ``nn.Module``.
         latency_runs, warmup: timed and warm-up calls of the cost measurement.
         dtype: load the model in this dtype (default: its own).
         measure: cost measurements besides latency (:data:`COST_MEASURES`), each one more call.
@@ -207,6 +213,8 @@ class EvalSettings(RunSettings):
     categories: tuple[str, ...] | None = None
     reference: Any = "auto"
     fid_features: Any = "clip"
+    video_reference: Any = "auto"
+    fvd_features: Any = "clip-video"
     latency_runs: int = 3
     warmup: int = 1
     dtype: Any = None

@@ -66,6 +66,7 @@ from .generate import (
 from .costs import BASELINE, interleaved_latency, latency_environment, macs_counter, measure_costs, use_variant
 from .latency import MacsResult
 from .prompts import Prompt, load_prompts
+from .video_metrics import FVD_FEATURES, check_video_reference
 from .settings import COST_MEASURES, EvalSettings, check_device, check_output_folder, jsonable, source_label
 
 __all__ = [
@@ -285,7 +286,7 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     if clip_model is not None:
         clip_model.model.to(device)
     records = _score(variants, items, out, costs, clip_model, run.reference, s.fid_features, s.progress,
-                     run.clip_note)
+                     run.clip_note, video=(run.video_reference, s.fvd_features))
     from .report import write_report, write_results
 
     write_results(records, out)
@@ -301,6 +302,7 @@ class _Inputs(NamedTuple):
     reference: Any
     clip: Any  # the CLIP source (``"auto"`` resolved), or None
     clip_note: str | None  # why there is no CLIP model
+    video_reference: Any  # the FVD reference source (``"auto"`` resolved), or None
 
 
 def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
@@ -329,7 +331,15 @@ def _checked_inputs(s: EvalSettings, names: dict[str, str]) -> _Inputs:
     _check_reference(reference)
     if isinstance(s.fid_features, str) and s.fid_features != "clip":
         M.fid_features(s.fid_features)  # unknown names and missing optional packages fail here
-    return _Inputs(prompt_list, variants, items, call_kwargs, reference, clip, clip_note)
+    video_reference = s.video_reference
+    if isinstance(video_reference, str) and video_reference == "auto":
+        entry = bundled_model(s.model) if isinstance(s.model, (str, os.PathLike)) else None
+        video_reference = entry.fvd_reference if entry is not None else None
+    check_video_reference(video_reference)
+    if isinstance(s.fvd_features, str) and s.fvd_features not in FVD_FEATURES:
+        raise ValueError(f"Unknown video feature extractor {s.fvd_features!r} (--fvd-features); choose one of "
+                         f"{sorted(FVD_FEATURES)} or pass a torch module.")
+    return _Inputs(prompt_list, variants, items, call_kwargs, reference, clip, clip_note, video_reference)
 
 
 def _checked_against_pipeline(pipe: Any, run: _Inputs, names: dict[str, str]) -> _Inputs:
@@ -363,6 +373,8 @@ def _run_record(s: EvalSettings, run: _Inputs) -> dict[str, Any]:
         "clip": None if run.clip is None else run.clip.name if isinstance(run.clip, M.Clip) else source_label(run.clip),
         "reference": None if reference is None else source_label(reference),
         "fid_features": s.fid_features if isinstance(s.fid_features, str) else type(s.fid_features).__name__,
+        "video_reference": None if run.video_reference is None else source_label(run.video_reference),
+        "fvd_features": s.fvd_features if isinstance(s.fvd_features, str) else type(s.fvd_features).__name__,
     }
 
 
@@ -506,34 +518,85 @@ def _chunks(out: str, name: str, items: list, manifests: dict[str, dict]):
                [it.prompt for it in chunk])
 
 
+class _References(NamedTuple):
+    """What every variant is scored against: feature extractors and reference statistics."""
+    extractor: Any = None
+    stats: Any = None  # the FID reference's
+    baseline_stats: Any = None  # the baseline outputs' (fid_vs_baseline)
+    video_extractor: Any = None
+    video_stats: Any = None  # the FVD reference's
+    video_baseline_stats: Any = None  # the baseline clips' (fvd_vs_baseline)
+
+
+def _is_video(manifest: dict[str, dict]) -> bool:
+    """Whether a variant's stored outputs are videos (``(F, H, W, 3)`` arrays)."""
+    return any(len(record.get("shape") or ()) == 4 for record in manifest.values())
+
+
+def _references(items, out, manifests, clip, reference, fid_features, video, bar,
+                notes: list[str]) -> _References:
+    """The extractors and reference statistics; the baseline's outputs are read once for both
+    ``fid_vs_baseline`` and (videos) ``fvd_vs_baseline``."""
+    from .video_metrics import fvd_features as make_fvd_features
+    from .video_metrics import load_video_reference, video_tensor
+
+    video_reference, fvd_kind = video
+    with_features = clip is not None or not (isinstance(fid_features, str) and fid_features == "clip")
+    is_video = _is_video(manifests[BASELINE])
+    with_video = is_video and (clip is not None or isinstance(fvd_kind, torch.nn.Module))
+    if is_video and not with_video:
+        notes.append("fvd: no CLIP model for the clip-level video features (pass --clip, or a module as fvd_features=).")
+    elif with_video and video_reference is None:
+        notes.append("fvd: no reference clips (pass --video-reference); fvd_vs_baseline uses the full-compute clips.")
+    if not (with_features or with_video):
+        return _References()
+    refs = _References()
+    sums = video_sums = None
+    if with_features:
+        extractor = M.fid_features(fid_features, clip)
+        refs = refs._replace(extractor=extractor, stats=M.load_reference(reference, extractor) if reference is not None
+                             else None)
+        sums = M.FeatureSums(extractor)
+    if with_video:
+        bar.set_postfix_str("video reference", refresh=False)
+        video_extractor = make_fvd_features(fvd_kind, clip)
+        refs = refs._replace(video_extractor=video_extractor, video_stats=load_video_reference(
+            video_reference, video_extractor) if video_reference is not None else None)
+        video_sums = M.FeatureSums(video_extractor)
+    bar.set_postfix_str("baseline features", refresh=False)
+    for _, baseline_chunk, _ in _chunks(out, BASELINE, items, manifests):
+        if sums is not None:
+            sums.update_frames(baseline_chunk)
+        if video_sums is not None:
+            clips = video_tensor(baseline_chunk)
+            for start in range(0, len(clips), 8):
+                video_sums.update(clips[start : start + 8])
+        bar.update(len(baseline_chunk))
+    for field, feature_sums in (("baseline_stats", sums), ("video_baseline_stats", video_sums)):
+        if feature_sums is not None:
+            stats = feature_sums.stats()
+            refs = refs._replace(**{field: stats if stats.num_samples >= 2 else None})
+    return refs
+
+
 def _score(variants, items, out, costs, clip, reference, fid_features, progress,
-           clip_note: str | None = None) -> list[dict[str, Any]]:
+           clip_note: str | None = None, video: tuple[Any, Any] = (None, "clip-video")) -> list[dict[str, Any]]:
+    """One record per variant. ``video``: ``(FVD reference source or None, video feature extractor)``."""
     from tqdm.auto import tqdm
 
     from .generate import read_manifest
     from .scoring import QualityScorer
 
     manifests = {name: read_manifest(os.path.join(out, name)) for name, _ in variants}
-    extractor = stats = baseline_stats = None
     with_features = clip is not None or not (isinstance(fid_features, str) and fid_features == "clip")
     # One step per item scored (and per baseline item whose features are extracted first), with the time left.
-    bar = tqdm(total=len(items) * (len(variants) + with_features), desc="scoring", unit="item",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(items) * (len(variants) + with_features), desc="scoring",
+               unit="item", disable=not progress, dynamic_ncols=True)
     notes_common: list[str] = []
-    if with_features:
-        bar.set_postfix_str("baseline features", refresh=False)
-        extractor = M.fid_features(fid_features, clip)
-        if reference is not None:
-            stats = M.load_reference(reference, extractor)
-        sums = M.FeatureSums(extractor)
-        for _, baseline_chunk, _ in _chunks(out, BASELINE, items, manifests):
-            sums.update_frames(baseline_chunk)
-            bar.update(len(baseline_chunk))
-        baseline_stats = sums.stats()
-        if baseline_stats.num_samples < 2:
-            baseline_stats = None
-    else:
+    if clip is None and isinstance(fid_features, str) and fid_features == "clip":
         notes_common.append(clip_note or "No CLIP model: clip_score and CLIP-feature FID are not computed.")
+    refs = _references(items, out, manifests, clip, reference, fid_features, video, bar, notes_common)
+    stats = refs.stats
     if stats is None:
         notes_common.append("fid: no reference images (pass --reference).")
     base_cost = costs[BASELINE]
@@ -562,7 +625,9 @@ def _score(variants, items, out, costs, clip, reference, fid_features, progress,
             notes.append(f"{name}: MACs not measurable (null) where operators without a flop formula ran: "
                          f"{cost['uncounted_ops']}; register one with "
                          "torch.utils.flop_counter.register_flop_formula.")
-        scorer = QualityScorer(clip=clip, extractor=extractor, reference=stats, baseline=baseline_stats)
+        scorer = QualityScorer(clip=clip, extractor=refs.extractor, reference=stats, baseline=refs.baseline_stats,
+                               video_extractor=refs.video_extractor, video_reference=refs.video_stats,
+                               video_baseline=refs.video_baseline_stats)
         for chunk in _chunks(out, name, items, manifests):
             scorer.update(*chunk)
             bar.update(len(chunk[2]))

@@ -33,7 +33,7 @@ import torch
 from . import metrics as M
 
 __all__ = ["ClipVideoFeatures", "FVD_FEATURES", "fvd_features", "video_tensor", "TemporalSums",
-           "video_reference_stats", "fvd"]
+           "video_reference_stats", "load_video_reference", "check_video_reference", "fvd"]
 
 
 def video_tensor(videos: np.ndarray) -> torch.Tensor:
@@ -96,6 +96,51 @@ def video_reference_stats(videos: np.ndarray, extractor: torch.nn.Module, batch_
     for start in range(0, len(tensor), batch_size):
         sums.update(tensor[start : start + batch_size])
     return sums.stats()
+
+
+def check_video_reference(source) -> None:
+    """One clear ``ValueError`` unless ``source`` is something :func:`load_video_reference` takes
+    (nothing is loaded but a ``.npz`` file's header)."""
+    if source is None or isinstance(source, (M.ReferenceStats, np.ndarray)):
+        return
+    import os
+
+    name = os.fspath(source)
+    if name == "benchmark-video" or name.startswith("benchmark-video:"):
+        return
+    if not name.endswith((".npy", ".npz")) or not os.path.isfile(name):
+        raise ValueError(f"Video reference {name!r} is neither 'benchmark-video[:split]', a .npy of uint8 videos "
+                         "(N, F, H, W, 3) nor a .npz of statistics (ReferenceStats.save); pass one of those, or "
+                         "'none' (--video-reference).")
+
+
+def load_video_reference(source, extractor: torch.nn.Module, batch_size: int = 8) -> M.ReferenceStats:
+    """FVD reference statistics from ``"benchmark-video[:split]"`` (the bundled real clips, held-out
+    by default), a ``.npy`` of uint8 videos ``(N, F, H, W, 3)``, a saved ``.npz`` of
+    :class:`~.metrics.ReferenceStats`, an array of videos, or statistics."""
+    import os
+
+    check_video_reference(source)
+    if isinstance(source, M.ReferenceStats):
+        stats = source
+    elif isinstance(source, np.ndarray):
+        stats = video_reference_stats(source, extractor, batch_size)
+    else:
+        name = os.fspath(source)
+        if name.endswith(".npz"):
+            stats = M.ReferenceStats.load(name)
+        elif name.endswith(".npy"):
+            stats = video_reference_stats(np.load(name, allow_pickle=False), extractor, batch_size)
+        else:
+            from ..assets import benchmark_video_clips
+
+            videos, _ = benchmark_video_clips(name.partition(":")[2] or "heldout")
+            stats = video_reference_stats(videos, extractor, batch_size)
+    kind = M._feature_kind(extractor)
+    if stats.feature_kind != kind:
+        raise ValueError(f"Video reference statistics were computed with {stats.feature_kind!r} features, but FVD "
+                         f"uses {kind!r}; recompute them with the same extractor.")
+    return stats
 
 
 def fvd(videos: np.ndarray, reference: np.ndarray | M.ReferenceStats, extractor: torch.nn.Module,

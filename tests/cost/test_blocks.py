@@ -81,3 +81,19 @@ def test_attach_twice_is_an_error_and_baseline_must_have_run():
     counter.remove()
     with pytest.raises(ValueError, match="baseline ran no block computations"):
         BlockComputeCounter.ratio(counter, 5)
+
+
+def test_token_counts_weigh_calls_by_the_rows_projected_and_see_a_lower_resolution():
+    """Calls alone miss Bottleneck Sampling (every block still runs, on fewer tokens)."""
+    from diffusion_accel.sampling import BottleneckSamplingConfig
+
+    pipe = tiny_pipeline("wan")
+    full = _run(pipe, "wan")
+    per_call = {full.token_counts[k] / full.counts[k] for k in full.counts}
+    assert len(per_call) == 1 and full.token_total == full.total * per_call.pop()
+    diffusion_accel.apply(pipe, AccelerationConfig(sampling=BottleneckSamplingConfig(stages=((0.25, 1), (0.5, 2), (0.25, 1)))))
+    low = _run(pipe, "wan")
+    diffusion_accel.remove(pipe)
+    assert low.total == full.total  # every block ran at every step
+    # the middle 2 of 4 steps at half the height and width: a quarter of the tokens
+    assert low.token_total == full.token_total // 2 + full.token_total // 8

@@ -150,3 +150,18 @@ def test_quality_scorer_leaves_images_without_video_scores():
     scorer.update(images, images, ["a", "b"])
     values, _ = scorer.compute()
     assert "flicker" not in values and "fvd" not in values
+
+
+def test_the_bundled_held_out_clips_are_the_default_fvd_reference(clip):
+    """``--video-reference auto`` for benchmark-video: the 200 real held-out clips, re-rendered."""
+    from diffusion_accel.assets.bundled import BUNDLED_MODELS
+    from diffusion_accel.eval.video_metrics import load_video_reference
+
+    pytest.importorskip("sklearn")
+    assert BUNDLED_MODELS["benchmark-video"].fvd_reference == "benchmark-video"
+    assert BUNDLED_MODELS["benchmark"].fvd_reference is None
+    extractor = fvd_features("clip-video", clip)
+    stats = load_video_reference("benchmark-video", extractor)
+    assert stats.num_samples == 200 and stats.feature_kind == "clip-video"
+    with pytest.raises(ValueError, match="video-reference"):
+        load_video_reference("clips.mp4", extractor)
