@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .training import ExponentialMovingAverage, vae_update
+from .training import ExponentialMovingAverage, encode_latents, vae_update
 
 __all__ = ["latent_weights", "decode_unclamped", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
            "train_flow_matching"]
@@ -118,12 +118,10 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
     return vae, done
 
 
-@torch.no_grad()
 def encode_video_latents(vae, videos: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Posterior means of ``videos`` ``(N, 3, F, H, W)`` -> ``(N, C, f, h, w)`` (unnormalised)."""
-    vae.eval()
-    return torch.cat([vae.encode(videos[i : i + batch_size]).latent_dist.mode()
-                      for i in range(0, len(videos), batch_size)])
+    """Posterior means of ``videos`` ``(N, 3, F, H, W)`` -> ``(N, C, f, h, w)`` (unnormalised):
+    the image trainer's :func:`~.training.encode_latents` with a batch size for clips."""
+    return encode_latents(vae, videos, batch_size)
 
 
 def text_embeddings(text_encoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
