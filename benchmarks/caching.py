@@ -401,6 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     candidates = policies(pipe, args.steps, args.quick, calibration, call_kwargs)
     log(f"{len(candidates)} policies; calibrated on {len(calibration)} prompts")
     results, usable = quality(pipe, call, candidates, reference, full_macs, log)
+    log("quality pass:", json.dumps(list(results.values()), default=float))  # kept if the timing is cut short
     median = timing(pipe, call, usable, args.runs, args.warmup)
     base_denoiser, base_pipeline = median["baseline"]
     for name in usable:
