@@ -399,10 +399,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = images_of(call())
     calibration = calibration_prompts(args.model, args.batch)
     candidates = policies(pipe, args.steps, args.quick, calibration, call_kwargs)
-    log(f"{len(candidates)} policies; calibrated on {len(calibration)} prompts")
+    log(f"{len(candidates)} policies; calibration on {len(calibration)} prompts:", json.dumps(CALIBRATION))
     results, usable = quality(pipe, call, candidates, reference, full_macs, log)
     log("quality pass:", json.dumps(list(results.values()), default=float))  # kept if the timing is cut short
-    median = timing(pipe, call, usable, args.runs, args.warmup)
+    if args.runs == 0:  # quality and MACs only (a loaded machine times nothing usefully)
+        usable = {}
+    median = timing(pipe, call, usable, args.runs, args.warmup) if args.runs else {"baseline": (None, None)}
     base_denoiser, base_pipeline = median["baseline"]
     for name in usable:
         denoiser_s, pipeline_s = median[name]
@@ -410,7 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r.update(denoiser_s=denoiser_s, pipeline_s=pipeline_s, denoiser_speedup=base_denoiser / denoiser_s,
                  pipeline_speedup=base_pipeline / pipeline_s)
         r["speedup_over_macs_ratio"] = r["denoiser_speedup"] / r["macs_ratio"]
-    static_2x = [r for n, r in results.items() if r.get("supported") and n.split("-")[0] in ("fora", "delta", "searched")
+    static_2x = [r for n, r in results.items() if "speedup_over_macs_ratio" in r and n.split("-")[0] in ("fora", "delta", "searched")
                  and r["macs_ratio"] >= 2.0]
     frontier = pareto(list(results.values()))
     if args.plot:
@@ -439,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="prompts per call")
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=9, help="interleaved timing rounds (0: no timing)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer runs and policies")
