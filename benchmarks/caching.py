@@ -37,6 +37,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -399,6 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = images_of(call())
     calibration = calibration_prompts(args.model, args.batch)
     candidates = policies(pipe, args.steps, args.quick, calibration, call_kwargs)
+    if args.only:
+        candidates = {n: a for n, a in candidates.items() if n == "full" or re.search(args.only, n)}
     log(f"{len(candidates)} policies; calibration on {len(calibration)} prompts:", json.dumps(CALIBRATION))
     results, usable = quality(pipe, call, candidates, reference, full_macs, log)
     log("quality pass:", json.dumps(list(results.values()), default=float))  # kept if the timing is cut short
@@ -445,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer runs and policies")
+    parser.add_argument("--only", default=None, help="regular expression: measure the policies whose name matches "
+                        "(and the full schedule)")
     parser.add_argument("--plot", default=None, help="write the frontier plot here (PNG); the bundled model's run "
                         "writes benchmarks/results/caching_frontier.png")
     args = parser.parse_args(argv)
