@@ -131,7 +131,9 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
 UNCAPPED_FIRST_BLOCK = (0.1, 0.15, 0.2)
 #: TeaCache thresholds run without the cap too, and lower capped ones for 1.4-1.6x
 UNCAPPED_TEACACHE = (0.12, 0.15)
-LOW_TEACACHE = (0.08, 0.1)
+LOW_TEACACHE = (0.08, 0.1, 0.11, 0.17)
+#: TeaCache scored against the last computed step (``compare_to="last_computed"``, not summed)
+LAST_TEACACHE = (0.15, 0.2)
 
 
 def _ours_uncapped(bench, steps: int) -> list[Method]:
@@ -149,6 +151,7 @@ def _ours_uncapped(bench, steps: int) -> list[Method]:
         coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
     runs = [(t, {"max_consecutive_skips": steps}, "nocap-") for t in UNCAPPED_TEACACHE]
     runs += [(t, {}, "") for t in LOW_TEACACHE]
+    runs += [(t, {"compare_to": "last_computed"}, "last-") for t in LAST_TEACACHE]
     for threshold, extra, tag in runs:
         kw = {"threshold": threshold, "policy": "teacache", **extra}
         out.append(Method(f"ours teacache-{tag}{threshold:.2f}", "ours",
