@@ -8,7 +8,9 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   extrapolation) on FORA-3, dynamic caching at three thresholds, TeaCache (``DynamicCacheConfig(
   policy="teacache")``, coefficients calibrated on the training captions), the bundled searched
   schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
-  training captions) for 1.5-2.2x;
+  training captions) for 1.5-2.2x; first-block caching with FirstBlockCache's rule
+  (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
+  uncapped and scored against the last computed step;
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -33,7 +35,9 @@ Every method runs on a *fresh* pipeline loaded from disk, so nothing leaks betwe
   The strict check (``margin_at_least_as_fast_db``) takes instead our best point that is at least as
   fast as the peer, without interpolation. The frontier holds our configs only.
 
-Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``.
+Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``. Add
+``--caching-merge --caching-only <prefixes>`` to run some methods (and the baseline) and merge them
+into the caching part already in ``peers.json`` (each row records its ``run``).
 Plots go to ``benchmarks/results/peers_caching_{compute,wallclock}.png``.
 """
 
