@@ -72,6 +72,9 @@ def methods(steps: int, thresholds=THRESHOLDS) -> list[tuple[str, dict, object]]
         for t in thresholds:
             kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": cap}
             out.append((f"ours first_block last_computed max{cap} {t}", kw, ours(**kw)))
+    for t in thresholds:
+        kw = {"threshold": t, "compare_to": "previous", "max_consecutive_skips": steps}
+        out.append((f"ours first_block previous max{steps} {t}", kw, ours(**kw)))
     return out
 
 
@@ -119,6 +122,12 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = run(args)
     result["seconds"] = round(time.perf_counter() - started)
+    if args.only and os.path.exists(RESULTS):  # a subset: merged into the earlier rows (same name: replaced)
+        with open(RESULTS, encoding="utf-8") as fh:
+            earlier = json.load(fh)
+        names = {row["name"] for row in result["rows"]}
+        result["rows"] = [r for r in earlier["rows"] if r["name"] not in names] + result["rows"]
+        result["seconds"] = [earlier["seconds"], result["seconds"]]
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=1)
