@@ -16,7 +16,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from _common import argument_parser, emit_json, set_threads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "paro.json")
@@ -58,7 +58,7 @@ def methods(density: float, calib_dir: str, pipe, calib_prompts, call_kwargs) ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--prompts", type=int, default=4, help="held-out prompts")
     p.add_argument("--calib-prompts", type=int, default=4, help="training prompts for the PARO calibration")
     p.add_argument("--steps", type=int, default=20)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from diffusion_accel.eval.sweep import load_pipeline
     from diffusion_accel.eval.video_metrics import TemporalSums
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = BUNDLED_MODELS["benchmark-video"]
     prompts = model.prompts("heldout")[: args.prompts]
     calib_prompts = model.prompts("train")[: args.calib_prompts]
@@ -110,11 +110,7 @@ def main(argv=None) -> int:
                        "temporal_error": scores["temporal_error"]}
                 result["rows"].append(row)
                 print(f"[paro] {json.dumps(row)}", file=sys.stderr)
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    emit_json(result, args.out, default=float)
     return 0
 
 

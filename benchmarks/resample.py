@@ -15,7 +15,6 @@ any component. The bundled searched schedule is resampled the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from diffusion_accel.cost import profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import argument_parser, emit_json, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (benchmarks/caching.py)
 
 
@@ -81,7 +81,7 @@ def schedules(pipe: Any, steps: int, source_steps: int) -> dict[str, CacheSchedu
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe, call_kwargs = load(args.model, args.batch, args.steps)
 
     def call():
@@ -116,9 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
     parser.add_argument("--steps", type=int, default=10, help="steps of the calls (the target)")
     parser.add_argument("--source-steps", type=int, default=20,
@@ -127,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    json.dump(run(args), sys.stdout, indent=2, default=float)
-    print()
+    emit_json(run(args), indent=2, default=float)
     return 0
 
 

@@ -18,15 +18,15 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
 
 import torch
 import torch.nn.functional as F
+from _common import argument_parser, emit_json, log, rel_err, set_threads
 
-from sparse_attn import _psnr, _wan_pipeline, interleaved, log, ratios, rel_err, structured_qkv
+from sparse_attn import _psnr, _wan_pipeline, interleaved, ratios, structured_qkv
 
 from diffusion_accel.sparse_attn import block_sparse_attention, vmoba_attention
 from diffusion_accel.sparse_attn.defaults import device_kind
@@ -90,7 +90,7 @@ def bench_quality(methods: dict, steps: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--heads", type=int, default=8)
@@ -98,9 +98,9 @@ def main(argv=None) -> dict:
     p.add_argument("--sections", default="op,quality")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     sections = set(args.sections.split(","))
-    result = {"benchmark": "vmoba", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"benchmark": "vmoba", "torch": torch.__version__, "threads": threads,
               "device_kind": device_kind("cpu"), "repeats": args.repeats,
               "timing": "interleaved runs in one process; speedup_* = SDPA time / method time"}
     if "op" in sections:
@@ -127,11 +127,7 @@ def main(argv=None) -> dict:
         methods["vmoba_head_cdf0.5"] = {**base, "cdf_threshold": 0.5}
         methods["vmoba_head_cdf0.9_cap0.25"] = {**base, "cdf_threshold": 0.9, "density": 0.25}
         result["partitions"] = bench_quality(methods, args.steps)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit_json(result, args.out)
     return result
 
 
