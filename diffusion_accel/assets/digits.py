@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -51,8 +51,23 @@ SPLITS = ("train", "heldout")
 NO_OBJECT = -1  # attribute value of the absent second digit in a one-digit scene
 
 
+def names_of(pairs) -> tuple[str, ...]:
+    """The names of ``(name, value)`` pairs, in order (the caption words of a recipe vocabulary)."""
+    return tuple(name for name, _ in pairs)
+
+
+class SizeNames:
+    """``size_names`` of a recipe whose ``sizes`` are ``(name, side in pixels)`` pairs (scenes and clips)."""
+
+    sizes: tuple[tuple[str, int], ...]
+
+    @property
+    def size_names(self) -> tuple[str, ...]:
+        return names_of(self.sizes)
+
+
 @dataclass(frozen=True)
-class SceneRecipe:
+class SceneRecipe(SizeNames):
     """Attribute vocabularies and geometry of the scenes (names are caption words)."""
 
     image_size: int = 32
@@ -94,10 +109,6 @@ class SceneRecipe:
         return names_of(self.backgrounds)
 
     @property
-    def size_names(self) -> tuple[str, ...]:
-        return names_of(self.sizes)
-
-    @property
     def position_names(self) -> tuple[str, ...]:
         return names_of(self.positions)
 
@@ -110,13 +121,22 @@ class SceneRecipe:
 RECIPE = SceneRecipe()
 
 
-def names_of(pairs) -> tuple[str, ...]:
-    """The names of ``(name, value)`` pairs, in order (the caption words of a recipe vocabulary)."""
-    return tuple(name for name, _ in pairs)
+class AttributeBatch:
+    """``len`` and :meth:`attribute_arrays` of a dataclass whose fields are the pixels, the coverage,
+    the captions, then the integer attribute arrays (:class:`DigitScenes`, ``DigitClips``)."""
+
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def attribute_arrays(self) -> dict[str, np.ndarray]:
+        """The integer attribute arrays by name, in field order (what the exported asset stores)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)[3:]}
 
 
 @dataclass
-class DigitScenes:
+class DigitScenes(AttributeBatch):
     """A batch of scenes. Attribute arrays are ``(N, 2)`` ints (``-1`` = no second digit).
 
     ``images``: uint8 ``(N, 32, 32, 3)``; ``alpha``: float32 ``(N, 32, 32)`` digit coverage in
@@ -135,21 +155,6 @@ class DigitScenes:
     scans: np.ndarray
     backgrounds: np.ndarray
     novel: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def attribute_arrays(self) -> dict[str, np.ndarray]:
-        """The integer attribute arrays by name (what the exported asset stores)."""
-        return {
-            "digits": self.digits,
-            "colours": self.colours,
-            "sizes": self.sizes,
-            "positions": self.positions,
-            "scans": self.scans,
-            "backgrounds": self.backgrounds,
-            "novel": self.novel,
-        }
 
 
 def _object_phrase(digit: int, colour: int, size: int, position: int, recipe: SceneRecipe) -> str:
@@ -281,7 +286,8 @@ def _render(scan_images, digit_slots, recipe: SceneRecipe, background: int):
         centre_row, centre_col = recipe.positions[position][1]
         top, left = centre_row - side // 2, centre_col - side // 2
         window = (slice(top, top + side), slice(left, left + side))
-        paint_glyph(canvas, alpha_total, _upscaled(scan_images[scan_index], side), colour_rgb(recipe, colour), window)
+        glyph = _upscaled(scan_images[scan_index], side)
+        paint_glyph(canvas, alpha_total, glyph, colour_rgb(recipe, colour), window)
     return to_uint8(canvas), alpha_total
 
 

@@ -146,7 +146,8 @@ def train_vae(
     if images.ndim != 4 or alpha.shape != (images.shape[0], images.shape[2], images.shape[3]):
         raise ValueError(f"images (N, 3, H, W) and alpha (N, H, W) expected, got {images.shape}, {alpha.shape}")
     generator = torch.Generator().manual_seed(seed)
-    weights = foreground_pixel_weights(F.max_pool2d(alpha[:, None].float(), 3, stride=1, padding=1), foreground_boost)
+    dilated = F.max_pool2d(alpha[:, None].float(), 3, stride=1, padding=1)
+    weights = foreground_pixel_weights(dilated, foreground_boost)
 
     def batch_losses(step: int, optimiser) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(images), (batch_size,), generator=generator)
@@ -291,14 +292,16 @@ def _training_batch(generator: torch.Generator, batch_size: int, steps_total: in
     ``caption_dropout`` share replaced by the empty prompt), noise and timesteps, drawn from
     ``generator`` in a fixed order (arguments as in :func:`train_diffusion`)."""
     x0, weight, ids, mask, noise = captioned_batch(generator, batch_size, latents, latent_weights, token_ids,
-                                                   token_mask, caption_index, empty_ids, empty_mask, caption_dropout)
+                                                   token_mask, caption_index, empty_ids, empty_mask,
+                                                   caption_dropout)
     t = torch.randint(steps_total, (batch_size,), generator=generator)
     return x0, weight, ids, mask, noise, t
 
 
-def captioned_batch(generator: torch.Generator, batch_size: int, latents: torch.Tensor, latent_weights: torch.Tensor,
-                    token_ids: torch.Tensor, token_mask: torch.Tensor, caption_index: torch.Tensor,
-                    empty_ids: torch.Tensor, empty_mask: torch.Tensor, caption_dropout: float):
+def captioned_batch(generator: torch.Generator, batch_size: int, latents: torch.Tensor,
+                    latent_weights: torch.Tensor, token_ids: torch.Tensor, token_mask: torch.Tensor,
+                    caption_index: torch.Tensor, empty_ids: torch.Tensor, empty_mask: torch.Tensor,
+                    caption_dropout: float):
     """``(x0, weight, ids, mask, noise)``: random latents with their weights and their captions' tokens
     (a ``caption_dropout`` share replaced by the empty prompt) and Gaussian noise of their shape, drawn
     from ``generator`` in this order (the diffusion and the flow-matching trainers' batches)."""

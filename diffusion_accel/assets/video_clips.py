@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .digits import (NO_OBJECT, RECIPE, SPLITS, SceneRecipe, _upscaled, blank_canvas, colour_rgb, names_of,
-                     paint_glyph, scan_pool, to_uint8)
+from .digits import (NO_OBJECT, RECIPE, SPLITS, AttributeBatch, SceneRecipe, SizeNames, _upscaled, blank_canvas,
+                     colour_rgb, names_of, paint_glyph, scan_pool, to_uint8)
 
 __all__ = [
     "VIDEO_RECIPE",
@@ -38,8 +38,9 @@ __all__ = [
     "make_video_split",
 ]
 
+
 @dataclass(frozen=True)
-class VideoRecipe:
+class VideoRecipe(SizeNames):
     """Vocabularies and geometry of the clips; colours, digits and backgrounds come from ``scenes``."""
 
     scenes: SceneRecipe = RECIPE
@@ -63,16 +64,12 @@ class VideoRecipe:
     def motion_names(self) -> tuple[str, ...]:
         return names_of(self.motions)
 
-    @property
-    def size_names(self) -> tuple[str, ...]:
-        return names_of(self.sizes)
-
 
 VIDEO_RECIPE = VideoRecipe()
 
 
 @dataclass
-class DigitClips:
+class DigitClips(AttributeBatch):
     """A batch of clips. Per-digit attribute arrays are ``(N, 2)`` ints (``-1`` = no second digit).
 
     ``videos``: uint8 ``(N, F, H, W, 3)``; ``alpha``: float32 ``(N, F, H, W)`` digit coverage;
@@ -90,13 +87,6 @@ class DigitClips:
     scans: np.ndarray
     backgrounds: np.ndarray
     novel: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def attribute_arrays(self) -> dict[str, np.ndarray]:
-        return {"digits": self.digits, "colours": self.colours, "sizes": self.sizes, "motions": self.motions,
-                "scans": self.scans, "backgrounds": self.backgrounds, "novel": self.novel}
 
 
 def _motion_phrase(motion: int, recipe: VideoRecipe) -> str:
