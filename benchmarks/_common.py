@@ -29,6 +29,14 @@ def argument_parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, *, steps: int, batch: int,
+                        steps_help: str | None = None, batch_help: str = "prompts per call") -> None:
+    """``--model`` (``benchmark`` or ``tiny:<name>``, read by ``caching.load``), ``--steps``, ``--batch``."""
+    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--batch", type=int, default=batch, help=batch_help)
+
+
 def set_threads(threads: int) -> int:
     """Use ``threads`` torch threads; returns the count torch reports (what a result records)."""
     torch.set_num_threads(threads)

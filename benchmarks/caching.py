@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from _common import argument_parser, emit_json, set_threads
+from _common import add_model_arguments, argument_parser, emit_json, set_threads
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
@@ -231,9 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=16, help="prompts per call")
+    add_model_arguments(parser, steps=20, batch=16)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)

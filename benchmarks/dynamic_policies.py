@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import argument_parser, emit_json, set_threads  # noqa: E402
+from _common import add_model_arguments, argument_parser, emit_json, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (the caching benchmark's loaders)
 
 import diffusion_accel  # noqa: E402
@@ -174,9 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8, help="prompts per call (evaluation and calibration)")
+    add_model_arguments(parser, steps=20, batch=8, batch_help="prompts per call (evaluation and calibration)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--degree", type=int, default=4, help="TeaCache polynomial degree")
     parser.add_argument("--max-skips", type=int, default=3, help="max_consecutive_skips of every policy")

@@ -30,7 +30,7 @@ from diffusion_accel.cost import profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import argument_parser, emit_json, set_threads  # noqa: E402
+from _common import add_model_arguments, argument_parser, emit_json, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (benchmarks/caching.py)
 
 
@@ -117,11 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=10, help="steps of the calls (the target)")
+    add_model_arguments(parser, steps=10, batch=16, steps_help="steps of the calls (the target)")
     parser.add_argument("--source-steps", type=int, default=20,
                         help="steps the resampled schedules are made for")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
