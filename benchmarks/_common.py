@@ -80,6 +80,22 @@ def interleaved_times(fns: dict[object, Callable[[], object]], repeats: int, war
     return times
 
 
+def run_accelerated(pipe, config, call: Callable[[], object], report_field: str | None = None) -> tuple:
+    """``call()`` with the ``AccelerationConfig`` ``config`` applied to ``pipe``, removed afterwards (also
+    on error). Returns ``(output, report)``: ``report_field``'s part of the acceleration report (None
+    without ``report_field``)."""
+    import diffusion_accel
+    from diffusion_accel.api import acceleration_state
+
+    diffusion_accel.apply(pipe, config)
+    try:
+        output = call()
+        report = acceleration_state(pipe).report()[report_field] if report_field else None
+    finally:
+        diffusion_accel.remove(pipe)
+    return output, report
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64."""
     return float((out.double() - ref.double()).norm() / ref.double().norm())

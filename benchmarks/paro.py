@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import torch
-from _common import argument_parser, emit_json, set_threads
+from _common import argument_parser, emit_json, run_accelerated, set_threads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "paro.json")
@@ -66,9 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--densities", default="0.5,0.25")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
-    import diffusion_accel
     from diffusion_accel import AccelerationConfig
-    from diffusion_accel.api import acceleration_state
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
     from diffusion_accel.eval.sweep import load_pipeline
     from diffusion_accel.eval.video_metrics import TemporalSums
@@ -94,12 +92,7 @@ def main(argv=None) -> int:
         for density in (float(d) for d in args.densities.split(",")):
             calib_kwargs = {k: v for k, v in call_kwargs.items() if k != "output_type"}
             for name, cfg in methods(density, calib_dir, pipe, calib_prompts, calib_kwargs).items():
-                diffusion_accel.apply(pipe, AccelerationConfig(attention=cfg))
-                try:
-                    clips = call()
-                    report = acceleration_state(pipe).report()["attention"]
-                finally:
-                    diffusion_accel.remove(pipe)
+                clips, report = run_accelerated(pipe, AccelerationConfig(attention=cfg), call, "attention")
                 sums = TemporalSums()
                 sums.update(clips, dense)
                 scores = sums.compute()

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
 from diffusion_accel.cost import profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import add_model_arguments, argument_parser, emit_json, set_threads  # noqa: E402
+from _common import add_model_arguments, argument_parser, emit_json, run_accelerated, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (benchmarks/caching.py)
 
 
@@ -92,11 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for name, schedule in schedules(pipe, args.steps, args.source_steps).items():
         start = time.perf_counter()
-        diffusion_accel.apply(pipe, AccelerationConfig(cache=StaticCacheConfig(schedule)))
-        try:
-            images = call()
-        finally:
-            diffusion_accel.remove(pipe)
+        images, _ = run_accelerated(pipe, AccelerationConfig(cache=StaticCacheConfig(schedule)), call)
         results.append({
             "name": name,
             "macs_ratio": profile.full_macs() / profile.schedule_macs(schedule),

@@ -24,7 +24,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _common import argument_parser, emit_json, log, rel_err, set_threads
+from _common import argument_parser, emit_json, log, rel_err, run_accelerated, set_threads
 
 from sparse_attn import _psnr, _wan_pipeline, interleaved, ratios, structured_qkv
 
@@ -63,7 +63,6 @@ def bench_op(heads: int, repeats: int, densities=(0.5, 0.25)) -> list:
 
 @torch.no_grad()
 def bench_quality(methods: dict, steps: int) -> dict:
-    import diffusion_accel
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.sparse_attn import SparseAttentionConfig
     from diffusion_accel.testing import tiny_call_kwargs
@@ -78,10 +77,8 @@ def bench_quality(methods: dict, steps: int) -> dict:
     out = {"model": "tiny Wan (2 layers, 4 heads x 64, random weights)", "tokens": 4 * 32 * 32,
            "grid": [4, 32, 32], "steps": steps, "methods": {}}
     for name, cfg in methods.items():
-        diffusion_accel.apply(pipe, AccelerationConfig(attention=SparseAttentionConfig(**cfg)))
-        frames = call()
-        report = diffusion_accel.api.acceleration_state(pipe).report()["attention"]
-        diffusion_accel.remove(pipe)
+        frames, report = run_accelerated(pipe, AccelerationConfig(attention=SparseAttentionConfig(**cfg)), call,
+                                         "attention")
         out["methods"][name] = {"config": cfg, "psnr_db_vs_dense": round(_psnr(frames, dense), 2),
                                 "max_abs_diff": round(float((frames - dense).abs().max()), 4),
                                 "mean_density": round(report["mean_density"], 3)}
