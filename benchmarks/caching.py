@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from _common import add_model_arguments, argument_parser, emit_json, set_threads
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
@@ -149,7 +149,7 @@ def policies(pipe: Any, steps: int, quick: bool) -> dict[str, Callable]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe, call_kwargs = load(args.model, args.batch, args.steps)
 
     def call(seed: int = 0):
@@ -230,10 +230,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=16, help="prompts per call")
+    parser = argument_parser(__doc__)
+    add_model_arguments(parser, steps=20, batch=16)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -241,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.steps = min(args.runs, 2), min(args.steps, 10)
-    json.dump(run(args), sys.stdout, indent=2, default=float)
-    print()
+    emit_json(run(args), indent=2, default=float)
     return 0
 
 

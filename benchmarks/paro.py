@@ -16,7 +16,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from _common import argument_parser, emit_json, run_accelerated, set_threads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "paro.json")
@@ -58,7 +58,7 @@ def methods(density: float, calib_dir: str, pipe, calib_prompts, call_kwargs) ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--prompts", type=int, default=4, help="held-out prompts")
     p.add_argument("--calib-prompts", type=int, default=4, help="training prompts for the PARO calibration")
     p.add_argument("--steps", type=int, default=20)
@@ -66,14 +66,12 @@ def main(argv=None) -> int:
     p.add_argument("--densities", default="0.5,0.25")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
-    import diffusion_accel
     from diffusion_accel import AccelerationConfig
-    from diffusion_accel.api import acceleration_state
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
     from diffusion_accel.eval.sweep import load_pipeline
     from diffusion_accel.eval.video_metrics import TemporalSums
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = BUNDLED_MODELS["benchmark-video"]
     prompts = model.prompts("heldout")[: args.prompts]
     calib_prompts = model.prompts("train")[: args.calib_prompts]
@@ -94,12 +92,7 @@ def main(argv=None) -> int:
         for density in (float(d) for d in args.densities.split(",")):
             calib_kwargs = {k: v for k, v in call_kwargs.items() if k != "output_type"}
             for name, cfg in methods(density, calib_dir, pipe, calib_prompts, calib_kwargs).items():
-                diffusion_accel.apply(pipe, AccelerationConfig(attention=cfg))
-                try:
-                    clips = call()
-                    report = acceleration_state(pipe).report()["attention"]
-                finally:
-                    diffusion_accel.remove(pipe)
+                clips, report = run_accelerated(pipe, AccelerationConfig(attention=cfg), call, "attention")
                 sums = TemporalSums()
                 sums.update(clips, dense)
                 scores = sums.compute()
@@ -110,11 +103,7 @@ def main(argv=None) -> int:
                        "temporal_error": scores["temporal_error"]}
                 result["rows"].append(row)
                 print(f"[paro] {json.dumps(row)}", file=sys.stderr)
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    emit_json(result, args.out, default=float)
     return 0
 
 

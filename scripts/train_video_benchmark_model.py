@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from train_benchmark_model import Log, save_grid, tokenize  # noqa: E402
+from train_benchmark_model import Log, save_grid, start_run, tokenize  # noqa: E402
 
 from diffusion_accel.assets import BENCHMARK_VIDEO_GENERATION_KWARGS  # noqa: E402
 from diffusion_accel.assets.caption_tokenizers import build_t5_tokenizer  # noqa: E402
@@ -234,10 +234,7 @@ def evaluate(args, model_dir: Path, splits: dict, log: Log) -> dict:
 
 def main() -> None:
     args = parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    log = Log(args.work / "train.log")
+    log = start_run(args)
     arch = VideoArchitecture()
     log(f"start: {vars(args)}; architecture {arch.as_dict()}")
     t0 = time.time()
