@@ -5,7 +5,8 @@ Parts (``--parts``, default all):
 * ``caching``: ours vs cache-dit and diffusers' own caches at matched compute -- the caching part of
   ``benchmarks/peers.py`` run with ``--caching-model benchmark-video`` (block computations counted the
   same way for every method, each weighted by the token rows it projected so that Bottleneck
-  Sampling's lower resolution counts), plus the video-only points: the dynamic ``teacache`` and
+  Sampling's lower resolution counts), plus the video-only points: forecast (TaylorSeer) reuse on
+  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), the dynamic ``teacache`` and
   ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
   frontier (``search_schedule`` on the video model with a small budget, on training captions; its
   frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
@@ -173,6 +174,25 @@ def _searched(bench: Any, args: argparse.Namespace, calibration: list[str], othe
     return entries, record
 
 
+#: forecast (TaylorSeer) reuse rows beside the peers' ``ours fora-3-forecast`` (order 1): (FORA interval, order)
+FORECAST_ROWS = ((3, 2), (4, 1), (4, 2))
+
+
+def forecast_methods(pipe: Any, steps: int, method) -> list[Any]:
+    """``StaticCacheConfig(reuse="forecast")`` on FORA-3/FORA-4 schedules at orders 1 and 2 (issue 20),
+    measured at the same compute as the block-residual FORA rows."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+    out = []
+    for interval, order in FORECAST_ROWS:
+        config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe, steps, interval),
+                                                            reuse="forecast", forecast_order=order))
+        out.append(method(f"ours fora-{interval}-forecast-o{order}",
+                          {"policy": f"fora-{interval}", "reuse": "forecast", "forecast_order": order}, config))
+    return out
+
+
 def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
     """The video-only methods of the caching part (see the module docstring); ``record`` gets the
     calibrations and the search."""
@@ -193,7 +213,7 @@ def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
 
         calibration = bench.model.prompts("train")[: args.calibration_prompts]
         other = {k: v for k, v in bench.kwargs.items() if k not in ("output_type", "num_inference_steps")}
-        out = []
+        out = forecast_methods(template, bench.steps, method)
         start = time.perf_counter()
         for policy, calibrate in (("teacache", calibrate_teacache), ("magcache", calibrate_magcache)):
             try:
@@ -242,6 +262,20 @@ def goal_checks(part: dict[str, Any]) -> dict[str, Any]:
             "searched_only": pc.goal_check(methods, 0.0, every, lambda m: skipped(m) and bool(m.settings.get("searched")))}
 
 
+def caching_namespace(args: argparse.Namespace, model: str) -> argparse.Namespace:
+    """The caching part's arguments: ``peers_caching``'s own parser (every option it reads, with its
+    defaults) set from this script's flags, one timing round, token-weighted compute."""
+    sys.path.insert(0, HERE)
+    import peers_caching
+
+    parser = argparse.ArgumentParser()
+    peers_caching.add_arguments(parser)
+    return parser.parse_args(["--caching-model", model, "--caching-prompts", str(args.prompts),
+                              "--caching-steps", str(args.steps), "--caching-rounds", "1",
+                              "--caching-threads", str(args.threads), "--caching-only", args.caching_only,
+                              "--caching-compute", "tokens"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="caching,techniques")
@@ -259,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--caching-only", default="",
                         help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
     parser.add_argument("--no-extras", action="store_true",
-                        help="skip the video-only caching methods (calibrated policies, Bottleneck, the search)")
+                        help="skip the video-only caching methods (forecast rows, calibrated policies, Bottleneck, "
+                             "the search)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
@@ -278,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if "caching" in parts:
         import peers_caching
 
-        caching_args = argparse.Namespace(caching_model=model.name, caching_prompts=args.prompts,
-                                          caching_steps=args.steps, caching_rounds=1, caching_threads=args.threads,
-                                          caching_only=args.caching_only, caching_compute="tokens")
+        caching_args = caching_namespace(args, model.name)
         record: dict[str, Any] = {}
         part = peers_caching.run(caching_args, None if args.no_extras else caching_extra(args, record),
                                  plot_prefix="video_caching",
