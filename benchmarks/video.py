@@ -61,6 +61,10 @@ def technique_configs() -> dict[str, Any]:
     }
 
 
+#: the techniques row whose W4/W8 plan is allocated from sensitivities measured in the run
+MIXED = "W4A8 mixed @6 bits"
+
+
 def mixed_precision_config(pipe: Any, prompts: list[str], call_kwargs: dict[str, Any], average_bits: float = 6.0):
     """W4/W8 per component (MILP at ``average_bits``) from sensitivities measured on the video model
     (one training caption, half the steps: a component's rank, not its absolute loss, matters)."""
@@ -99,7 +103,7 @@ def _tokens(pipe: Any, call) -> int:
 
 
 def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
-                   calibration: list[str]) -> dict[str, Any]:
+                   calibration: list[str], only: str = "") -> dict[str, Any]:
     import diffusion_accel
     from diffusion_accel.cost import denoiser_macs
     from diffusion_accel.eval.sweep import load_pipeline
@@ -116,14 +120,17 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
     tokens = _tokens(pipe, call)
     reference = _clips(call())
     full_macs = denoiser_macs(pipe, prompt=prompts, **call_kwargs)
-    configs = technique_configs()
+    prefixes = [p.strip() for p in only.split(",") if p.strip()]
+    wanted = lambda name: not prefixes or any(name.startswith(p) for p in prefixes)  # noqa: E731
+    configs = {name: config for name, config in technique_configs().items() if wanted(name)}
     extra: dict[str, Any] = {}
     start = time.perf_counter()
-    try:
-        configs["W4A8 mixed @6 bits"], extra = mixed_precision_config(pipe, calibration, call_kwargs)
-    except Exception as exc:  # record why, keep the other rows
-        extra = {"error": f"{type(exc).__name__}: {exc}"[:400]}
-    extra["seconds"] = round(time.perf_counter() - start, 1)
+    if wanted(MIXED):
+        try:
+            configs[MIXED], extra = mixed_precision_config(pipe, calibration, call_kwargs)
+        except Exception as exc:  # record why, keep the other rows
+            extra = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+        extra["seconds"] = round(time.perf_counter() - start, 1)
     rows = []
     for name, config in configs.items():
         row: dict[str, Any] = {"name": name, "config": config.to_dict()}
@@ -292,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--searched-points", type=int, default=4, help="searched frontier points measured")
     parser.add_argument("--caching-only", default="",
                         help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
+    parser.add_argument("--techniques-only", default="",
+                        help="comma-separated name prefixes of the techniques rows to run (split a run over processes)")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip the video-only caching methods (forecast rows, calibrated policies, Bottleneck, "
                              "the search)")
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         results["caching"] = part
     if "techniques" in parts:
         calibration = model.prompts("train")[: max(1, args.calibration_prompts // 2)]
-        results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration)
+        results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration, args.techniques_only)
     results["seconds"] = round(time.perf_counter() - started)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
