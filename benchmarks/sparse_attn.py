@@ -22,6 +22,9 @@ Sections:
 Usage:
     python benchmarks/sparse_attn.py --quick            # a few minutes
     python benchmarks/sparse_attn.py --out results.json # the full grid (tens of minutes on 1 thread)
+    # the speed goal of issue #22: defaults, 50 / 25 % at 8k-32k, fp32 and bf16
+    python benchmarks/sparse_attn.py --sections op --op-seqs 8192,16384,32768 --op-densities 0.5,0.25 \
+        --op-default-only --out benchmarks/results/sparse_attn_defaults.json
 """
 
 from __future__ import annotations
@@ -280,6 +283,12 @@ def main(argv=None) -> dict:
     p.add_argument("--sections", default="op,blocks,linear,end_to_end")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--heads", type=int, default=16, help="heads at 8k tokens in the op section")
+    p.add_argument("--op-seqs", default=None,
+                   help="op section: comma-separated sequence lengths, e.g. 8192,16384,32768 (with --op-densities: "
+                        "every density at every length; default: the grid described above)")
+    p.add_argument("--op-densities", default=None, help="op section: comma-separated densities, e.g. 0.5,0.25")
+    p.add_argument("--op-default-only", action="store_true",
+                   help="op section: only the device default block shape (not 128x64 too)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     threads = set_threads(args.threads)
@@ -294,8 +303,13 @@ def main(argv=None) -> dict:
                   "CPU time, min and median); end_to_end: one run each, wall and CPU time",
     }
     if "op" in sections:
-        shapes = [None, (128, 64)]  # the device default, and the former (GPU-style) default
-        if args.quick:
+        shapes = [None] if args.op_default_only else [None, (128, 64)]  # device default, former default
+        if args.op_seqs or args.op_densities:
+            seqs = [int(x) for x in (args.op_seqs or "8192").split(",")]
+            densities = [float(x) for x in (args.op_densities or "0.25").split(",")]
+            result["op"] = bench_op(seqs, [64], densities, dtypes, lambda seq: max(1, args.heads * 8192 // seq),
+                                    repeats, shapes, 8192)
+        elif args.quick:
             result["op"] = bench_op([8192], [64], [0.25], dtypes, args.heads, repeats, shapes, 8192)
         else:
             result["op"] = bench_op(
