@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from _common import add_model_arguments, argument_parser, emit_json, set_threads
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
@@ -387,7 +388,7 @@ NEW_FAMILIES = ("forecast reuse", "teacache", "magcache", "bottleneck sampling")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe, call_kwargs = load(args.model, args.batch, args.steps)
     pipe.set_progress_bar_config(disable=True)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -440,10 +441,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=16, help="prompts per call")
+    parser = argument_parser(__doc__)
+    add_model_arguments(parser, steps=20, batch=16)
     parser.add_argument("--runs", type=int, default=9, help="interleaved timing rounds (0: no timing)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -455,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.steps = min(args.runs, 2), min(args.steps, 10)
-    json.dump(run(args), sys.stdout, indent=2, default=float)
-    print()
+    emit_json(run(args), indent=2, default=float)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import add_model_arguments, argument_parser, emit_json, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (the caching benchmark's loaders)
 
 import diffusion_accel  # noqa: E402
@@ -115,7 +115,7 @@ def psnr_at(points: list[dict[str, Any]], compute: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe, call_kwargs = load(args.model, args.batch, args.steps)
     if args.model == "benchmark":
         from diffusion_accel.assets import benchmark_prompts
@@ -173,10 +173,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8, help="prompts per call (evaluation and calibration)")
+    parser = argument_parser(__doc__)
+    add_model_arguments(parser, steps=20, batch=8, batch_help="prompts per call (evaluation and calibration)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--degree", type=int, default=4, help="TeaCache polynomial degree")
     parser.add_argument("--max-skips", type=int, default=3, help="max_consecutive_skips of every policy")
@@ -191,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="teacache thresholds with decide_per='sample'")
     parser.add_argument("--match", type=float, nargs="+", default=[1.5, 2.0, 2.5], help="compute ratios to compare at")
     args = parser.parse_args(argv)
-    json.dump(run(args), sys.stdout, indent=2, default=float)
-    print()
+    emit_json(run(args), indent=2, default=float)
     return 0
 
 

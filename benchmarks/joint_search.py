@@ -24,8 +24,6 @@ One run, one machine, everything measured side by side:
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import statistics
 import sys
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import argument_parser, emit_json, set_threads
 
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.cost.latency import calibrate_latency_model
@@ -42,9 +41,9 @@ from diffusion_accel.eval.generate import make_items
 from diffusion_accel.eval.prompts import load_prompts
 from diffusion_accel.quant import QuantConfig
 from diffusion_accel.search import CandidateEvaluator, search_schedule
+from diffusion_accel.search.frontier import png_plot
 from diffusion_accel.search.runner import load_search_pipeline, search_call_kwargs
 from diffusion_accel.search.space import ATTENTION_DENSITIES
-from diffusion_accel.utils import atomic_write_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 W8A8 = QuantConfig(weight_bits=8, act_bits=8, keep_original="memory")
@@ -133,29 +132,17 @@ def dominance(records: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
 
 
 def plot(records: list[dict[str, Any]], path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for series, style in (("joint", "-o"), ("cache-only + W8A8", "-s"), ("cache-only", "--^")):
-        pts = sorted((r["measured_speedup"], min(r["psnr"], 60.0)) for r in records if r["series"] == series)
-        if pts:
-            ax.plot(*zip(*pts), style, ms=4, label=series)
-    ax.set_xlabel("measured denoiser speed-up (interleaved runs)")
-    ax.set_ylabel("held-out PSNR vs full precision (dB, capped at 60)")
-    ax.set_title("joint search vs caching then W8A8 (bundled model)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    with png_plot(path, title="joint search vs caching then W8A8 (bundled model)",
+                  xlabel="measured denoiser speed-up (interleaved runs)",
+                  ylabel="held-out PSNR vs full precision (dB, capped at 60)") as ax:
+        for series, style in (("joint", "-o"), ("cache-only + W8A8", "-s"), ("cache-only", "--^")):
+            pts = sorted((r["measured_speedup"], min(r["psnr"], 60.0)) for r in records if r["series"] == series)
+            if pts:
+                ax.plot(*zip(*pts), style, ms=4, label=series)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe = load_search_pipeline(args.model)
     call = {**search_call_kwargs(args.model), "num_inference_steps": args.steps}
     probe = {**call, "prompt": "a red square", "output_type": "latent", "generator": torch.Generator().manual_seed(0)}
@@ -189,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--model", default="benchmark")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--population", type=int, default=10)
@@ -212,12 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.population, args.generations, args.calib_prompts = 4, 4, 1, 2
         args.heldout_prompts, args.max_points, args.runs, args.latency_repeats = 2, 3, 1, 1
     result = run(args)
-    text = json.dumps(result, indent=1)
-    print(text)
+    emit_json(result, args.json)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
         plot(result["points"], os.path.splitext(args.json)[0] + ".png")
     return 0
 

@@ -18,13 +18,15 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from _common import argument_parser  # noqa: E402
 RESULTS = os.path.join(HERE, "results", "peers.json")
 
 #: part name -> module (beside this file) exposing ``add_arguments(parser)`` and ``run(args) -> dict``
@@ -46,7 +48,7 @@ def _available_parts() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parts = _available_parts()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--parts", default=",".join(parts), help=f"comma-separated subset of {sorted(parts)}")
     parser.add_argument("--out", default=RESULTS, help="results JSON (parts are merged into it)")
     for module in parts.values():

@@ -27,12 +27,12 @@ Run with the driver: ``python benchmarks/peers.py --parts attention``.
 from __future__ import annotations
 
 import functools
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_name, interleaved_times, rel_err
 
 from diffusion_accel.sparse_attn import block_sparse_attention
 from diffusion_accel.sparse_attn.defaults import DEFAULT_BLOCK_SHAPES, device_kind, resolve_block_shape
@@ -58,17 +58,6 @@ def add_arguments(parser) -> None:
                        help="skip eager flex_attention above this many tokens (it materializes S x S scores)")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def flex_block_mask(block_map: torch.Tensor, block_q: int, block_k: int, seq_q: int, seq_k: int, *,
                     mask_mod: bool):
     """A flex ``BlockMask`` selecting exactly the blocks of ``block_map`` ``(B, H, nq, nk)``."""
@@ -84,20 +73,6 @@ def flex_block_mask(block_map: torch.Tensor, block_q: int, block_k: int, seq_q: 
         counts, indices, BLOCK_SIZE=(block_q, block_k), mask_mod=by_block if mask_mod else None,
         seq_lengths=(seq_q, seq_k),
     )
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
-
-
-def _interleaved(fns: dict, repeats: int) -> dict:
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 @torch.no_grad()
@@ -131,8 +106,8 @@ def _run_dtype(dtype_name: str, args, block_q: int, block_k: int) -> dict:
     fns["flex_compiled"] = functools.partial(compiled, q, k, v, block_mask=compiled_mask)
 
     fns["sdpa"]()  # warm-up; the error pass below warms up the others
-    errors = {name: _rel_err(fn(), ref) for name, fn in fns.items() if name != "sdpa"}
-    times = _interleaved(fns, args.attention_repeats)
+    errors = {name: rel_err(fn(), ref) for name, fn in fns.items() if name != "sdpa"}
+    times = {name: clocks["wall"] for name, clocks in interleaved_times(fns, args.attention_repeats).items()}
     base = min(times["sdpa"])
     rows = {}
     for name, ts in times.items():
@@ -159,7 +134,7 @@ def run(args) -> dict:
         block_q, block_k = resolve_block_shape(None, None, device)
     kind = device_kind(device)
     result = {
-        "machine": {"cpu": _cpu_name(), "device_kind": kind,
+        "machine": {"cpu": cpu_name(), "device_kind": kind,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "shape": {"batch": 1, "heads": args.attention_heads, "seq": args.attention_seq,

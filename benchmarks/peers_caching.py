@@ -8,7 +8,9 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   extrapolation) on FORA-3, dynamic caching at three thresholds, TeaCache (``DynamicCacheConfig(
   policy="teacache")``, coefficients calibrated on the training captions), the bundled searched
   schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
-  training captions) for 1.5-2.2x;
+  training captions) for 1.5-2.2x; first-block caching with FirstBlockCache's rule
+  (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
+  uncapped and scored against the last computed step;
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -33,7 +35,9 @@ Every method runs on a *fresh* pipeline loaded from disk, so nothing leaks betwe
   The strict check (``margin_at_least_as_fast_db``) takes instead our best point that is at least as
   fast as the peer, without interpolation. The frontier holds our configs only.
 
-Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``.
+Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``. Add
+``--caching-merge --caching-only <prefixes>`` to run some methods (and the baseline) and merge them
+into the caching part already in ``peers.json`` (each row records its ``run``).
 Plots go to ``benchmarks/results/peers_caching_{compute,wallclock}.png``.
 """
 
@@ -82,6 +86,11 @@ def add_arguments(parser) -> None:
     group.add_argument("--caching-threads", type=int, default=2)
     group.add_argument("--caching-only", default="",
                        help="comma-separated name prefixes to run (debugging; the baseline always runs)")
+    group.add_argument("--caching-merge", action="store_true",
+                       help="with --caching-only: merge the methods run into the caching part already in --out "
+                            "(same name: replaced; new: appended; the baseline is re-run), then recompute the goal "
+                            "check and plots. Compute and PSNR are deterministic per method; wall clock is relative "
+                            "to the baseline of the run the row comes from (its 'run' field)")
     group.add_argument("--caching-compute", default="calls", choices=["calls", "tokens"],
                        help="compute axis: block computations (calls, default) or the same weighted by the token "
                             "rows each projected (sees per-sample decisions and lower resolutions)")
@@ -115,7 +124,44 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
         out.append(Method(f"ours dynamic-{threshold}", "ours", {"policy": "dynamic", "threshold": threshold},
                           _ours_attach(bench.ours(config))))
     out += _ours_teacache(bench)
+    out += _ours_uncapped(bench, steps)
     out += _ours_skips(pipe, steps, bench)
+    return out
+
+
+#: first-block thresholds of ours with diffusers' FirstBlockCache rule (``compare_to="last_computed"``, no cap on
+#: consecutive skips): ``benchmarks/first_block_gap.py`` found the 0.6-0.7 dB gap to FirstBlockCache at 2.11x is
+#: our default ``max_consecutive_skips=3`` (it forces step 4 to compute where FirstBlockCache skips steps 1-4)
+UNCAPPED_FIRST_BLOCK = (0.1, 0.15, 0.2)
+#: TeaCache thresholds run without the cap too, and lower capped ones for 1.4-1.6x
+UNCAPPED_TEACACHE = (0.12, 0.15)
+LOW_TEACACHE = (0.08, 0.1, 0.11, 0.17)
+#: TeaCache scored against the last computed step (``compare_to="last_computed"``, not summed)
+LAST_TEACACHE = (0.15, 0.2)
+
+
+def _ours_uncapped(bench, steps: int) -> list[Method]:
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    out = []
+    for threshold in UNCAPPED_FIRST_BLOCK:
+        kw = {"threshold": threshold, "compare_to": "last_computed", "max_consecutive_skips": steps}
+        out.append(Method(f"ours dynamic-last-nocap-{threshold}", "ours", {"policy": "first_block", **kw},
+                          _ours_attach(bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw))))))
+    with open(os.path.join(RESULTS_DIR, "dynamic_policies.json"), encoding="utf-8") as fh:
+        coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    runs = [(t, {"max_consecutive_skips": steps}, "nocap-") for t in UNCAPPED_TEACACHE]
+    runs += [(t, {}, "") for t in LOW_TEACACHE]
+    runs += [(t, {"compare_to": "last_computed"}, "last-") for t in LAST_TEACACHE]
+    for threshold, extra, tag in runs:
+        kw = {"threshold": threshold, "policy": "teacache", **extra}
+        out.append(Method(f"ours teacache-{tag}{threshold:.2f}", "ours",
+                          {**kw, "teacache_coefficients": "dynamic_policies.json (training captions)"},
+                          _ours_attach(bench.ours(AccelerationConfig(cache=DynamicCacheConfig(
+                              **kw, teacache_coefficients=coefficients))))))
     return out
 
 
@@ -625,6 +671,9 @@ def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_p
     for _ in range(args.caching_rounds):
         _timing_round(bench, methods)
     _summarize(methods)
+    merged_from = None
+    if getattr(args, "caching_merge", False):
+        methods, merged_from = _merge(args, methods)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(RESULTS_DIR, "peers_caching.partial.json"))
     import diffusers
@@ -634,7 +683,7 @@ def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_p
         import cache_dit
 
         versions["cache_dit"] = cache_dit.__version__
-    return {
+    out = {
         "benchmark": "peers-caching",
         "model": f"bundled {bench.model.name} (diffusion_accel.assets.bundled, {bench.model.kind})",
         "prompts": len(bench.prompts), "steps": bench.steps, "rounds": args.caching_rounds,
@@ -653,6 +702,40 @@ def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_p
         "goal_check": goal_check(methods),
         "plots": plots(methods, len(bench.prompts), title, plot_prefix, bench.steps),
     }
+    if merged_from is not None:
+        out.update(merged_from)
+    return out
+
+
+def _merge(args, new: list[Method]) -> tuple[list[Method], dict[str, Any]]:
+    """The caching part already in ``args.out`` with ``new``'s rows put in (replaced by name, else appended);
+    every row records the run it comes from."""
+    import json
+
+    with open(args.out, encoding="utf-8") as fh:
+        old = json.load(fh)["caching"]
+    if (old["prompts"], old["steps"]) != (args.caching_prompts, args.caching_steps):
+        raise ValueError(f"--caching-merge: {args.out} has {old['prompts']} prompts / {old['steps']} steps; "
+                         "re-run with the same --caching-prompts/--caching-steps or without --caching-merge.")
+    run_id = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    fresh = {m.name: m for m in new}
+    merged = []
+    for row in old["methods"]:
+        m = fresh.pop(row["name"], None)
+        if m is None:
+            rest = {k: v for k, v in row.items() if k not in ("name", "family", "settings")}
+            rest.setdefault("run", old.get("run", "first run"))
+            m = Method(row["name"], row["family"], row["settings"], _raiser(RuntimeError("merged row")), rest)
+        else:
+            m.result["run"] = run_id
+        merged.append(m)
+    for m in fresh.values():
+        m.result["run"] = run_id
+        merged.append(m)
+    return merged, {"merged": f"rows with run={run_id!r} were run then (with --caching-only "
+                              f"{args.caching_only!r}); the others come from the earlier run(s) of the same "
+                              "settings; wall clock is relative to the baseline timed in each row's run",
+                    "seconds_first_run": old.get("seconds_first_run", old["seconds"])}
 
 
 def _save_progress(methods: list[Method]) -> None:

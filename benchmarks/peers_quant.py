@@ -46,6 +46,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+from _common import cpu_name, interleaved_times  # noqa: E402
 
 MODELS = ("dit", "bundled")
 VARIANTS = ("fp32", "bf16", "ours-W8A8-eager", "ours-W8A8-compiled", "ours-W8A8-fullgraph", "ours-W4A8",
@@ -201,15 +202,8 @@ def _timeit(fns: dict, repeats: int) -> dict:
     """Wall and process-CPU time of interleaved rounds. On a shared CPU (here: a long training run
     on the same 2 cores) wall time mostly measures waiting; with one torch thread the CPU time of
     this process is the steadier measure of the work, so ratios are given for both."""
-    times = {k: {"wall": [], "cpu": []} for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name]["cpu"].append(time.process_time() - cpu)
-            times[name]["wall"].append(time.perf_counter() - wall)
     out = {}
-    for k, clocks in times.items():
+    for k, clocks in interleaved_times(fns, repeats).items():
         out[k] = {}
         for clock, v in clocks.items():
             lo, hi = min(v), max(v)
@@ -338,21 +332,10 @@ def run(args) -> dict:
             versions[package] = version(package)
         except Exception:  # noqa: BLE001 - a missing peer is recorded, not fatal
             versions[package] = None
-    result = {"versions": versions, "cpu": platform.processor() or _cpu_name(), "cpu_kind": cpu_support.cpu_kind(),
+    result = {"versions": versions, "cpu": platform.processor() or cpu_name(), "cpu_kind": cpu_support.cpu_kind(),
               "threads": args.quant_threads, "repeats": args.quant_repeats,
               "load_average_start": [round(x, 2) for x in os.getloadavg()]}
     for kind in [m.strip() for m in args.quant_models.split(",") if m.strip()]:
         result[kind] = bench_model(kind, args, variants)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import statistics
@@ -38,6 +37,7 @@ import warnings
 
 import numpy as np
 import torch
+from _common import emit_json, interleaved_times
 
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
@@ -52,12 +52,7 @@ from diffusion_accel.quant.replace import linear_names
 
 def _timeit(fns: dict, repeats: int) -> dict:
     """Interleaved timing: every round runs each variant once; min and median per variant (ms)."""
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = {k: clocks["wall"] for k, clocks in interleaved_times(fns, repeats).items()}
     return {k: {"min_ms": round(1e3 * min(v), 2), "median_ms": round(1e3 * statistics.median(v), 2)}
             for k, v in times.items()}
 
@@ -395,11 +390,7 @@ def main(argv=None) -> None:
         result["pipeline"] = bench_pipeline(args)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit_json(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ any component. The bundled searched schedule is resampled the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
 from diffusion_accel.cost import profile_macs
 from diffusion_accel.eval.metrics import psnr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import add_model_arguments, argument_parser, emit_json, run_accelerated, set_threads  # noqa: E402
 from caching import images_of, load  # noqa: E402  (benchmarks/caching.py)
 
 
@@ -81,7 +80,7 @@ def schedules(pipe: Any, steps: int, source_steps: int) -> dict[str, CacheSchedu
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pipe, call_kwargs = load(args.model, args.batch, args.steps)
 
     def call():
@@ -92,11 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for name, schedule in schedules(pipe, args.steps, args.source_steps).items():
         start = time.perf_counter()
-        diffusion_accel.apply(pipe, AccelerationConfig(cache=StaticCacheConfig(schedule)))
-        try:
-            images = call()
-        finally:
-            diffusion_accel.remove(pipe)
+        images, _ = run_accelerated(pipe, AccelerationConfig(cache=StaticCacheConfig(schedule)), call)
         results.append({
             "name": name,
             "macs_ratio": profile.full_macs() / profile.schedule_macs(schedule),
@@ -116,19 +111,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="benchmark", help="'benchmark' or 'tiny:<name>'")
-    parser.add_argument("--steps", type=int, default=10, help="steps of the calls (the target)")
+    parser = argument_parser(__doc__)
+    add_model_arguments(parser, steps=10, batch=16, steps_help="steps of the calls (the target)")
     parser.add_argument("--source-steps", type=int, default=20,
                         help="steps the resampled schedules are made for")
-    parser.add_argument("--batch", type=int, default=16, help="prompts per call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    json.dump(run(args), sys.stdout, indent=2, default=float)
-    print()
+    emit_json(run(args), indent=2, default=float)
     return 0
 
 

@@ -22,20 +22,22 @@ Sections:
 Usage:
     python benchmarks/sparse_attn.py --quick            # a few minutes
     python benchmarks/sparse_attn.py --out results.json # the full grid (tens of minutes on 1 thread)
+    # the speed goal of issue #22: defaults, 50 / 25 % at 8k-32k, fp32 and bf16
+    python benchmarks/sparse_attn.py --sections op --op-seqs 8192,16384,32768 --op-densities 0.5,0.25 \
+        --op-default-only --out benchmarks/results/sparse_attn_defaults.json
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _common import argument_parser, emit_json, interleaved_times, log, rel_err, set_threads
 
 from diffusion_accel.sparse_attn import block_sparse_attention, linear_attention
 from diffusion_accel.sparse_attn.cpu import attention_with_lse, block_sparse_attention_torch
@@ -46,10 +48,6 @@ from diffusion_accel.sparse_attn.reference import block_sparse_attention_referen
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """Time each fn ``repeats`` times, round-robin.
 
@@ -57,21 +55,11 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     the process's CPU time. With one torch thread the CPU time excludes the time the process
     waits for a core, so on a shared machine it is the steadier of the two.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    times = interleaved_times(fns, repeats, warmup)
     return {
-        name: {"min": min(wall[name]), "median": statistics.median(wall[name]),
-               "cpu_min": min(cpu[name]), "cpu_median": statistics.median(cpu[name])}
-        for name in fns
+        name: {"min": min(t["wall"]), "median": statistics.median(t["wall"]),
+               "cpu_min": min(t["cpu"]), "cpu_median": statistics.median(t["cpu"])}
+        for name, t in times.items()
     }
 
 
@@ -83,10 +71,6 @@ def ratios(base: dict, other: dict) -> dict:
         "speedup_cpu_min": round(base["cpu_min"] / other["cpu_min"], 2),
         "speedup_cpu_median": round(base["cpu_median"] / other["cpu_median"], 2),
     }
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 @torch.no_grad()
@@ -292,29 +276,40 @@ def bench_end_to_end(height, width, frames, steps, repeats, heads, head_dim, lay
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="a short run: fewer shapes and repeats")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in the CPU notes)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--sections", default="op,blocks,linear,end_to_end")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--heads", type=int, default=16, help="heads at 8k tokens in the op section")
+    p.add_argument("--op-seqs", default=None,
+                   help="op section: comma-separated sequence lengths, e.g. 8192,16384,32768 (with --op-densities: "
+                        "every density at every length; default: the grid described above)")
+    p.add_argument("--op-densities", default=None, help="op section: comma-separated densities, e.g. 0.5,0.25")
+    p.add_argument("--op-default-only", action="store_true",
+                   help="op section: only the device default block shape (not 128x64 too)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 3)
     sections = set(args.sections.split(","))
     dtypes = args.dtypes.split(",")
     result = {
-        "benchmark": "sparse_attn", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "benchmark": "sparse_attn", "torch": torch.__version__, "threads": threads,
         "device_kind": device_kind("cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "quick": args.quick, "repeats": repeats,
         "timing": "interleaved runs in one process; speedup_* = SDPA time / method time (wall and process "
                   "CPU time, min and median); end_to_end: one run each, wall and CPU time",
     }
     if "op" in sections:
-        shapes = [None, (128, 64)]  # the device default, and the former (GPU-style) default
-        if args.quick:
+        shapes = [None] if args.op_default_only else [None, (128, 64)]  # device default, former default
+        if args.op_seqs or args.op_densities:
+            seqs = [int(x) for x in (args.op_seqs or "8192").split(",")]
+            densities = [float(x) for x in (args.op_densities or "0.25").split(",")]
+            result["op"] = bench_op(seqs, [64], densities, dtypes, lambda seq: max(1, args.heads * 8192 // seq),
+                                    repeats, shapes, 8192)
+        elif args.quick:
             result["op"] = bench_op([8192], [64], [0.25], dtypes, args.heads, repeats, shapes, 8192)
         else:
             result["op"] = bench_op(
@@ -339,11 +334,7 @@ def main(argv=None) -> dict:
             methods["rettention_0.1"] = {"method": "rettention", "density": 0.1, "dense_steps": 1}
         result["end_to_end"] = bench_end_to_end(512, 512, 13, 4 if args.quick else 6, 1,
                                                 4 if args.quick else 8, 64, 2 if args.quick else 4, methods)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit_json(result, args.out)
     return result
 
 

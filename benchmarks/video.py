@@ -5,7 +5,8 @@ Parts (``--parts``, default all):
 * ``caching``: ours vs cache-dit and diffusers' own caches at matched compute -- the caching part of
   ``benchmarks/peers.py`` run with ``--caching-model benchmark-video`` (block computations counted the
   same way for every method, each weighted by the token rows it projected so that Bottleneck
-  Sampling's lower resolution counts), plus the video-only points: the dynamic ``teacache`` and
+  Sampling's lower resolution counts), plus the video-only points: forecast (TaylorSeer) reuse on
+  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), the dynamic ``teacache`` and
   ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
   frontier (``search_schedule`` on the video model with a small budget, on training captions; its
   frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
@@ -60,6 +61,10 @@ def technique_configs() -> dict[str, Any]:
     }
 
 
+#: the techniques row whose W4/W8 plan is allocated from sensitivities measured in the run
+MIXED = "W4A8 mixed @6 bits"
+
+
 def mixed_precision_config(pipe: Any, prompts: list[str], call_kwargs: dict[str, Any], average_bits: float = 6.0):
     """W4/W8 per component (MILP at ``average_bits``) from sensitivities measured on the video model
     (one training caption, half the steps: a component's rank, not its absolute loss, matters)."""
@@ -98,7 +103,7 @@ def _tokens(pipe: Any, call) -> int:
 
 
 def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
-                   calibration: list[str]) -> dict[str, Any]:
+                   calibration: list[str], only: str = "") -> dict[str, Any]:
     import diffusion_accel
     from diffusion_accel.cost import denoiser_macs
     from diffusion_accel.eval.sweep import load_pipeline
@@ -115,14 +120,17 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
     tokens = _tokens(pipe, call)
     reference = _clips(call())
     full_macs = denoiser_macs(pipe, prompt=prompts, **call_kwargs)
-    configs = technique_configs()
+    prefixes = [p.strip() for p in only.split(",") if p.strip()]
+    wanted = lambda name: not prefixes or any(name.startswith(p) for p in prefixes)  # noqa: E731
+    configs = {name: config for name, config in technique_configs().items() if wanted(name)}
     extra: dict[str, Any] = {}
     start = time.perf_counter()
-    try:
-        configs["W4A8 mixed @6 bits"], extra = mixed_precision_config(pipe, calibration, call_kwargs)
-    except Exception as exc:  # record why, keep the other rows
-        extra = {"error": f"{type(exc).__name__}: {exc}"[:400]}
-    extra["seconds"] = round(time.perf_counter() - start, 1)
+    if wanted(MIXED):
+        try:
+            configs[MIXED], extra = mixed_precision_config(pipe, calibration, call_kwargs)
+        except Exception as exc:  # record why, keep the other rows
+            extra = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+        extra["seconds"] = round(time.perf_counter() - start, 1)
     rows = []
     for name, config in configs.items():
         row: dict[str, Any] = {"name": name, "config": config.to_dict()}
@@ -173,6 +181,25 @@ def _searched(bench: Any, args: argparse.Namespace, calibration: list[str], othe
     return entries, record
 
 
+#: forecast (TaylorSeer) reuse rows beside the peers' ``ours fora-3-forecast`` (order 1): (FORA interval, order)
+FORECAST_ROWS = ((3, 2), (4, 1), (4, 2))
+
+
+def forecast_methods(pipe: Any, steps: int, method) -> list[Any]:
+    """``StaticCacheConfig(reuse="forecast")`` on FORA-3/FORA-4 schedules at orders 1 and 2 (issue 20),
+    measured at the same compute as the block-residual FORA rows."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+    out = []
+    for interval, order in FORECAST_ROWS:
+        config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe, steps, interval),
+                                                            reuse="forecast", forecast_order=order))
+        out.append(method(f"ours fora-{interval}-forecast-o{order}",
+                          {"policy": f"fora-{interval}", "reuse": "forecast", "forecast_order": order}, config))
+    return out
+
+
 def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
     """The video-only methods of the caching part (see the module docstring); ``record`` gets the
     calibrations and the search."""
@@ -193,7 +220,7 @@ def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
 
         calibration = bench.model.prompts("train")[: args.calibration_prompts]
         other = {k: v for k, v in bench.kwargs.items() if k not in ("output_type", "num_inference_steps")}
-        out = []
+        out = forecast_methods(template, bench.steps, method)
         start = time.perf_counter()
         for policy, calibrate in (("teacache", calibrate_teacache), ("magcache", calibrate_magcache)):
             try:
@@ -242,6 +269,20 @@ def goal_checks(part: dict[str, Any]) -> dict[str, Any]:
             "searched_only": pc.goal_check(methods, 0.0, every, lambda m: skipped(m) and bool(m.settings.get("searched")))}
 
 
+def caching_namespace(args: argparse.Namespace, model: str) -> argparse.Namespace:
+    """The caching part's arguments: ``peers_caching``'s own parser (every option it reads, with its
+    defaults) set from this script's flags, one timing round, token-weighted compute."""
+    sys.path.insert(0, HERE)
+    import peers_caching
+
+    parser = argparse.ArgumentParser()
+    peers_caching.add_arguments(parser)
+    return parser.parse_args(["--caching-model", model, "--caching-prompts", str(args.prompts),
+                              "--caching-steps", str(args.steps), "--caching-rounds", "1",
+                              "--caching-threads", str(args.threads), "--caching-only", args.caching_only,
+                              "--caching-compute", "tokens"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="caching,techniques")
@@ -258,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--searched-points", type=int, default=4, help="searched frontier points measured")
     parser.add_argument("--caching-only", default="",
                         help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
+    parser.add_argument("--techniques-only", default="",
+                        help="comma-separated name prefixes of the techniques rows to run (split a run over processes)")
     parser.add_argument("--no-extras", action="store_true",
-                        help="skip the video-only caching methods (calibrated policies, Bottleneck, the search)")
+                        help="skip the video-only caching methods (forecast rows, calibrated policies, Bottleneck, "
+                             "the search)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
@@ -278,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if "caching" in parts:
         import peers_caching
 
-        caching_args = argparse.Namespace(caching_model=model.name, caching_prompts=args.prompts,
-                                          caching_steps=args.steps, caching_rounds=1, caching_threads=args.threads,
-                                          caching_only=args.caching_only, caching_compute="tokens")
+        caching_args = caching_namespace(args, model.name)
         record: dict[str, Any] = {}
         part = peers_caching.run(caching_args, None if args.no_extras else caching_extra(args, record),
                                  plot_prefix="video_caching",
@@ -290,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         results["caching"] = part
     if "techniques" in parts:
         calibration = model.prompts("train")[: max(1, args.calibration_prompts // 2)]
-        results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration)
+        results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration, args.techniques_only)
     results["seconds"] = round(time.perf_counter() - started)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:

@@ -18,15 +18,15 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
 
 import torch
 import torch.nn.functional as F
+from _common import argument_parser, emit_json, log, rel_err, run_accelerated, set_threads
 
-from sparse_attn import _psnr, _wan_pipeline, interleaved, log, ratios, rel_err, structured_qkv
+from sparse_attn import _psnr, _wan_pipeline, interleaved, ratios, structured_qkv
 
 from diffusion_accel.sparse_attn import block_sparse_attention, vmoba_attention
 from diffusion_accel.sparse_attn.defaults import device_kind
@@ -63,7 +63,6 @@ def bench_op(heads: int, repeats: int, densities=(0.5, 0.25)) -> list:
 
 @torch.no_grad()
 def bench_quality(methods: dict, steps: int) -> dict:
-    import diffusion_accel
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.sparse_attn import SparseAttentionConfig
     from diffusion_accel.testing import tiny_call_kwargs
@@ -78,10 +77,8 @@ def bench_quality(methods: dict, steps: int) -> dict:
     out = {"model": "tiny Wan (2 layers, 4 heads x 64, random weights)", "tokens": 4 * 32 * 32,
            "grid": [4, 32, 32], "steps": steps, "methods": {}}
     for name, cfg in methods.items():
-        diffusion_accel.apply(pipe, AccelerationConfig(attention=SparseAttentionConfig(**cfg)))
-        frames = call()
-        report = diffusion_accel.api.acceleration_state(pipe).report()["attention"]
-        diffusion_accel.remove(pipe)
+        frames, report = run_accelerated(pipe, AccelerationConfig(attention=SparseAttentionConfig(**cfg)), call,
+                                         "attention")
         out["methods"][name] = {"config": cfg, "psnr_db_vs_dense": round(_psnr(frames, dense), 2),
                                 "max_abs_diff": round(float((frames - dense).abs().max()), 4),
                                 "mean_density": round(report["mean_density"], 3)}
@@ -90,7 +87,7 @@ def bench_quality(methods: dict, steps: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argument_parser(__doc__)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--heads", type=int, default=8)
@@ -98,9 +95,9 @@ def main(argv=None) -> dict:
     p.add_argument("--sections", default="op,quality")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     sections = set(args.sections.split(","))
-    result = {"benchmark": "vmoba", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"benchmark": "vmoba", "torch": torch.__version__, "threads": threads,
               "device_kind": device_kind("cpu"), "repeats": args.repeats,
               "timing": "interleaved runs in one process; speedup_* = SDPA time / method time"}
     if "op" in sections:
@@ -127,11 +124,7 @@ def main(argv=None) -> dict:
         methods["vmoba_head_cdf0.5"] = {**base, "cdf_threshold": 0.5}
         methods["vmoba_head_cdf0.9_cap0.25"] = {**base, "cdf_threshold": 0.9, "density": 0.25}
         result["partitions"] = bench_quality(methods, args.steps)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    emit_json(result, args.out)
     return result
 
 

@@ -160,12 +160,18 @@ def tokenize(tokenizer, captions: list[str], length: int) -> tuple[torch.Tensor,
     return encoded.input_ids, encoded.attention_mask
 
 
-def main() -> None:
-    args = parse_args()
+def start_run(args: argparse.Namespace) -> Log:
+    """Seed torch with ``--seed``, use ``--threads``, create ``--work``; the log of the run
+    (``<work>/train.log``). Both training scripts start so."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    log = Log(args.work / "train.log")
+    return Log(args.work / "train.log")
+
+
+def main() -> None:
+    args = parse_args()
+    log = start_run(args)
     timings: dict[str, float] = {}
     arch = BenchmarkArchitecture(
         transformer_layers=args.layers, transformer_heads=args.heads, prediction_type=args.prediction_type

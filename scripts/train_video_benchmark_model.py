@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from train_benchmark_model import Log, save_grid, tokenize  # noqa: E402
+from train_benchmark_model import Log, save_grid, start_run, tokenize  # noqa: E402
 
 from diffusion_accel.assets import BENCHMARK_VIDEO_GENERATION_KWARGS  # noqa: E402
 from diffusion_accel.assets.caption_tokenizers import build_t5_tokenizer  # noqa: E402
@@ -53,6 +53,8 @@ from diffusion_accel.assets.video_training import (  # noqa: E402
 
 ASSETS = REPO / "diffusion_accel" / "assets"
 GENERATION = dict(BENCHMARK_VIDEO_GENERATION_KWARGS)
+#: the model card's hand-written notes follow this line; ``--eval-only`` keeps them
+NOTES_MARKER = "<!-- notes: kept by --eval-only -->"
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,6 +79,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-clips", type=int, default=40, help="held-out captions generated and judged")
     parser.add_argument("--eval-train-clips", type=int, default=20, help="train captions generated and judged")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="no training: re-judge the saved model in --out (same captions and seeds) and rewrite "
+                             "video_evaluation.json's evaluation and the card's Evaluation section")
+    parser.add_argument("--guidance-sweep", type=float, nargs="*", default=[],
+                        help="with --eval-only: also judge these guidance scales (recorded in the card)")
+    parser.add_argument("--sweep-steps", type=int, nargs="*", default=[],
+                        help="with --eval-only: sampling step counts swept with each guidance scale "
+                             "(default: the generation kwargs' only)")
     parser.add_argument("--tiny", action="store_true", help="tiny budgets: end-to-end smoke run in < 2 min")
     args = parser.parse_args()
     if args.tiny:
@@ -193,25 +203,26 @@ def flow_phase(args, arch: VideoArchitecture, tokenizer, latents, weights, train
                                empty_ids[0], empty_mask[0], settings, checkpoint=str(args.work / "flow.pt"), log=log)
 
 
-def generate(pipeline, prompts: list[str], seed: int = 0) -> np.ndarray:
+def generate(pipeline, prompts: list[str], seed: int = 0, generation: dict | None = None) -> np.ndarray:
     """uint8 clips ``(N, F, H, W, 3)`` for ``prompts`` (one generator per prompt, seeds seed..)."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    frames = pipeline(prompts, generator=generators, output_type="np", **GENERATION).frames
+    frames = pipeline(prompts, generator=generators, output_type="np", **(generation or GENERATION)).frames
     return np.clip(np.rint(np.asarray(frames) * 255), 0, 255).astype(np.uint8)
 
 
-def evaluate(args, model_dir: Path, splits: dict, log: Log) -> dict:
+def evaluate(args, model_dir: Path, splits: dict, log: Log, generation: dict | None = None) -> dict:
     """Generate clips for held-out (and train) captions from the saved folder; judge them."""
     from diffusers import WanPipeline
 
+    generation = dict(generation or GENERATION)
     pipeline = WanPipeline.from_pretrained(model_dir)
     pipeline.set_progress_bar_config(disable=True)
-    results = {"generation_kwargs": GENERATION}
+    results = {"generation_kwargs": generation}
     for split, count in (("heldout", args.eval_clips), ("train", args.eval_train_clips)):
         if count <= 0:
             continue
         clips, t0 = splits[split], time.time()
-        videos = generate(pipeline, clips.captions[:count])
+        videos = generate(pipeline, clips.captions[:count], generation=generation)
         judged = judge_clips(videos, clips.colours[:count], clips.motions[:count], clips.backgrounds[:count])
         seconds = time.time() - t0
         novel = clips.novel[:count]
@@ -226,26 +237,59 @@ def evaluate(args, model_dir: Path, splits: dict, log: Log) -> dict:
             entry["predicted_motions"] = judged["predicted_motions"][cursor : cursor + named]
             entry["colour_correct"] = judged["colour_correct"][cursor : cursor + named]
             cursor += named
-        log(f"eval {split}: colour {judged['colour_accuracy']:.3f} motion {judged['motion_accuracy']:.3f} "
-            f"({count} clips, {seconds:.0f}s)")
+        log(f"eval {split} {generation}: colour {judged['colour_accuracy']:.3f} "
+            f"motion {judged['motion_accuracy']:.3f} ({count} clips, {seconds:.0f}s)")
         save_grid(args.work / f"generated_{split}.png", list(videos[:8]))
     return results
 
 
+def evaluate_only(args, splits: dict, log: Log) -> None:
+    """Re-judge the saved model (no training): the generation kwargs plus a guidance x steps sweep.
+
+    The sweep's settings use the same captions and seeds as the reference evaluation; each one's
+    scores land in ``evaluation["sampling_sweep"]`` and in the card's sweep table. The card's
+    hand-written notes (after ``NOTES_MARKER``) are kept.
+    """
+    summary_path, card_path = args.out / "video_evaluation.json", args.out / "VIDEO_MODEL_CARD.md"
+    if not summary_path.exists():
+        raise ValueError(f"--eval-only needs a trained model's {summary_path}; train first (drop --eval-only)")
+    summary = json.loads(summary_path.read_text())
+    model_dir = args.out / "benchmark_video_model"
+    settings = [(GENERATION["guidance_scale"], GENERATION["num_inference_steps"])]
+    for steps in args.sweep_steps or [GENERATION["num_inference_steps"]]:
+        settings += [(g, steps) for g in args.guidance_sweep if (g, steps) not in settings]
+    sweep, evaluation = [], None
+    for guidance, steps in settings:
+        result = evaluate(args, model_dir, splits, log,
+                          dict(GENERATION, guidance_scale=guidance, num_inference_steps=steps))
+        evaluation = evaluation or result
+        sweep.append({"guidance_scale": guidance, "num_inference_steps": steps,
+                      **{f"{split}_{key}": result[split][key] for split in ("heldout", "train") if split in result
+                         for key in ("colour_accuracy", "motion_accuracy")}})
+    if len(sweep) > 1:
+        evaluation["sampling_sweep"] = sorted(sweep, key=lambda r: (r["num_inference_steps"], r["guidance_scale"]))
+    summary["evaluation"] = evaluation
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    old = card_path.read_text() if card_path.exists() else ""
+    notes = old.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in old else ""
+    card_path.write_text(model_card(summary) + ("\n" + NOTES_MARKER + notes if notes else ""))
+    log(f"re-evaluated: {summary_path}, {card_path}")
+
+
 def main() -> None:
     args = parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    log = Log(args.work / "train.log")
+    log = start_run(args)
     arch = VideoArchitecture()
     log(f"start: {vars(args)}; architecture {arch.as_dict()}")
     t0 = time.time()
     scans = load_digit_scans()
-    train = make_video_split("train", args.train_clips, args.seed, scans=scans)
     splits = {"heldout": make_video_split("heldout", args.heldout_clips, args.seed, scans=scans),
               "train": make_video_split("train", args.train_sample, args.seed, scans=scans,
                                         sample_seed=args.seed + 1)}
+    if args.eval_only:
+        evaluate_only(args, splits, log)
+        return
+    train = make_video_split("train", args.train_clips, args.seed, scans=scans)
     export_prompts(args.out / "benchmark_video_data.json", splits)
     data_seconds = time.time() - t0
     log(f"data: {len(train)} train clips ({len(set(train.captions))} captions), {data_seconds:.0f}s")
@@ -331,7 +375,20 @@ def model_card(summary: dict) -> str:
         "`diffusion_accel/assets/video_judges.py` (colour: the named colour dominates the foreground; motion: slope of",
         "the named colour's centroid track, static under 0.6 px/frame).", "",
         "| captions | clips | colour correct | motion correct |", "|---|---|---|---|", *rows, "",
+        *_sweep_table(evaluation.get("sampling_sweep", [])),
     ])
+
+
+def _sweep_table(sweep: list[dict]) -> list[str]:
+    """The card's lines for the sampling sweep (guidance x steps, same captions and seeds)."""
+    if not sweep:
+        return []
+    rows = [f"| {r['guidance_scale']:g} | {r['num_inference_steps']} | {r['heldout_colour_accuracy']:.1%} | "
+            f"{r['heldout_motion_accuracy']:.1%} | {r.get('train_colour_accuracy', float('nan')):.1%} | "
+            f"{r.get('train_motion_accuracy', float('nan')):.1%} |" for r in sweep]
+    return ["Sampling sweep (same weights, captions and seeds; `--eval-only --guidance-sweep ... --sweep-steps ...`):",
+            "", "| guidance_scale | steps | held-out colour | held-out motion | train colour | train motion |",
+            "|---|---|---|---|---|---|", *rows, ""]
 
 
 if __name__ == "__main__":

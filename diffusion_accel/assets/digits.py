@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -51,8 +51,23 @@ SPLITS = ("train", "heldout")
 NO_OBJECT = -1  # attribute value of the absent second digit in a one-digit scene
 
 
+def names_of(pairs) -> tuple[str, ...]:
+    """The names of ``(name, value)`` pairs, in order (the caption words of a recipe vocabulary)."""
+    return tuple(name for name, _ in pairs)
+
+
+class SizeNames:
+    """``size_names`` of a recipe whose ``sizes`` are ``(name, side in pixels)`` pairs (scenes and clips)."""
+
+    sizes: tuple[tuple[str, int], ...]
+
+    @property
+    def size_names(self) -> tuple[str, ...]:
+        return names_of(self.sizes)
+
+
 @dataclass(frozen=True)
-class SceneRecipe:
+class SceneRecipe(SizeNames):
     """Attribute vocabularies and geometry of the scenes (names are caption words)."""
 
     image_size: int = 32
@@ -87,19 +102,15 @@ class SceneRecipe:
 
     @property
     def colour_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.colours)
+        return names_of(self.colours)
 
     @property
     def background_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.backgrounds)
-
-    @property
-    def size_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.sizes)
+        return names_of(self.backgrounds)
 
     @property
     def position_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.positions)
+        return names_of(self.positions)
 
     @property
     def corner_positions(self) -> tuple[int, ...]:
@@ -110,8 +121,22 @@ class SceneRecipe:
 RECIPE = SceneRecipe()
 
 
+class AttributeBatch:
+    """``len`` and :meth:`attribute_arrays` of a dataclass whose fields are the pixels, the coverage,
+    the captions, then the integer attribute arrays (:class:`DigitScenes`, ``DigitClips``)."""
+
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def attribute_arrays(self) -> dict[str, np.ndarray]:
+        """The integer attribute arrays by name, in field order (what the exported asset stores)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)[3:]}
+
+
 @dataclass
-class DigitScenes:
+class DigitScenes(AttributeBatch):
     """A batch of scenes. Attribute arrays are ``(N, 2)`` ints (``-1`` = no second digit).
 
     ``images``: uint8 ``(N, 32, 32, 3)``; ``alpha``: float32 ``(N, 32, 32)`` digit coverage in
@@ -130,21 +155,6 @@ class DigitScenes:
     scans: np.ndarray
     backgrounds: np.ndarray
     novel: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def attribute_arrays(self) -> dict[str, np.ndarray]:
-        """The integer attribute arrays by name (what the exported asset stores)."""
-        return {
-            "digits": self.digits,
-            "colours": self.colours,
-            "sizes": self.sizes,
-            "positions": self.positions,
-            "scans": self.scans,
-            "backgrounds": self.backgrounds,
-            "novel": self.novel,
-        }
 
 
 def _object_phrase(digit: int, colour: int, size: int, position: int, recipe: SceneRecipe) -> str:
@@ -243,25 +253,56 @@ def _upscaled(scan: np.ndarray, side: int) -> np.ndarray:
     return rows[:, low] * (1 - frac)[None, :] + rows[:, high] * frac[None, :]
 
 
+def blank_canvas(recipe: SceneRecipe, background: int, shape: tuple[int, ...]):
+    """A float ``shape + (3,)`` canvas of background colour ``background`` in [0, 1] and a zero
+    coverage map of ``shape`` (the two arrays :func:`paint_glyph` draws into)."""
+    background_rgb = np.asarray(recipe.backgrounds[background][1], dtype=np.float32) / 255.0
+    return np.broadcast_to(background_rgb, shape + (3,)).copy(), np.zeros(shape, dtype=np.float32)
+
+
+def paint_glyph(canvas: np.ndarray, coverage: np.ndarray, glyph: np.ndarray, rgb: np.ndarray, window) -> None:
+    """Draw ``glyph`` (coverage in [0, 1]) in colour ``rgb`` over ``canvas[window]`` and keep the
+    larger coverage in ``coverage[window]`` (in place; ``window`` indexes both arrays)."""
+    canvas[window] = canvas[window] * (1 - glyph[..., None]) + rgb * glyph[..., None]
+    coverage[window] = np.maximum(coverage[window], glyph)
+
+
+def colour_rgb(recipe: SceneRecipe, colour: int) -> np.ndarray:
+    """Colour ``colour`` of ``recipe`` as float32 RGB in [0, 1]."""
+    return np.asarray(recipe.colours[colour][1], dtype=np.float32) / 255.0
+
+
+def to_uint8(canvas: np.ndarray) -> np.ndarray:
+    """A float canvas in [0, 1] rounded to uint8."""
+    return np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
+
+
 def _render(scan_images, digit_slots, recipe: SceneRecipe, background: int):
     """Compose one scene. ``digit_slots``: list of (scan_index, colour, size, position)."""
     n = recipe.image_size
-    background_rgb = np.asarray(recipe.backgrounds[background][1], dtype=np.float32) / 255.0
-    canvas = np.broadcast_to(background_rgb, (n, n, 3)).copy()
-    alpha_total = np.zeros((n, n), dtype=np.float32)
+    canvas, alpha_total = blank_canvas(recipe, background, (n, n))
     for scan_index, colour, size, position in digit_slots:
         side = recipe.sizes[size][1]
         centre_row, centre_col = recipe.positions[position][1]
         top, left = centre_row - side // 2, centre_col - side // 2
-        alpha = _upscaled(scan_images[scan_index], side)
-        rgb = np.asarray(recipe.colours[colour][1], dtype=np.float32) / 255.0
-        region = canvas[top : top + side, left : left + side]
-        canvas[top : top + side, left : left + side] = region * (1 - alpha[..., None]) + rgb * alpha[..., None]
-        alpha_total[top : top + side, left : left + side] = np.maximum(
-            alpha_total[top : top + side, left : left + side], alpha
-        )
-    image = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
-    return image, alpha_total
+        window = (slice(top, top + side), slice(left, left + side))
+        glyph = _upscaled(scan_images[scan_index], side)
+        paint_glyph(canvas, alpha_total, glyph, colour_rgb(recipe, colour), window)
+    return to_uint8(canvas), alpha_total
+
+
+def scan_pool(split: str, count: int, seed: int, recipe: SceneRecipe,
+              scans: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Check ``split``/``count`` and return ``(scan_images, by_digit)``: the scans, and per digit the
+    indices of the scans ``split`` may draw (scan split fixed by ``seed``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    scan_images, labels = scans if scans is not None else load_digit_scans()
+    train_scans, heldout_scans = split_scan_indices(labels, recipe, seed)
+    pool = train_scans if split == "train" else heldout_scans
+    return scan_images, [pool[labels[pool] == d] for d in range(len(recipe.digit_names))]
 
 
 def make_split(
@@ -279,14 +320,7 @@ def make_split(
     same split is ``make_split(split, n, seed, sample_seed=other)``. ``scans`` may pass
     pre-loaded ``load_digit_scans()`` output.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    scan_images, labels = scans if scans is not None else load_digit_scans()
-    train_scans, heldout_scans = split_scan_indices(labels, recipe, seed)
-    pool = train_scans if split == "train" else heldout_scans
-    by_digit = [pool[labels[pool] == d] for d in range(len(recipe.digit_names))]
+    scan_images, by_digit = scan_pool(split, count, seed, recipe, scans)
     novel_table = heldout_combinations(recipe, seed)
     rng = np.random.default_rng([seed if sample_seed is None else sample_seed, SPLITS.index(split), 2024])
 

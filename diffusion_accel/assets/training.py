@@ -95,12 +95,31 @@ def _log(log: Logger | None, message: str) -> None:
         log(message)
 
 
-def vae_update(vae, optimiser, loss: torch.Tensor) -> None:
-    """One optimiser step on ``loss`` with ``vae``'s gradients clipped to norm 1 (both VAE trainers)."""
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-    optimiser.step()
+def foreground_pixel_weights(dilated_alpha: torch.Tensor, boost: float) -> torch.Tensor:
+    """``1 + boost`` where the (dilated) digit coverage exceeds 0.05, else 1 (both VAE losses)."""
+    return 1.0 + boost * (dilated_alpha > 0.05).float()
+
+
+def vae_training_loop(vae, lr: float, steps: int, seconds: float, kl_weight: float,
+                      batch_losses: Callable[[int, torch.optim.Optimizer], tuple[torch.Tensor, torch.Tensor]],
+                      log: Logger | None, log_every: int):
+    """The loop both VAE trainers share: AdamW on ``vae`` at ``lr``, at most ``steps`` steps or
+    ``seconds``; ``batch_losses(step, optimiser)`` draws a batch and returns ``(reconstruction, kl)``;
+    each step minimises ``reconstruction + kl_weight * kl``. Returns ``(vae, steps_done)`` (eval mode)."""
+    vae.train()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    start, done = time.time(), 0
+    for step in range(steps):
+        if time.time() - start > seconds:
+            _log(log, f"vae stopped on time after {step} steps")
+            break
+        done = step + 1
+        rec_loss, kl = batch_losses(step, optimiser)
+        clipped_step(optimiser, rec_loss + kl_weight * kl, vae.parameters())
+        if step % log_every == 0 or step == steps - 1:
+            _log(log, f"vae step {step} rec {rec_loss.item():.5f} kl {kl.item():.1f} {time.time() - start:.0f}s")
+    vae.eval()
+    return vae, done
 
 
 def train_vae(
@@ -127,29 +146,19 @@ def train_vae(
     if images.ndim != 4 or alpha.shape != (images.shape[0], images.shape[2], images.shape[3]):
         raise ValueError(f"images (N, 3, H, W) and alpha (N, H, W) expected, got {images.shape}, {alpha.shape}")
     generator = torch.Generator().manual_seed(seed)
-    vae.train()
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     dilated = F.max_pool2d(alpha[:, None].float(), 3, stride=1, padding=1)
-    weights = 1.0 + foreground_boost * (dilated > 0.05).float()
-    start, done = time.time(), 0
-    for step in range(steps):
-        if time.time() - start > seconds:
-            _log(log, f"vae stopped on time after {step} steps")
-            break
-        done = step + 1
+    weights = foreground_pixel_weights(dilated, foreground_boost)
+
+    def batch_losses(step: int, optimiser) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(len(images), (batch_size,), generator=generator)
         x, w = images[index], weights[index]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             posterior = vae.encode(x).latent_dist
             z = posterior.sample(generator=generator)
             recon = vae.decode(z).sample
-        rec_loss = (w * (recon.float() - x) ** 2).mean()
-        kl = posterior.kl().float().mean()
-        vae_update(vae, optimiser, rec_loss + kl_weight * kl)
-        if step % 100 == 0 or step == steps - 1:
-            _log(log, f"vae step {step} rec {rec_loss.item():.5f} kl {kl.item():.1f} {time.time() - start:.0f}s")
-    vae.eval()
-    return vae, done
+        return (w * (recon.float() - x) ** 2).mean(), posterior.kl().float().mean()
+
+    return vae_training_loop(vae, lr, steps, seconds, kl_weight, batch_losses, log, log_every=100)
 
 
 @torch.no_grad()
@@ -219,9 +228,7 @@ def train_diffusion(
 
     transformer.train()
     text_encoder.train()
-    optimiser = torch.optim.AdamW([{"params": transformer.parameters(), "lr": lr},
-                                   {"params": text_encoder.parameters(), "lr": text_lr}],
-                                  weight_decay=0.0, betas=(0.9, 0.99))
+    optimiser = joint_optimiser(transformer, text_encoder, lr, text_lr)
     base_lrs = [lr, text_lr]
     ema_transformer = ExponentialMovingAverage(transformer, ema_decay)
     ema_text = ExponentialMovingAverage(text_encoder, ema_decay)
@@ -229,8 +236,7 @@ def train_diffusion(
     start, step, running = time.time(), 0, 0.0
     with bf16_friendly_attention(transformer):
         while step < max_steps and time.time() - start < seconds:
-            for group, base in zip(optimiser.param_groups, base_lrs):
-                group["lr"] = base * min(1.0, (step + 1) / warmup)
+            warm_up(optimiser, base_lrs, step, warmup)
             x0, weight, ids, mask, noise, t = _training_batch(
                 generator, batch_size, steps_total, latents, latent_weights, token_ids, token_mask, caption_index,
                 empty_ids, empty_mask, caption_dropout)
@@ -244,10 +250,7 @@ def train_diffusion(
                     added_cond_kwargs=added, return_dict=False,
                 )[0]
             loss = _min_snr_loss(pred, target, weight, snr[t], min_snr_gamma, prediction_type)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(transformer.parameters()) + list(text_encoder.parameters()), 1.0)
-            optimiser.step()
+            clipped_step(optimiser, loss, list(transformer.parameters()) + list(text_encoder.parameters()))
             ema_transformer.update(transformer, step)
             ema_text.update(text_encoder, step)
             running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
@@ -260,6 +263,27 @@ def train_diffusion(
     return ema_transformer.shadow, ema_text.shadow, step
 
 
+def joint_optimiser(transformer, text_encoder, lr: float, text_lr: float) -> torch.optim.Optimizer:
+    """AdamW over the denoiser (group 0, ``lr``) and the text encoder (group 1, ``text_lr``)."""
+    return torch.optim.AdamW([{"params": transformer.parameters(), "lr": lr},
+                              {"params": text_encoder.parameters(), "lr": text_lr}],
+                             weight_decay=0.0, betas=(0.9, 0.99))
+
+
+def warm_up(optimiser: torch.optim.Optimizer, base_lrs, step: int, warmup: int) -> None:
+    """Linear learning-rate warm-up: group ``i`` at ``base_lrs[i] * min(1, (step + 1) / warmup)``."""
+    for group, base in zip(optimiser.param_groups, base_lrs):
+        group["lr"] = base * min(1.0, (step + 1) / warmup)
+
+
+def clipped_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    """One optimiser step on ``loss`` with the gradients of ``params`` clipped to norm 1."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimiser.step()
+
+
 def _training_batch(generator: torch.Generator, batch_size: int, steps_total: int, latents: torch.Tensor,
                     latent_weights: torch.Tensor, token_ids: torch.Tensor, token_mask: torch.Tensor,
                     caption_index: torch.Tensor, empty_ids: torch.Tensor, empty_mask: torch.Tensor,
@@ -267,14 +291,27 @@ def _training_batch(generator: torch.Generator, batch_size: int, steps_total: in
     """One random batch ``(x0, weight, ids, mask, noise, t)``: latents with their captions' tokens (a
     ``caption_dropout`` share replaced by the empty prompt), noise and timesteps, drawn from
     ``generator`` in a fixed order (arguments as in :func:`train_diffusion`)."""
+    x0, weight, ids, mask, noise = captioned_batch(generator, batch_size, latents, latent_weights, token_ids,
+                                                   token_mask, caption_index, empty_ids, empty_mask,
+                                                   caption_dropout)
+    t = torch.randint(steps_total, (batch_size,), generator=generator)
+    return x0, weight, ids, mask, noise, t
+
+
+def captioned_batch(generator: torch.Generator, batch_size: int, latents: torch.Tensor,
+                    latent_weights: torch.Tensor, token_ids: torch.Tensor, token_mask: torch.Tensor,
+                    caption_index: torch.Tensor, empty_ids: torch.Tensor, empty_mask: torch.Tensor,
+                    caption_dropout: float):
+    """``(x0, weight, ids, mask, noise)``: random latents with their weights and their captions' tokens
+    (a ``caption_dropout`` share replaced by the empty prompt) and Gaussian noise of their shape, drawn
+    from ``generator`` in this order (the diffusion and the flow-matching trainers' batches)."""
     index = torch.randint(len(latents), (batch_size,), generator=generator)
     x0, weight = latents[index], latent_weights[index]
     ids, mask = token_ids[caption_index[index]].clone(), token_mask[caption_index[index]].clone()
     drop = torch.rand(batch_size, generator=generator) < caption_dropout
     ids[drop], mask[drop] = empty_ids, empty_mask
     noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(steps_total, (batch_size,), generator=generator)
-    return x0, weight, ids, mask, noise, t
+    return x0, weight, ids, mask, noise
 
 
 def _training_noise_schedule(scheduler_config: dict) -> tuple[str, torch.Tensor]:

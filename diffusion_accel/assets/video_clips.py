@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .digits import RECIPE, SPLITS, SceneRecipe, _upscaled, load_digit_scans, split_scan_indices
+from .digits import (NO_OBJECT, RECIPE, SPLITS, AttributeBatch, SceneRecipe, SizeNames, _upscaled, blank_canvas,
+                     colour_rgb, names_of, paint_glyph, scan_pool, to_uint8)
 
 __all__ = [
     "VIDEO_RECIPE",
@@ -37,11 +38,9 @@ __all__ = [
     "make_video_split",
 ]
 
-NO_OBJECT = -1
-
 
 @dataclass(frozen=True)
-class VideoRecipe:
+class VideoRecipe(SizeNames):
     """Vocabularies and geometry of the clips; colours, digits and backgrounds come from ``scenes``."""
 
     scenes: SceneRecipe = RECIPE
@@ -63,18 +62,14 @@ class VideoRecipe:
 
     @property
     def motion_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.motions)
-
-    @property
-    def size_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.sizes)
+        return names_of(self.motions)
 
 
 VIDEO_RECIPE = VideoRecipe()
 
 
 @dataclass
-class DigitClips:
+class DigitClips(AttributeBatch):
     """A batch of clips. Per-digit attribute arrays are ``(N, 2)`` ints (``-1`` = no second digit).
 
     ``videos``: uint8 ``(N, F, H, W, 3)``; ``alpha``: float32 ``(N, F, H, W)`` digit coverage;
@@ -92,13 +87,6 @@ class DigitClips:
     scans: np.ndarray
     backgrounds: np.ndarray
     novel: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def attribute_arrays(self) -> dict[str, np.ndarray]:
-        return {"digits": self.digits, "colours": self.colours, "sizes": self.sizes, "motions": self.motions,
-                "scans": self.scans, "backgrounds": self.backgrounds, "novel": self.novel}
 
 
 def _motion_phrase(motion: int, recipe: VideoRecipe) -> str:
@@ -156,22 +144,17 @@ def _start_corner(rng, side: int, step: tuple[int, int], recipe: VideoRecipe) ->
 def _render_clip(scan_images, objects, recipe: VideoRecipe, background: int):
     """Frames ``(F, H, W, 3)`` uint8 and coverage ``(F, H, W)``; objects: (scan, colour, size, motion, corner)."""
     n, frames = recipe.image_size, recipe.num_frames
-    scenes = recipe.scenes
-    bg = np.asarray(scenes.backgrounds[background][1], np.float32) / 255.0
-    canvas = np.broadcast_to(bg, (frames, n, n, 3)).copy()
-    coverage = np.zeros((frames, n, n), np.float32)
+    canvas, coverage = blank_canvas(recipe.scenes, background, (frames, n, n))
     for scan, colour, size, motion, (row, col) in objects:
         side = recipe.sizes[size][1]
         glyph = _upscaled(scan_images[scan], side)
-        rgb = np.asarray(scenes.colours[colour][1], np.float32) / 255.0
+        rgb = colour_rgb(recipe.scenes, colour)
         d_row, d_col = recipe.motions[motion][1]
         for f in range(frames):
             top = row + f * d_row * recipe.pixels_per_frame
             left = col + f * d_col * recipe.pixels_per_frame
-            window = (f, slice(top, top + side), slice(left, left + side))
-            canvas[window] = canvas[window] * (1 - glyph[..., None]) + rgb * glyph[..., None]
-            coverage[window] = np.maximum(coverage[window], glyph)
-    return np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8), coverage
+            paint_glyph(canvas, coverage, glyph, rgb, (f, slice(top, top + side), slice(left, left + side)))
+    return to_uint8(canvas), coverage
 
 
 def make_video_split(split: str, count: int, seed: int = 0, recipe: VideoRecipe = VIDEO_RECIPE,
@@ -182,14 +165,7 @@ def make_video_split(split: str, count: int, seed: int = 0, recipe: VideoRecipe 
     ``seed`` fixes the scan split and the held-out combinations; ``sample_seed`` (default
     ``seed``) which clips are drawn. ``scans``: optional pre-loaded ``load_digit_scans()``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    scan_images, labels = scans if scans is not None else load_digit_scans()
-    train_scans, heldout_scans = split_scan_indices(labels, recipe.scenes, seed)
-    pool = train_scans if split == "train" else heldout_scans
-    by_digit = [pool[labels[pool] == d] for d in range(len(recipe.scenes.digit_names))]
+    scan_images, by_digit = scan_pool(split, count, seed, recipe.scenes, scans)
     table = heldout_video_combinations(recipe, seed)
     rng = np.random.default_rng([seed if sample_seed is None else sample_seed, SPLITS.index(split), 2025])
     n_colours, n_motions, n_digits = table.shape

@@ -29,17 +29,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .training import ExponentialMovingAverage, encode_latents, vae_update
+from .training import (ExponentialMovingAverage, _log, captioned_batch, clipped_step, encode_latents,
+                       foreground_pixel_weights, joint_optimiser, vae_training_loop, warm_up)
 
 __all__ = ["latent_weights", "decode_unclamped", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
            "train_flow_matching"]
 
 Logger = Callable[[str], None]
-
-
-def _log(log: Logger | None, message: str) -> None:
-    if log is not None:
-        log(message)
 
 
 def latent_weights(alpha: torch.Tensor, temporal: int, spatial: int, boost: float) -> torch.Tensor:
@@ -91,31 +87,20 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
     if (clip_frames - 1) % 4 or clip_frames > videos.shape[2]:
         raise ValueError(f"clip_frames must be 1 + 4k and at most {videos.shape[2]}, got {clip_frames}")
     generator = torch.Generator().manual_seed(seed)
-    vae.train()
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     dilated = F.max_pool3d(alpha[:, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
-    weights = 1.0 + foreground_boost * (dilated > 0.05).float()
-    start, done = time.time(), 0
-    for step in range(steps):
-        if time.time() - start > seconds:
-            _log(log, f"vae stopped on time after {step} steps")
-            break
-        done = step + 1
-        for group in optimiser.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 20)
+    weights = foreground_pixel_weights(dilated, foreground_boost)
+
+    def batch_losses(step: int, optimiser) -> tuple[torch.Tensor, torch.Tensor]:
+        warm_up(optimiser, [lr], step, 20)
         index = torch.randint(len(videos), (batch_size,), generator=generator)
         offset = int(torch.randint(videos.shape[2] - clip_frames + 1, (1,), generator=generator))
         window = slice(offset, offset + clip_frames)
         x, w = videos[index][:, :, window], weights[index][:, :, window]
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode() if deterministic else posterior.sample(generator=generator))
-        rec_loss = (w * (recon - x) ** 2).mean()
-        kl = posterior.kl().mean()
-        vae_update(vae, optimiser, rec_loss + kl_weight * kl)
-        if step % 20 == 0 or step == steps - 1:
-            _log(log, f"vae step {step} rec {rec_loss.item():.5f} kl {kl.item():.1f} {time.time() - start:.0f}s")
-    vae.eval()
-    return vae, done
+        return (w * (recon - x) ** 2).mean(), posterior.kl().mean()
+
+    return vae_training_loop(vae, lr, steps, seconds, kl_weight, batch_losses, log, log_every=20)
 
 
 def encode_video_latents(vae, videos: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -149,12 +134,9 @@ class FlowSettings:
 
 def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, token_mask, caption_index,
                 empty_ids, empty_mask):
-    index = torch.randint(len(latents), (settings.batch_size,), generator=generator)
-    x0, weight = latents[index], weights[index]
-    ids, mask = token_ids[caption_index[index]].clone(), token_mask[caption_index[index]].clone()
-    drop = torch.rand(settings.batch_size, generator=generator) < settings.caption_dropout
-    ids[drop], mask[drop] = empty_ids, empty_mask
-    noise = torch.randn(x0.shape, generator=generator)
+    x0, weight, ids, mask, noise = captioned_batch(generator, settings.batch_size, latents, weights, token_ids,
+                                                   token_mask, caption_index, empty_ids, empty_mask,
+                                                   settings.caption_dropout)
     t = torch.sigmoid(torch.randn(settings.batch_size, generator=generator) * settings.logit_normal_std)
     return x0, weight, ids, mask, noise, t
 
@@ -191,9 +173,7 @@ def train_flow_matching(transformer, text_encoder, latents, weights, token_ids, 
     end. Returns ``(ema_transformer, ema_text_encoder, steps_done_in_total, seconds_in_total)``.
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    optimiser = torch.optim.AdamW([{"params": transformer.parameters(), "lr": settings.lr},
-                                   {"params": text_encoder.parameters(), "lr": settings.text_lr}],
-                                  weight_decay=0.0, betas=(0.9, 0.99))
+    optimiser = joint_optimiser(transformer, text_encoder, settings.lr, settings.text_lr)
     emas = [ExponentialMovingAverage(transformer, settings.ema_decay),
             ExponentialMovingAverage(text_encoder, settings.ema_decay)]
     progress = _load_state(checkpoint, transformer, text_encoder, optimiser, emas, generator)
@@ -206,8 +186,7 @@ def train_flow_matching(transformer, text_encoder, latents, weights, token_ids, 
     base = progress["elapsed"]
     while progress["step"] < settings.max_steps and progress["elapsed"] < settings.seconds:
         step = progress["step"]
-        for group, lr in zip(optimiser.param_groups, (settings.lr, settings.text_lr)):
-            group["lr"] = lr * min(1.0, (step + 1) / settings.warmup)
+        warm_up(optimiser, (settings.lr, settings.text_lr), step, settings.warmup)
         x0, weight, ids, mask, noise, t = _flow_batch(generator, settings, latents, weights, token_ids, token_mask,
                                                       caption_index, empty_ids, empty_mask)
         sigma = t.view(-1, 1, 1, 1, 1)
@@ -215,10 +194,7 @@ def train_flow_matching(transformer, text_encoder, latents, weights, token_ids, 
         pred = transformer(noisy, timestep=t * 1000, encoder_hidden_states=text_embeddings(text_encoder, ids, mask),
                            return_dict=False)[0]
         loss = (weight * (pred - (noise - x0)) ** 2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
+        clipped_step(optimiser, loss, params)
         for ema, module in zip(emas, (transformer, text_encoder)):
             ema.update(module, step)
         progress["running"] = loss.item() if step == 0 else 0.98 * progress["running"] + 0.02 * loss.item()

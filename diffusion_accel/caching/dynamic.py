@@ -7,7 +7,8 @@ The skip rule is a **policy** chosen by name (``DynamicCacheConfig(policy=...)``
 * ``"first_block"`` (default): the first block runs at every call; the relative L1 change of its
   residual (output - input; for UNets, its output) since the previous step is **accumulated**
   over consecutive skipped steps, and the remaining blocks are skipped while the sum stays below
-  ``threshold``;
+  ``threshold`` (``compare_to="last_computed"``: its change since the last computed step, not
+  summed, as diffusers' FirstBlockCache);
 * ``"teacache"``: the first block's timestep-modulated input (from the model adapter) is compared
   with the previous step's, its relative L1 change rescaled by a calibrated polynomial
   (:func:`~.calibrate.calibrate_teacache`) and accumulated; every block is skipped while the sum
@@ -66,12 +67,14 @@ from .policies import SkipPolicy, skip_policy, skip_policy_names
 from .state import tensor_bytes
 from .static import scheduler_num_steps
 
-__all__ = ["DECISION_UNITS", "DynamicCacheConfig", "apply_dynamic_cache"]
+__all__ = ["DECISION_UNITS", "REFERENCES", "DynamicCacheConfig", "apply_dynamic_cache"]
 
 _HOOK_NAME = "dynamic_cache"
 
 #: Values of :attr:`DynamicCacheConfig.decide_per`.
 DECISION_UNITS = ("batch", "sample")
+#: Values of :attr:`DynamicCacheConfig.compare_to`.
+REFERENCES = ("previous", "last_computed")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ class DynamicCacheConfig(TechniqueConfig):
             ``"teacache"`` or ``"magcache"``.
         decide_per: ``"batch"`` (default: one decision from the whole batch's change) or ``"sample"``
             (each row of the batch accumulates its own change; the call skips only if all rows may).
+        compare_to: what a policy with a signal (``"first_block"``, ``"teacache"``) compares the signal
+            with: ``"previous"`` (default: the previous step's, the relative changes summed over the
+            steps skipped since the last computed one) or ``"last_computed"`` (the signal of the last
+            computed step, whose residual a skipped call reuses; its relative change is the score, not
+            summed: FBCache as in ParaAttention and diffusers' ``FirstBlockCacheConfig``).
         teacache_coefficients: ``policy="teacache"`` only: polynomial (numpy order, highest degree first)
             mapping the modulated input's relative L1 change to the output's; fitted by
             :func:`~.calibrate.calibrate_teacache`.
@@ -105,6 +113,7 @@ class DynamicCacheConfig(TechniqueConfig):
     final_steps: int = 0
     policy: str = "first_block"
     decide_per: str = "batch"
+    compare_to: str = "previous"
     teacache_coefficients: tuple[float, ...] = ()
     magcache_ratios: tuple[float, ...] = ()
 
@@ -117,6 +126,8 @@ class DynamicCacheConfig(TechniqueConfig):
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
         if self.decide_per not in DECISION_UNITS:
             raise ValueError(f"decide_per must be one of {list(DECISION_UNITS)}, got {self.decide_per!r}.")
+        if self.compare_to not in REFERENCES:
+            raise ValueError(f"compare_to must be one of {list(REFERENCES)}, got {self.compare_to!r}.")
         for name in ("teacache_coefficients", "magcache_ratios"):
             object.__setattr__(self, name, _numbers(name, getattr(self, name)))
         policy = skip_policy(self.policy)
@@ -126,6 +137,9 @@ class DynamicCacheConfig(TechniqueConfig):
                     raise ValueError(f"{name} only applies to policy={other!r} (got policy={self.policy!r}); "
                                      f"pass policy={other!r} or drop {name}.")
         policy.check_config(self)
+        if self.compare_to != "previous" and policy.signal is None:
+            raise ValueError(f"compare_to={self.compare_to!r} needs a policy with a signal; policy={self.policy!r} "
+                             "has none: drop compare_to or use policy='first_block' or 'teacache'.")
 
 
 def _numbers(name: str, values: Any) -> tuple[float, ...]:
@@ -137,7 +151,7 @@ def _numbers(name: str, values: Any) -> tuple[float, ...]:
 
 @dataclass
 class _BranchState:
-    previous_signal: torch.Tensor | None = None
+    previous_signal: torch.Tensor | None = None  # compare_to="last_computed": the last computed step's
     accumulators: dict[str, np.ndarray] | None = None  # the policy's, per row, since the row last computed
     row_skips: np.ndarray | None = None  # per row: steps skipped in a row (None: all rows just computed)
     skipping: bool = False
@@ -221,7 +235,9 @@ class _Controller:
         ready = True
         if policy.signal is not None:
             signal = signal.detach()
-            previous, state.previous_signal = state.previous_signal, signal
+            previous = state.previous_signal
+            if cfg.compare_to == "previous":
+                state.previous_signal = signal
             ready = previous is not None and previous.shape == signal.shape
         if policy.before_first_block:
             ready = ready and state.tail_residual[0] is not None
@@ -240,6 +256,8 @@ class _Controller:
         else:
             state.accumulators = state.row_skips = None
         state.skipping = skip
+        if cfg.compare_to == "last_computed" and not skip:
+            self._new_reference(state, previous, signal)
         self.calls_by_step[call.step] = self.calls_by_step.get(call.step, 0) + 1
         self.skips_by_step[call.step] = self.skips_by_step.get(call.step, 0) + int(skip)
         self.record_bytes()
@@ -255,6 +273,8 @@ class _Controller:
         accumulators, row_skips = state.accumulators, state.row_skips
         if accumulators is None or row_skips is None or len(row_skips) != rows:
             accumulators, row_skips = self.policy.initial(rows), np.zeros(rows, dtype=np.int64)
+        if self.config.compare_to == "last_computed":  # the change since the reference is the score: no sum
+            accumulators = self.policy.initial(rows)
         candidate, rows_skip = self.policy.propose(self.config, accumulators, change, self.tracker.current.step, total)
         rows_skip = np.broadcast_to(np.asarray(rows_skip, dtype=bool), row_skips.shape)
         return candidate, rows_skip & (row_skips < self.config.max_consecutive_skips), row_skips
@@ -270,6 +290,15 @@ class _Controller:
         state.compute_rows = torch.as_tensor(np.flatnonzero(~rows_skip), device=device)
         self.partial_calls += 1
         self.partial_rows_skipped += int(rows_skip.sum())
+
+    @staticmethod
+    def _new_reference(state: _BranchState, previous, signal: torch.Tensor) -> None:
+        """``compare_to="last_computed"``: the rows that computed at this call take its signal as reference."""
+        rows = state.compute_rows
+        if rows is None or previous is None or previous.shape != signal.shape:
+            state.previous_signal = signal
+        else:
+            state.previous_signal = previous.index_copy(0, rows, signal.index_select(0, rows))
 
     def _change(self, previous: torch.Tensor, signal: torch.Tensor) -> np.ndarray:
         """Relative L1 change of the signal: over the whole batch (1 row) or per sample (batch rows)."""

@@ -7,6 +7,9 @@ caching looks it up in the registry and never branches on the name. Each policy 
 * ``"first_block"`` — signal: the first block's residual (output − input), read after the first
   block ran; the relative L1 change since the previous step is accumulated over skipped steps;
   skip while the sum stays below ``threshold``. The first block always runs.
+  (``DynamicCacheConfig(compare_to="last_computed")``: the controller measures every policy's
+  change against the signal of the last computed step and passes :meth:`SkipPolicy.initial`
+  accumulators, so the change is not summed.)
 * ``"teacache"`` — signal: the first block's timestep-modulated input (computed from the block's
   call by the model adapter's ``modulated_input``, before any block runs); its relative L1 change
   since the previous step is rescaled by the calibrated polynomial ``teacache_coefficients``

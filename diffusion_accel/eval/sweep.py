@@ -267,14 +267,15 @@ def evaluate(model: Any = None, prompts: Any = None, configs: Iterable[Any] | No
     run = _checked_inputs(s, names)  # 1. every input, before anything is loaded, generated or written
     state = distributed_state(s.device)
     device = torch.device(s.device) if s.device is not None else state.device
+    run_file = _read_run_file(out)  # read once: the configs to resume and the settings to check
     if s.resume:  # the configs of the run being resumed stay in it; the given ones are added
-        run = run._replace(variants=_with_finished_configs(out, run.variants))
+        run = run._replace(variants=_with_finished_configs(out, run.variants, run_file))
     pipe = load_pipeline(s.model, device=device, dtype=s.dtype)
     run = _checked_against_pipeline(pipe, run, names)
     # The CLIP model loads now (on the CPU), so that a bad one fails before the first image.
     clip_model = M.load_clip(run.clip) if run.clip is not None and state.is_main_process else None
     variants, items, call_kwargs = run.variants, run.items, run.call_kwargs
-    _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state)
+    _claim_out_dir(out, {**_run_record(s, run), FINGERPRINT: model_fingerprint(pipe)}, s.resume, state, run_file)
 
     # 2. Generate and measure each variant.
     with acceleration_restored(pipe):
@@ -416,16 +417,33 @@ def _check_reference(reference: Any) -> None:
                          "point --reference at a folder of reference images or a saved .npz.")
 
 
-def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfig]]
+class _RunFile(NamedTuple):
+    """``run.json`` of an output folder as read once at the start of a run."""
+
+    exists: bool
+    data: Any = None  # the parsed JSON (None where the file is missing or unreadable)
+    error: Exception | None = None  # why an existing file could not be read
+
+
+def _read_run_file(out: str) -> _RunFile:
+    path = os.path.join(out, RUN_FILE)
+    if not os.path.exists(path):
+        return _RunFile(False)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return _RunFile(True, json.load(fh))
+    except (OSError, json.JSONDecodeError) as exc:
+        return _RunFile(True, error=exc)
+
+
+def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfig]], run_file: _RunFile
                            ) -> list[tuple[str, AccelerationConfig]]:
     """The variants of the run in ``out`` (in their order; their outputs are reused), then those of
     ``variants`` it lacks (generated now): ``--resume --config new.json`` adds a config to a run."""
     path = os.path.join(out, RUN_FILE)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            finished = json.load(fh).get("configs") or {}
-    except (OSError, json.JSONDecodeError, AttributeError):
+    if not isinstance(run_file.data, dict):
         return variants  # no run to resume (or an unreadable one: _claim_out_dir says so)
+    finished = run_file.data.get("configs") or {}
     given = dict(variants)
     merged = []
     for name, data in finished.items():
@@ -437,18 +455,18 @@ def _with_finished_configs(out: str, variants: list[tuple[str, AccelerationConfi
     return merged + [(name, config) for name, config in variants if name not in finished]
 
 
-def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any) -> None:
-    """Check that ``out`` may take this run and write ``run.json``. A folder whose run failed before
-    any output (``run.json`` and maybe empty folders) is restarted with these settings."""
+def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any, run_file: _RunFile) -> None:
+    """Check that ``out`` may take this run and write ``run.json`` (``run_file``: what it held when
+    the run started). A folder whose run failed before any output (``run.json`` and maybe empty
+    folders) is restarted with these settings."""
     path = os.path.join(out, RUN_FILE)
     previous = None
-    started = os.path.exists(path) and _generated_anything(out)
+    started = run_file.exists and _generated_anything(out)
     if started:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                previous = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
+        if run_file.error is not None:
+            exc = run_file.error
             raise ValueError(f"{path!r} is unreadable ({exc}); choose another --out.") from exc
+        previous = run_file.data
         if not resume:
             raise ValueError(f"{out!r} already holds an evaluation run; pass --resume (resume=True) to "
                              "continue it, or choose another --out. Nothing was changed.")
@@ -461,7 +479,7 @@ def _claim_out_dir(out: str, settings: dict[str, Any], resume: bool, state: Any)
         if changed:
             raise ValueError(f"Cannot resume {out!r}: the settings differ in {changed}. Rerun with the "
                              "original settings, or choose another --out.")
-    elif not os.path.exists(path) and os.path.isdir(out) and os.listdir(out) and not resume:
+    elif not run_file.exists and os.path.isdir(out) and os.listdir(out) and not resume:
         raise ValueError(f"{out!r} exists and is not empty; choose another --out (nothing was changed).")
     # Every process checks the folder before the main process writes run.json into it.
     state.wait_for_everyone()

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "pick",
     "pick_entry",
     "plot_frontier",
+    "png_plot",
     "save_frontier",
 ]
 
@@ -154,13 +156,13 @@ def save_frontier(path: str | os.PathLike, entries: Sequence[dict[str, Any]], **
                              "frontier": list(entries)})
 
 
-def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: np.ndarray,
-                  frontier: np.ndarray, heuristics: dict[str, tuple[float, float]], *, metric: str,
-                  title: str) -> None:
-    """A Pareto plot (speed-up vs quality) as PNG, drawn on matplotlib's Agg canvas (no pyplot state).
+@contextmanager
+def png_plot(path: str | os.PathLike, *, title: str, xlabel: str, ylabel: str) -> Iterator[Any]:
+    """Matplotlib axes of a 6 x 4.2 in plot on the Agg canvas (no pyplot state); on leaving the block the
+    labels, title, legend and grid are set and the PNG is written to ``path`` atomically.
 
-    ``all_points``, ``population``, ``frontier``: ``(n, 2)`` arrays of (speed-up, quality value);
-    ``heuristics``: name -> (speed-up, quality value), annotated.
+    >>> with png_plot("/tmp/plot.png", title="t", xlabel="speed-up", ylabel="PSNR") as ax:  # doctest: +SKIP
+    ...     ax.plot([1, 2], [30, 25], "-o", label="search")
     """
     import io
 
@@ -172,22 +174,9 @@ def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: n
     fig = Figure(figsize=(6, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if len(all_points):
-        ax.scatter(all_points[:, 0], all_points[:, 1], s=8, c="#bbbbbb", label="evaluated")
-    if len(population):
-        ax.scatter(population[:, 0], population[:, 1], s=14, c="#4477aa", label="population")
-    if len(frontier):
-        order = np.argsort(frontier[:, 0])
-        ax.plot(frontier[order, 0], frontier[order, 1], "-o", c="#cc3311", ms=4, label="frontier")
-    for name, (x, y) in heuristics.items():
-        ax.scatter([x], [y], marker="x", c="k", s=25)
-        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("speed-up (full / accelerated cost)")
-    ax.set_ylabel(metric)
-    if metric in ("latent_mse", "fid"):
-        positive = [a[:, 1][a[:, 1] > 0] for a in (all_points, frontier) if len(a)]
-        if any(len(p) for p in positive):
-            ax.set_yscale("symlog", linthresh=float(min(p.min() for p in positive if len(p))))
+    yield ax
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -195,3 +184,28 @@ def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: n
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_frontier(path: str | os.PathLike, all_points: np.ndarray, population: np.ndarray,
+                  frontier: np.ndarray, heuristics: dict[str, tuple[float, float]], *, metric: str,
+                  title: str) -> None:
+    """A Pareto plot (speed-up vs quality) as PNG, drawn on matplotlib's Agg canvas (no pyplot state).
+
+    ``all_points``, ``population``, ``frontier``: ``(n, 2)`` arrays of (speed-up, quality value);
+    ``heuristics``: name -> (speed-up, quality value), annotated.
+    """
+    with png_plot(path, title=title, xlabel="speed-up (full / accelerated cost)", ylabel=metric) as ax:
+        if len(all_points):
+            ax.scatter(all_points[:, 0], all_points[:, 1], s=8, c="#bbbbbb", label="evaluated")
+        if len(population):
+            ax.scatter(population[:, 0], population[:, 1], s=14, c="#4477aa", label="population")
+        if len(frontier):
+            order = np.argsort(frontier[:, 0])
+            ax.plot(frontier[order, 0], frontier[order, 1], "-o", c="#cc3311", ms=4, label="frontier")
+        for name, (x, y) in heuristics.items():
+            ax.scatter([x], [y], marker="x", c="k", s=25)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if metric in ("latent_mse", "fid"):
+            positive = [a[:, 1][a[:, 1] > 0] for a in (all_points, frontier) if len(a)]
+            if any(len(p) for p in positive):
+                ax.set_yscale("symlog", linthresh=float(min(p.min() for p in positive if len(p))))

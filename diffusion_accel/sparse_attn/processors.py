@@ -59,6 +59,23 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
+#: attribute names of (query, key, value projections, query and key norms): of the tokens, of the added (text) tokens
+_QKV = ("to_q", "to_k", "to_v", "norm_q", "norm_k")
+_ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k")
+
+
+def _normed_heads(attn, x: torch.Tensor, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, k, v)`` ``(B, H, S, D)``: ``x`` through ``attn``'s projections ``names[:3]``, split into heads;
+    q and k through the norms ``names[3:]`` where ``attn`` has them (not ``None``)."""
+    q, k, v = (_heads(getattr(attn, name)(x), attn.heads) for name in names[:3])
+    norm_q, norm_k = getattr(attn, names[3]), getattr(attn, names[4])
+    if norm_q is not None:
+        q = norm_q(q)
+    if norm_k is not None:
+        k = norm_k(k)
+    return q, k, v
+
+
 def _merge(x: torch.Tensor) -> torch.Tensor:
     """``(B, H, S, D) -> (B, S, H*D)``."""
     return x.transpose(1, 2).flatten(2)
@@ -100,13 +117,7 @@ class SelfAttentionSparseProcessor(SparseProcessor):
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        q = _heads(attn.to_q(hidden_states), attn.heads)
-        k = _heads(attn.to_k(hidden_states), attn.heads)
-        v = _heads(attn.to_v(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = _normed_heads(attn, hidden_states, _QKV)
         out = _merge(self.layer.attend(q, k, v, TokenLayout())).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -124,22 +135,10 @@ class JointSparseProcessor(SparseProcessor):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         _no_mask(self.layer, attention_mask)
         n_img = hidden_states.shape[1]
-        q = _heads(attn.to_q(hidden_states), attn.heads)
-        k = _heads(attn.to_k(hidden_states), attn.heads)
-        v = _heads(attn.to_v(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = _normed_heads(attn, hidden_states, _QKV)
         layout = TokenLayout(span=(0, n_img))
         if encoder_hidden_states is not None:
-            cq = _heads(attn.add_q_proj(encoder_hidden_states), attn.heads)
-            ck = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
-            cv = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
-            if attn.norm_added_q is not None:
-                cq = attn.norm_added_q(cq)
-            if attn.norm_added_k is not None:
-                ck = attn.norm_added_k(ck)
+            cq, ck, cv = _normed_heads(attn, encoder_hidden_states, _ADDED_QKV)
             q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
             layout = TokenLayout(dense_tokens=((n_img, q.shape[2]),), span=(0, n_img))
         out = _merge(self.layer.attend(q, k, v, layout)).to(q.dtype)
@@ -193,11 +192,7 @@ class CogVideoXSparseProcessor(SparseProcessor):
         _no_mask(self.layer, attention_mask)
         n_txt = encoder_hidden_states.shape[1]
         x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        q, k, v = (_heads(proj(x), attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = _normed_heads(attn, x, _QKV)
         if image_rotary_emb is not None:
             q = torch.cat([q[:, :, :n_txt], apply_rotary_emb(q[:, :, n_txt:], image_rotary_emb)], 2)
             if not attn.is_cross_attention:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,17 @@ def test_tiny_training_builds_a_loadable_wan_pipeline(tmp_path):
     # rerunning the same command resumes: nothing is retrained, the flow checkpoint is reused
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     assert "flow resumed at step 3" in (work / "train.log").read_text()
+    # --eval-only re-judges the saved model, records the guidance sweep and keeps the card's notes
+    card = out / "VIDEO_MODEL_CARD.md"
+    card.write_text(card.read_text() + "<!-- notes: kept by --eval-only -->\nhand-written note\n")
+    subprocess.run(command + ["--eval-only", "--guidance-sweep", "4", "6"], check=True, capture_output=True,
+                   timeout=600)
+    evaluation = json.loads((out / "video_evaluation.json").read_text())["evaluation"]
+    assert [r["guidance_scale"] for r in evaluation["sampling_sweep"]] == [4.0, 6.0]
+    assert evaluation["generation_kwargs"] == dict(BENCHMARK_VIDEO_GENERATION_KWARGS)
+    assert evaluation["sampling_sweep"][0]["heldout_colour_accuracy"] == evaluation["heldout"]["colour_accuracy"]
+    text = card.read_text()
+    assert "| 6 | 20 |" in text and text.endswith("hand-written note\n")
 
 
 def test_unclamped_decode_matches_the_vae_decode_up_to_the_clamp():

@@ -180,6 +180,8 @@ def test_calibration_refuses_a_cached_pipeline_and_few_points():
         ({"policy": "magcache", "magcache_ratios": (1.0, -1.0)}, "must be finite and > 0"),
         ({"teacache_coefficients": (1.0, 0.0)}, "only applies to policy='teacache'"),
         ({"decide_per": "row"}, "decide_per must be one of"),
+        ({"compare_to": "first"}, "compare_to must be one of"),
+        ({"compare_to": "last_computed", **POLICY_KWARGS["magcache"]}, "needs a policy with a signal"),
         ({"policy": "teacache", "teacache_coefficients": ("a",)}, "must be a sequence of numbers"),
     ],
 )
@@ -292,3 +294,83 @@ def test_per_batch_decisions_see_one_change(monkeypatch, run_pipe):
     _apply(pipe, threshold=1.0, max_consecutive_skips=1, policy="scripted")
     run_pipe(pipe, "pixart-alpha", num_inference_steps=3, prompt=["a cat", "a dog"])
     assert [len(c) for c in scripted.changes] == [1] and _report(pipe)["steps_skipped"] == 1
+
+
+class _ScriptedFirstBlock(policies.SkipPolicy):
+    """Test policy on the first block's residual: records the changes and accumulators it is given and skips
+    the rows ``script[step]`` says (default: none)."""
+
+    name, signal, before_first_block = "scripted_first_block", "first_block_residual", False
+
+    def __init__(self, script):
+        self.script, self.changes, self.states = script, [], []
+
+    def initial(self, rows):
+        return {"accumulated": np.zeros(rows)}
+
+    def propose(self, config, state, change, step, total):
+        self.changes.append(change)
+        self.states.append(state["accumulated"].copy())
+        skip = np.asarray(self.script.get(step, (False,) * len(change)))
+        return {"accumulated": state["accumulated"] + change}, skip
+
+
+def _first_block_residuals(pipe):
+    """Per call: the first block's output minus its input (all rows)."""
+    residuals = []
+    first = get_model_adapter(pipe.transformer).blocks(pipe.transformer)[0].module
+    first.register_forward_hook(
+        lambda m, a, kw, o: residuals.append((o - kw.get("hidden_states", a[0] if a else None)).detach()),
+        with_kwargs=True)
+    return residuals
+
+
+@pytest.mark.parametrize("compare_to", ["previous", "last_computed"])
+def test_first_block_change_is_measured_against_the_reference(compare_to, monkeypatch, run_pipe):
+    """Steps 1, 2 and 4 of 6 skip. ``"previous"``: each change is against the previous step's residual and summed
+    while skipping; ``"last_computed"`` (diffusers' FirstBlockCache): against the last computed step's residual
+    (step 0 for steps 1-3, step 3 for steps 4-5), never summed."""
+    scripted = _ScriptedFirstBlock({1: (True,), 2: (True,), 4: (True,)})
+    monkeypatch.setitem(policies._POLICIES, scripted.name, scripted)
+    pipe = tiny_pipeline("pixart-alpha")
+    residuals = _first_block_residuals(pipe)
+    _apply(pipe, threshold=1.0, max_consecutive_skips=10, policy=scripted.name, compare_to=compare_to)
+    run_pipe(pipe, "pixart-alpha", num_inference_steps=6)
+    assert _report(pipe)["skip_share_by_step"] == {0: 0.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 1.0, 5: 0.0}
+    reference = {"previous": [0, 1, 2, 3, 4], "last_computed": [0, 0, 0, 3, 3]}[compare_to]
+    expected = [float((residuals[t] - residuals[r]).abs().mean() / residuals[r].abs().mean())
+                for t, r in zip(range(1, 6), reference)]
+    assert [float(c[0]) for c in scripted.changes] == pytest.approx(expected, rel=1e-6)
+    summed = {"previous": [0.0, expected[0], expected[0] + expected[1], 0.0, expected[3]],
+              "last_computed": [0.0] * 5}[compare_to]
+    assert [float(s[0]) for s in scripted.states] == pytest.approx(summed, rel=1e-6, abs=1e-12)
+
+
+def test_last_computed_reference_is_per_row_with_per_sample_decisions(monkeypatch, run_pipe):
+    """At step 1 the rows of prompt a skip, those of prompt b compute: at step 2, a's rows are compared with
+    step 0, b's with step 1."""
+    rows_skip = (True, False, True, False)  # [uncond a, uncond b, cond a, cond b]
+    scripted = _ScriptedFirstBlock({1: rows_skip})
+    monkeypatch.setitem(policies._POLICIES, scripted.name, scripted)
+    pipe = tiny_pipeline("pixart-alpha")
+    residuals = _first_block_residuals(pipe)
+    _apply(pipe, threshold=1.0, max_consecutive_skips=10, policy=scripted.name, compare_to="last_computed",
+           decide_per="sample")
+    run_pipe(pipe, "pixart-alpha", num_inference_steps=3, prompt=["a cat", "a dog"])
+    assert _report(pipe)["partial_calls"] == 1
+    reference = torch.stack([residuals[0][i] if skipped else residuals[1][i] for i, skipped in enumerate(rows_skip)])
+    np.testing.assert_allclose(scripted.changes[1], _rel_l1(reference, residuals[2]), rtol=1e-6)
+
+
+def test_last_computed_first_block_skips_while_the_change_since_step_0_is_small(run_pipe):
+    """The real policy: threshold just above step 1's change skips step 1; the decision at step 2 is then the
+    change of step 2 against step 0 (not the sum of two step-to-step changes)."""
+    pipe = tiny_pipeline("pixart-alpha")
+    residuals = _first_block_residuals(pipe)
+    run_pipe(pipe, "pixart-alpha", num_inference_steps=3)  # full compute: steps 0-1 are what the cached run sees
+    change_1 = float((residuals[1] - residuals[0]).abs().mean() / residuals[0].abs().mean())
+    residuals.clear()
+    _apply(pipe, threshold=change_1 * 1.001, max_consecutive_skips=10, compare_to="last_computed")
+    run_pipe(pipe, "pixart-alpha", num_inference_steps=3)
+    change_2 = float((residuals[2] - residuals[0]).abs().mean() / residuals[0].abs().mean())
+    assert _report(pipe)["skip_share_by_step"] == {0: 0.0, 1: 1.0, 2: float(change_2 < change_1 * 1.001)}

@@ -134,6 +134,24 @@ def test_resume_of_a_finished_run_reproduces_its_results(pipe, clip, finished_ru
     assert again == records  # the cost was measured once (cost.json) and is reused
 
 
+def test_resume_reads_run_json_once(pipe, clip, finished_run, reference_dir, monkeypatch):
+    """The configs to resume and the settings to check come from one read of ``run.json``."""
+    from diffusion_accel.eval import sweep
+
+    out, records = finished_run
+    reads = []
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if os.path.basename(os.fspath(file)) == "run.json" and "r" in mode:
+            reads.append(file)
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "open", counting_open, raising=False)
+    again = _run(pipe, clip, out, reference_dir, [("fora", fora(pipe))], resume=True)
+    assert len(reads) == 1
+    assert deterministic_view(again) == deterministic_view(records)
+
+
 def test_missing_reference_folder_is_reported_before_generation(pipe, clip, tmp_path):
     with pytest.raises(ValueError, match="neither a folder of images nor a .npz"):
         _run(pipe, clip, tmp_path / "out", str(tmp_path / "nowhere"), [])

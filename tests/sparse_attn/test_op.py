@@ -207,6 +207,28 @@ def test_chunking_across_heads_does_not_change_the_result():
     assert rel_err(one, block_sparse_attention_reference(q, k, v, bm, 32, 32)) <= 1e-5
 
 
+@torch.no_grad()
+def test_gather_buffers_are_reused_across_calls_and_shapes():
+    # The K/V gather buffers are kept per (thread, device, dtype) across calls (fresh multi-MB
+    # buffers cost page faults on every call). Reuse must not change any result, also when the
+    # next call has another block shape or head dim, and must not alias a returned output.
+    from diffusion_accel.sparse_attn.cpu import _gather_buffers, block_sparse_attention_torch
+
+    q, k, v = qkv(1, 2, 256, 256, 32, seed=3)
+    bm = torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(4)) < 0.5
+    first = block_sparse_attention_torch(q, k, v, bm, 32, 32)
+    kept = first.clone()
+    buffer = _gather_buffers(q.device, q.dtype)["k"]
+    again = block_sparse_attention_torch(q, k, v, bm, 32, 32)
+    assert _gather_buffers(q.device, q.dtype)["k"].data_ptr() == buffer.data_ptr()
+    assert torch.equal(again, first)
+    q2, k2, v2 = qkv(1, 2, 200, 200, 24, seed=5)  # another head dim and a partial last block
+    bm2 = torch.rand(1, 2, 4, 13, generator=torch.Generator().manual_seed(6)) < 0.5
+    other = block_sparse_attention_torch(q2, k2, v2, bm2, 64, 16)
+    assert rel_err(other, block_sparse_attention_reference(q2, k2, v2, bm2, 64, 16)) <= 1e-5
+    assert torch.equal(first, kept)  # the later calls did not write into an earlier output
+
+
 def test_cpu_kind_is_detected_at_runtime_amx_first(monkeypatch):
     # AMX makes bf16 ~5x fp32 on some CPUs and not on others: the kind is probed, never assumed.
     from diffusion_accel.sparse_attn.defaults import DEFAULT_BLOCK_SHAPES, device_kind
