@@ -107,7 +107,7 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.caching import CacheSchedule, DynamicCacheConfig, StaticCacheConfig
 
-    table = bench.policies(pipe, steps, quick=False)
+    table = bench.static_policies(pipe, steps)
     out = []
     for name in ("fora-2-res", "fora-3-res", "delta-dit-res", "searched"):
         out.append(Method(f"ours {name}", "ours", {"policy": name}, _ours_attach(table[name])))
