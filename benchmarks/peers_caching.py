@@ -346,8 +346,9 @@ def _diffusers(steps: int, calibrate: Callable[[], list[float]], blocks: str = "
                       if "taylorseer_cache" in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
             if not hooked:  # diffusers keeps a module's HookRegistry in ``_diffusers_hook``
                 raise RuntimeError("TaylorSeer's default cache_identifiers ('^transformer_blocks.*attn', "
-                                   "re.fullmatch) match no PixArt module (its attention modules are attn1/attn2): "
-                                   "it would cache nothing; pass cache_identifiers to use it here")
+                                   f"re.fullmatch) match no module of {type(pipe.transformer).__name__} (PixArt's attention "
+                                   "modules are attn1/attn2, Wan's blocks.N.attn1): it would cache nothing; pass "
+                                   "cache_identifiers to use it here")
         return attach
 
     out.append(Method("diffusers TaylorSeer 2 default-identifiers", "diffusers",
