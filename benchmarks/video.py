@@ -6,7 +6,9 @@ Parts (``--parts``, default all):
   ``benchmarks/peers.py`` run with ``--caching-model benchmark-video`` (block computations counted the
   same way for every method, each weighted by the token rows it projected so that Bottleneck
   Sampling's lower resolution counts), plus the video-only points: forecast (TaylorSeer) reuse on
-  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), the dynamic ``teacache`` and
+  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), ``first_block`` with
+  diffusers FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row) at gentle
+  thresholds, the dynamic ``teacache`` and
   ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
   frontier (``search_schedule`` on the video model with a small budget, on training captions; its
   frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
@@ -21,6 +23,13 @@ Results go to ``benchmarks/results/video.json``::
 
     python benchmarks/video.py --prompts 8
     python benchmarks/video.py --parts techniques --prompts 4
+
+``--caching-only`` (name prefixes, the video-only rows included) with ``--merge`` re-runs some caching
+rows and the baseline and puts them into the existing file, after checking that the baseline's clips
+are the ones its rows were scored against (compute and PSNR are deterministic; wall clock is only
+comparable within one run, see each row's ``run``)::
+
+    python benchmarks/video.py --parts caching --threads 1 --merge --caching-only "ours dynamic first_block"
 """
 
 from __future__ import annotations
@@ -378,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                                  title="Bundled Wan video model")
         part.update(record)
         if args.merge:  # keep what this run did not redo (the search, the calibration record, notes)
-            part = {**results["caching"], **part}
+            part = {**results["caching"], **part,
+                    "merges": results["caching"].get("merges", []) + [part["merged"]]}
         part["goal_checks"] = goal_checks(part)
         results["caching"] = part
     if "techniques" in parts:
