@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import io
 import os
 import time
@@ -305,6 +306,18 @@ class _DenoisingContext:
         return self.value
 
 
+def opens_cache_context(pipe: Any) -> bool:
+    """Whether the pipeline opens diffusers' cache contexts itself (``WanPipeline``: ``"cond"`` and
+    ``"uncond"`` around its two guidance calls). :class:`_DenoisingContext` must then not open one:
+    its single ``"cond"`` context would replace the pipeline's, and the hooks would share one state
+    between the two branches (FirstBlockCache would compare a conditional call's first block with
+    the unconditional one's, and hardly ever skip)."""
+    import inspect
+
+    return any("__call__" in vars(cls) and "cache_context(" in inspect.getsource(cls.__call__)
+               for cls in type(pipe).__mro__ if cls is not object)
+
+
 def _blocks_path(pipe: Any) -> str:
     """Attribute path of the denoiser's main block list (``transformer_blocks`` on PixArt, ``blocks`` on Wan)."""
     from diffusion_accel.models import find_model_adapter
@@ -321,7 +334,7 @@ def _diffusers(steps: int, calibrate: Callable[[], list[float]], blocks: str = "
 
     def hook(apply_fn, make_config, needs_timestep=False, open_context=True):
         def attach(pipe):
-            probe = _DenoisingContext(pipe.transformer, steps, open_context)
+            probe = _DenoisingContext(pipe.transformer, steps, open_context and not opens_cache_context(pipe))
             apply_fn(pipe.transformer, make_config(**({"current_timestep_callback": probe} if needs_timestep else {})))
 
         return attach
@@ -504,6 +517,7 @@ def _quality_pass(bench: _Bench, methods: list[Method], scorer: _Scorer, tokens:
             continue
         if m.family == "baseline":
             reference["images"], reference["computed"] = images, computed
+            m.result["output_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
         m.result.update(supported=True, block_computations=counter.total, token_computations=counter.token_total,
                         compute_ratio=BlockComputeCounter.ratio(reference["computed"], computed),
                         psnr_db=psnr(images, reference["images"]), ssim=ssim(images, reference["images"]),
@@ -571,8 +585,9 @@ def goal_check(methods: list[Method], goal_db: float = GOAL_DB, goal_range: tupl
                ours_filter: Callable[[Method], bool] = lambda m: True) -> dict[str, Any]:
     """Our frontier (the ``ours`` points ``ours_filter`` keeps) minus each peer point's PSNR at the
     peer's compute; the goal is a margin of at least ``goal_db`` for peers within ``goal_range``."""
-    ours = [(m.result["compute_ratio"], m.result["psnr_db"], m.name) for m in methods
-            if m.family == "ours" and m.result.get("supported") and ours_filter(m)]  # our configs only
+    ours = [(m.result["compute_ratio"], m.result["psnr_db"], m.name) for m in methods  # our configs only,
+            if m.family == "ours" and m.result.get("supported") and ours_filter(m)  # and only those that
+            and m.result["compute_ratio"] > 1.0]  # skipped something (at 1.0x: the full-compute output, inf dB)
     front = frontier([p[:2] for p in ours])
     rows, met, met_strict = [], True, True
     for m in methods:
@@ -629,8 +644,8 @@ def plots(methods: list[Method], prompts: int, title: str = "Bundled PixArt mode
         groups: dict[str, list[tuple[float, float]]] = {}
         for m in methods:
             r = m.result
-            if m.family == "baseline" or not r.get("supported"):
-                continue
+            if m.family == "baseline" or not r.get("supported") or not np.isfinite(r["psnr_db"]):
+                continue  # (inf dB: a point that skipped nothing, the full-compute output)
             group = "cache-dit+TS" if "TaylorSeer" in m.name and m.family == "cache-dit" else m.family
             group = "ours searched" if m.settings.get("searched") else group
             groups.setdefault(group, []).append((r[key], r["psnr_db"]))
@@ -718,6 +733,7 @@ def _merge(args, new: list[Method]) -> tuple[list[Method], dict[str, Any]]:
     if (old["prompts"], old["steps"]) != (args.caching_prompts, args.caching_steps):
         raise ValueError(f"--caching-merge: {args.out} has {old['prompts']} prompts / {old['steps']} steps; "
                          "re-run with the same --caching-prompts/--caching-steps or without --caching-merge.")
+    check_same_baseline(old["methods"][0], new[0].result, args.out)
     run_id = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     fresh = {m.name: m for m in new}
     merged = []
@@ -737,6 +753,25 @@ def _merge(args, new: list[Method]) -> tuple[list[Method], dict[str, Any]]:
                               f"{args.caching_only!r}); the others come from the earlier run(s) of the same "
                               "settings; wall clock is relative to the baseline timed in each row's run",
                     "seconds_first_run": old.get("seconds_first_run", old["seconds"])}
+
+
+#: baseline fields that identify its output when an older run recorded no ``output_sha256``
+BASELINE_FINGERPRINT = ("block_computations", "token_computations", "clip_score", "fid_vs_real")
+
+
+def check_same_baseline(old: dict[str, Any], new: dict[str, Any], path: str) -> None:
+    """Rows of two runs are comparable only if both scored against the same full-compute output:
+    the same ``output_sha256`` (or, for a run that did not record it, the same compute counts and
+    rounded CLIP/FID of the baseline). Raises ``ValueError`` naming the fields that differ."""
+    if "output_sha256" in old:
+        keys = ("output_sha256",)
+    else:
+        keys = tuple(k for k in BASELINE_FINGERPRINT if k in old)
+    differ = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    if not keys or differ:
+        raise ValueError(f"--caching-merge: the full-compute output differs from the one in {path} "
+                         f"({'; '.join(differ) or 'nothing to compare'}); run with the same threads, weights and "
+                         "library versions as that run, or without --caching-merge.")
 
 
 def _save_progress(methods: list[Method]) -> None:

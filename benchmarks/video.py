@@ -6,7 +6,9 @@ Parts (``--parts``, default all):
   ``benchmarks/peers.py`` run with ``--caching-model benchmark-video`` (block computations counted the
   same way for every method, each weighted by the token rows it projected so that Bottleneck
   Sampling's lower resolution counts), plus the video-only points: forecast (TaylorSeer) reuse on
-  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), the dynamic ``teacache`` and
+  FORA-3 at order 2 and FORA-4 at orders 1 and 2 (FORA-3 order 1 is a peers row), ``first_block`` with
+  diffusers FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row) at gentle
+  thresholds, the dynamic ``teacache`` and
   ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
   frontier (``search_schedule`` on the video model with a small budget, on training captions; its
   frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
@@ -21,6 +23,13 @@ Results go to ``benchmarks/results/video.json``::
 
     python benchmarks/video.py --prompts 8
     python benchmarks/video.py --parts techniques --prompts 4
+
+``--caching-only`` (name prefixes, the video-only rows included) with ``--merge`` re-runs some caching
+rows and the baseline and puts them into the existing file, after checking that the baseline's clips
+are the ones its rows were scored against (compute and PSNR are deterministic; wall clock is only
+comparable within one run, see each row's ``run``)::
+
+    python benchmarks/video.py --parts caching --threads 1 --merge --caching-only "ours dynamic first_block"
 """
 
 from __future__ import annotations
@@ -200,59 +209,95 @@ def forecast_methods(pipe: Any, steps: int, method) -> list[Any]:
     return out
 
 
+#: ``first_block`` with diffusers FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row:
+#: the same decisions as FirstBlockCache, docs/caching.md) at gentle thresholds, for 1.0-1.5x
+GENTLE_FIRST_BLOCK = (0.05, 0.1, 0.12, 0.15, 0.2, 0.3)
+
+
+def gentle_first_block_methods(steps: int, method) -> list[Any]:
+    """``DynamicCacheConfig(compare_to="last_computed", max_consecutive_skips=steps)`` at :data:`GENTLE_FIRST_BLOCK`."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    out = []
+    for t in GENTLE_FIRST_BLOCK:
+        kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps}
+        out.append(method(f"ours dynamic first_block-last-nocap-{t:g}", {"policy": "first_block", **kw},
+                          AccelerationConfig(cache=DynamicCacheConfig(**kw))))
+    return out
+
+
+def overlaps(prefixes: list[str], group: str) -> bool:
+    """Whether a ``--caching-only`` selection can pick a method whose name starts with ``group`` (no
+    prefixes: everything)."""
+    return not prefixes or any(p.startswith(group) or group.startswith(p) for p in prefixes)
+
+
 def caching_extra(args: argparse.Namespace, record: dict[str, Any]):
     """The video-only methods of the caching part (see the module docstring); ``record`` gets the
-    calibrations and the search."""
+    calibrations and the search. ``--caching-only`` selects among them too (a group -- calibration,
+    search -- runs only if its names can match)."""
+    prefixes = [p.strip() for p in args.caching_only.split(",") if p.strip()]
 
     def extra(bench: Any, template: Any) -> list[Any]:
-        import dataclasses
+        out = _extra_methods(bench, template, prefixes, args, record)
+        return [m for m in out if not prefixes or any(m.name.startswith(p) for p in prefixes)]
 
-        import peers_caching as pc
-        from dynamic_policies import magcache_thresholds
+    return extra
 
-        from diffusion_accel import AccelerationConfig, apply
-        from diffusion_accel.caching import calibrate_magcache, calibrate_teacache
-        from diffusion_accel.sampling import BottleneckSamplingConfig
 
-        def method(name, settings, config):
-            return pc.Method(name, "ours", {**settings, "config": config.to_dict()},
-                             lambda pipe: apply(pipe, config) and None)
+def _extra_methods(bench: Any, template: Any, prefixes: list[str], args: argparse.Namespace,
+                   record: dict[str, Any]) -> list[Any]:
+    import dataclasses
 
-        calibration = bench.model.prompts("train")[: args.calibration_prompts]
-        other = {k: v for k, v in bench.kwargs.items() if k not in ("output_type", "num_inference_steps")}
-        out = forecast_methods(template, bench.steps, method)
-        start = time.perf_counter()
-        for policy, calibrate in (("teacache", calibrate_teacache), ("magcache", calibrate_magcache)):
-            try:
-                base = calibrate(template, calibration, batch_size=len(calibration), seed=1,
-                                 num_inference_steps=bench.steps, **other)
-            except Exception as exc:  # record why, keep the rest
-                out.append(pc.Method(f"ours dynamic {policy}", "ours", {"policy": policy}, pc._raiser(exc)))
-                continue
-            thresholds = (args.teacache if policy == "teacache"
-                          else magcache_thresholds(base, bench.steps, args.magcache_skips))
-            for t in thresholds:
-                out.append(method(f"ours dynamic {policy}-{t:g}", {"policy": policy, "threshold": t},
-                                  AccelerationConfig(cache=dataclasses.replace(base, threshold=float(t)))))
+    import peers_caching as pc
+    from dynamic_policies import magcache_thresholds
+
+    from diffusion_accel import AccelerationConfig, apply
+    from diffusion_accel.caching import calibrate_magcache, calibrate_teacache
+    from diffusion_accel.sampling import BottleneckSamplingConfig
+
+    def method(name, settings, config):
+        return pc.Method(name, "ours", {**settings, "config": config.to_dict()},
+                         lambda pipe: apply(pipe, config) and None)
+
+    calibration = bench.model.prompts("train")[: args.calibration_prompts]
+    other = {k: v for k, v in bench.kwargs.items() if k not in ("output_type", "num_inference_steps")}
+    out = forecast_methods(template, bench.steps, method) + gentle_first_block_methods(bench.steps, method)
+    start = time.perf_counter()
+    policies = [(p, c) for p, c in (("teacache", calibrate_teacache), ("magcache", calibrate_magcache))
+                if overlaps(prefixes, f"ours dynamic {p}")]
+    for policy, calibrate in policies:
+        try:
+            base = calibrate(template, calibration, batch_size=len(calibration), seed=1,
+                             num_inference_steps=bench.steps, **other)
+        except Exception as exc:  # record why, keep the rest
+            out.append(pc.Method(f"ours dynamic {policy}", "ours", {"policy": policy}, pc._raiser(exc)))
+            continue
+        thresholds = (args.teacache if policy == "teacache"
+                      else magcache_thresholds(base, bench.steps, args.magcache_skips))
+        for t in thresholds:
+            out.append(method(f"ours dynamic {policy}-{t:g}", {"policy": policy, "threshold": t},
+                              AccelerationConfig(cache=dataclasses.replace(base, threshold=float(t)))))
+    if policies:
         record["calibration_seconds"] = round(time.perf_counter() - start)
-        for stages in (((0.3, 1), (0.4, 2), (0.3, 1)), ((0.2, 1), (0.6, 2), (0.2, 1))):
-            name = "-".join(str(round(100 * f)) for f, _ in stages)
-            out.append(method(f"ours bottleneck {name}", {"policy": "bottleneck", "stages": stages},
-                              AccelerationConfig(sampling=BottleneckSamplingConfig(stages=stages))))
+    for stages in (((0.3, 1), (0.4, 2), (0.3, 1)), ((0.2, 1), (0.6, 2), (0.2, 1))):
+        name = "-".join(str(round(100 * f)) for f, _ in stages)
+        out.append(method(f"ours bottleneck {name}", {"policy": "bottleneck", "stages": stages},
+                          AccelerationConfig(sampling=BottleneckSamplingConfig(stages=stages))))
+    entries = []
+    if overlaps(prefixes, "ours searched "):
         try:
             entries, record["search"] = _searched(bench, args, calibration, other)
         except Exception as exc:
             record["search"] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
-            entries = []
-        from diffusion_accel import AccelerationConfig as Config
+    from diffusion_accel import AccelerationConfig as Config
 
-        for e in entries:
-            config = Config.from_dict(e["config"])
-            out.append(method(f"ours searched {e['speedup']:.2f}x", {"searched": True, "search_name": e["name"],
-                                                                      "search_macs_speedup": e["speedup"]}, config))
-        return out
-
-    return extra
+    for e in entries:
+        config = Config.from_dict(e["config"])
+        out.append(method(f"ours searched {e['speedup']:.2f}x", {"searched": True, "search_name": e["name"],
+                                                                  "search_macs_speedup": e["speedup"]}, config))
+    return out
 
 
 def goal_checks(part: dict[str, Any]) -> dict[str, Any]:
@@ -277,10 +322,13 @@ def caching_namespace(args: argparse.Namespace, model: str) -> argparse.Namespac
 
     parser = argparse.ArgumentParser()
     peers_caching.add_arguments(parser)
-    return parser.parse_args(["--caching-model", model, "--caching-prompts", str(args.prompts),
-                              "--caching-steps", str(args.steps), "--caching-rounds", "1",
-                              "--caching-threads", str(args.threads), "--caching-only", args.caching_only,
-                              "--caching-compute", "tokens"])
+    merge = ["--caching-merge"] if getattr(args, "merge", False) else []
+    namespace = parser.parse_args(["--caching-model", model, "--caching-prompts", str(args.prompts),
+                                   "--caching-steps", str(args.steps), "--caching-rounds", "1",
+                                   "--caching-threads", str(args.threads), "--caching-only", args.caching_only,
+                                   "--caching-compute", "tokens", *merge])
+    namespace.out = getattr(args, "out", RESULTS)  # the file --caching-merge reads (peers_caching._merge)
+    return namespace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-prompts", type=int, default=2,
                         help="training captions for TeaCache/MagCache calibration, the search and sensitivities")
-    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.35])
+    parser.add_argument("--teacache", type=float, nargs="*", default=[0.03, 0.05, 0.1, 0.2, 0.35])
     parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 12],
                         help="MagCache thresholds are set to skip this many of the steps")
     parser.add_argument("--search-population", type=int, default=8)
@@ -304,8 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-extras", action="store_true",
                         help="skip the video-only caching methods (forecast rows, calibrated policies, Bottleneck, "
                              "the search)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --parts caching --caching-only: run those methods and the baseline, check the "
+                             "baseline's clips are the ones --out was scored against, put the rows into --out's "
+                             "caching part (same name: replaced; new: appended; each records its run) and recompute "
+                             "the goal checks and plots; the rest of --out is kept")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
+    if args.merge and (args.parts.strip() != "caching" or not args.caching_only.strip()):
+        parser.error("--merge needs --parts caching and --caching-only <name prefixes> (the rows to re-run)")
     from diffusion_accel.assets.bundled import BUNDLED_MODELS
 
     torch.set_num_threads(args.threads)
@@ -317,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from ['caching', 'techniques']")
     results: dict[str, Any] = {"model": model.name, "prompts": len(prompts), "steps": args.steps}
+    if args.merge:
+        with open(args.out, encoding="utf-8") as fh:
+            results = json.load(fh)
     started = time.perf_counter()
     sys.path.insert(0, HERE)
     if "caching" in parts:
@@ -328,12 +386,15 @@ def main(argv: list[str] | None = None) -> int:
                                  plot_prefix="video_caching",
                                  title="Bundled Wan video model")
         part.update(record)
+        if args.merge:  # keep what this run did not redo (the search, the calibration record, notes)
+            part = {**results["caching"], **part,
+                    "merges": results["caching"].get("merges", []) + [part["merged"]]}
         part["goal_checks"] = goal_checks(part)
         results["caching"] = part
     if "techniques" in parts:
         calibration = model.prompts("train")[: max(1, args.calibration_prompts // 2)]
         results["techniques"] = run_techniques(prompts, call_kwargs, model.name, calibration, args.techniques_only)
-    results["seconds"] = round(time.perf_counter() - started)
+    results["merge_seconds" if args.merge else "seconds"] = round(time.perf_counter() - started)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2, default=float)

@@ -23,3 +23,87 @@ def test_the_caching_namespace_has_every_option_peers_caching_reads():
     assert read and read <= set(vars(namespace))
     assert (namespace.caching_model, namespace.caching_prompts, namespace.caching_steps) == ("benchmark-video", 3, 7)
     assert (namespace.caching_rounds, namespace.caching_compute, namespace.caching_only) == (1, "tokens", "ours")
+
+
+def test_the_caching_namespace_carries_merge_and_the_output_file():
+    video = _load("video")
+    args = video.argparse.Namespace(prompts=3, steps=7, threads=1, caching_only="ours dynamic", merge=True,
+                                    out="somewhere.json")
+    namespace = video.caching_namespace(args, "benchmark-video")
+    assert namespace.caching_merge is True and namespace.out == "somewhere.json"
+    args.merge = False
+    assert video.caching_namespace(args, "benchmark-video").caching_merge is False
+
+
+def test_merge_needs_the_caching_part_and_a_selection(capsys):
+    video = _load("video")
+    for argv in (["--merge", "--parts", "caching"], ["--merge", "--caching-only", "ours"]):
+        try:
+            video.main(argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    assert "--merge needs --parts caching" in capsys.readouterr().err
+
+
+def test_a_caching_only_selection_reaches_an_extra_group_only_if_its_names_can_match():
+    video = _load("video")
+    assert video.overlaps([], "ours dynamic teacache")
+    assert video.overlaps(["ours dynamic teacache-0.0"], "ours dynamic teacache")  # narrower than the group
+    assert video.overlaps(["ours"], "ours dynamic magcache")  # wider than the group
+    assert not video.overlaps(["ours dynamic teacache-0.0"], "ours dynamic magcache")
+    assert not video.overlaps(["ours dynamic first_block"], "ours searched ")
+
+
+def test_gentle_first_block_rows_take_firstblockcaches_rule():
+    video = _load("video")
+    rows = video.gentle_first_block_methods(20, lambda name, settings, config: (name, settings, config))
+    assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}"
+                                              for t in video.GENTLE_FIRST_BLOCK]
+    for _, settings, config in rows:
+        assert (config.cache.compare_to, config.cache.max_consecutive_skips) == ("last_computed", 20)
+        assert config.cache.policy == "first_block" and config.cache.threshold == settings["threshold"]
+
+
+def test_merging_refuses_rows_scored_against_another_baseline():
+    import pytest
+
+    peers = _load("peers_caching")
+    old = {"block_computations": 480, "token_computations": 1228800, "clip_score": 25.1, "fid_vs_real": 3.2}
+    peers.check_same_baseline(old, dict(old, output_sha256="ab"), "video.json")  # the fingerprint matches
+    with pytest.raises(ValueError, match="clip_score: 25.1 there, 25.2 now"):
+        peers.check_same_baseline(old, dict(old, clip_score=25.2), "video.json")
+    with pytest.raises(ValueError, match="output_sha256"):
+        peers.check_same_baseline({"output_sha256": "ab", **old}, dict(old, output_sha256="cd"), "video.json")
+    with pytest.raises(ValueError, match="nothing to compare"):
+        peers.check_same_baseline({}, old, "video.json")
+
+
+def test_the_peers_probe_leaves_a_pipelines_own_cache_contexts_alone():
+    peers = _load("peers_caching")
+
+    class OpensItsOwn:
+        def __call__(self, model):
+            with model.cache_context("cond"):
+                return model()
+
+    class OpensNone:
+        def __call__(self, model):
+            return model()
+
+    assert peers.opens_cache_context(OpensItsOwn()) and not peers.opens_cache_context(OpensNone())
+
+
+def test_the_probe_sees_contexts_opened_by_a_parent_pipelines_call():
+    peers = _load("peers_caching")
+
+    class Parent:
+        def __call__(self, model):
+            with model.cache_context("uncond"):
+                return model()
+
+    class Child(Parent):
+        pass
+
+    assert peers.opens_cache_context(Child())
