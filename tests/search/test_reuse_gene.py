@@ -100,3 +100,31 @@ def test_a_search_with_two_reuse_choices_saves_each_candidates_choice(tmp_path, 
         search_schedule(pixart, ["a red cat", "a blue dog"], call_kwargs=tiny_call, reuse="block_residual,forecast",
                         num_steps=4, population=6, generations=1, seed=0, batch_size=2, generalise=False,
                         progress=False, out=tmp_path / "out", resume=True)
+
+
+def test_the_reuse_gene_joins_a_joint_genome(pixart):
+    plain = JointGenome.build(pixart, ("cache", "quant"), 4, reuse="block_residual")
+    genome = JointGenome.build(pixart, ("cache", "quant"), 4, reuse=CHOICES)
+    assert genome.num_bits == plain.num_bits + 1
+    cache_genes = len(genome.part("cache").cardinalities)
+    genes = genome.off.copy()
+    genes[cache_genes - 1] = 2
+    genes[cache_genes] = 1  # the first quant gene: 8 bits
+    config = genome.decode(genes)
+    assert (config.cache.reuse, config.cache.forecast_order) == ("forecast", 2) and config.quant is not None
+    assert genome.encode(config).tolist() == genes.tolist()
+    assert genome.signature() != plain.signature()
+
+
+def test_a_single_forecast2_choice_searches_the_schedule_genome_at_order_2(tmp_path, pixart, tiny_call, one_thread):
+    result = search_schedule(pixart, ["a red cat", "a blue dog"], call_kwargs=tiny_call, reuse="forecast2",
+                             num_steps=4, population=4, generations=1, seed=0, batch_size=2, generalise=False,
+                             progress=False, out=None)
+    configs = [AccelerationConfig.from_dict(e["config"]) for e in result.frontier]
+    assert configs and all((c.cache.reuse, c.cache.forecast_order) == ("forecast", 2) for c in configs)
+    ev = CandidateEvaluator(pixart, make_items(load_prompts(["a red cat", "a blue dog"]), seed=0),
+                            {**tiny_call, "num_inference_steps": 4}, batch_size=2)
+    ev.prepare()
+    assert [ev.evaluate_config(c).quality for c in configs] == [e["quality"] for e in result.frontier]
+    with pytest.raises(ValueError, match="forecast_order must be one of"):
+        CandidateEvaluator(pixart, ev.items, ev.call_kwargs, reuse="block_residual", forecast_order=2)
