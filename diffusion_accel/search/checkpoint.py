@@ -72,6 +72,12 @@ def load_checkpoint(out: str | os.PathLike) -> dict[str, Any] | None:
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], out: str | os.PathLike) -> None:
     """Raise ``ValueError`` unless a search with ``current`` settings may resume ``saved``."""
     where = checkpoint_path(out)
+    old, new = saved.get("reuse"), current.get("reuse")
+    if old != new and (isinstance(old, list) or isinstance(new, list)):
+        # a reuse gene (.reuse) on either side: its choices change the layout, say so plainly
+        flag = ",".join(old) if isinstance(old, list) else old
+        raise ValueError(f"Cannot resume {where}: it searched reuse {old!r} but this search asks for {new!r}. "
+                         f"Resume with --reuse {flag} (the same reuse choices), or search into a new --out.")
     old_space, new_space = saved.get("search_space", {}), current.get("search_space", {})
     if old_space != new_space:
         raise ValueError(

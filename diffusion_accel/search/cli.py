@@ -71,9 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dp-seeds", type=int, default=0, metavar="N",
                         help="seed the search with N DP schedules (least accumulated reuse error at compute "
                         "budgets spread over 0.3-0.8; default 0)")
-    parser.add_argument("--reuse", default="auto", choices=REUSE_CHOICES,
-                        help="how reused components contribute (StaticCacheConfig.reuse; default auto: block "
-                        "residuals where the blocks allow it; forecast extrapolates them, better at many steps)")
+    parser.add_argument("--reuse", default="auto", metavar="MODES",
+                        help=f"{', '.join(REUSE_CHOICES)}, forecast1 (= forecast) or forecast2: how reused "
+                        "components contribute (StaticCacheConfig.reuse; default auto: block "
+                        "residuals where the blocks allow it; forecast extrapolates them, better at many steps; "
+                        "forecast2 = forecast_order 2). Several, comma-separated (e.g. "
+                        "block_residual,forecast1,forecast2): a gene chooses the reuse of each candidate")
     parser.add_argument("--granularity", default="component", choices=["component", "block"],
                         help="what one gene switches: each component of each block per step (default, ECAD's) "
                         "or whole blocks per step (smaller space, Δ-DiT's unit)")

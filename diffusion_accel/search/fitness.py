@@ -274,7 +274,9 @@ class CandidateEvaluator:
         batch_size: items per pipeline call (fixed, so results never depend on how work is split).
         memo: text-encoder memo to share between evaluators of the same prompts.
         quality_options: options of the quality metric (``clip``, ``reference``, ``features``).
-        reuse: :attr:`StaticCacheConfig.reuse` of the evaluated schedules.
+        reuse: :attr:`StaticCacheConfig.reuse` of the schedules :meth:`evaluate` scores (a config given
+            to :meth:`evaluate_config` runs with its own).
+        forecast_order: :attr:`StaticCacheConfig.forecast_order` of those schedules (with ``reuse="forecast"``).
         base: the acceleration every candidate runs on top of (its ``cache`` is replaced by the
             candidate's; e.g. the W8A8 quantization the pipeline had), also the full-compute reference;
             ``None`` for the plain model.
@@ -294,6 +296,7 @@ class CandidateEvaluator:
         memo: TextEncoderMemo | None = None,
         quality_options: dict[str, Any] | None = None,
         reuse: str = "outputs",
+        forecast_order: int = 1,
         base: AccelerationConfig | None = None,
         latency: Any = None,
     ) -> None:
@@ -305,11 +308,15 @@ class CandidateEvaluator:
         self.latency = latency
         if not items:
             raise ValueError("The search needs at least one calibration prompt.")
-        from ..caching.static import REUSE_MODES
+        from ..caching.static import FORECAST_ORDERS, REUSE_MODES
 
         if reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {list(REUSE_MODES)}, got {reuse!r}.")
+        if forecast_order not in FORECAST_ORDERS or (forecast_order != 1 and reuse != "forecast"):
+            raise ValueError(f"forecast_order must be one of {list(FORECAST_ORDERS)} (not 1 only with "
+                             f"reuse='forecast'), got {forecast_order!r} with reuse={reuse!r}.")
         self.reuse = reuse
+        self.forecast_order = forecast_order
         self.base = base if base is not None and any(True for _ in base.techniques()) else None
         self.pipe = pipe
         self.items = list(items)
@@ -330,7 +337,7 @@ class CandidateEvaluator:
         return CandidateEvaluator(self.pipe, self.items if items is None else items,
                                   self.call_kwargs if call_kwargs is None else call_kwargs, quality=self.metric,
                                   cost=self.cost_name, batch_size=self.batch_size, memo=self.memo, reuse=self.reuse,
-                                  base=self.base, latency=self.latency)
+                                  forecast_order=self.forecast_order, base=self.base, latency=self.latency)
 
     @property
     def prompts(self) -> list[str]:
@@ -384,17 +391,23 @@ class CandidateEvaluator:
 
     def config(self, schedule: CacheSchedule) -> AccelerationConfig:
         """The configuration that runs ``schedule`` the way this evaluator scores it (on top of ``base``)."""
-        return with_cache(self.base, StaticCacheConfig(schedule, reuse=self.reuse))
+        return with_cache(self.base, StaticCacheConfig(schedule, reuse=self.reuse, forecast_order=self.forecast_order))
 
     def evaluate(self, schedule: CacheSchedule) -> Evaluation:
         """Cost and quality of ``schedule`` (call :meth:`prepare` first)."""
         if self.profile is None:
             raise RuntimeError("Call CandidateEvaluator.prepare() before evaluate().")
-        outputs, seconds = self.run(self.config(schedule))
+        return self._evaluate_cache(self.config(schedule))
+
+    def _evaluate_cache(self, config: AccelerationConfig) -> Evaluation:
+        """Cost and quality of ``config``, whose cache is a static schedule run as the config says
+        (reuse mode, forecast order) and priced by the MAC profile unless there is a latency model."""
+        schedule = config.cache.schedule
+        outputs, seconds = self.run(config)
         quality = self.score(outputs)
         ratio = self.macs_ratio(schedule)
         if self.latency is not None:
-            return self._priced(self.config(schedule), quality, seconds)
+            return self._priced(config, quality, seconds)
         cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
         return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
 
@@ -407,7 +420,7 @@ class CandidateEvaluator:
         if self.latency is None:
             if config.quant is not None or config.attention is not None or not isinstance(config.cache, StaticCacheConfig):
                 raise ValueError("Pricing quantization or sparse attention needs a latency model (latency=...).")
-            return self.evaluate(config.cache.schedule)
+            return self._evaluate_cache(config)  # its own reuse mode and forecast order (a reuse gene's)
         outputs, seconds = self.run(config)
         return self._priced(config, self.score(outputs), seconds)
 

@@ -42,8 +42,9 @@ class JointGenome:
 
     @classmethod
     def build(cls, pipe: Any, spaces: tuple[str, ...], num_steps: int, granularity: str = "component",
-              reuse: str = "outputs", attention_methods: tuple[str, ...] = ("block_sparse",)) -> JointGenome:
-        """The genome of ``spaces`` (names of :data:`~.space.SPACES`, in that order) for ``pipe``."""
+              reuse: str | tuple[str, ...] = "outputs", attention_methods: tuple[str, ...] = ("block_sparse",)) -> JointGenome:
+        """The genome of ``spaces`` (names of :data:`~.space.SPACES`, in that order) for ``pipe``; ``reuse``:
+        one choice of :mod:`.reuse`, or a tuple of several (the cache space's reuse gene)."""
         ctx = SpaceContext(pipe, num_steps, granularity, reuse, tuple(attention_methods))
         return cls(tuple(SPACES[name](ctx) for name in spaces))
 

@@ -65,6 +65,7 @@ from .genome import JointGenome
 from .joint import initial_genes, joint_entry, measure_wall_clock, search_latency_model
 from .problem import ScheduleGenome, ScheduleProblem, genes_to_str, str_to_bits, str_to_genes
 from .refine import gene_savings, refine_candidates
+from .reuse import reuse_choices, reuse_kwargs
 from .dp_seeds import dp_schedules
 from .seeding import dynamic_schedules, initial_population
 from .settings import SearchSettings
@@ -254,7 +255,7 @@ class _Search:
             "num_heuristics": s.s.num_heuristics,
             "dynamic_seeds": list(s.s.dynamic_seeds),
             **({"dp_seeds": s.s.dp_seeds} if s.s.dp_seeds else {}),  # absent when 0: older checkpoints resume
-            "reuse": s.reuse,
+            "reuse": list(s.reuse) if isinstance(s.reuse, tuple) else s.reuse,  # a list: the reuse gene's choices
             "validation": {"prompts": [[p.index, p.text] for p in s.validation_list], "top": s.s.validate_top}
             if s.validation_list else None,
             "refine": {"rounds": s.s.refine_rounds, "targets": s.targets} if s.s.refine_rounds else None,
@@ -268,10 +269,10 @@ class _Search:
     def prepare(self) -> None:
         """References (only if there is something left to evaluate), seeds and the optimiser."""
         s, saved = self.s, self.saved
-        if _joint(self.genome) or s.cost == "latency_model":
+        if _prices_non_cache(self.genome) or s.cost == "latency_model":
             self.latency = self._latency_model()
         self.evaluator = CandidateEvaluator(self.pipe, self.items, self.call_kwargs, quality=s.quality, cost=s.cost,
-                                            batch_size=s.batch_size, reuse=self.reuse, base=self.base,
+                                            batch_size=s.batch_size, **_evaluator_reuse(self.reuse), base=self.base,
                                             quality_options={"clip": s.clip, "reference": s.fid_reference},
                                             latency=self.latency)
         if saved is None or int(saved["completed"]) < self.total_rounds:
@@ -437,9 +438,22 @@ def _fields(genome: ScheduleGenome | JointGenome) -> tuple[str, ...]:
     return genome.fields if _joint(genome) else ("cache",)
 
 
-def _genome(pipe: Any, s: SearchSettings, num_steps: int, reuse: str) -> ScheduleGenome | JointGenome:
-    """The search space: today's schedule genome for ``space=("cache",)``, else the joint genome."""
-    if tuple(s.space) == ("cache",):
+def _prices_non_cache(genome: Any) -> bool:
+    """Whether the genome decides more than the cache (quantization and sparse attention need a latency model)."""
+    return _joint(genome) and genome.spaces != ("cache",)
+
+
+def _evaluator_reuse(reuse: str | tuple[str, ...]) -> dict[str, Any]:
+    """The evaluator's ``reuse`` and ``forecast_order``: the single choice, or a reuse gene's first one
+    (a joint genome's configs carry their own)."""
+    return reuse_kwargs(reuse_choices(reuse)[0])
+
+
+def _genome(pipe: Any, s: SearchSettings, num_steps: int,
+            reuse: str | tuple[str, ...]) -> ScheduleGenome | JointGenome:
+    """The search space: today's schedule genome for ``space=("cache",)`` with one reuse choice, else the
+    joint genome (several reuse choices: the cache space's reuse gene, :mod:`.reuse`)."""
+    if tuple(s.space) == ("cache",) and isinstance(reuse, str):
         return ScheduleGenome.for_model(pipe, num_steps, s.granularity)
     return JointGenome.build(pipe, tuple(s.space), num_steps, s.granularity, reuse)
 
@@ -477,8 +491,9 @@ def _frontier_keys(archive: dict[str, dict[str, Any]]) -> list[str]:
     return [keys[i] for i in non_dominated(F)]
 
 
-def _resolve_reuse(pipe: Any, reuse: str) -> str:
-    """``reuse="auto"``: block residuals where every block declares its streams, else component outputs."""
+def _resolve_reuse(pipe: Any, reuse: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """``reuse="auto"``: block residuals where every block declares its streams, else component outputs
+    (one choice or several, :mod:`.reuse`, are kept)."""
     if reuse == "auto":
         supported = all(block_residual_supported(m) for _, m in find_denoisers(pipe))
         return "block_residual" if supported else "outputs"
@@ -499,7 +514,7 @@ def _entry(genome: ScheduleGenome | JointGenome, key: str, record: dict[str, Any
         "name": name,
         "origin": record.get("origin") or ("heuristic" if _is_heuristic(record.get("name"))
                                            else "random" if record.get("name") else "search"),
-        "config": with_cache(base, StaticCacheConfig(schedule, reuse=reuse)).to_dict(),
+        "config": with_cache(base, StaticCacheConfig(schedule, **reuse_kwargs(reuse))).to_dict(),
         "speedup": 1.0 / evaluation.cost,
         "macs_ratio": evaluation.macs_ratio,
         "cost": evaluation.cost,

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..caching.static import REUSE_MODES
 from ..eval.settings import RunSettings, check_int
 from .fitness import COST_MODELS, QUALITY_METRICS
 from .nsga import Operators
 from .problem import GRANULARITIES
+from .reuse import parse_reuse
 from .seeding import DYNAMIC_SEED_THRESHOLDS
 from .space import parse_space
 
@@ -57,7 +57,12 @@ class SearchSettings(RunSettings):
             :mod:`.dp_seeds`) seed the initial population; 0 (default) for none.
         reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
             ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
-            its streams (all covered transformers), else ``"outputs"`` (UNets).
+            its streams (all covered transformers), else ``"outputs"`` (UNets); or one choice of
+            :mod:`.reuse` (``"outputs"``, ``"block_residual"``, ``"forecast"``, ``"forecast2"`` =
+            forecast order 2); or several (``("block_residual", "forecast", "forecast2")`` or
+            ``"block_residual,forecast,forecast2"``): a gene of the cache space then chooses each
+            candidate's reuse (searched over the integer genome, as a joint space: no ``dp_seeds``,
+            ``dynamic_seeds``, ``refine_rounds`` or generalisation).
         granularity: what one gene switches (:data:`.problem.GRANULARITIES`): ``"component"``
             (default, ECAD's: each component of each block at each step) or ``"block"`` (whole
             blocks per step: a smaller space, Δ-DiT's unit).
@@ -87,7 +92,7 @@ class SearchSettings(RunSettings):
     num_heuristics: int | None = None
     dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS
     dp_seeds: int = 0
-    reuse: str = "auto"
+    reuse: Any = "auto"
     granularity: str = "component"
     validation_prompts: int = 0
     validate_top: int = 4
@@ -104,6 +109,7 @@ class SearchSettings(RunSettings):
         object.__setattr__(self, "dynamic_seeds", tuple(float(t) for t in self.dynamic_seeds))
         object.__setattr__(self, "pick_speedups", tuple(self.pick_speedups))
         object.__setattr__(self, "space", parse_space(self.space))
+        object.__setattr__(self, "reuse", parse_reuse(self.reuse))
         if self.cost is None:
             object.__setattr__(self, "cost", "macs" if self.space == ("cache",) else "latency_model")
         super().__post_init__()
@@ -135,8 +141,10 @@ class SearchSettings(RunSettings):
                   optional=True)
         if any(not isinstance(t, (int, float)) or not t > 0 for t in self.pick_speedups):
             raise ValueError(f"pick_speedups must be positive numbers, got {list(self.pick_speedups)}.")
-        if self.reuse != "auto" and self.reuse not in REUSE_MODES:
-            raise ValueError(f"reuse must be 'auto' or one of {list(REUSE_MODES)}, got {self.reuse!r}.")
+        if isinstance(self.reuse, tuple) and (self.refine_rounds or self.dp_seeds):
+            flag = "refine_rounds=0 (--refine-rounds 0)" if self.refine_rounds else "dp_seeds=0 (--dp-seeds 0)"
+            raise ValueError(f"Several reuse choices ({','.join(self.reuse)}) make the cache genes integers; "
+                             f"use {flag} or a single --reuse.")
 
     def resolved_call_kwargs(self, default: dict[str, Any]) -> dict[str, Any]:
         """The pipeline arguments of every calibration call: ``call_kwargs`` (or ``default``) with

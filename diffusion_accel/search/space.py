@@ -6,7 +6,8 @@ decodes them into its own field of the config. :class:`~diffusion_accel.search.g
 concatenates the parts; nothing else knows which spaces exist.
 
 * ``cache`` -- the free bits of a cache schedule (:class:`~.problem.ScheduleGenome`), decoded to a
-  :class:`~diffusion_accel.caching.StaticCacheConfig`. Genes 0/1 (1 = compute).
+  :class:`~diffusion_accel.caching.StaticCacheConfig`. Genes 0/1 (1 = compute); with several reuse
+  choices (:mod:`.reuse`) one more gene picks the reuse mode and forecast order.
 * ``quant`` -- weight bits per block of the denoiser plus one gene for every linear outside the
   blocks (embeddings, output projection), each one of :data:`QUANT_BITS` ``(16, 8, 4)``; and one
   activation gene (:data:`ACT_MODES`: 8-bit dynamic activations, or weight-only). Decoded to a
@@ -48,6 +49,7 @@ from ..models import get_model_adapter
 from ..quant import QuantConfig, QuantPlan
 from ..sparse_attn import SparseAttentionConfig
 from .problem import ScheduleGenome
+from .reuse import reuse_choices, reuse_kwargs, reuse_token
 from .seeding import heuristic_schedules
 
 __all__ = ["ACT_MODES", "ATTENTION_DENSITIES", "QUANT_BITS", "SPACES", "SpaceContext", "SpacePart", "parse_space",
@@ -64,12 +66,13 @@ ATTENTION_DENSITIES = (0.5, 0.25, 0.125)
 @dataclass(frozen=True)
 class SpaceContext:
     """What a space needs to lay out its genes: the pipeline, the schedules' step count, the cache
-    genome's granularity and reuse mode, and the attention methods to choose from."""
+    genome's granularity and reuse choice (or a tuple of choices: a reuse gene, :mod:`.reuse`), and the
+    attention methods to choose from."""
 
     pipe: Any
     num_steps: int
     granularity: str = "component"
-    reuse: str = "outputs"
+    reuse: str | tuple[str, ...] = "outputs"
     attention_methods: tuple[str, ...] = ("block_sparse",)
 
 
@@ -111,36 +114,60 @@ class SpacePart:
 
 
 class CacheSpace(SpacePart):
-    """The free bits of a cache schedule (see :class:`~.problem.ScheduleGenome`); 1 = compute."""
+    """The free bits of a cache schedule (see :class:`~.problem.ScheduleGenome`); 1 = compute. When
+    ``ctx.reuse`` holds several choices (:mod:`.reuse`), one last gene picks the candidate's reuse mode
+    (and forecast order): its value indexes the choices."""
 
     name = field = "cache"
 
     def __init__(self, ctx: SpaceContext) -> None:
         self.genome = ScheduleGenome.for_model(ctx.pipe, ctx.num_steps, ctx.granularity)
         self.reuse = ctx.reuse
+        self.choices = reuse_choices(ctx.reuse)
         self.model = ctx.pipe
-        self.cardinalities = (2,) * self.genome.num_bits
+        gene = (len(self.choices),) if len(self.choices) > 1 else ()
+        self.cardinalities = (2,) * self.genome.num_bits + gene
 
     @property
     def off(self) -> np.ndarray:
-        return np.ones(self.genome.num_bits, dtype=np.int64)
+        return np.concatenate([np.ones(self.genome.num_bits, dtype=np.int64),
+                               np.zeros(len(self.cardinalities) - self.genome.num_bits, dtype=np.int64)])
 
     def decode(self, genes: Any, name: str = "searched") -> StaticCacheConfig:
-        return StaticCacheConfig(self.genome.decode(self._genes(genes).astype(bool), name=name), reuse=self.reuse)
+        genes = self._genes(genes)
+        bits = self.genome.num_bits
+        choice = self.choices[genes[bits]] if len(self.choices) > 1 else self.choices[0]
+        return StaticCacheConfig(self.genome.decode(genes[:bits].astype(bool), name=name), **reuse_kwargs(choice))
 
     def encode(self, config: Any) -> np.ndarray:
         if config is None:
             return self.off
         if not isinstance(config, StaticCacheConfig):
             raise ValueError(f"The cache space encodes a StaticCacheConfig, got {type(config).__name__}.")
-        return self.genome.encode(config.schedule).astype(np.int64)
+        bits = self.genome.encode(config.schedule).astype(np.int64)
+        if len(self.choices) == 1:
+            return bits
+        choice = reuse_token(config)
+        if choice not in self.choices:
+            raise ValueError(f"The cache space's reuse gene chooses among {list(self.choices)}, got reuse="
+                             f"{config.reuse!r}, forecast_order={config.forecast_order}.")
+        return np.append(bits, self.choices.index(choice))
 
     def signature(self) -> dict[str, Any]:
-        return {**self.genome.signature(), "reuse": self.reuse}
+        return {**self.genome.signature(), "reuse": self.reuse if len(self.choices) == 1 else list(self.choices)}
 
     def seeds(self) -> list[tuple[str, np.ndarray]]:
-        return [(s.name, self.genome.encode(s, project=True).astype(np.int64))
-                for s in heuristic_schedules(self.model, self.genome.num_steps) if not s.compute.all()]
+        """The heuristic schedules; with a reuse gene, each schedule with every choice in turn."""
+        out = []
+        for s in heuristic_schedules(self.model, self.genome.num_steps):
+            if s.compute.all():
+                continue
+            bits = self.genome.encode(s, project=True).astype(np.int64)
+            if len(self.choices) == 1:
+                out.append((s.name, bits))
+            else:
+                out += [(f"{s.name}-{c}", np.append(bits, i)) for i, c in enumerate(self.choices)]
+        return out
 
 
 class QuantSpace(SpacePart):

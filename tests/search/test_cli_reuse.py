@@ -21,3 +21,20 @@ def test_a_forecast_search_saves_forecast_configs(tmp_path, pixart, tiny_call, o
     configs = [AccelerationConfig.from_dict(entry["config"]) for entry in result.frontier]
     assert configs and all(c.cache.reuse == "forecast" for c in configs)
     assert result.frontier[-1]["macs_ratio"] > 1.0  # at least one schedule really reuses
+
+
+def test_cli_reuse_takes_a_comma_list_and_rejects_bad_values(prompt_file, tmp_path, capsys, one_thread):
+    """Issue 20: --reuse block_residual,forecast2 makes the reuse a gene; a bad value is one clear error."""
+    import json
+
+    from diffusion_accel.cli import main
+
+    from .test_cli_checks import cli_args, one_error
+
+    assert main(cli_args(prompt_file, tmp_path / "bad", "--reuse", "block_residual,forcast")) == 2
+    one_error(capsys, "unknown choice 'forcast'")
+    assert main(cli_args(prompt_file, tmp_path / "out", "--reuse", "block_residual,forecast2")) == 0
+    saved = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    assert saved["settings"]["reuse"] == ["block_residual", "forecast2"]
+    assert {(e["config"]["cache"]["reuse"], e["config"]["cache"]["forecast_order"]) for e in saved["frontier"]} \
+        <= {("block_residual", 1), ("forecast", 2)}
