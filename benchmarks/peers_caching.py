@@ -37,7 +37,8 @@ Every method runs on a *fresh* pipeline loaded from disk, so nothing leaks betwe
 
 Run with the driver: ``python benchmarks/peers.py --parts caching --caching-prompts 2``. Add
 ``--caching-merge --caching-only <prefixes>`` to run some methods (and the baseline) and merge them
-into the caching part already in ``peers.json`` (each row records its ``run``).
+into the caching part already in ``peers.json`` (each row records its ``run``), and
+``--caching-configs NAME=PATH,...`` to run AccelerationConfig JSON files (a search's picks) as ``ours NAME``.
 Plots go to ``benchmarks/results/peers_caching_{compute,wallclock}.png``.
 """
 
@@ -95,6 +96,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--caching-compute", default="calls", choices=["calls", "tokens"],
                        help="compute axis: block computations (calls, default) or the same weighted by the token "
                             "rows each projected (sees per-sample decisions and lower resolutions)")
+    group.add_argument("--caching-configs", default="",
+                       help="comma-separated NAME=PATH of AccelerationConfig JSON files (e.g. a search's "
+                            "picked-<x>x.json) run as our methods 'ours NAME'; they run whatever --caching-only says")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,7 +496,7 @@ class _Scorer:
         return out
 
 
-def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
+def _methods(bench: _Bench, template_pipe, only: str, configs: str = "") -> list[Method]:
     methods = [Method("full compute", "baseline", {}, lambda pipe: None)]
     methods += _ours(template_pipe, bench.steps)
     methods += _cache_dit(bench.steps)
@@ -500,7 +504,25 @@ def _methods(bench: _Bench, template_pipe, only: str) -> list[Method]:
     prefixes = [p.strip() for p in only.split(",") if p.strip()]
     if prefixes:
         methods = methods[:1] + [m for m in methods[1:] if any(m.name.startswith(p) for p in prefixes)]
-    return methods
+    return methods + config_methods(configs)
+
+
+def config_methods(spec: str) -> list[Method]:
+    """``--caching-configs``: one of our methods per ``NAME=PATH`` (an AccelerationConfig JSON file)."""
+    import caching as bench
+    from diffusion_accel import AccelerationConfig
+
+    out = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--caching-configs {item!r}: expected NAME=PATH (e.g. searched-2x=picked-2.0x.json).")
+        config = AccelerationConfig.load(path.strip())  # ValueError naming the file when unreadable
+        out.append(Method(f"ours {name.strip()}", "ours", {"policy": "config file", "config": path.strip()},
+                          _ours_attach(bench.ours(config))))
+    return out
 
 
 def _quality_pass(bench: _Bench, methods: list[Method], scorer: _Scorer, tokens: bool = False) -> None:
@@ -676,7 +698,7 @@ def run(args, extra: Callable[[_Bench, Any], list[Method]] | None = None, plot_p
     torch.set_num_threads(args.caching_threads)
     bench = _Bench(args)
     template = bench.fresh()
-    methods = _methods(bench, template, args.caching_only)
+    methods = _methods(bench, template, args.caching_only, getattr(args, "caching_configs", ""))
     if extra is not None:
         methods += extra(bench, template)
     tokens = getattr(args, "caching_compute", "calls") == "tokens"

@@ -1,0 +1,40 @@
+"""benchmarks/peers_caching.py --caching-configs: AccelerationConfig JSON files run as our methods."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from diffusion_accel import AccelerationConfig
+from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+
+
+def _peers_caching():
+    sys.path.insert(0, BENCHMARKS)  # peers_caching imports its sibling caching.py
+    spec = importlib.util.spec_from_file_location("peers_caching", os.path.join(BENCHMARKS, "peers_caching.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peers_caching"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_name_path_pair_becomes_one_of_our_methods(tmp_path):
+    module = _peers_caching()
+    schedule = CacheSchedule(np.ones((4, 2, 3), dtype=bool), ("attn1", "attn2", "mlp"), "pixart")
+    path = tmp_path / "picked-2.0x.json"
+    AccelerationConfig(cache=StaticCacheConfig(schedule)).save(path)
+    methods = module.config_methods(f"searched-2x={path}, ,")
+    assert [(m.name, m.family, m.settings["config"]) for m in methods] == [("ours searched-2x", "ours", str(path))]
+    assert module.config_methods("") == []
+
+
+def test_a_malformed_or_missing_entry_names_the_fix(tmp_path):
+    module = _peers_caching()
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        module.config_methods("picked.json")
+    with pytest.raises(ValueError, match="missing.json"):
+        module.config_methods(f"x={tmp_path / 'missing.json'}")
