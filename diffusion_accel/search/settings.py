@@ -128,6 +128,11 @@ class SearchSettings(RunSettings):
         if self.dp_seeds and self.space != ("cache",):
             raise ValueError(f"dp_seeds seeds cache schedules; with space={','.join(self.space)!r} use "
                              "dp_seeds=0 (--dp-seeds 0) or --space cache.")
+        joint = self.space != ("cache",) or isinstance(self.reuse, tuple)
+        if joint and self.dynamic_seeds and self.dynamic_seeds != tuple(DYNAMIC_SEED_THRESHOLDS):
+            raise ValueError(f"dynamic_seeds seed binary cache schedules, which a joint search (space="
+                             f"{','.join(self.space)!r}, or several reuse choices) does not use; drop dynamic_seeds "
+                             "(--dynamic-seeds) or search --space cache with a single --reuse.")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}.")
         if self.quality not in QUALITY_METRICS:

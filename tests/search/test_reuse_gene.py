@@ -44,6 +44,15 @@ def test_several_reuse_choices_refuse_refinement_and_dp_seeds():
         SearchSettings(reuse=CHOICES, dp_seeds=2)
 
 
+def test_a_joint_search_refuses_dynamic_seeds_it_would_not_use():
+    with pytest.raises(ValueError, match="dynamic_seeds"):
+        SearchSettings(reuse=CHOICES, refine_rounds=0, dynamic_seeds=(0.15,))
+    with pytest.raises(ValueError, match="dynamic_seeds"):
+        SearchSettings(space="cache,quant", refine_rounds=0, dynamic_seeds=(0.15,))
+    SearchSettings(space="cache,quant", refine_rounds=0, dynamic_seeds=())  # nothing asked, nothing refused
+    SearchSettings(dynamic_seeds=(0.15,))  # a cache-only search uses them
+
+
 def test_the_reuse_gene_decodes_to_the_chosen_mode_and_order(pixart):
     single = SPACES["cache"](SpaceContext(pixart, 4, reuse="block_residual"))
     part = SPACES["cache"](SpaceContext(pixart, 4, reuse=CHOICES))
