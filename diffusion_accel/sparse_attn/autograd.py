@@ -2,7 +2,8 @@
 
 * :class:`BlockSparseAttentionFunction` — forward with the PyTorch fast path (``cpu.py``, run
   without autograd: reused gather buffers, flash kernel) or the Triton kernel; backward from the
-  saved output and log-sum-exp (the PyTorch backward, for either forward).
+  saved output and log-sum-exp with the same backend as the forward: the Triton backward kernels
+  (``kernels/block_sparse_bwd.py``) after a Triton forward, the PyTorch backward otherwise.
 * :class:`LinearBranchFunction` — SLA's block-restricted linear branch; with one query block and
   one key block it is whole-sequence linear attention.
 
@@ -55,9 +56,17 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, _d_lse):
         q, k, v, out, lse, block_map = ctx.saved_tensors
-        block_q, block_k, scale, _use_triton = ctx.args
-        dq, dk, dv = block_sparse_backward(q, k, v, out, lse, d_out, block_map, block_q, block_k, scale)
+        block_q, block_k, scale, use_triton = ctx.args
+        backward = _triton_backward() if use_triton else block_sparse_backward
+        dq, dk, dv = backward(q, k, v, out, lse, d_out, block_map, block_q, block_k, scale)
         return dq, dk, dv, None, None, None, None, None
+
+
+def _triton_backward():
+    """The Triton backward launcher (imported on use, as the forward kernel: it imports Triton)."""
+    from .kernels import block_sparse_backward_triton
+
+    return block_sparse_backward_triton
 
 
 def block_sparse_attention_fn(q, k, v, block_map, block_q, block_k, scale=None, *, use_triton=False):

@@ -73,8 +73,8 @@ class SparseAttentionConfig(TechniqueConfig):
         skip_fraction: SLA: fraction of key blocks skipped entirely (the rest beyond ``density`` are
             computed with linear attention).
         feature_map: linear-attention feature map (``"elu"``, ``"relu"``, ``"softmax"``).
-        backend: ``"auto"`` (Triton on CUDA, else PyTorch; PyTorch whenever gradients are needed),
-            ``"torch"``, ``"triton"`` (forward-only), ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA, else PyTorch, with or without gradients),
+            ``"torch"``, ``"triton"``, ``"reference"`` (all differentiable; ``ops.resolve_backend``).
         calibration: ``method="paro"``: path of the safetensors file written by
             :func:`~diffusion_accel.sparse_attn.calibrate_paro` (per-layer, per-head token orders
             and static block masks); ``AccelerationConfig.save`` copies it beside the JSON.
