@@ -334,6 +334,7 @@ def run(args) -> dict:
             versions[package] = None
     result = {"versions": versions, "cpu": platform.processor() or cpu_name(), "cpu_kind": cpu_support.cpu_kind(),
               "threads": args.quant_threads, "repeats": args.quant_repeats,
+              "dit_layers": args.quant_dit_layers, "dit_latent": args.quant_dit_latent,
               "load_average_start": [round(x, 2) for x in os.getloadavg()]}
     for kind in [m.strip() for m in args.quant_models.split(",") if m.strip()]:
         result[kind] = bench_model(kind, args, variants)
