@@ -290,8 +290,8 @@ def quality(pipe: Any, call: Callable, candidates: dict[str, Any], reference: np
     return results, usable
 
 
-def timing(pipe: Any, call: Callable, usable: dict[str, Callable], rounds: int, warmup: int) -> dict[str, tuple]:
-    """Interleaved timing: each round times the baseline and every policy once; medians after the warm-up."""
+def timing(pipe: Any, call: Callable, usable: dict[str, Callable], rounds: int, warmup: int) -> dict[str, list]:
+    """Interleaved timing: each round times the baseline and every policy once; the rounds after the warm-up."""
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in ["baseline", *usable]}
     for _ in range(warmup + rounds):
         for name in timings:
@@ -303,8 +303,16 @@ def timing(pipe: Any, call: Callable, usable: dict[str, Callable], rounds: int, 
             timer.close()
             detach()
             timings[name].append((timer.total, elapsed))
-    return {name: tuple(statistics.median(t[i] for t in runs[warmup:]) for i in (0, 1))
-            for name, runs in timings.items()}
+    return {name: runs[warmup:] for name, runs in timings.items()}
+
+
+def speedups(base: list[tuple[float, float]], runs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Medians of one policy's rounds, and its per-round denoiser speed-ups (baseline / policy of the same
+    round): their list, minimum and spread (max - min)."""
+    per_round = [b[0] / r[0] for b, r in zip(base, runs)]
+    return {"denoiser_s": statistics.median(r[0] for r in runs), "pipeline_s": statistics.median(r[1] for r in runs),
+            "denoiser_speedup_rounds": per_round, "denoiser_speedup_min": min(per_round),
+            "denoiser_speedup_spread": max(per_round) - min(per_round)}
 
 
 def family(name: str) -> str:
@@ -408,13 +416,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log("quality pass:", json.dumps(list(results.values()), default=float))  # kept if the timing is cut short
     if args.runs == 0:  # quality and MACs only (a loaded machine times nothing usefully)
         usable = {}
-    median = timing(pipe, call, usable, args.runs, args.warmup) if args.runs else {"baseline": (None, None)}
-    base_denoiser, base_pipeline = median["baseline"]
+    rounds = timing(pipe, call, usable, args.runs, args.warmup) if args.runs else {}
+    base = speedups(rounds["baseline"], rounds["baseline"]) if rounds else {"denoiser_s": None, "pipeline_s": None}
+    base_denoiser, base_pipeline = base["denoiser_s"], base["pipeline_s"]
     for name in usable:
-        denoiser_s, pipeline_s = median[name]
         r = results[name]
-        r.update(denoiser_s=denoiser_s, pipeline_s=pipeline_s, denoiser_speedup=base_denoiser / denoiser_s,
-                 pipeline_speedup=base_pipeline / pipeline_s)
+        r.update(speedups(rounds["baseline"], rounds[name]))
+        r.update(denoiser_speedup=base_denoiser / r["denoiser_s"], pipeline_speedup=base_pipeline / r["pipeline_s"])
         r["speedup_over_macs_ratio"] = r["denoiser_speedup"] / r["macs_ratio"]
     static_2x = [r for n, r in results.items() if "speedup_over_macs_ratio" in r and n.split("-")[0] in ("fora", "delta", "searched")
                  and r["macs_ratio"] >= 2.0]
