@@ -127,12 +127,24 @@ def build_lut(block_map: torch.Tensor):
     return order.to(torch.int32).reshape(B * H, nq, max_count).contiguous(), counts.contiguous()
 
 
+def check_block_map(block_map: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int) -> None:
+    """``block_map`` must be ``(B, H, query blocks, key blocks)`` of ``q (B, H, Sq, D)`` and ``k (B, H, Sk, D)``."""
+    B, H, Sq, _ = q.shape
+    expected = (B, H, num_blocks(Sq, block_q), num_blocks(k.shape[2], block_k))
+    if tuple(block_map.shape) != expected:
+        raise ValueError(f"block_map has shape {tuple(block_map.shape)}, expected {expected}.")
+
+
+def head_block(head_dim: int) -> int:
+    """The kernels' ``BLOCK_D``: head_dim padded to a power of two, at least 16 (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def _launch(q, k, v, block_map, block_q, block_k, scale, linear=None):
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     nq = num_blocks(Sq, block_q)
-    if block_map.shape != (B, H, nq, num_blocks(Sk, block_k)):
-        raise ValueError(f"block_map has shape {tuple(block_map.shape)}, expected {(B, H, nq, num_blocks(Sk, block_k))}.")
+    check_block_map(block_map, q, k, block_q, block_k)
     if bool((block_map.sum(-1) == 0).any()):
         raise ValueError("Every query block must keep at least one key block (a row of block_map is empty).")
     lut, cnt = build_lut(block_map)
@@ -150,7 +162,7 @@ def _launch(q, k, v, block_map, block_q, block_k, scale, linear=None):
         q, k, v, out, lse, lut, cnt, hm, zm, ol,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, Sq, Sk, D, nq, lut.shape[-1], scale,
-        BLOCK_M=block_q, BLOCK_N=block_k, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_M=block_q, BLOCK_N=block_k, BLOCK_D=head_block(D),
         HAS_LINEAR=linear is not None, FEATURE=feature,
     )
     return out, lse, (None if linear is None else ol)

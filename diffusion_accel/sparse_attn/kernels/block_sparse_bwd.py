@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..masks import num_blocks
-from .block_sparse import build_lut
+from .block_sparse import build_lut, check_block_map, head_block
 
 __all__ = ["block_sparse_backward_triton"]
 
@@ -138,9 +138,7 @@ def _bwd_dkdv(
 
 def _check(q, k, v, out, lse, d_out, block_map, block_q, block_k):
     B, H, Sq, D = q.shape
-    expected = (B, H, num_blocks(Sq, block_q), num_blocks(k.shape[2], block_k))
-    if tuple(block_map.shape) != expected:
-        raise ValueError(f"block_map has shape {tuple(block_map.shape)}, expected {expected}.")
+    check_block_map(block_map, q, k, block_q, block_k)
     if k.shape != v.shape or out.shape != q.shape or d_out.shape != q.shape or tuple(lse.shape) != (B, H, Sq):
         raise ValueError(
             "block_sparse_backward_triton needs q/out/d_out (B, H, Sq, D), k/v (B, H, Sk, D) and lse (B, H, Sq); "
@@ -165,7 +163,7 @@ def block_sparse_backward_triton(q, k, v, out, lse, d_out, block_map, block_q, b
     d_out = d_out.to(q.dtype).contiguous()  # the output gradient may be an expanded (stride-0) view
     lse = lse.float().contiguous()
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = head_block(D)
     delta = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
     _bwd_preprocess[(nq, B * H)](out, d_out, delta, H, Sq, D, BLOCK_M=block_q, BLOCK_D=block_d)
 
