@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "get_submodule_or_none"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_write_bytes", "get_submodule_or_none", "read_json"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -49,6 +49,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON document at ``path``; a file that is missing, unreadable or not JSON is one ``ValueError``
+    naming ``what`` it should hold (``"Cannot read <what> '<path>': <reason>"``)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Cannot read {what} {os.fspath(path)!r}: {exc}") from exc
 
 
 def get_submodule_or_none(module: torch.nn.Module, path: str) -> torch.nn.Module | None:

@@ -31,7 +31,7 @@ import torch
 from diffusers.utils.torch_utils import unwrap_module
 
 from ..models import ModelAdapter, get_model_adapter
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, read_json
 
 __all__ = ["CacheSchedule", "resolve_denoiser"]
 
@@ -296,12 +296,7 @@ class CacheSchedule:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CacheSchedule":
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read cache schedule {os.fspath(path)!r}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "cache schedule"))
 
     # -------------------------------------------------------------- factories
     @classmethod

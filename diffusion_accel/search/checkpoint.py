@@ -27,11 +27,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, read_json
 
 __all__ = ["CHECKPOINT", "RESUMABLE_CHANGES", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
@@ -57,11 +56,7 @@ def load_checkpoint(out: str | os.PathLike) -> dict[str, Any] | None:
     path = checkpoint_path(out)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Cannot read the search checkpoint {path!r}: {exc}") from exc
+    data = read_json(path, "the search checkpoint")
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError(f"{path!r} is not a schedule-search checkpoint.")
     if data.get("version", 0) > _VERSION:

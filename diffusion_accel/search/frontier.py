@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..config import AccelerationConfig
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, read_json
 
 __all__ = [
     "FRONTIER_FORMAT",
@@ -83,11 +82,7 @@ def _read(source: Any) -> Any:
     path = os.fspath(source)
     if os.path.isdir(path):
         path = os.path.join(path, "frontier.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Cannot read frontier file {path!r}: {exc}") from exc
+    return read_json(path, "frontier file")
 
 
 def load_validation(source: Any) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 from ..config import AccelerationConfig
 from ..cost.latency import LatencyModel, calibrate_latency_model
 from ..eval.generate import item_call_inputs, make_batches
+from ..utils import read_json
 from .fitness import CandidateEvaluator, Evaluation
 from .genome import JointGenome
 from .problem import str_to_genes
@@ -98,11 +98,7 @@ def load_latency_model(source: Any) -> LatencyModel:
     if isinstance(source, LatencyModel):
         return source
     if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as fh:
-                source = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read the latency model {os.fspath(source)!r}: {exc}") from exc
+        source = read_json(source, "the latency model")
     return LatencyModel.from_dict(source)
 
 
