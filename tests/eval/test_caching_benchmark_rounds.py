@@ -1,21 +1,12 @@
 """benchmarks/caching.py reports per-round wall-clock speed-ups (baseline / policy of the same round)
 with their minimum and spread, besides the medians."""
 
-import importlib.util
-import os
-import sys
-
 import pytest
-
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+from benchmark_scripts import load_benchmark
 
 
 def _caching():
-    sys.path.insert(0, BENCHMARKS)  # caching imports its sibling _common.py
-    spec = importlib.util.spec_from_file_location("caching_benchmark", os.path.join(BENCHMARKS, "caching.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("caching", "caching_benchmark")
 
 
 def test_speedups_pair_each_round_with_the_baseline_of_the_same_round():

@@ -1,25 +1,15 @@
 """benchmarks/peers_caching.py --caching-configs: AccelerationConfig JSON files run as our methods."""
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
-
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+from benchmark_scripts import load_benchmark
 
 
 def _peers_caching():
-    sys.path.insert(0, BENCHMARKS)  # peers_caching imports its sibling caching.py
-    spec = importlib.util.spec_from_file_location("peers_caching", os.path.join(BENCHMARKS, "peers_caching.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peers_caching"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers_caching")
 
 
 def test_each_name_path_pair_becomes_one_of_our_methods(tmp_path):

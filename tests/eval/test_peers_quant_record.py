@@ -1,21 +1,12 @@
 """benchmarks/peers_quant.py records the DiT stack it measured (layers, latent side) in its result."""
 
 import argparse
-import importlib.util
-import os
-import sys
-
 import pytest
-
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+from benchmark_scripts import load_benchmark
 
 
 def _peers_quant():
-    sys.path.insert(0, BENCHMARKS)  # peers_quant imports its sibling _common.py
-    spec = importlib.util.spec_from_file_location("peers_quant", os.path.join(BENCHMARKS, "peers_quant.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers_quant")
 
 
 def _args(module, argv):

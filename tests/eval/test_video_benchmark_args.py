@@ -1,21 +1,13 @@
 """benchmarks/video.py hands the caching part every option benchmarks/peers_caching.py reads."""
 
-import importlib.util
 import os
 import re
 
-BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import BENCHMARKS, load_benchmark
 
 
 def test_the_caching_namespace_has_every_option_peers_caching_reads():
-    video = _load("video")
+    video = load_benchmark("video")
     args = video.argparse.Namespace(prompts=3, steps=7, threads=1, caching_only="ours")
     namespace = video.caching_namespace(args, "benchmark-video")
     with open(os.path.join(BENCHMARKS, "peers_caching.py"), encoding="utf-8") as fh:
@@ -26,7 +18,7 @@ def test_the_caching_namespace_has_every_option_peers_caching_reads():
 
 
 def test_the_caching_namespace_carries_merge_and_the_output_file():
-    video = _load("video")
+    video = load_benchmark("video")
     args = video.argparse.Namespace(prompts=3, steps=7, threads=1, caching_only="ours dynamic", merge=True,
                                     out="somewhere.json")
     namespace = video.caching_namespace(args, "benchmark-video")
@@ -36,7 +28,7 @@ def test_the_caching_namespace_carries_merge_and_the_output_file():
 
 
 def test_merge_needs_the_caching_part_and_a_selection(capsys):
-    video = _load("video")
+    video = load_benchmark("video")
     for argv in (["--merge", "--parts", "caching"], ["--merge", "--caching-only", "ours"]):
         try:
             video.main(argv)
@@ -48,7 +40,7 @@ def test_merge_needs_the_caching_part_and_a_selection(capsys):
 
 
 def test_a_caching_only_selection_reaches_an_extra_group_only_if_its_names_can_match():
-    video = _load("video")
+    video = load_benchmark("video")
     assert video.overlaps([], "ours dynamic teacache")
     assert video.overlaps(["ours dynamic teacache-0.0"], "ours dynamic teacache")  # narrower than the group
     assert video.overlaps(["ours"], "ours dynamic magcache")  # wider than the group
@@ -57,7 +49,7 @@ def test_a_caching_only_selection_reaches_an_extra_group_only_if_its_names_can_m
 
 
 def test_gentle_first_block_rows_take_firstblockcaches_rule():
-    video = _load("video")
+    video = load_benchmark("video")
     rows = video.gentle_first_block_methods(20, lambda name, settings, config: (name, settings, config))
     assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}"
                                               for t in video.GENTLE_FIRST_BLOCK]
@@ -69,7 +61,7 @@ def test_gentle_first_block_rows_take_firstblockcaches_rule():
 def test_merging_refuses_rows_scored_against_another_baseline():
     import pytest
 
-    peers = _load("peers_caching")
+    peers = load_benchmark("peers_caching")
     old = {"block_computations": 480, "token_computations": 1228800, "clip_score": 25.1, "fid_vs_real": 3.2}
     peers.check_same_baseline(old, dict(old, output_sha256="ab"), "video.json")  # the fingerprint matches
     with pytest.raises(ValueError, match="clip_score: 25.1 there, 25.2 now"):
@@ -81,7 +73,7 @@ def test_merging_refuses_rows_scored_against_another_baseline():
 
 
 def test_the_peers_probe_leaves_a_pipelines_own_cache_contexts_alone():
-    peers = _load("peers_caching")
+    peers = load_benchmark("peers_caching")
 
     class OpensItsOwn:
         def __call__(self, model):
@@ -96,7 +88,7 @@ def test_the_peers_probe_leaves_a_pipelines_own_cache_contexts_alone():
 
 
 def test_the_probe_sees_contexts_opened_by_a_parent_pipelines_call():
-    peers = _load("peers_caching")
+    peers = load_benchmark("peers_caching")
 
     class Parent:
         def __call__(self, model):
