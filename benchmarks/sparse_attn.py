@@ -51,26 +51,39 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """Time each fn ``repeats`` times, round-robin.
 
-    Returns ``{name: {"min", "median", "cpu_min", "cpu_median"}}`` in seconds: wall-clock time and
-    the process's CPU time. With one torch thread the CPU time excludes the time the process
-    waits for a core, so on a shared machine it is the steadier of the two.
+    Returns ``{name: {"min", "median", "cpu_min", "cpu_median", "wall", "cpu"}}`` in seconds:
+    wall-clock time and the process's CPU time (min, median, and every round's time). With one
+    torch thread the CPU time excludes the time the process waits for a core, so on a shared
+    machine it is the steadier of the two.
     """
     times = interleaved_times(fns, repeats, warmup)
     return {
         name: {"min": min(t["wall"]), "median": statistics.median(t["wall"]),
-               "cpu_min": min(t["cpu"]), "cpu_median": statistics.median(t["cpu"])}
+               "cpu_min": min(t["cpu"]), "cpu_median": statistics.median(t["cpu"]),
+               "wall": t["wall"], "cpu": t["cpu"]}
         for name, t in times.items()
     }
 
 
 def ratios(base: dict, other: dict) -> dict:
-    """Speedups of ``other`` over ``base`` from wall and CPU time (min and median)."""
-    return {
+    """Speedups of ``other`` over ``base`` from wall and CPU time (min and median).
+
+    With per-round times (``interleaved``): also the speedup of each round (same-round times,
+    CPU) and the spread of each side's CPU times (``max / min - 1``, in %).
+    """
+    row = {
         "speedup_min": round(base["min"] / other["min"], 2),
         "speedup_median": round(base["median"] / other["median"], 2),
         "speedup_cpu_min": round(base["cpu_min"] / other["cpu_min"], 2),
         "speedup_cpu_median": round(base["cpu_median"] / other["cpu_median"], 2),
     }
+    if "cpu" in base and "cpu" in other:
+        row["speedup_cpu_per_round"] = [round(b / o, 2) for b, o in zip(base["cpu"], other["cpu"])]
+        row["spread_cpu_pct"] = {
+            "sdpa": round(100 * (max(base["cpu"]) / min(base["cpu"]) - 1), 1),
+            "method": round(100 * (max(other["cpu"]) / min(other["cpu"]) - 1), 1),
+        }
+    return row
 
 
 @torch.no_grad()
