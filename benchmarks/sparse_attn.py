@@ -13,6 +13,9 @@ Sections:
     (tokens on a video grid whose attention is local with per-head length scales): the fraction
     of the exact softmax mass inside the selected blocks (``exp(lse_sparse - lse_dense)``, mean
     over queries), at two concentrations of attention.
+  * ``recall``: mask recall (as in ``blocks``) of query blocks of 128-1024 tokens (key blocks of 64)
+    on structured inputs of larger video grids (``--recall-grids``): what a token-count-dependent
+    default block shape would cost.
   * ``linear``: ``linear_attention`` at 32k tokens vs SDPA.
   * ``end_to_end``: a tiny Wan pipeline (4 layers, 8 heads x 64, random weights; --quick: 2 layers,
     4 heads) at 4096 video
@@ -25,6 +28,15 @@ Usage:
     # the speed goal of issue #22: defaults, 50 / 25 % at 8k-32k, fp32 and bf16
     python benchmarks/sparse_attn.py --sections op --op-seqs 8192,16384,32768 --op-densities 0.5,0.25 \
         --op-default-only --out benchmarks/results/sparse_attn_defaults.json
+    # its session-5 re-run (2 threads; the same with --threads 1 for the 1-thread file)
+    python benchmarks/sparse_attn.py --sections op --op-seqs 8192,16384,32768 --op-densities 0.5,0.25 \
+        --op-default-only --heads 8 --repeats 7 --threads 2 --out benchmarks/results/sparse_attn_defaults_s5.json
+    # larger query blocks: speed, and mask recall on larger video grids
+    python benchmarks/sparse_attn.py --sections op --op-seqs 8192,16384,32768 --op-densities 0.25 \
+        --op-shapes 512x64,1024x64 --heads 8 --repeats 5 --threads 2 --dtypes fp32 \
+        --out benchmarks/results/sparse_attn_block_q_s5.json
+    python benchmarks/sparse_attn.py --sections recall --recall-grids 8x32x32,8x32x64,8x64x64 --threads 2 \
+        --out benchmarks/results/sparse_attn_recall_s5.json
 """
 
 from __future__ import annotations
@@ -51,26 +63,39 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """Time each fn ``repeats`` times, round-robin.
 
-    Returns ``{name: {"min", "median", "cpu_min", "cpu_median"}}`` in seconds: wall-clock time and
-    the process's CPU time. With one torch thread the CPU time excludes the time the process
-    waits for a core, so on a shared machine it is the steadier of the two.
+    Returns ``{name: {"min", "median", "cpu_min", "cpu_median", "wall", "cpu"}}`` in seconds:
+    wall-clock time and the process's CPU time (min, median, and every round's time). With one
+    torch thread the CPU time excludes the time the process waits for a core, so on a shared
+    machine it is the steadier of the two.
     """
     times = interleaved_times(fns, repeats, warmup)
     return {
         name: {"min": min(t["wall"]), "median": statistics.median(t["wall"]),
-               "cpu_min": min(t["cpu"]), "cpu_median": statistics.median(t["cpu"])}
+               "cpu_min": min(t["cpu"]), "cpu_median": statistics.median(t["cpu"]),
+               "wall": t["wall"], "cpu": t["cpu"]}
         for name, t in times.items()
     }
 
 
 def ratios(base: dict, other: dict) -> dict:
-    """Speedups of ``other`` over ``base`` from wall and CPU time (min and median)."""
-    return {
+    """Speedups of ``other`` over ``base`` from wall and CPU time (min and median).
+
+    With per-round times (``interleaved``): also the speedup of each round (same-round times,
+    CPU) and the spread of each side's CPU times (``max / min - 1``, in %).
+    """
+    row = {
         "speedup_min": round(base["min"] / other["min"], 2),
         "speedup_median": round(base["median"] / other["median"], 2),
         "speedup_cpu_min": round(base["cpu_min"] / other["cpu_min"], 2),
         "speedup_cpu_median": round(base["cpu_median"] / other["cpu_median"], 2),
     }
+    if "cpu" in base and "cpu" in other:
+        row["speedup_cpu_per_round"] = [round(b / o, 2) for b, o in zip(base["cpu"], other["cpu"])]
+        row["spread_cpu_pct"] = {
+            "sdpa": round(100 * (max(base["cpu"]) / min(base["cpu"]) - 1), 1),
+            "method": round(100 * (max(other["cpu"]) / min(other["cpu"]) - 1), 1),
+        }
+    return row
 
 
 @torch.no_grad()
@@ -182,6 +207,22 @@ def bench_blocks(seq, heads, dtypes, shapes, repeats, density=0.25, concentratio
 
 
 @torch.no_grad()
+def bench_recall(grids, block_qs, block_k, density=0.25, heads=8, concentrations=(0.8, 1.2)) -> list:
+    """Mask recall of each query block size on structured inputs of each video grid (token count)."""
+    rows = []
+    for grid in grids:
+        for conc in concentrations:
+            q, k, v = structured_qkv(grid=grid, heads=heads, concentration=conc)
+            row = {"grid": list(grid), "tokens": q.shape[2], "heads": heads, "concentration": conc,
+                   "density": density, "block_k": block_k,
+                   "recall": {f"{bq}x{block_k}": round(mask_recall(q, k, v, density, bq, block_k), 4)
+                              for bq in block_qs}}
+            rows.append(row)
+            log(json.dumps(row))
+    return rows
+
+
+@torch.no_grad()
 def bench_linear(seq, heads, head_dim, dtypes, repeats) -> list:
     rows = []
     for dtype_name in dtypes:
@@ -287,6 +328,12 @@ def main(argv=None) -> dict:
                    help="op section: comma-separated sequence lengths, e.g. 8192,16384,32768 (with --op-densities: "
                         "every density at every length; default: the grid described above)")
     p.add_argument("--op-densities", default=None, help="op section: comma-separated densities, e.g. 0.5,0.25")
+    p.add_argument("--op-shapes", default=None,
+                   help="op section: other block shapes (query x key) to time beside the default, e.g. 512x64,1024x64 "
+                        "(replaces 128x64)")
+    p.add_argument("--recall-grids", default=None,
+                   help="recall section: video grids (frames x height x width), e.g. 8x32x32,8x64x64: mask recall of "
+                        "block_q 128-1024 (block_k 64) at 25 %% density on structured inputs of each grid")
     p.add_argument("--op-default-only", action="store_true",
                    help="op section: only the device default block shape (not 128x64 too)")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -304,6 +351,8 @@ def main(argv=None) -> dict:
     }
     if "op" in sections:
         shapes = [None] if args.op_default_only else [None, (128, 64)]  # device default, former default
+        if args.op_shapes:
+            shapes = [None] + [tuple(int(x) for x in shape.split("x")) for shape in args.op_shapes.split(",")]
         if args.op_seqs or args.op_densities:
             seqs = [int(x) for x in (args.op_seqs or "8192").split(",")]
             densities = [float(x) for x in (args.op_densities or "0.25").split(",")]
@@ -319,6 +368,9 @@ def main(argv=None) -> dict:
     if "blocks" in sections:
         shapes = [(128, 64), (128, 128), (256, 64), (256, 128), (512, 64)]
         result["blocks"] = bench_blocks(8192, max(1, args.heads // 2), dtypes, shapes, repeats)
+    if "recall" in sections:
+        grids = [tuple(int(x) for x in grid.split("x")) for grid in (args.recall_grids or "8x32x32").split(",")]
+        result["recall"] = bench_recall(grids, [128, 256, 512, 1024], 64)
     if "linear" in sections:
         result["linear"] = bench_linear(32768, 4 if args.quick else 16, 64, ["fp32"] if args.quick else ["fp32", "bf16"],
                                         1 if args.quick else 2)
