@@ -244,6 +244,40 @@ def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     assert seed.compute[[0, 1, 3]].all() and seed.compute[2, 0].all() and not seed.compute[2, 1:].any()
 
 
+def test_dynamic_seed_mappings_replay_their_rule(pixart):
+    """A seed given as DynamicCacheConfig fields runs that config; a whole-stack policy's replay reuses
+    every block (the first too), the first-block rule's all but the first."""
+    from diffusion_accel.search import ScheduleGenome, SearchSettings
+    from diffusion_accel.search.seeding import dynamic_schedules
+
+    class Recorded:
+        base = None
+
+        def __init__(self):
+            self.configs = []
+
+        def run(self, config, observe=None):
+            self.configs.append(config.cache)
+            observe({"cache": {"skip_share_by_step": {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}}})
+
+    genome = ScheduleGenome.for_model(pixart, 4)
+    fbc = {"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 4}
+    tea = {"threshold": 0.2, "policy": "teacache", "teacache_coefficients": [1.0, 0.0]}
+    ev = Recorded()
+    first, whole = dynamic_schedules(ev, genome, thresholds=(fbc, tea))
+    assert [c.compare_to for c in ev.configs] == ["last_computed", "previous"] and ev.configs[1].policy == "teacache"
+    assert first.name == "dynamic-replay-first_block-last-0.1" and whole.name == "dynamic-replay-teacache-0.2"
+    assert first.compute[[1, 3], 0].all() and not first.compute[[1, 3], 1:].any()
+    assert not whole.compute[[1, 3]].any() and whole.compute[[0, 2]].all()
+    assert SearchSettings(dynamic_seeds=(0.3, fbc)).dynamic_seeds == (0.3, fbc)
+    with pytest.raises(ValueError, match="compare_to must be one of"):
+        SearchSettings(dynamic_seeds=({"compare_to": "nope"},))
+    with pytest.raises(ValueError, match="DynamicCacheConfig's field names"):
+        SearchSettings(dynamic_seeds=({"treshold": 0.1},))
+    with pytest.raises(ValueError, match="thresholds or mappings"):
+        SearchSettings(dynamic_seeds=("0.1",))
+
+
 def test_block_granularity_search_keeps_whole_blocks(pixart, tiny_call, tmp_path, one_thread):
     result = search(pixart, tiny_call, out=tmp_path, granularity="block")
     saved = json.loads((tmp_path / "checkpoint.json").read_text())
