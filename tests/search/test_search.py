@@ -228,6 +228,24 @@ def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_t
     assert names[:2] == ["full", "dynamic-replay-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))
 
 
+def test_dynamic_candidates_are_priced_like_their_static_replay(pixart, tiny_call, one_thread):
+    from diffusion_accel.caching import DynamicCacheConfig
+    from diffusion_accel.search import ScheduleGenome
+    from diffusion_accel.search.seeding import dynamic_schedules
+
+    items = make_items(load_prompts(PROMPTS), seed=0)
+    ev = CandidateEvaluator(pixart, items, {**tiny_call, "num_inference_steps": 6}, quality="latent_mse", batch_size=4)
+    ev.prepare()
+    never = ev.evaluate_dynamic(AccelerationConfig(cache=DynamicCacheConfig(threshold=0.0)))
+    assert never.macs_ratio == 1.0 and never.quality == 0.0  # never skips: the full-compute latents
+    config = DynamicCacheConfig(threshold=1e9, max_consecutive_skips=1)
+    every_other = ev.evaluate_dynamic(AccelerationConfig(cache=config))
+    (replay,) = dynamic_schedules(ev, ScheduleGenome.for_model(pixart, 6), thresholds=({"threshold": 1e9, "max_consecutive_skips": 1},))
+    assert every_other.macs_ratio == pytest.approx(ev.macs_ratio(replay), rel=1e-12) and every_other.macs_ratio > 1.2
+    with pytest.raises(ValueError, match="DynamicCacheConfig"):
+        ev.evaluate_dynamic(ev.config(replay))
+
+
 def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     from diffusion_accel.search import ScheduleGenome
     from diffusion_accel.search.seeding import dynamic_schedules
