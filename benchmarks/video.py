@@ -176,6 +176,8 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
 #: FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row) at the thresholds the search
 #: replays as seeds and tries as dynamic candidates (the gentle end matters: below 1.45x it is the peers' rule)
 SEARCH_FIRST_BLOCK = (0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4)
+#: the compute budgets the search's target refinement aims at (those of the gentle diffusers/cache-dit points)
+SEARCH_TARGETS = (1.36, 1.43, 1.82)
 #: the subsets replayed as seeds (the population also needs room for FORA, Δ-DiT...)
 SEED_FIRST_BLOCK = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
 SEED_TEACACHE = (0.1, 0.15, 0.2, 0.35)
@@ -216,8 +218,9 @@ def search_seeds(steps: int, teacache: Any = None) -> tuple[Any, ...]:
 def _searched(bench: Any, args: argparse.Namespace, other: dict[str, Any]):
     """``(points, record)``: the searched frontier on the video model, chosen on training captions only.
 
-    1. ``search_schedule`` (NSGA-II over static schedules, latent MSE, MACs), seeded with the replays of
-       FirstBlockCache's rule, TeaCache and the default dynamic thresholds, plus target refinement;
+    1. ``search_schedule`` (NSGA-II over static schedules with ``--search-reuse``, default forecast order 1;
+       latent MSE, MACs), seeded with the replays of FirstBlockCache's rule, TeaCache and three default dynamic
+       thresholds, plus target refinement at :data:`SEARCH_TARGETS`;
     2. its frontier and the dynamic candidates (:func:`search_dynamic_configs`) are scored by one
        :class:`~diffusion_accel.search.CandidateEvaluator` on the same captions and seeds (latent MSE; MACs from
        the profile, a dynamic cache's from its per-step skip shares);
@@ -240,7 +243,8 @@ def _searched(bench: Any, args: argparse.Namespace, other: dict[str, Any]):
     result = search_schedule(model=bench.fresh(), prompts=captions, num_steps=bench.steps,
                              population=args.search_population, generations=args.search_generations,
                              batch_size=len(captions), call_kwargs=other, dynamic_seeds=search_seeds(bench.steps, teacache),
-                             refine_rounds=args.search_refine_rounds, pick_speedups=(1.4, 1.8, 2.5),
+                             refine_rounds=args.search_refine_rounds, pick_speedups=SEARCH_TARGETS,
+                             reuse=args.search_reuse,
                              generalise=False, out=None, progress=False, clip=None, seed=0)
     searched_seconds = time.perf_counter() - start
     evaluator = CandidateEvaluator(bench.fresh(), make_items(load_prompts(captions), seed=0),
@@ -264,6 +268,7 @@ def _searched(bench: Any, args: argparse.Namespace, other: dict[str, Any]):
     record = {"seconds": round(time.perf_counter() - start), "search_seconds": round(searched_seconds),
               "evaluations": result.evaluations, "population": args.search_population,
               "generations": args.search_generations, "refine_rounds": args.search_refine_rounds,
+              "refine_targets": list(SEARCH_TARGETS), "reuse": args.search_reuse,
               "calibration_prompts": len(captions), "quality": "latent_mse", "cost": "macs",
               "dynamic_seeds": len(search_seeds(bench.steps, teacache)),
               "dynamic_candidates": len(pool) - len(result.frontier),
@@ -456,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-prompts", type=int, default=8, help="training captions the search scores on")
     parser.add_argument("--search-population", type=int, default=16)
     parser.add_argument("--search-generations", type=int, default=2)
-    parser.add_argument("--search-refine-rounds", type=int, default=1)
+    parser.add_argument("--search-refine-rounds", type=int, default=2)
+    parser.add_argument("--search-reuse", default="forecast",
+                        help="reuse mode of the searched static schedules (search_schedule's reuse=)")
     parser.add_argument("--searched-points", type=int, default=16, help="searched frontier points measured at most")
     parser.add_argument("--caching-only", default="",
                         help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
