@@ -305,15 +305,17 @@ GENTLE_FIRST_BLOCK = (0.05, 0.1, 0.12, 0.15, 0.2, 0.3)
 
 
 def gentle_first_block_methods(steps: int, method) -> list[Any]:
-    """``DynamicCacheConfig(compare_to="last_computed", max_consecutive_skips=steps)`` at :data:`GENTLE_FIRST_BLOCK`."""
+    """``DynamicCacheConfig(compare_to="last_computed", max_consecutive_skips=steps)`` at :data:`GENTLE_FIRST_BLOCK`,
+    with plain residual reuse and with forecast reuse of order 1 (``reuse="forecast"``)."""
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.caching import DynamicCacheConfig
 
     out = []
-    for t in GENTLE_FIRST_BLOCK:
-        kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps}
-        out.append(method(f"ours dynamic first_block-last-nocap-{t:g}", {"policy": "first_block", **kw},
-                          AccelerationConfig(cache=DynamicCacheConfig(**kw))))
+    for reuse, tag in (("residual", ""), ("forecast", "-forecast")):
+        for t in GENTLE_FIRST_BLOCK:
+            kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps, "reuse": reuse}
+            out.append(method(f"ours dynamic first_block-last-nocap-{t:g}{tag}", {"policy": "first_block", **kw},
+                              AccelerationConfig(cache=DynamicCacheConfig(**kw))))
     return out
 
 

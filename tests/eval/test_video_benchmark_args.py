@@ -51,8 +51,10 @@ def test_a_caching_only_selection_reaches_an_extra_group_only_if_its_names_can_m
 def test_gentle_first_block_rows_take_firstblockcaches_rule():
     video = load_benchmark("video")
     rows = video.gentle_first_block_methods(20, lambda name, settings, config: (name, settings, config))
-    assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}"
-                                              for t in video.GENTLE_FIRST_BLOCK]
+    assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}{tag}"
+                                              for tag in ("", "-forecast") for t in video.GENTLE_FIRST_BLOCK]
+    assert [config.cache.reuse for _, _, config in rows] == \
+        ["residual"] * len(video.GENTLE_FIRST_BLOCK) + ["forecast"] * len(video.GENTLE_FIRST_BLOCK)
     for _, settings, config in rows:
         assert (config.cache.compare_to, config.cache.max_consecutive_skips) == ("last_computed", 20)
         assert config.cache.policy == "first_block" and config.cache.threshold == settings["threshold"]
