@@ -10,10 +10,13 @@ Parts (``--parts``, default all):
   diffusers FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row) at gentle
   thresholds, the dynamic ``teacache`` and
   ``magcache`` policies (calibrated on training captions), Bottleneck Sampling, and a searched
-  frontier (``search_schedule`` on the video model with a small budget, on training captions; its
-  frontier points between 1.3x and 5x MACs are then measured like every other method). The goal
-  check is run twice: every one of our points, and the searched points alone, against every
-  diffusers cache (margin > 0 dB at the peer's compute).
+  frontier chosen on training captions only (``--search-prompts``, default 8; see :func:`_searched`):
+  ``search_schedule`` seeded with the replays of FirstBlockCache's rule and TeaCache, pooled with
+  dynamic candidates (FirstBlockCache's rule and TeaCache at several thresholds, each with plain and
+  forecast reuse) scored by the same evaluator, and the pool's non-dominated points between 1.0x and
+  5x MACs measured like every other method. The goal check is run twice: every one of our points,
+  and the searched points alone, against every diffusers and cache-dit point (margin >= BEAT_DB at
+  the peer's compute along our interpolated frontier).
 * ``techniques``: quantization (W8A8, W4A8, mixed W4/W8 allocated from sensitivities measured on the
   video model) and sparse attention (block-sparse at 50 % / 25 % density, SLA, linear, VMoBA) at the
   model's token count, applied with :func:`diffusion_accel.apply`: PSNR per video, temporal error
@@ -27,8 +30,10 @@ Results go to ``benchmarks/results/video.json``::
 ``--caching-only`` (name prefixes, the video-only rows included) with ``--merge`` re-runs some caching
 rows and the baseline and puts them into the existing file, after checking that the baseline's clips
 are the ones its rows were scored against (compute and PSNR are deterministic; wall clock is only
-comparable within one run, see each row's ``run``)::
+comparable within one run, see each row's ``run``). A merge that re-runs the search (``"ours searched"``)
+first drops every row of the earlier search, so two searches' points never mix::
 
+    python benchmarks/video.py --parts caching --threads 1 --merge --caching-only "ours searched"
     python benchmarks/video.py --parts caching --threads 1 --merge --caching-only "ours dynamic first_block"
 """
 
@@ -168,25 +173,110 @@ def run_techniques(prompts: list[str], call_kwargs: dict[str, Any], model: str,
     return {"tokens": tokens, "mixed_precision": extra, "rows": rows}
 
 
-def _searched(bench: Any, args: argparse.Namespace, calibration: list[str], other: dict[str, Any]):
-    """``(points, record)``: frontier entries of a small ``search_schedule`` run on the video model
-    (training captions), spread over 1.3-5x MACs."""
-    from diffusion_accel.search import search_schedule
+#: FirstBlockCache's rule (``compare_to="last_computed"``, no cap on skips in a row) at the thresholds the search
+#: replays as seeds and tries as dynamic candidates (the gentle end matters: below 1.45x it is the peers' rule)
+SEARCH_FIRST_BLOCK = (0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4)
+#: the compute budgets the search's target refinement aims at (those of the gentle diffusers/cache-dit points)
+SEARCH_TARGETS = (1.36, 1.43, 1.82)
+#: the subsets replayed as seeds (the population also needs room for FORA, Δ-DiT...)
+SEED_FIRST_BLOCK = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
+SEED_TEACACHE = (0.1, 0.15, 0.2, 0.35)
+#: TeaCache thresholds (coefficients calibrated on the search's captions) seeded and tried the same way
+SEARCH_TEACACHE = (0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.35, 0.5)
+
+
+def search_dynamic_configs(steps: int, teacache: Any = None) -> list[tuple[str, Any]]:
+    """``(name, DynamicCacheConfig)`` candidates of the searched frontier's dynamic half: FirstBlockCache's rule
+    at :data:`SEARCH_FIRST_BLOCK` and TeaCache (``teacache``: a calibrated config, or ``None``) at
+    :data:`SEARCH_TEACACHE`, each with plain residual reuse and with forecast reuse of order 1."""
+    import dataclasses
+
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    out = []
+    for reuse in ("residual", "forecast"):
+        tag = "" if reuse == "residual" else "-forecast"
+        out += [(f"first_block-last-{t:g}{tag}", DynamicCacheConfig(threshold=t, compare_to="last_computed",
+                                                                    max_consecutive_skips=steps, reuse=reuse))
+                for t in SEARCH_FIRST_BLOCK]
+        if teacache is not None:
+            out += [(f"teacache-{t:g}{tag}", dataclasses.replace(teacache, threshold=t, reuse=reuse))
+                    for t in SEARCH_TEACACHE]
+    return out
+
+
+def search_seeds(steps: int, teacache: Any = None) -> tuple[Any, ...]:
+    """The search's dynamic seeds: FirstBlockCache's rule, TeaCache and three of the default rule's thresholds
+    (replayed as static schedules on the calibration captions)."""
+    fbc = [{"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps} for t in SEED_FIRST_BLOCK]
+    tea = [] if teacache is None else [
+        {"threshold": t, "policy": "teacache", "teacache_coefficients": list(teacache.teacache_coefficients)}
+        for t in SEED_TEACACHE]
+    return (*fbc, *tea, 0.1, 0.3, 0.5)
+
+
+def _searched(bench: Any, args: argparse.Namespace, other: dict[str, Any]):
+    """``(points, record)``: the searched frontier on the video model, chosen on training captions only.
+
+    1. ``search_schedule`` (NSGA-II over static schedules with ``--search-reuse``, default forecast order 1;
+       latent MSE, MACs), seeded with the replays of FirstBlockCache's rule, TeaCache and three default dynamic
+       thresholds, plus target refinement at :data:`SEARCH_TARGETS`;
+    2. its frontier and the dynamic candidates (:func:`search_dynamic_configs`) are scored by one
+       :class:`~diffusion_accel.search.CandidateEvaluator` on the same captions and seeds (latent MSE; MACs from
+       the profile, a dynamic cache's from its per-step skip shares);
+    3. the non-dominated set of that pool between 1.0x and 5x MACs is the searched frontier, measured on the
+       held-out prompts like every other method."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import calibrate_teacache
+    from diffusion_accel.eval.generate import make_items
+    from diffusion_accel.eval.prompts import load_prompts
+    from diffusion_accel.search import CandidateEvaluator, non_dominated, search_schedule
 
     start = time.perf_counter()
-    result = search_schedule(model=bench.fresh(), prompts=calibration, num_steps=bench.steps,
+    captions = bench.model.prompts("train")[: args.search_prompts]
+    teacache = None
+    try:
+        teacache = calibrate_teacache(bench.fresh(), captions, batch_size=len(captions), seed=1,
+                                      num_inference_steps=bench.steps, **other)
+    except Exception as exc:  # TeaCache does not run here: search without it
+        print(f"[video search] TeaCache calibration failed: {exc}", file=sys.stderr, flush=True)
+    result = search_schedule(model=bench.fresh(), prompts=captions, num_steps=bench.steps,
                              population=args.search_population, generations=args.search_generations,
-                             batch_size=len(calibration), call_kwargs=other, dynamic_seeds=(), generalise=False,
-                             out=None, progress=False, clip=None, seed=0)
-    entries = sorted((e for e in result.frontier if 1.3 <= e["speedup"] <= 5.0), key=lambda e: e["speedup"])
-    if len(entries) > args.searched_points:
-        picks = np.linspace(0, len(entries) - 1, args.searched_points).round().astype(int)
-        entries = [entries[i] for i in sorted(set(picks.tolist()))]
-    record = {"seconds": round(time.perf_counter() - start), "evaluations": result.evaluations,
-              "population": args.search_population, "generations": args.search_generations,
-              "calibration_prompts": len(calibration), "quality": "latent_mse", "cost": "macs",
-              "frontier": [{"name": e["name"], "origin": e.get("origin"), "macs_speedup": round(e["speedup"], 3)}
-                           for e in result.frontier]}
+                             batch_size=len(captions), call_kwargs=other, dynamic_seeds=search_seeds(bench.steps, teacache),
+                             refine_rounds=args.search_refine_rounds, pick_speedups=SEARCH_TARGETS,
+                             reuse=args.search_reuse,
+                             generalise=False, out=None, progress=False, clip=None, seed=0)
+    searched_seconds = time.perf_counter() - start
+    evaluator = CandidateEvaluator(bench.fresh(), make_items(load_prompts(captions), seed=0),
+                                   {**other, "num_inference_steps": bench.steps}, quality="latent_mse",
+                                   batch_size=len(captions))
+    evaluator.prepare()
+    pool = []
+    for e in result.frontier:
+        config = AccelerationConfig.from_dict(e["config"])
+        pool.append((e["name"], e.get("origin"), config, evaluator.evaluate_config(config)))
+    for name, cache in search_dynamic_configs(bench.steps, teacache):
+        config = AccelerationConfig(cache=cache)
+        pool.append((name, "dynamic", config, evaluator.evaluate_dynamic(config)))
+    keep = non_dominated([[ev.cost, ev.objective] for *_, ev in pool])
+    front = sorted((pool[i] for i in keep if 1.0 < pool[i][3].macs_ratio <= 5.0), key=lambda p: p[3].macs_ratio)
+    if len(front) > args.searched_points:
+        picks = np.linspace(0, len(front) - 1, args.searched_points).round().astype(int)
+        front = [front[i] for i in sorted(set(picks.tolist()))]
+    entries = [{"name": name, "origin": origin, "speedup": ev.macs_ratio, "config": config.to_dict(),
+                "calibration_latent_mse": ev.quality} for name, origin, config, ev in front]
+    record = {"seconds": round(time.perf_counter() - start), "search_seconds": round(searched_seconds),
+              "evaluations": result.evaluations, "population": args.search_population,
+              "generations": args.search_generations, "refine_rounds": args.search_refine_rounds,
+              "refine_targets": list(SEARCH_TARGETS), "reuse": args.search_reuse,
+              "calibration_prompts": len(captions), "quality": "latent_mse", "cost": "macs",
+              "dynamic_seeds": len(search_seeds(bench.steps, teacache)),
+              "dynamic_candidates": len(pool) - len(result.frontier),
+              "teacache_coefficients": None if teacache is None else list(teacache.teacache_coefficients),
+              "pool": [{"name": name, "origin": origin, "macs_speedup": round(ev.macs_ratio, 3),
+                        "latent_mse": ev.quality} for name, origin, _, ev in pool],
+              "frontier": [{"name": e["name"], "origin": e["origin"], "macs_speedup": round(e["speedup"], 3),
+                            "latent_mse": e["calibration_latent_mse"]} for e in entries]}
     return entries, record
 
 
@@ -215,15 +305,17 @@ GENTLE_FIRST_BLOCK = (0.05, 0.1, 0.12, 0.15, 0.2, 0.3)
 
 
 def gentle_first_block_methods(steps: int, method) -> list[Any]:
-    """``DynamicCacheConfig(compare_to="last_computed", max_consecutive_skips=steps)`` at :data:`GENTLE_FIRST_BLOCK`."""
+    """``DynamicCacheConfig(compare_to="last_computed", max_consecutive_skips=steps)`` at :data:`GENTLE_FIRST_BLOCK`,
+    with plain residual reuse and with forecast reuse of order 1 (``reuse="forecast"``)."""
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.caching import DynamicCacheConfig
 
     out = []
-    for t in GENTLE_FIRST_BLOCK:
-        kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps}
-        out.append(method(f"ours dynamic first_block-last-nocap-{t:g}", {"policy": "first_block", **kw},
-                          AccelerationConfig(cache=DynamicCacheConfig(**kw))))
+    for reuse, tag in (("residual", ""), ("forecast", "-forecast")):
+        for t in GENTLE_FIRST_BLOCK:
+            kw = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": steps, "reuse": reuse}
+            out.append(method(f"ours dynamic first_block-last-nocap-{t:g}{tag}", {"policy": "first_block", **kw},
+                              AccelerationConfig(cache=DynamicCacheConfig(**kw))))
     return out
 
 
@@ -288,15 +380,19 @@ def _extra_methods(bench: Any, template: Any, prefixes: list[str], args: argpars
     entries = []
     if overlaps(prefixes, "ours searched "):
         try:
-            entries, record["search"] = _searched(bench, args, calibration, other)
+            entries, record["search"] = _searched(bench, args, other)
         except Exception as exc:
             record["search"] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
     from diffusion_accel import AccelerationConfig as Config
 
+    names: set[str] = set()
     for e in entries:
         config = Config.from_dict(e["config"])
-        out.append(method(f"ours searched {e['speedup']:.2f}x", {"searched": True, "search_name": e["name"],
-                                                                  "search_macs_speedup": e["speedup"]}, config))
+        name = f"ours searched {e['speedup']:.2f}x"
+        name = name if name not in names else f"{name} {e['name']}"
+        names.add(name)
+        out.append(method(name, {"searched": True, "search_name": e["name"], "search_origin": e["origin"],
+                                 "search_macs_speedup": e["speedup"]}, config))
     return out
 
 
@@ -336,6 +432,23 @@ def caching_namespace(args: argparse.Namespace, model: str) -> argparse.Namespac
     return namespace
 
 
+def _prefixes(only: str) -> list[str]:
+    return [p.strip() for p in only.split(",") if p.strip()]
+
+
+def drop_searched_rows(results: dict[str, Any], path: str) -> None:
+    """Remove the rows of an earlier search from ``results`` and ``path`` (before a ``--merge`` that re-runs the
+    search: its frontier may have other points, which must not mix with the old ones)."""
+    methods = results["caching"]["methods"]
+    kept = [m for m in methods if not m.get("settings", {}).get("searched")]
+    if len(kept) == len(methods):
+        return
+    results["caching"]["methods"] = kept
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2, default=float)
+        fh.write("\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="caching,techniques")
@@ -343,13 +456,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-prompts", type=int, default=2,
-                        help="training captions for TeaCache/MagCache calibration, the search and sensitivities")
+                        help="training captions for TeaCache/MagCache calibration and sensitivities")
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.03, 0.05, 0.1, 0.2, 0.35])
     parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 12],
                         help="MagCache thresholds are set to skip this many of the steps")
-    parser.add_argument("--search-population", type=int, default=8)
+    parser.add_argument("--search-prompts", type=int, default=8, help="training captions the search scores on")
+    parser.add_argument("--search-population", type=int, default=16)
     parser.add_argument("--search-generations", type=int, default=2)
-    parser.add_argument("--searched-points", type=int, default=4, help="searched frontier points measured")
+    parser.add_argument("--search-refine-rounds", type=int, default=2)
+    parser.add_argument("--search-reuse", default="forecast",
+                        help="reuse mode of the searched static schedules (search_schedule's reuse=)")
+    parser.add_argument("--searched-points", type=int, default=16, help="searched frontier points measured at most")
     parser.add_argument("--caching-only", default="",
                         help="comma-separated name prefixes of the peers' methods to run (split a run over processes)")
     parser.add_argument("--techniques-only", default="",
@@ -380,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         with open(args.out, encoding="utf-8") as fh:
             results = json.load(fh)
+        if "caching" in results and overlaps(_prefixes(args.caching_only), "ours searched ") and not args.no_extras:
+            drop_searched_rows(results, args.out)  # a new search replaces the old searched frontier as a whole
     started = time.perf_counter()
     sys.path.insert(0, HERE)
     if "caching" in parts:

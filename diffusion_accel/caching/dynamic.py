@@ -26,6 +26,12 @@ Every policy skips at most ``max_consecutive_skips`` steps in a row, never in th
 * UNets (``"first_block"`` only): all blocks but the first and the last return their outputs from
   the last computed step (DeepCache-like reuse), so the outermost blocks stay fresh.
 
+With ``reuse="forecast"`` (transformers, ``decide_per="batch"``) the last block adds instead the
+residual extrapolated to the current step from the last ``forecast_order + 1`` computed steps'
+residuals (TaylorSeer's finite differences in step index, :func:`~.forecast.newton_extrapolate`):
+the same skip rule, a better guess of what the skipped blocks would have added. Before
+``forecast_order + 1`` computed steps it uses the highest order they allow (one: plain reuse).
+
 Decisions are per guidance branch and, by default, per batch (the signal's change over the whole
 batch). With ``decide_per="sample"`` each sample (row of the denoiser's batch; both guidance
 halves of a batched-CFG call are rows too) keeps its own accumulators and the call skips only if
@@ -63,11 +69,12 @@ from .block_io import block_argument as _argument
 from .block_io import block_streams as _streams
 from .block_io import pack_block_output as _pack
 from .block_io import sub_stream as _sub
+from .forecast import newton_extrapolate
 from .policies import SkipPolicy, skip_policy, skip_policy_names
 from .state import tensor_bytes
 from .static import scheduler_num_steps
 
-__all__ = ["DECISION_UNITS", "REFERENCES", "DynamicCacheConfig", "apply_dynamic_cache"]
+__all__ = ["DECISION_UNITS", "DYNAMIC_REUSE_MODES", "REFERENCES", "DynamicCacheConfig", "apply_dynamic_cache"]
 
 _HOOK_NAME = "dynamic_cache"
 
@@ -75,6 +82,8 @@ _HOOK_NAME = "dynamic_cache"
 DECISION_UNITS = ("batch", "sample")
 #: Values of :attr:`DynamicCacheConfig.compare_to`.
 REFERENCES = ("previous", "last_computed")
+#: Values of :attr:`DynamicCacheConfig.reuse`.
+DYNAMIC_REUSE_MODES = ("residual", "forecast")
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,10 @@ class DynamicCacheConfig(TechniqueConfig):
         magcache_ratios: ``policy="magcache"`` only: per-step mean magnitude ratio of the blocks'
             residual to the previous step's (step 0: 1.0); measured by :func:`~.calibrate.calibrate_magcache`.
             Resampled linearly for calls with another step count.
+        reuse: what a skipped call adds at the last block (transformers): ``"residual"`` (default: the
+            residual of the last computed step) or ``"forecast"`` (that residual extrapolated to the
+            current step from the last ``forecast_order + 1`` computed steps; ``decide_per="batch"`` only).
+        forecast_order: ``reuse="forecast"`` only: 1 (linear) or 2 (also the curvature).
     """
 
     field_name = "cache"
@@ -116,6 +129,8 @@ class DynamicCacheConfig(TechniqueConfig):
     compare_to: str = "previous"
     teacache_coefficients: tuple[float, ...] = ()
     magcache_ratios: tuple[float, ...] = ()
+    reuse: str = "residual"
+    forecast_order: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
@@ -128,6 +143,7 @@ class DynamicCacheConfig(TechniqueConfig):
             raise ValueError(f"decide_per must be one of {list(DECISION_UNITS)}, got {self.decide_per!r}.")
         if self.compare_to not in REFERENCES:
             raise ValueError(f"compare_to must be one of {list(REFERENCES)}, got {self.compare_to!r}.")
+        self._check_reuse()
         for name in ("teacache_coefficients", "magcache_ratios"):
             object.__setattr__(self, name, _numbers(name, getattr(self, name)))
         policy = skip_policy(self.policy)
@@ -140,6 +156,19 @@ class DynamicCacheConfig(TechniqueConfig):
         if self.compare_to != "previous" and policy.signal is None:
             raise ValueError(f"compare_to={self.compare_to!r} needs a policy with a signal; policy={self.policy!r} "
                              "has none: drop compare_to or use policy='first_block' or 'teacache'.")
+
+
+    def _check_reuse(self) -> None:
+        if self.reuse not in DYNAMIC_REUSE_MODES:
+            raise ValueError(f"reuse must be one of {list(DYNAMIC_REUSE_MODES)}, got {self.reuse!r}.")
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in (1, 2):
+            raise ValueError(f"forecast_order must be 1 or 2, got {self.forecast_order!r}.")
+        if self.forecast_order != 1 and self.reuse != "forecast":
+            raise ValueError(f"forecast_order={self.forecast_order} needs reuse='forecast'; pass reuse='forecast' "
+                             "or drop forecast_order.")
+        if self.reuse == "forecast" and self.decide_per != "batch":
+            raise ValueError("reuse='forecast' extrapolates the whole batch's residual: use decide_per='batch' "
+                             "or reuse='residual'.")
 
 
 def _numbers(name: str, values: Any) -> tuple[float, ...]:
@@ -160,10 +189,13 @@ class _BranchState:
     # first block's output streams this call (policies deciding before it: its input streams)
     head_output: tuple[Any, Any] = (None, None)
     tail_residual: tuple[Any, Any] = (None, None)  # last block output - head_output, last computed step
+    # reuse="forecast": (step, tail_residual) of the last forecast_order + 1 computed steps, oldest first
+    tail_history: list[tuple[int, tuple[Any, Any]]] = field(default_factory=list)
     block_outputs: dict[int, Any] = field(default_factory=dict)  # reuse mode
 
     def tensor_bytes(self) -> int:
-        return tensor_bytes((self.previous_signal, self.head_output, self.tail_residual, self.block_outputs))
+        history = [value for _, value in self.tail_history[:-1]]  # the newest is tail_residual
+        return tensor_bytes((self.previous_signal, self.head_output, self.tail_residual, self.block_outputs, history))
 
 
 class _Controller:
@@ -300,6 +332,26 @@ class _Controller:
         else:
             state.previous_signal = previous.index_copy(0, rows, signal.index_select(0, rows))
 
+    def remember_residual(self, state: _BranchState) -> None:
+        """``reuse="forecast"``: keep the residual just computed with its step (the last ``order + 1``)."""
+        if self.config.reuse != "forecast":
+            return
+        step = self.tracker.current.step
+        if state.tail_history and state.tail_history[-1][0] >= step:
+            state.tail_history.clear()  # another trajectory (a new pass without a reset)
+        state.tail_history.append((step, state.tail_residual))
+        del state.tail_history[:-(self.config.forecast_order + 1)]
+
+    def reused_residual(self, state: _BranchState) -> tuple[Any, Any]:
+        """What a skipped call adds at the last block: the last computed residual, or its forecast."""
+        history = state.tail_history
+        if self.config.reuse != "forecast" or len(history) < 2:
+            return state.tail_residual
+        steps = [s for s, _ in history]
+        step = self.tracker.current.step
+        return tuple(None if value[-1] is None else newton_extrapolate(steps, list(value), step)
+                     for value in zip(*(v for _, v in history)))
+
     def _change(self, previous: torch.Tensor, signal: torch.Tensor) -> np.ndarray:
         """Relative L1 change of the signal: over the whole batch (1 row) or per sample (batch rows)."""
         if self.config.decide_per == "batch":
@@ -347,8 +399,9 @@ class DynamicBlockHook(ModelHook):
             hidden = _argument(module, self.io.hidden_states_arg, args, kwargs)
             encoder = _argument(module, self.io.encoder_hidden_states_arg, args, kwargs)
             if index == ctl.last:
-                hidden = _add(hidden, state.tail_residual[0])
-                encoder = _add(encoder, state.tail_residual[1])
+                residual = ctl.reused_residual(state)
+                hidden = _add(hidden, residual[0])
+                encoder = _add(encoder, residual[1])
             return _pack(self.io, hidden, encoder)
         if index != ctl.last:
             return state.block_outputs.get(index)
@@ -409,6 +462,7 @@ class DynamicBlockHook(ModelHook):
                 hidden, encoder = _streams(self.io, output)
                 head_hidden, head_encoder = state.head_output
                 state.tail_residual = (_sub(hidden, head_hidden), _sub(encoder, head_encoder))
+                ctl.remember_residual(state)
                 state.head_output = (None, None)
                 ctl.record_bytes()
         elif index != ctl.last:
@@ -450,6 +504,9 @@ def apply_dynamic_cache(pipe: Any, config: DynamicCacheConfig, denoisers: list[D
             raise ValueError(f"Dynamic caching needs at least 2 blocks; {denoiser.name} has {len(blocks)}.")
         controller = _Controller(config, denoiser, blocks, pipe)
         controller.policy.check_denoiser(denoiser.adapter, controller.residual_mode)
+        if config.reuse == "forecast" and not controller.residual_mode:
+            raise ValueError(f"reuse='forecast' extrapolates block residuals, which {denoiser.name} (blocks without "
+                             "a BlockIO, e.g. a UNet) does not have; use reuse='residual'.")
         controllers.append(controller)
     for controller, denoiser in zip(controllers, denoisers):
         for block in denoiser.blocks():

@@ -58,6 +58,8 @@ from ..api import acceleration_state, apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..eval.generate import Item, check_item_call_kwargs, item_call_inputs, make_batches, to_uint8
 from ..cost.macs import MacProfile, profile_macs
+from ..caching.dynamic import DynamicCacheConfig
+from ..caching.policies import skip_policy
 from ..caching.schedule import CacheSchedule
 from ..caching.static import StaticCacheConfig
 from .memo import TextEncoderMemo, memoize_text_encoders
@@ -423,6 +425,29 @@ class CandidateEvaluator:
             return self._evaluate_cache(config)  # its own reuse mode and forecast order (a reuse gene's)
         outputs, seconds = self.run(config)
         return self._priced(config, self.score(outputs), seconds)
+
+    def evaluate_dynamic(self, config: AccelerationConfig) -> Evaluation:
+        """Cost and quality of a dynamic cache (a :class:`~diffusion_accel.caching.DynamicCacheConfig`, on top
+        of ``base``) on the calibration items. Its MACs come from the MAC profile and the share of denoiser
+        calls that skipped at each step (a skipped call saves the blocks the policy skips: all but the first,
+        or all of them for a whole-stack policy), so static and dynamic candidates are priced alike."""
+        if self.profile is None:
+            raise RuntimeError("Call CandidateEvaluator.prepare() before evaluate_dynamic().")
+        cache = config.cache
+        if not isinstance(cache, DynamicCacheConfig) or self.cost_name not in ("macs", "latency"):
+            raise ValueError("evaluate_dynamic prices a DynamicCacheConfig by MACs or measured latency; use "
+                             "evaluate_config for static schedules, cost='macs' or 'latency'.")
+        reports: list[dict[str, Any]] = []
+        outputs, seconds = self.run(config, observe=reports.append)
+        quality = self.score(outputs)
+        shares = reports[0]["cache"]["skip_share_by_step"] if reports else {}
+        first = 0 if skip_policy(cache.policy).before_first_block else 1
+        per_skip = float(self.profile.component_macs.sum(axis=0)[first:].sum())  # one step's calls, skipped blocks
+        num_steps = len(shares) or self.profile.num_steps
+        full = self.profile.full_macs(num_steps)
+        ratio = full / (full - per_skip * float(sum(shares.values())))
+        cost = 1.0 / ratio if self.cost_name == "macs" else seconds / self.reference_seconds
+        return Evaluation(float(cost), float(quality), self.metric.objective(quality), float(ratio), float(seconds))
 
     def _priced(self, config: AccelerationConfig, quality: float, seconds: float) -> Evaluation:
         """The evaluation of ``config`` priced by the latency model (MACs and predicted seconds)."""

@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from ..caching.dynamic import DynamicCacheConfig
+from ..caching.policies import skip_policy
 from ..caching.heuristics import deepcache, delta_dit, encoder_propagation, fora, full_compute, tgate
 from ..caching.schedule import CacheSchedule
 from .fitness import with_cache
 from .problem import ScheduleGenome
 
-__all__ = ["DYNAMIC_SEED_THRESHOLDS", "dynamic_schedules", "heuristic_schedules", "initial_population"]
+__all__ = ["DYNAMIC_SEED_THRESHOLDS", "dynamic_seed", "dynamic_schedules", "heuristic_schedules",
+           "initial_population"]
 
 
 def _candidates(steps: int, blocks: int) -> list[tuple[str, Callable[[Any], CacheSchedule]]]:
@@ -83,36 +85,61 @@ def heuristic_schedules(model: Any, num_steps: int) -> list[CacheSchedule]:
 DYNAMIC_SEED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.8)
 
 
+def dynamic_seed(seed: Any) -> float | dict[str, Any]:
+    """One entry of ``dynamic_seeds`` checked: a threshold (float) or a mapping of
+    :class:`~diffusion_accel.caching.DynamicCacheConfig` fields (a plain dict, as the checkpoint stores it)."""
+    if isinstance(seed, dict):
+        try:
+            DynamicCacheConfig(**seed)
+        except TypeError as exc:
+            raise ValueError(f"dynamic_seeds entry {seed!r}: {exc}; use DynamicCacheConfig's field names.") from None
+        return dict(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, float, np.floating, np.integer)):
+        raise ValueError(f"dynamic_seeds entries are thresholds or mappings of DynamicCacheConfig fields, got {seed!r}.")
+    return float(seed)
+
+
+def _seed_config(seed: float | dict[str, Any]) -> tuple[DynamicCacheConfig, str]:
+    """The dynamic cache of one seed and its replay's name."""
+    if not isinstance(seed, dict):
+        return DynamicCacheConfig(threshold=float(seed)), f"dynamic-replay-{float(seed):g}"
+    config = DynamicCacheConfig(**seed)
+    rule = config.policy + ("-last" if config.compare_to == "last_computed" else "")
+    return config, f"dynamic-replay-{rule}-{config.threshold:g}"
+
+
 def dynamic_schedules(evaluator: Any, genome: ScheduleGenome,
-                      thresholds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS) -> list[CacheSchedule]:
-    """Static replays of dynamic caching on the calibration items: one schedule per threshold.
+                      thresholds: Sequence[Any] = DYNAMIC_SEED_THRESHOLDS) -> list[CacheSchedule]:
+    """Static replays of dynamic caching on the calibration items: one schedule per seed.
 
     Dynamic caching (:class:`~diffusion_accel.caching.DynamicCacheConfig`) decides per step,
-    from the first block's change, whether the other blocks rerun. Its decisions on the
-    calibration items are a data-driven starting point the search can refine: at every step
-    where most denoiser calls skipped, every block but the first reuses all its components.
-    Thresholds whose replay is the full schedule, or a duplicate, are left out.
+    from the first block's change (or the policy's signal), whether the blocks rerun. Its decisions
+    on the calibration items are a data-driven starting point the search can refine: at every step
+    where most denoiser calls skipped, every block the policy skips (all but the first for
+    ``"first_block"``, all for ``"teacache"``/``"magcache"``) reuses all its components.
+    Seeds whose replay is the full schedule, or a duplicate, are left out.
 
     Args:
         evaluator: a prepared :class:`~diffusion_accel.search.CandidateEvaluator`.
         genome: the search layout (its step count must be the evaluator's).
-        thresholds: dynamic-caching thresholds to replay.
+        thresholds: the seeds (:func:`dynamic_seed`): thresholds of the default rule, or mappings of
+            ``DynamicCacheConfig`` fields.
     """
     out: list[CacheSchedule] = []
-    for threshold in thresholds:
+    for seed in thresholds:
+        config, name = _seed_config(dynamic_seed(seed))
         reports: list[dict[str, Any]] = []
         try:
-            evaluator.run(with_cache(evaluator.base, DynamicCacheConfig(threshold=float(threshold))),
-                          observe=reports.append)
+            evaluator.run(with_cache(evaluator.base, config), observe=reports.append)
         except ValueError:  # dynamic caching does not apply to this model
             return []
         shares = reports[0]["cache"]["skip_share_by_step"] if reports else {}
+        first = 0 if skip_policy(config.policy).before_first_block else 1
         compute = np.ones((genome.num_steps, *genome.applicable.shape), dtype=bool)
         for step, share in shares.items():
             if 0 < int(step) < genome.num_steps and share > 0.5:
-                compute[int(step), 1:] = False
-        schedule = CacheSchedule(compute, genome.components, genome.family, applicable=genome.applicable,
-                                 name=f"dynamic-replay-{float(threshold):g}")
+                compute[int(step), first:] = False
+        schedule = CacheSchedule(compute, genome.components, genome.family, applicable=genome.applicable, name=name)
         if not compute.all() and schedule not in out:
             out.append(schedule)
     return out

@@ -25,7 +25,7 @@ from .fitness import COST_MODELS, QUALITY_METRICS
 from .nsga import Operators
 from .problem import GRANULARITIES
 from .reuse import parse_reuse
-from .seeding import DYNAMIC_SEED_THRESHOLDS
+from .seeding import DYNAMIC_SEED_THRESHOLDS, dynamic_seed
 from .space import parse_space
 
 __all__ = ["SearchSettings"]
@@ -51,8 +51,10 @@ class SearchSettings(RunSettings):
         latency_repeats: timed repetitions per op when the search calibrates the latency model.
         operators: crossover and mutation settings (:class:`.nsga.Operators`).
         num_heuristics: at most this many heuristic seeds in the initial population.
-        dynamic_seeds: dynamic-caching thresholds whose decisions on the calibration prompts seed
-            the initial population (:func:`.seeding.dynamic_schedules`); ``()`` for none.
+        dynamic_seeds: dynamic-caching runs whose decisions on the calibration prompts seed the initial
+            population (:func:`.seeding.dynamic_schedules`): each a threshold (``DynamicCacheConfig(threshold=t)``)
+            or a mapping of :class:`~diffusion_accel.caching.DynamicCacheConfig` fields (e.g. FirstBlockCache's
+            rule ``{"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 20}``); ``()`` for none.
         dp_seeds: this many DP schedules (least accumulated reuse error under a compute budget,
             :mod:`.dp_seeds`) seed the initial population; 0 (default) for none.
         reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
@@ -90,7 +92,7 @@ class SearchSettings(RunSettings):
     latency_repeats: int = 5
     operators: Operators | None = None
     num_heuristics: int | None = None
-    dynamic_seeds: Sequence[float] = DYNAMIC_SEED_THRESHOLDS
+    dynamic_seeds: Sequence[Any] = DYNAMIC_SEED_THRESHOLDS
     dp_seeds: int = 0
     reuse: Any = "auto"
     granularity: str = "component"
@@ -106,7 +108,7 @@ class SearchSettings(RunSettings):
     def __post_init__(self) -> None:
         if self.operators is None:
             object.__setattr__(self, "operators", Operators())
-        object.__setattr__(self, "dynamic_seeds", tuple(float(t) for t in self.dynamic_seeds))
+        object.__setattr__(self, "dynamic_seeds", tuple(dynamic_seed(t) for t in self.dynamic_seeds))
         object.__setattr__(self, "pick_speedups", tuple(self.pick_speedups))
         object.__setattr__(self, "space", parse_space(self.space))
         object.__setattr__(self, "reuse", parse_reuse(self.reuse))

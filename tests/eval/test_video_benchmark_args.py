@@ -51,8 +51,10 @@ def test_a_caching_only_selection_reaches_an_extra_group_only_if_its_names_can_m
 def test_gentle_first_block_rows_take_firstblockcaches_rule():
     video = load_benchmark("video")
     rows = video.gentle_first_block_methods(20, lambda name, settings, config: (name, settings, config))
-    assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}"
-                                              for t in video.GENTLE_FIRST_BLOCK]
+    assert [name for name, _, _ in rows] == [f"ours dynamic first_block-last-nocap-{t:g}{tag}"
+                                              for tag in ("", "-forecast") for t in video.GENTLE_FIRST_BLOCK]
+    assert [config.cache.reuse for _, _, config in rows] == \
+        ["residual"] * len(video.GENTLE_FIRST_BLOCK) + ["forecast"] * len(video.GENTLE_FIRST_BLOCK)
     for _, settings, config in rows:
         assert (config.cache.compare_to, config.cache.max_consecutive_skips) == ("last_computed", 20)
         assert config.cache.policy == "first_block" and config.cache.threshold == settings["threshold"]
@@ -99,3 +101,35 @@ def test_the_probe_sees_contexts_opened_by_a_parent_pipelines_call():
         pass
 
     assert peers.opens_cache_context(Child())
+
+
+def test_the_searched_frontier_tries_firstblockcaches_rule_and_teacache_with_both_reuses():
+    from diffusion_accel.caching import DynamicCacheConfig
+    from diffusion_accel.search import SearchSettings
+
+    video = load_benchmark("video")
+    tea = DynamicCacheConfig(policy="teacache", teacache_coefficients=(2.0, 0.0))
+    configs = dict(video.search_dynamic_configs(20, tea))
+    assert len(configs) == 2 * (len(video.SEARCH_FIRST_BLOCK) + len(video.SEARCH_TEACACHE))
+    fbc = configs["first_block-last-0.1-forecast"]
+    assert (fbc.compare_to, fbc.max_consecutive_skips, fbc.reuse, fbc.threshold) == ("last_computed", 20, "forecast", 0.1)
+    assert configs["teacache-0.2"].teacache_coefficients == (2.0, 0.0) and configs["teacache-0.2"].reuse == "residual"
+    assert len(dict(video.search_dynamic_configs(20))) == 2 * len(video.SEARCH_FIRST_BLOCK)  # no TeaCache calibration
+    seeds = video.search_seeds(20, tea)
+    assert SearchSettings(dynamic_seeds=seeds).dynamic_seeds == seeds  # every seed is a valid setting
+    assert {"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 20} in seeds
+
+
+def test_a_merge_that_reruns_the_search_drops_the_old_searched_rows(tmp_path):
+    import json
+
+    video = load_benchmark("video")
+    path = tmp_path / "video.json"
+    results = {"caching": {"methods": [{"name": "full compute", "settings": {}},
+                                       {"name": "ours searched 1.33x", "settings": {"searched": True}},
+                                       {"name": "ours fora-2-res", "settings": {"policy": "fora-2"}}]}}
+    path.write_text(json.dumps(results))
+    video.drop_searched_rows(results, str(path))
+    names = ["full compute", "ours fora-2-res"]
+    assert [m["name"] for m in results["caching"]["methods"]] == names
+    assert [m["name"] for m in json.loads(path.read_text())["caching"]["methods"]] == names

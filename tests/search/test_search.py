@@ -228,6 +228,24 @@ def test_dynamic_seeds_replay_dynamic_caching_decisions(pixart, tiny_call, one_t
     assert names[:2] == ["full", "dynamic-replay-1e+09"] and np.array_equal(bits[1], genome.encode(seeds[0]))
 
 
+def test_dynamic_candidates_are_priced_like_their_static_replay(pixart, tiny_call, one_thread):
+    from diffusion_accel.caching import DynamicCacheConfig
+    from diffusion_accel.search import ScheduleGenome
+    from diffusion_accel.search.seeding import dynamic_schedules
+
+    items = make_items(load_prompts(PROMPTS), seed=0)
+    ev = CandidateEvaluator(pixart, items, {**tiny_call, "num_inference_steps": 6}, quality="latent_mse", batch_size=4)
+    ev.prepare()
+    never = ev.evaluate_dynamic(AccelerationConfig(cache=DynamicCacheConfig(threshold=0.0)))
+    assert never.macs_ratio == 1.0 and never.quality == 0.0  # never skips: the full-compute latents
+    config = DynamicCacheConfig(threshold=1e9, max_consecutive_skips=1)
+    every_other = ev.evaluate_dynamic(AccelerationConfig(cache=config))
+    (replay,) = dynamic_schedules(ev, ScheduleGenome.for_model(pixart, 6), thresholds=({"threshold": 1e9, "max_consecutive_skips": 1},))
+    assert every_other.macs_ratio == pytest.approx(ev.macs_ratio(replay), rel=1e-12) and every_other.macs_ratio > 1.2
+    with pytest.raises(ValueError, match="DynamicCacheConfig"):
+        ev.evaluate_dynamic(ev.config(replay))
+
+
 def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     from diffusion_accel.search import ScheduleGenome
     from diffusion_accel.search.seeding import dynamic_schedules
@@ -242,6 +260,40 @@ def test_dynamic_seed_replays_only_steps_most_calls_skipped(pixart):
     (seed,) = dynamic_schedules(Recorded(), genome, thresholds=(0.3,))
     assert seed.name == "dynamic-replay-0.3"
     assert seed.compute[[0, 1, 3]].all() and seed.compute[2, 0].all() and not seed.compute[2, 1:].any()
+
+
+def test_dynamic_seed_mappings_replay_their_rule(pixart):
+    """A seed given as DynamicCacheConfig fields runs that config; a whole-stack policy's replay reuses
+    every block (the first too), the first-block rule's all but the first."""
+    from diffusion_accel.search import ScheduleGenome, SearchSettings
+    from diffusion_accel.search.seeding import dynamic_schedules
+
+    class Recorded:
+        base = None
+
+        def __init__(self):
+            self.configs = []
+
+        def run(self, config, observe=None):
+            self.configs.append(config.cache)
+            observe({"cache": {"skip_share_by_step": {0: 0.0, 1: 1.0, 2: 0.0, 3: 1.0}}})
+
+    genome = ScheduleGenome.for_model(pixart, 4)
+    fbc = {"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 4}
+    tea = {"threshold": 0.2, "policy": "teacache", "teacache_coefficients": [1.0, 0.0]}
+    ev = Recorded()
+    first, whole = dynamic_schedules(ev, genome, thresholds=(fbc, tea))
+    assert [c.compare_to for c in ev.configs] == ["last_computed", "previous"] and ev.configs[1].policy == "teacache"
+    assert first.name == "dynamic-replay-first_block-last-0.1" and whole.name == "dynamic-replay-teacache-0.2"
+    assert first.compute[[1, 3], 0].all() and not first.compute[[1, 3], 1:].any()
+    assert not whole.compute[[1, 3]].any() and whole.compute[[0, 2]].all()
+    assert SearchSettings(dynamic_seeds=(0.3, fbc)).dynamic_seeds == (0.3, fbc)
+    with pytest.raises(ValueError, match="compare_to must be one of"):
+        SearchSettings(dynamic_seeds=({"compare_to": "nope"},))
+    with pytest.raises(ValueError, match="DynamicCacheConfig's field names"):
+        SearchSettings(dynamic_seeds=({"treshold": 0.1},))
+    with pytest.raises(ValueError, match="thresholds or mappings"):
+        SearchSettings(dynamic_seeds=("0.1",))
 
 
 def test_block_granularity_search_keeps_whole_blocks(pixart, tiny_call, tmp_path, one_thread):
