@@ -1,0 +1,139 @@
+"""Dynamic caching for 1.5-2.1x on the bundled image model: forecast reuse, last-computed scoring, caps.
+
+Each variant is a ``DynamicCacheConfig`` (first-block or TeaCache rule, ``compare_to``, ``reuse=
+"forecast"`` of order 1/2, ``warmup_steps`` / ``final_steps``, ``max_consecutive_skips``). On the
+first ``--prompts`` prompts of ``--split`` (``train``: the training captions, to choose on;
+``heldout``: to validate), one batched call of 20 steps, seeds 0..n-1, each variant on a fresh
+pipeline: compute ratio (block computations that ran, the counter of ``peers_caching.py``), PSNR
+against full compute and the steps that computed. Writes ``benchmarks/results/low_speedup_dynamic.json``
+(rows of a split merged by name, so splits and subsets can be run one at a time).
+
+    python benchmarks/low_speedup_dynamic.py --split train --prompts 8
+    python benchmarks/low_speedup_dynamic.py --split heldout --prompts 16 --only "fb-fc1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "low_speedup_dynamic.json")
+
+
+def variants(steps: int) -> dict[str, dict]:
+    """Name -> DynamicCacheConfig fields (TeaCache coefficients added when run)."""
+    out: dict[str, dict] = {}
+    nocap = {"max_consecutive_skips": steps, "compare_to": "last_computed"}
+    for t in (0.12, 0.15, 0.2, 0.25, 0.3):
+        out[f"fb-res-{t}"] = {"threshold": t, **nocap}
+        for order in (1, 2):
+            out[f"fb-fc{order}-{t}"] = {"threshold": t, **nocap, "reuse": "forecast", "forecast_order": order}
+        out[f"fb-fc1-f2-{t}"] = {"threshold": t, **nocap, "reuse": "forecast", "final_steps": 2}
+        out[f"fb-fc1-cap2-{t}"] = {"threshold": t, "compare_to": "last_computed", "max_consecutive_skips": 2,
+                                   "reuse": "forecast"}
+    for t in (0.11, 0.15, 0.2, 0.25, 0.3):
+        for order in (1, 2):
+            out[f"tc-fc{order}-{t}"] = {"threshold": t, "policy": "teacache", "reuse": "forecast",
+                                        "forecast_order": order}
+        out[f"tc-last-fc1-{t}"] = {"threshold": t, "policy": "teacache", "reuse": "forecast",
+                                   "compare_to": "last_computed"}
+    # forecast in the middle stretch only: the last ``final`` steps always compute (forecasting across the
+    # last steps lost on the training captions)
+    for final in (3, 4, 5):
+        for t in (0.12, 0.15, 0.2, 0.25, 0.3):
+            out[f"fb-fc1-F{final}-{t}"] = {"threshold": t, **nocap, "reuse": "forecast", "final_steps": final}
+            out[f"fb-fc1-cap2-F{final}-{t}"] = {"threshold": t, "compare_to": "last_computed",
+                                                "max_consecutive_skips": 2, "reuse": "forecast",
+                                                "final_steps": final}
+        for t in (0.11, 0.15, 0.2, 0.25, 0.3):
+            out[f"tc-fc1-F{final}-{t}"] = {"threshold": t, "policy": "teacache", "reuse": "forecast",
+                                           "final_steps": final}
+    return out
+
+
+def _steps_computed(pipe) -> list[int]:
+    computed: list[int] = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: computed.append(0))
+
+    def ran(module, args, output):
+        computed[-1] = 1
+
+    pipe.transformer.transformer_blocks[-1].attn1.to_q.register_forward_hook(ran)
+    return computed
+
+
+def run(args) -> dict:
+    sys.path.insert(0, HERE)
+    import caching as bench
+    import peers_caching as peers
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+    from diffusion_accel.cost.blocks import BlockComputeCounter
+    from diffusion_accel.eval.metrics import psnr
+
+    torch.set_num_threads(args.threads)
+    ns = argparse.Namespace(caching_model="benchmark", caching_prompts=0, caching_steps=args.steps,
+                            caching_timing_prompts=1)
+    b = peers._Bench(ns)
+    b.prompts = b.model.prompts(args.split)[: args.prompts]
+    with open(os.path.join(HERE, "results", "dynamic_policies.json"), encoding="utf-8") as fh:
+        coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    chosen = [("full compute", {})] + [
+        (name, kw) for name, kw in variants(args.steps).items()
+        if not args.only or any(name.startswith(p) for p in args.only.split(","))]
+    rows, reference = [], None
+    for name, kw in chosen:
+        pipe = b.fresh()
+        if kw:
+            extra = {"teacache_coefficients": coefficients} if kw.get("policy") == "teacache" else {}
+            bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw, **extra)))(pipe)
+        computed = _steps_computed(pipe)
+        with BlockComputeCounter(pipe) as counter:
+            images = bench.images_of(b.call(pipe))
+        if reference is None:
+            reference = (images, counter.total)
+        row = {"name": name, "settings": kw,
+               "compute_ratio": round(BlockComputeCounter.ratio(reference[1], counter.total), 4),
+               "psnr_db": round(psnr(images, reference[0]), 3) if kw else None,
+               "steps_computed": [i for i, c in enumerate(computed) if c]}
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("name", "compute_ratio", "psnr_db")}), flush=True)
+    return {"split": args.split, "prompts": len(b.prompts), "steps": args.steps, "rows": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", default="train", choices=["train", "heldout"])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="comma-separated name prefixes (the baseline always runs)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    result = run(args)
+    saved = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    key = f"{args.split}-{args.prompts}"
+    earlier = saved.get(key, {}).get("rows", [])
+    names = {row["name"] for row in result["rows"]}
+    result["rows"] = [r for r in earlier if r["name"] not in names] + result["rows"]
+    result["seconds"] = round(time.perf_counter() - started)
+    saved[key] = result
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w", encoding="utf-8") as fh:
+        json.dump(saved, fh, indent=1)
+        fh.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
