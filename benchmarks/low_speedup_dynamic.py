@@ -54,7 +54,44 @@ def variants(steps: int) -> dict[str, dict]:
         for t in (0.11, 0.15, 0.2, 0.25, 0.3):
             out[f"tc-fc1-F{final}-{t}"] = {"threshold": t, "policy": "teacache", "reuse": "forecast",
                                            "final_steps": final}
+    # at most one skip in a row: alternate at most, placed by the rule
+    for t in (0.15, 0.2, 0.3, 0.5):
+        out[f"tc-fc1-cap1-{t}"] = {"threshold": t, "policy": "teacache", "reuse": "forecast",
+                                   "max_consecutive_skips": 1}
+        out[f"fb-fc1-cap1-{t}"] = {"threshold": t, "compare_to": "last_computed", "reuse": "forecast",
+                                   "max_consecutive_skips": 1}
+    # forecast in the first part of the pass only, plain residual reuse after it (forecast_until)
+    for until in (0.5, 0.65, 0.8):
+        for t in (0.15, 0.2, 0.25, 0.3):
+            fc = {"reuse": "forecast", "forecast_until": until}
+            out[f"tc-fc1-U{until}-{t}"] = {"threshold": t, "policy": "teacache", **fc}
+            out[f"fb-fc1-U{until}-{t}"] = {"threshold": t, **nocap, **fc}
+        out[f"tc-fc1-U{until}-cap1-0.5"] = {"threshold": 0.5, "policy": "teacache", "max_consecutive_skips": 1, **fc}
     return out
+
+
+#: static step-skip sets (skipped steps) run with forecast and with block-residual reuse ("st-" variants)
+STATIC_SKIPS = {
+    "odd": (1, 3, 5, 7, 9, 11, 13, 15, 17, 19),
+    "12even": (1, 2, 4, 6, 8, 10, 12, 14, 16, 18),
+    "12even17": (1, 2, 4, 6, 8, 10, 12, 14, 16, 17),
+    "12even-9": (1, 2, 4, 6, 8, 10, 12, 14, 16),
+    "12even-11": (1, 2, 4, 6, 8, 10, 11, 13, 15, 17, 18),
+    "odd-11": (1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19),
+    "odd-11b": (1, 3, 5, 7, 8, 10, 12, 14, 16, 17, 19),
+}
+
+
+def _static_attach(pipe, steps: int, name: str):
+    """``st-<reuse>-<set>``: a StaticCacheConfig skipping ``STATIC_SKIPS[set]`` with that reuse."""
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import StaticCacheConfig
+    from low_speedup_schedules import skip_schedule
+
+    _, reuse, key = name.split("-", 2)
+    reuse = {"fc1": "forecast", "res": "block_residual"}[reuse]
+    return AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, list(STATIC_SKIPS[key])),
+                                                      reuse=reuse))
 
 
 def _steps_computed(pipe) -> list[int]:
@@ -85,13 +122,18 @@ def run(args) -> dict:
     b.prompts = b.model.prompts(args.split)[: args.prompts]
     with open(os.path.join(HERE, "results", "dynamic_policies.json"), encoding="utf-8") as fh:
         coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    table = dict(variants(args.steps))
+    table.update({f"st-{reuse}-{key}": {"static": f"{reuse} {list(skips)}"}
+                  for key, skips in STATIC_SKIPS.items() for reuse in ("fc1", "res")})
     chosen = [("full compute", {})] + [
-        (name, kw) for name, kw in variants(args.steps).items()
+        (name, kw) for name, kw in table.items()
         if not args.only or any(name.startswith(p) for p in args.only.split(","))]
     rows, reference = [], None
     for name, kw in chosen:
         pipe = b.fresh()
-        if kw:
+        if "static" in kw:
+            bench.ours(_static_attach(pipe, args.steps, name))(pipe)
+        elif kw:
             extra = {"teacache_coefficients": coefficients} if kw.get("policy") == "teacache" else {}
             bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw, **extra)))(pipe)
         computed = _steps_computed(pipe)
