@@ -67,6 +67,12 @@ def variants(steps: int) -> dict[str, dict]:
             out[f"tc-fc1-U{until}-{t}"] = {"threshold": t, "policy": "teacache", **fc}
             out[f"fb-fc1-U{until}-{t}"] = {"threshold": t, **nocap, **fc}
         out[f"tc-fc1-U{until}-cap1-0.5"] = {"threshold": 0.5, "policy": "teacache", "max_consecutive_skips": 1, **fc}
+    # 2-2.2x: forecast early and at most two skips in a row, or alternate at lower thresholds
+    for until in (0.35, 0.5, 0.65):
+        fc = {"reuse": "forecast", "forecast_until": until}
+        for t in (0.2, 0.3, 0.5):
+            out[f"tc-fc1-U{until}-cap2-{t}"] = {"threshold": t, "policy": "teacache", "max_consecutive_skips": 2, **fc}
+            out[f"tc-fc1-U{until}-cap1-{t}"] = {"threshold": t, "policy": "teacache", "max_consecutive_skips": 1, **fc}
     return out
 
 

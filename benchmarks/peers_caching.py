@@ -131,6 +131,45 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
     out += _ours_teacache(bench)
     out += _ours_uncapped(bench, steps)
     out += _ours_skips(pipe, steps, bench)
+    out += _ours_forecast_dynamic(bench, steps)
+    return out
+
+
+#: dynamic caching with forecast reuse (order 1) for 1.5-2x, picked on the training captions by
+#: ``benchmarks/low_speedup_dynamic.py`` (16 training captions): name of our method -> DynamicCacheConfig fields
+#: (``"steps"`` stands for no cap on consecutive skips)
+FORECAST_DYNAMIC = {
+    "teacache-fc1-0.11": {"policy": "teacache", "threshold": 0.11, "reuse": "forecast"},
+    "teacache-fc1-final4-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast", "final_steps": 4},
+    "teacache-fc1-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast"},
+    "teacache-fc1-until0.65-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast",
+                                    "forecast_until": 0.65},
+    "teacache-fc1-until0.5-cap1-0.5": {"policy": "teacache", "threshold": 0.5, "reuse": "forecast",
+                                       "forecast_until": 0.5, "max_consecutive_skips": 1},
+    "dynamic-last-nocap-fc1-0.12": {"threshold": 0.12, "compare_to": "last_computed",
+                                    "max_consecutive_skips": "steps", "reuse": "forecast"},
+    "dynamic-last-nocap-fc1-until0.5-0.2": {"threshold": 0.2, "compare_to": "last_computed",
+                                            "max_consecutive_skips": "steps", "reuse": "forecast",
+                                            "forecast_until": 0.5},
+}
+
+
+def _ours_forecast_dynamic(bench, steps: int) -> list[Method]:
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    with open(os.path.join(RESULTS_DIR, "dynamic_policies.json"), encoding="utf-8") as fh:
+        coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    out = []
+    for name, fields in FORECAST_DYNAMIC.items():
+        kw = {k: steps if v == "steps" else v for k, v in fields.items()}
+        extra = {"teacache_coefficients": coefficients} if kw.get("policy") == "teacache" else {}
+        settings = {**kw, **({"teacache_coefficients": "dynamic_policies.json (training captions)"} if extra else {}),
+                    "picked_by": "benchmarks/low_speedup_dynamic.py on the training captions"}
+        out.append(Method(f"ours {name}", "ours", settings,
+                          _ours_attach(bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw, **extra))))))
     return out
 
 
