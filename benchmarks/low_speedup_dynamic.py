@@ -1,7 +1,8 @@
 """Dynamic caching for 1.5-2.1x on the bundled image model: forecast reuse, last-computed scoring, caps.
 
 Each variant is a ``DynamicCacheConfig`` (first-block or TeaCache rule, ``compare_to``, ``reuse=
-"forecast"`` of order 1/2, ``warmup_steps`` / ``final_steps``, ``max_consecutive_skips``). On the
+"forecast"`` of order 1/2, ``forecast_until``, ``final_steps``, ``max_consecutive_skips``), plus
+static step-skip sets with forecast or block-residual reuse (``st-*``). On the
 first ``--prompts`` prompts of ``--split`` (``train``: the training captions, to choose on;
 ``heldout``: to validate), one batched call of 20 steps, seeds 0..n-1, each variant on a fresh
 pipeline: compute ratio (block computations that ran, the counter of ``peers_caching.py``), PSNR
@@ -70,7 +71,7 @@ def variants(steps: int) -> dict[str, dict]:
     # 2-2.2x: forecast early and at most two skips in a row, or alternate at lower thresholds
     for until in (0.35, 0.5, 0.65):
         fc = {"reuse": "forecast", "forecast_until": until}
-        for t in (0.2, 0.3, 0.5):
+        for t in (0.2, 0.22, 0.24, 0.26, 0.3, 0.5):
             out[f"tc-fc1-U{until}-cap2-{t}"] = {"threshold": t, "policy": "teacache", "max_consecutive_skips": 2, **fc}
             out[f"tc-fc1-U{until}-cap1-{t}"] = {"threshold": t, "policy": "teacache", "max_consecutive_skips": 1, **fc}
     return out

@@ -10,7 +10,9 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
   training captions) for 1.5-2.2x; first-block caching with FirstBlockCache's rule
   (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
-  uncapped and scored against the last computed step;
+  uncapped and scored against the last computed step; and both rules with forecast reuse
+  (``DynamicCacheConfig(reuse="forecast")``, ``forecast_until``, ``final_steps``, caps: ``FORECAST_DYNAMIC``,
+  picked on training captions by ``benchmarks/low_speedup_dynamic.py``);
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -146,6 +148,8 @@ FORECAST_DYNAMIC = {
                                     "forecast_until": 0.65},
     "teacache-fc1-until0.5-cap1-0.5": {"policy": "teacache", "threshold": 0.5, "reuse": "forecast",
                                        "forecast_until": 0.5, "max_consecutive_skips": 1},
+    "teacache-fc1-until0.5-cap2-0.2": {"policy": "teacache", "threshold": 0.2, "reuse": "forecast",
+                                       "forecast_until": 0.5, "max_consecutive_skips": 2},
     "dynamic-last-nocap-fc1-0.12": {"threshold": 0.12, "compare_to": "last_computed",
                                     "max_consecutive_skips": "steps", "reuse": "forecast"},
     "dynamic-last-nocap-fc1-until0.5-0.2": {"threshold": 0.2, "compare_to": "last_computed",
