@@ -134,6 +134,30 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
     out += _ours_uncapped(bench, steps)
     out += _ours_skips(pipe, steps, bench)
     out += _ours_forecast_dynamic(bench, steps)
+    out += _ours_static_picks(pipe, steps, bench)
+    return out
+
+
+#: step-skip sets picked on the 16 training captions by ``benchmarks/low_speedup_dynamic.py`` (its ``st-res-*``
+#: rows: the best at 2.22x of the first sets, then of four more around it), run with block-residual reuse: name of our method -> skipped steps (of 20)
+STATIC_PICKS = {"skip-11-odd": (1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19),
+                "skip-11-odd-e": (1, 2, 4, 5, 7, 9, 11, 13, 15, 17, 19)}
+
+
+def _ours_static_picks(pipe, steps: int, bench) -> list[Method]:
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import StaticCacheConfig
+    from low_speedup_schedules import skip_schedule
+
+    out = []
+    for name, skipped in STATIC_PICKS.items():
+        if max(skipped) >= steps:
+            continue
+        config = AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, list(skipped)),
+                                                            reuse="block_residual"))
+        out.append(Method(f"ours {name}", "ours", {"policy": "step skip picked on 16 training captions",
+                                                   "skipped_steps": list(skipped), "reuse": "block_residual"},
+                          _ours_attach(bench.ours(config))))
     return out
 
 
