@@ -12,7 +12,8 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
   uncapped and scored against the last computed step; and both rules with forecast reuse
   (``DynamicCacheConfig(reuse="forecast")``, ``forecast_until``, ``final_steps``, caps: ``FORECAST_DYNAMIC``,
-  picked on training captions by ``benchmarks/low_speedup_dynamic.py``);
+  picked on training captions by ``benchmarks/low_speedup_dynamic.py``), and that script's best 2.22x step
+  skip (``STATIC_PICKS``);
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;

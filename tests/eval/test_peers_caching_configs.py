@@ -45,3 +45,9 @@ def test_forecast_dynamic_picks_and_explored_variants_are_valid_configs():
     for kw in explored.values():
         extra = {"teacache_coefficients": (1.0, 0.0)} if kw.get("policy") == "teacache" else {}
         DynamicCacheConfig(**kw, **extra)
+
+
+def test_static_picks_skip_distinct_steps_after_the_first():
+    """STATIC_PICKS: 11 of 20 steps skipped (2.22x), never step 0 (it has nothing to reuse), no repeats."""
+    for skipped in _peers_caching().STATIC_PICKS.values():
+        assert len(set(skipped)) == len(skipped) == 11 and 0 < min(skipped) and max(skipped) < 20
