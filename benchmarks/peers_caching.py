@@ -10,7 +10,10 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   schedule, and the step-skip schedules of ``benchmarks/low_speedup_schedules.py`` (picked on
   training captions) for 1.5-2.2x; first-block caching with FirstBlockCache's rule
   (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
-  uncapped and scored against the last computed step;
+  uncapped and scored against the last computed step; and both rules with forecast reuse
+  (``DynamicCacheConfig(reuse="forecast")``, ``forecast_until``, ``final_steps``, caps: ``FORECAST_DYNAMIC``,
+  picked on training captions by ``benchmarks/low_speedup_dynamic.py``), and that script's best 2.22x step
+  skip (``STATIC_PICKS``);
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -131,6 +134,71 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
     out += _ours_teacache(bench)
     out += _ours_uncapped(bench, steps)
     out += _ours_skips(pipe, steps, bench)
+    out += _ours_forecast_dynamic(bench, steps)
+    out += _ours_static_picks(pipe, steps, bench)
+    return out
+
+
+#: step-skip sets picked on the 16 training captions by ``benchmarks/low_speedup_dynamic.py`` (its ``st-res-*``
+#: rows: the best at 2.22x of the first sets, then of four more around it), run with block-residual reuse: name of our method -> skipped steps (of 20)
+STATIC_PICKS = {"skip-11-odd": (1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19),
+                "skip-11-odd-e": (1, 2, 4, 5, 7, 9, 11, 13, 15, 17, 19)}
+
+
+def _ours_static_picks(pipe, steps: int, bench) -> list[Method]:
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import StaticCacheConfig
+    from low_speedup_schedules import skip_schedule
+
+    out = []
+    for name, skipped in STATIC_PICKS.items():
+        if max(skipped) >= steps:
+            continue
+        config = AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, list(skipped)),
+                                                            reuse="block_residual"))
+        out.append(Method(f"ours {name}", "ours", {"policy": "step skip picked on 16 training captions",
+                                                   "skipped_steps": list(skipped), "reuse": "block_residual"},
+                          _ours_attach(bench.ours(config))))
+    return out
+
+
+#: dynamic caching with forecast reuse (order 1) for 1.5-2x, picked on the training captions by
+#: ``benchmarks/low_speedup_dynamic.py`` (16 training captions): name of our method -> DynamicCacheConfig fields
+#: (``"steps"`` stands for no cap on consecutive skips)
+FORECAST_DYNAMIC = {
+    "teacache-fc1-0.11": {"policy": "teacache", "threshold": 0.11, "reuse": "forecast"},
+    "teacache-fc1-final4-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast", "final_steps": 4},
+    "teacache-fc1-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast"},
+    "teacache-fc1-until0.65-0.15": {"policy": "teacache", "threshold": 0.15, "reuse": "forecast",
+                                    "forecast_until": 0.65},
+    "teacache-fc1-until0.5-cap1-0.5": {"policy": "teacache", "threshold": 0.5, "reuse": "forecast",
+                                       "forecast_until": 0.5, "max_consecutive_skips": 1},
+    "teacache-fc1-until0.5-cap2-0.2": {"policy": "teacache", "threshold": 0.2, "reuse": "forecast",
+                                       "forecast_until": 0.5, "max_consecutive_skips": 2},
+    "dynamic-last-nocap-fc1-0.12": {"threshold": 0.12, "compare_to": "last_computed",
+                                    "max_consecutive_skips": "steps", "reuse": "forecast"},
+    "dynamic-last-nocap-fc1-until0.5-0.2": {"threshold": 0.2, "compare_to": "last_computed",
+                                            "max_consecutive_skips": "steps", "reuse": "forecast",
+                                            "forecast_until": 0.5},
+}
+
+
+def _ours_forecast_dynamic(bench, steps: int) -> list[Method]:
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    with open(os.path.join(RESULTS_DIR, "dynamic_policies.json"), encoding="utf-8") as fh:
+        coefficients = tuple(json.load(fh)["calibration"]["teacache_coefficients"])
+    out = []
+    for name, fields in FORECAST_DYNAMIC.items():
+        kw = {k: steps if v == "steps" else v for k, v in fields.items()}
+        extra = {"teacache_coefficients": coefficients} if kw.get("policy") == "teacache" else {}
+        settings = {**kw, **({"teacache_coefficients": "dynamic_policies.json (training captions)"} if extra else {}),
+                    "picked_by": "benchmarks/low_speedup_dynamic.py on the training captions"}
+        out.append(Method(f"ours {name}", "ours", settings,
+                          _ours_attach(bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw, **extra))))))
     return out
 
 

@@ -31,6 +31,9 @@ residual extrapolated to the current step from the last ``forecast_order + 1`` c
 residuals (TaylorSeer's finite differences in step index, :func:`~.forecast.newton_extrapolate`):
 the same skip rule, a better guess of what the skipped blocks would have added. Before
 ``forecast_order + 1`` computed steps it uses the highest order they allow (one: plain reuse).
+``forecast_until`` < 1 forecasts only in the first part of the pass (the skipped calls at steps
+below ``forecast_until`` x the pass's steps) and reuses the plain residual after it: on a
+20-step DPM-Solver++ pass the residual is smooth early but not over the last steps.
 
 Decisions are per guidance branch and, by default, per batch (the signal's change over the whole
 batch). With ``decide_per="sample"`` each sample (row of the denoiser's batch; both guidance
@@ -116,6 +119,10 @@ class DynamicCacheConfig(TechniqueConfig):
             residual of the last computed step) or ``"forecast"`` (that residual extrapolated to the
             current step from the last ``forecast_order + 1`` computed steps; ``decide_per="batch"`` only).
         forecast_order: ``reuse="forecast"`` only: 1 (linear) or 2 (also the curvature).
+        forecast_until: ``reuse="forecast"`` only: fraction in (0, 1] of the pass's steps (read from the
+            pipeline's scheduler) during which skipped calls forecast; skipped calls at later steps reuse
+            the last computed residual. 1.0 (default): forecast everywhere (also when the step count
+            is unknown).
     """
 
     field_name = "cache"
@@ -131,6 +138,7 @@ class DynamicCacheConfig(TechniqueConfig):
     magcache_ratios: tuple[float, ...] = ()
     reuse: str = "residual"
     forecast_order: int = 1
+    forecast_until: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
@@ -166,6 +174,12 @@ class DynamicCacheConfig(TechniqueConfig):
         if self.forecast_order != 1 and self.reuse != "forecast":
             raise ValueError(f"forecast_order={self.forecast_order} needs reuse='forecast'; pass reuse='forecast' "
                              "or drop forecast_order.")
+        until = self.forecast_until
+        if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
+            raise ValueError(f"forecast_until must be a number in (0, 1], got {until!r}.")
+        if until != 1 and self.reuse != "forecast":
+            raise ValueError(f"forecast_until={until} needs reuse='forecast'; pass reuse='forecast' "
+                             "or drop forecast_until.")
         if self.reuse == "forecast" and self.decide_per != "batch":
             raise ValueError("reuse='forecast' extrapolates the whole batch's residual: use decide_per='batch' "
                              "or reuse='residual'.")
@@ -349,6 +363,9 @@ class _Controller:
             return state.tail_residual
         steps = [s for s, _ in history]
         step = self.tracker.current.step
+        total = self.total_steps()
+        if total is not None and step >= self.config.forecast_until * total:
+            return state.tail_residual
         return tuple(None if value[-1] is None else newton_extrapolate(steps, list(value), step)
                      for value in zip(*(v for _, v in history)))
 

@@ -98,3 +98,47 @@ def test_unet_refuses_forecast():
     pipe = tiny_pipeline("sd15")
     with pytest.raises(ValueError, match="use reuse='residual'"):
         _apply(pipe, reuse="forecast")
+
+
+def test_forecast_until_reuses_the_plain_residual_after_it(run_pipe):
+    """Compute / skip alternately over 6 steps: with forecast_until=0.5 the skipped step 2 forecasts
+    (r1 + (r1 - r0)) and the skipped step 4 (>= 0.5 x 6 = 3) adds the last computed residual r3 as is."""
+    pipe = tiny_pipeline("wan")
+    _apply(pipe, threshold=1e9, max_consecutive_skips=1, warmup_steps=2, reuse="forecast", forecast_until=0.5)
+    seen = _record_wan(pipe)
+    run_pipe(pipe, "wan", num_inference_steps=6, guidance_scale=1.0)
+    assert acceleration_state(pipe).report()["cache"]["steps_skipped"] == 2
+    residual = {s: seen["last_out"][s] - seen["first"][s] for s in (0, 1, 3)}
+    forecast = newton_extrapolate([0, 1], [residual[0], residual[1]], 2)
+    assert torch.equal(seen["last_out"][2], seen["last_in"][2] + forecast)
+    assert torch.equal(seen["last_out"][4], seen["last_in"][4] + residual[3])
+
+
+def test_forecast_until_one_is_forecast_everywhere_and_never_skipping_is_plain_diffusers(run_pipe):
+    outputs = []
+    for until in (1.0, None):
+        pipe = tiny_pipeline("wan")
+        kw = {} if until is None else {"forecast_until": until}
+        _apply(pipe, threshold=1e9, max_consecutive_skips=1, warmup_steps=2, reuse="forecast", **kw)
+        outputs.append(run_pipe(pipe, "wan", num_inference_steps=6, guidance_scale=1.0))
+    assert torch.equal(outputs[0], outputs[1])
+    pipe = tiny_pipeline("pixart-alpha")
+    reference = run_pipe(pipe, "pixart-alpha")
+    _apply(pipe, threshold=0.0, compare_to="last_computed", reuse="forecast", forecast_until=0.5)
+    assert torch.equal(run_pipe(pipe, "pixart-alpha"), reference)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"reuse": "forecast", "forecast_until": 0.0}, r"forecast_until must be a number in \(0, 1\]"),
+    ({"reuse": "forecast", "forecast_until": 1.5}, r"forecast_until must be a number in \(0, 1\]"),
+    ({"reuse": "forecast", "forecast_until": True}, r"forecast_until must be a number"),
+    ({"forecast_until": 0.5}, "needs reuse='forecast'"),
+])
+def test_forecast_until_is_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DynamicCacheConfig(**kw)
+
+
+def test_forecast_until_round_trips():
+    config = AccelerationConfig(cache=DynamicCacheConfig(reuse="forecast", forecast_until=0.65))
+    assert AccelerationConfig.from_dict(config.to_dict()) == config

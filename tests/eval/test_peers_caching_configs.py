@@ -28,3 +28,26 @@ def test_a_malformed_or_missing_entry_names_the_fix(tmp_path):
         module.config_methods("picked.json")
     with pytest.raises(ValueError, match="missing.json"):
         module.config_methods(f"x={tmp_path / 'missing.json'}")
+
+
+def test_forecast_dynamic_picks_and_explored_variants_are_valid_configs():
+    """Every dynamic-forecast method of the peers run and every variant low_speedup_dynamic.py explores
+    builds a DynamicCacheConfig (a typo in a field would only surface minutes into a benchmark run)."""
+    from diffusion_accel.caching import DynamicCacheConfig
+
+    module = _peers_caching()
+    for fields in module.FORECAST_DYNAMIC.values():
+        kw = {k: 20 if v == "steps" else v for k, v in fields.items()}
+        extra = {"teacache_coefficients": (1.0, 0.0)} if kw.get("policy") == "teacache" else {}
+        assert DynamicCacheConfig(**kw, **extra).reuse == "forecast"
+    explored = load_benchmark("low_speedup_dynamic").variants(20)
+    assert len(explored) > 50
+    for kw in explored.values():
+        extra = {"teacache_coefficients": (1.0, 0.0)} if kw.get("policy") == "teacache" else {}
+        DynamicCacheConfig(**kw, **extra)
+
+
+def test_static_picks_skip_distinct_steps_after_the_first():
+    """STATIC_PICKS: 11 of 20 steps skipped (2.22x), never step 0 (it has nothing to reuse), no repeats."""
+    for skipped in _peers_caching().STATIC_PICKS.values():
+        assert len(set(skipped)) == len(skipped) == 11 and 0 < min(skipped) and max(skipped) < 20
