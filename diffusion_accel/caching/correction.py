@@ -40,7 +40,7 @@ from ..techniques import TechniqueConfig, TechniqueHandle, register_technique, t
 from .block_io import block_argument, block_streams, pack_block_output
 from .static import StaticCacheConfig
 
-__all__ = ["ChannelFit", "CorrectedCacheConfig", "BlockOutputRecorder", "MODES"]
+__all__ = ["ChannelFit", "CorrectedCacheConfig", "BlockOutputRecorder", "MODES", "static_part"]
 
 #: The two decoupled corrections: steps where a block computes, steps where it reuses cached outputs.
 MODES = ("computed", "reused")
@@ -112,6 +112,13 @@ class CorrectedCacheConfig(TechniqueConfig):
         if not scale or not scale[block]:
             return None
         return torch.tensor(scale[block]), torch.tensor(shift[block])
+
+
+def static_part(cache: Any) -> StaticCacheConfig | None:
+    """The :class:`StaticCacheConfig` that runs ``cache`` (itself, or the one a correction wraps), else ``None``."""
+    if isinstance(cache, CorrectedCacheConfig):
+        return cache.cache
+    return cache if isinstance(cache, StaticCacheConfig) else None
 
 
 class ChannelFit:

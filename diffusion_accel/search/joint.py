@@ -17,7 +17,7 @@ Example:
     >>> genome = JointGenome.build(tiny_pipeline("pixart-alpha"), ("cache", "quant"), num_steps=4)
     >>> names, genes = initial_genes(genome, size=6, seed=0)
     >>> names[:3], genes.shape
-    (['full', 'fora-2', 'w8a8'], (6, 22))
+    (['full', 'fora-2', 'w8a8'], (6, 23))
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..caching.correction import static_part
 from ..config import AccelerationConfig
 from ..cost.latency import LatencyModel, calibrate_latency_model
 from ..eval.generate import item_call_inputs, make_batches
@@ -107,7 +108,7 @@ def joint_entry(genome: JointGenome, key: str, record: dict[str, Any], base: Acc
     """The frontier entry of an archived joint genome ``key`` (see :mod:`.frontier`)."""
     evaluation = Evaluation.from_dict(record)
     config = genome.decode(str_to_genes(key), base, name=name)
-    cache = config.cache.schedule.compute_fraction() if genome.part("cache") is not None else 1.0
+    cache = static_part(config.cache).schedule.compute_fraction() if genome.part("cache") is not None else 1.0
     entry = {
         "name": name,
         "config": config.to_dict(),
