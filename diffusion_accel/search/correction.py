@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..caching.correction import CorrectedCacheConfig
@@ -34,7 +35,7 @@ from ..config import AccelerationConfig
 from ..error_correction import TrajectoryReference, calibrate_error_correction, record_reference
 from .fitness import CandidateEvaluator
 
-__all__ = ["CorrectionFitter", "FIT_SEED_OFFSET", "needs_fit"]
+__all__ = ["CorrectionFitter", "FIT_SEED_OFFSET", "correction_maps", "needs_fit", "with_correction"]
 
 #: the correction is fitted with each calibration item's seed + this (other noise than it is scored on).
 FIT_SEED_OFFSET = 7919
@@ -43,6 +44,22 @@ FIT_SEED_OFFSET = 7919
 def needs_fit(config: AccelerationConfig) -> bool:
     """Whether ``config``'s cache asks for a correction that has no maps yet."""
     return isinstance(config.cache, CorrectedCacheConfig) and not config.cache.fitted
+
+
+def correction_maps(config: AccelerationConfig) -> dict[str, list[list[float]]] | None:
+    """The fitted step maps of ``config`` as JSON (what the search's archive keeps), or ``None``."""
+    cache = config.cache
+    if not isinstance(cache, CorrectedCacheConfig) or not cache.fitted:
+        return None
+    return {"step_scale": [list(v) for v in cache.step_scale], "step_shift": [list(v) for v in cache.step_shift]}
+
+
+def with_correction(config: AccelerationConfig, maps: dict[str, Any]) -> AccelerationConfig:
+    """``config`` (whose cache is a :class:`CorrectedCacheConfig`) with the maps of :func:`correction_maps`."""
+    if not isinstance(config.cache, CorrectedCacheConfig):
+        raise ValueError("with_correction needs a config whose cache is a CorrectedCacheConfig.")
+    tables = {k: tuple(tuple(float(x) for x in row) for row in maps[k]) for k in ("step_scale", "step_shift")}
+    return dataclasses.replace(config, cache=dataclasses.replace(config.cache, **tables))
 
 
 class CorrectionFitter:
