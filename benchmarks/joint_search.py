@@ -4,20 +4,26 @@ One run, one machine, everything measured side by side:
 
 1. **Latency model** (:func:`diffusion_accel.cost.latency.calibrate_latency_model`) calibrated once on
    the bundled model's shapes (float / W8A8 / W4A8 / W8 / W4 linears, dense and block-sparse
-   attention at the searched densities); both searches use it.
-2. **Joint search**: ``--space cache,quant,attention``, cost = the latency model's predicted time,
-   quality = latent MSE against full compute, on *train* prompts.
-3. **Baseline**: today's cache-only search (``--space cache``, cost = MACs) on the same prompts and
-   seeds, then W8A8 (dynamic per-token activations) applied to every frontier schedule afterwards.
-   The plain cache-only frontier (no W8A8) is reported too.
-4. **Held-out**: up to ``--max-points`` points of each frontier (spread over the speed-ups) run on
-   held-out prompts and seeds: PSNR of the images against the full-precision, full-compute images,
-   and the measured time inside the denoiser (median of ``--runs`` interleaved runs of one batch,
-   relative to the full model timed in the same rounds).
-5. **Dominance at matched measured latency**: for every baseline point, the best joint point at
-   least as fast (measured); the joint frontier dominates when that point is at least as good.
+   attention at the searched densities); saved in ``--out`` (a ``--resume`` reuses it).
+2. **Baseline**: today's cache-only search (``--space cache``, cost = MACs, quality ``--quality``) on
+   *train* prompts; W8A8 (dynamic per-token activations) applied afterwards to up to ``--max-points`` of
+   its frontier points (spread; the full-compute point gives plain W8A8). The cache-only points without
+   W8A8 are reported too.
+3. **Joint search**: ``--space cache,quant,attention`` (cost = the latency model's prediction) on the
+   same prompts and seeds, its generation 0 seeded with every baseline point, as is and with the
+   error-correction gene on (:mod:`diffusion_accel.search.correction`), so it starts from the baseline.
+4. **Held-out**: the baseline points and up to ``--max-joint-points`` joint frontier points run on
+   held-out prompts and seeds: PSNR of the images against the full-precision, full-compute images, and
+   the measured time inside the denoiser (median of ``--runs`` interleaved rounds over a batch of
+   ``--timing-batch``); the full model is timed twice per round, and its speed-up against itself is the
+   noise floor.
+5. **Dominance at matched measured latency**: a baseline point is dominated when a joint point's measured
+   speed-up is at least the baseline's within the noise floor and its held-out PSNR is strictly higher.
 
-    python benchmarks/joint_search.py                  # bundled model (~25 min on a quiet 2-core CPU)
+Split the (niced) search from the timing on a busy machine: ``--searches-only``, then the same command
+with ``--resume`` (the searches load from their checkpoints).
+
+    python benchmarks/joint_search.py                  # bundled model (~15 min on a 2-core CPU)
     python benchmarks/joint_search.py --model tiny:pixart-alpha --quick   # plumbing check
 """
 
@@ -61,7 +67,7 @@ def run_searches(args: argparse.Namespace, pipe: Any, call: dict[str, Any], late
     with W8A8, each as is and with the trajectory error correction; same calibration prompts and seeds."""
     common = dict(num_prompts=args.calib_prompts, generations=args.generations, seed=args.seed, call_kwargs=call,
                   batch_size=args.calib_prompts, generalise=False, progress=not args.no_progress, pick_speedups=(),
-                  dynamic_seeds=(), granularity=args.granularity, resume=args.resume)
+                  dynamic_seeds=(), granularity=args.granularity, resume=args.resume, quality=args.quality)
     results = {}
     start = time.perf_counter()
     results["cache"] = search_schedule(pipe, "benchmark:train", out=os.path.join(out, "cache"), space="cache",
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--granularity", default="block", choices=["component", "block"])
     parser.add_argument("--calib-prompts", type=int, default=4)
+    parser.add_argument("--quality", default="psnr", help="quality objective of both searches (as held out: psnr)")
     parser.add_argument("--heldout-prompts", type=int, default=8)
     parser.add_argument("--timing-batch", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)

@@ -156,6 +156,14 @@ class ChannelFit:
         shift = my - scale * mx
         return tuple(float(v) for v in scale), tuple(float(v) for v in shift)
 
+    def solve_shift(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(scale = 1, shift = mean(ref - acc))`` per channel: the least-squares shift alone; ``((), ())``
+        when nothing was seen or nothing differed."""
+        if self.sums is None or self.exact:
+            return (), ()
+        sx, sy = self.sums[0], self.sums[1]
+        return tuple(1.0 for _ in sx), tuple(float(v) for v in (sy - sx) / self.n)
+
 
 class BlockOutputRecorder:
     """Forward hooks keeping, per ``(branch, step, block)`` of one denoiser, every block's residual
