@@ -6,8 +6,9 @@ from benchmark_scripts import load_benchmark
 bench = load_benchmark("joint_search")
 
 
-def record(name, series, speedup, psnr):
-    return {"name": name, "series": series, "measured_speedup": speedup, "psnr": psnr}
+def record(name, series, speedup, psnr, compute=None):
+    config = {"cache": {"schedule": {"compute": compute if compute is not None else name}}}
+    return {"name": name, "series": series, "measured_speedup": speedup, "psnr": psnr, "config": config}
 
 
 def test_dominance_needs_strictly_higher_psnr_at_matched_measured_speed():
@@ -22,6 +23,15 @@ def test_dominance_needs_strictly_higher_psnr_at_matched_measured_speed():
     assert not rows["base/y"]["dominated"]
     assert not rows["base/z"]["dominated"] and rows["base/z"]["joint"] is None
     assert (result["dominated"], result["strictly_dominated"], result["of"]) == (1, 0, 3)
+
+
+def test_a_joint_point_running_a_baseline_config_does_not_count_and_gives_the_timing_noise():
+    records = [record("base/x", "cache-only + W8A8", 1.50, 40.0, compute="X"),
+               record("base/y", "cache-only + W8A8", 1.20, 35.0, compute="Y"),
+               record("joint/x-seed", "joint", 1.60, 40.0, compute="X")]  # the seed x, timed again
+    result = bench.dominance(records, "cache-only + W8A8", noise_floor=0.05)
+    assert result["dominated"] == 0 and result["points"][1]["joint"] is None  # x itself cannot dominate y
+    assert bench.twin_spread(records) == 1.60 / 1.50 - 1.0
 
 
 def test_seeds_hold_every_baseline_point_with_w8a8_as_is_and_corrected():
