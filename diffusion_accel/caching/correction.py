@@ -40,7 +40,7 @@ from ..techniques import TechniqueConfig, TechniqueHandle, register_technique, t
 from .block_io import block_argument, block_streams, pack_block_output
 from .static import StaticCacheConfig
 
-__all__ = ["ChannelFit", "CorrectedCacheConfig", "BlockOutputRecorder", "MODES"]
+__all__ = ["ChannelFit", "CorrectedCacheConfig", "BlockOutputRecorder", "MODES", "static_part"]
 
 #: The two decoupled corrections: steps where a block computes, steps where it reuses cached outputs.
 MODES = ("computed", "reused")
@@ -57,6 +57,8 @@ class CorrectedCacheConfig(TechniqueConfig):
         computed_scale, computed_shift: per block, per channel, on steps where the block computes all
             its components (``()`` = identity for that block; empty = identity everywhere).
         reused_scale, reused_shift: the same on steps where the block reuses some component.
+        step_scale, step_shift: per denoising step, per latent channel, a map of the denoiser's data
+            prediction (:mod:`.step_correction`; ``()`` = identity for that step; empty = none).
     """
 
     field_name = "cache"
@@ -67,6 +69,8 @@ class CorrectedCacheConfig(TechniqueConfig):
     computed_shift: Table = ()
     reused_scale: Table = ()
     reused_shift: Table = ()
+    step_scale: Table = ()
+    step_shift: Table = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.cache, StaticCacheConfig):
@@ -82,6 +86,18 @@ class CorrectedCacheConfig(TechniqueConfig):
                 raise ValueError(f"{mode}_scale and {mode}_shift must have the same channels in every block.")
             if bool(scale) != bool(shift):
                 raise ValueError(f"give both {mode}_scale and {mode}_shift, or neither.")
+        steps = self.cache.schedule.num_steps
+        if bool(self.step_scale) != bool(self.step_shift):
+            raise ValueError("give both step_scale and step_shift, or neither.")
+        if self.step_scale and (len(self.step_scale) != steps or len(self.step_shift) != steps
+                                or any(len(a) != len(b) for a, b in zip(self.step_scale, self.step_shift))):
+            raise ValueError(f"step_scale and step_shift must hold one entry per step ({steps}), with the same "
+                             f"channels; got {len(self.step_scale)} and {len(self.step_shift)}.")
+
+    @property
+    def fitted(self) -> bool:
+        """Whether any map is set (a config with none is the plain cache: nothing is installed)."""
+        return any(getattr(self, f"{mode}_scale") for mode in (*MODES, "step"))
 
     def check(self, denoisers, num_steps):  # noqa: D102
         self.cache.check(denoisers, num_steps)
@@ -96,6 +112,13 @@ class CorrectedCacheConfig(TechniqueConfig):
         if not scale or not scale[block]:
             return None
         return torch.tensor(scale[block]), torch.tensor(shift[block])
+
+
+def static_part(cache: Any) -> StaticCacheConfig | None:
+    """The :class:`StaticCacheConfig` that runs ``cache`` (itself, or the one a correction wraps), else ``None``."""
+    if isinstance(cache, CorrectedCacheConfig):
+        return cache.cache
+    return cache if isinstance(cache, StaticCacheConfig) else None
 
 
 class ChannelFit:
@@ -132,6 +155,14 @@ class ChannelFit:
         scale = np.where(var > 1e-12 * np.maximum(1.0, mx * mx), cov / np.maximum(var, 1e-300), 1.0)
         shift = my - scale * mx
         return tuple(float(v) for v in scale), tuple(float(v) for v in shift)
+
+    def solve_shift(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(scale = 1, shift = mean(ref - acc))`` per channel: the least-squares shift alone; ``((), ())``
+        when nothing was seen or nothing differed."""
+        if self.sums is None or self.exact:
+            return (), ()
+        sx, sy = self.sums[0], self.sums[1]
+        return tuple(1.0 for _ in sx), tuple(float(v) for v in (sy - sx) / self.n)
 
 
 class BlockOutputRecorder:
@@ -200,6 +231,10 @@ def apply_corrected_cache(pipe: Any, config: CorrectedCacheConfig, denoisers: li
             if all(m is None for m in maps.values()):
                 continue  # identity: nothing installed, the outputs stay bit-identical
             handles.append(block.module.register_forward_hook(_corrector(d, block, maps, compute), with_kwargs=True))
+        if config.step_scale:
+            from .step_correction import install_step_correction
+
+            handles.append(install_step_correction(d, pipe.scheduler, config.step_scale, config.step_shift))
 
     def remove() -> None:
         for handle in handles:

@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from ..api import acceleration_restored, find_denoisers, remove
+from ..caching.correction import static_part
 from ..caching.schedule import CacheSchedule
-from ..caching.static import StaticCacheConfig
 from ..config import AccelerationConfig
 from ..models import get_model_adapter
 from .macs import _capture_first_step, profile_macs
@@ -156,8 +156,8 @@ class LatencyModel:
     def _compute(self, config: AccelerationConfig | None) -> np.ndarray:
         """``(steps, blocks, components)`` bool: which sites run (a static schedule, else all)."""
         cache = None if config is None else config.cache
-        if isinstance(cache, StaticCacheConfig):
-            schedule: CacheSchedule = cache.schedule
+        if static_part(cache) is not None:  # a corrected cache runs its schedule (the maps cost ~nothing)
+            schedule: CacheSchedule = static_part(cache).schedule
             return np.asarray(schedule.compute, dtype=bool)
         if cache is not None:
             raise ValueError(f"The latency model prices static cache schedules; got {type(cache).__name__}.")

@@ -58,6 +58,7 @@ from ..api import acceleration_state, apply, find_denoisers, remove
 from ..config import AccelerationConfig
 from ..eval.generate import Item, check_item_call_kwargs, item_call_inputs, make_batches, to_uint8
 from ..cost.macs import MacProfile, profile_macs
+from ..caching.correction import static_part
 from ..caching.dynamic import DynamicCacheConfig
 from ..caching.policies import skip_policy
 from ..caching.schedule import CacheSchedule
@@ -452,7 +453,7 @@ class CandidateEvaluator:
     def _priced(self, config: AccelerationConfig, quality: float, seconds: float) -> Evaluation:
         """The evaluation of ``config`` priced by the latency model (MACs and predicted seconds)."""
         # a cache outside the static schedules (a user's dynamic cache kept by the search) is priced as full compute
-        cache = config.cache if isinstance(config.cache, StaticCacheConfig) else None
+        cache = static_part(config.cache)  # a corrected cache is priced as its schedule
         plain = AccelerationConfig(cache=cache, quant=config.quant, attention=config.attention)
         ratio = self.latency.macs(None) / self.latency.macs(plain)
         latency_ratio = self.latency.seconds(None) / self.latency.seconds(plain)

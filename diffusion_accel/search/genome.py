@@ -10,12 +10,12 @@ Example:
     >>> from diffusion_accel.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("pixart-alpha")
     >>> genome = JointGenome.build(pipe, ("cache", "quant"), num_steps=4)
-    >>> genome.num_bits                      # 18 schedule bits + 3 quant bit genes + 1 activation gene
-    22
+    >>> genome.num_bits      # 18 schedule bits + 1 correction gene + 3 quant bit genes + 1 activation gene
+    23
     >>> config = genome.decode(genome.off)   # the unaccelerated model: full schedule, no quantization
-    >>> config.quant is None, config.cache.schedule.compute.all()
+    >>> config.quant is None, bool(config.cache.schedule.compute.all())
     (True, True)
-    >>> (genome.encode(config) == genome.off).all()
+    >>> bool((genome.encode(config) == genome.off).all())
     True
 """
 
@@ -44,8 +44,10 @@ class JointGenome:
     def build(cls, pipe: Any, spaces: tuple[str, ...], num_steps: int, granularity: str = "component",
               reuse: str | tuple[str, ...] = "outputs", attention_methods: tuple[str, ...] = ("block_sparse",)) -> JointGenome:
         """The genome of ``spaces`` (names of :data:`~.space.SPACES`, in that order) for ``pipe``; ``reuse``:
-        one choice of :mod:`.reuse`, or a tuple of several (the cache space's reuse gene)."""
-        ctx = SpaceContext(pipe, num_steps, granularity, reuse, tuple(attention_methods))
+        one choice of :mod:`.reuse`, or a tuple of several (the cache space's reuse gene). With the cache
+        and another space, the cache space has an error-correction gene (:class:`~.space.CacheSpace`)."""
+        correction = "cache" in spaces and len(spaces) > 1
+        ctx = SpaceContext(pipe, num_steps, granularity, reuse, tuple(attention_methods), correction)
         return cls(tuple(SPACES[name](ctx) for name in spaces))
 
     @property

@@ -17,7 +17,7 @@ Example:
     >>> genome = JointGenome.build(tiny_pipeline("pixart-alpha"), ("cache", "quant"), num_steps=4)
     >>> names, genes = initial_genes(genome, size=6, seed=0)
     >>> names[:3], genes.shape
-    (['full', 'fora-2', 'w8a8'], (6, 22))
+    (['full', 'fora-2', 'w8a8'], (6, 23))
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..caching.correction import static_part
 from ..config import AccelerationConfig
 from ..cost.latency import LatencyModel, calibrate_latency_model
 from ..eval.generate import item_call_inputs, make_batches
 from ..utils import read_json
+from .correction import with_correction
 from .fitness import CandidateEvaluator, Evaluation
 from .genome import JointGenome
 from .problem import str_to_genes
@@ -40,16 +42,19 @@ from .problem import str_to_genes
 __all__ = ["initial_genes", "joint_entry", "measure_wall_clock", "search_latency_model"]
 
 
-def initial_genes(genome: JointGenome, size: int, seed: int,
-                  num_heuristics: int | None = None) -> tuple[list[str], np.ndarray]:
+def initial_genes(genome: JointGenome, size: int, seed: int, num_heuristics: int | None = None,
+                  extra: list[tuple[str, AccelerationConfig]] | None = None) -> tuple[list[str], np.ndarray]:
     """``(names, genes)``: ``size`` distinct genomes, the seeds first (at most ``num_heuristics``, and at
     least one random genome when ``size >= 4``), then random ones: each part keeps its "off" genes with a
-    probability drawn in ``[0.3, 0.9]``, else takes uniformly random values."""
+    probability drawn in ``[0.3, 0.9]``, else takes uniformly random values. ``extra`` named configs (the
+    user's ``seed_configs``, encoded by the genome) come right after "full", before the genome's own seeds."""
     limit = size - 1 if size >= 4 else size
     if num_heuristics is not None:
         limit = min(limit, num_heuristics)
     names, rows, seen = [], [], set()
-    for name, genes in genome.seeds():
+    own = genome.seeds()
+    given = [(name, _encode_seed(genome, name, config)) for name, config in (extra or [])]
+    for name, genes in own[:1] + given + own[1:]:
         key = genes.tobytes()
         if len(rows) < limit and key not in seen:
             seen.add(key)
@@ -69,6 +74,14 @@ def initial_genes(genome: JointGenome, size: int, seed: int,
     if len(rows) < size:
         raise ValueError(f"Cannot make {size} distinct genomes from {genome.num_bits} genes; use a smaller population.")
     return names, np.stack(rows).astype(np.int64)
+
+
+def _encode_seed(genome: JointGenome, name: str, config: AccelerationConfig) -> np.ndarray:
+    try:
+        return genome.encode(config)
+    except ValueError as error:
+        raise ValueError(f"seed_configs[{name!r}] cannot be expressed by the search space "
+                         f"({'+'.join(genome.spaces)}): {error}") from None
 
 
 def search_latency_model(given: Any, saved: dict[str, Any] | None, pipe: Any, evaluator: CandidateEvaluator,
@@ -107,7 +120,9 @@ def joint_entry(genome: JointGenome, key: str, record: dict[str, Any], base: Acc
     """The frontier entry of an archived joint genome ``key`` (see :mod:`.frontier`)."""
     evaluation = Evaluation.from_dict(record)
     config = genome.decode(str_to_genes(key), base, name=name)
-    cache = config.cache.schedule.compute_fraction() if genome.part("cache") is not None else 1.0
+    if record.get("correction"):  # the maps fitted when the candidate was scored
+        config = with_correction(config, record["correction"])
+    cache = static_part(config.cache).schedule.compute_fraction() if genome.part("cache") is not None else 1.0
     entry = {
         "name": name,
         "config": config.to_dict(),

@@ -62,6 +62,7 @@ from .frontier import non_dominated, pick_entry, plot_frontier, save_frontier
 from .generalise import default_settings, evaluate_generalisation
 from .nsga import NsgaDriver
 from .genome import JointGenome
+from .correction import CorrectionFitter, correction_maps, with_correction
 from .joint import initial_genes, joint_entry, measure_wall_clock, search_latency_model
 from .problem import ScheduleGenome, ScheduleProblem, genes_to_str, str_to_bits, str_to_genes
 from .refine import gene_savings, refine_candidates
@@ -255,6 +256,7 @@ class _Search:
             "num_heuristics": s.s.num_heuristics,
             "dynamic_seeds": list(s.s.dynamic_seeds),
             **({"dp_seeds": s.s.dp_seeds} if s.s.dp_seeds else {}),  # absent when 0: older checkpoints resume
+            **({"seed_configs": [list(p) for p in s.s.seed_configs]} if s.s.seed_configs else {}),
             "reuse": list(s.reuse) if isinstance(s.reuse, tuple) else s.reuse,  # a list: the reuse gene's choices
             "validation": {"prompts": [[p.index, p.text] for p in s.validation_list], "top": s.s.validate_top}
             if s.validation_list else None,
@@ -280,8 +282,10 @@ class _Search:
         # Data-driven seeds need pipeline runs: only when the search starts (a resumed search has its
         # population, and the seeds' names, in the checkpoint).
         if _joint(self.genome):
-            seed_names, initial = initial_genes(self.genome, s.population, s.seed, s.num_heuristics)
+            extra = [(name, AccelerationConfig.from_dict(config)) for name, config in s.seed_configs]
+            seed_names, initial = initial_genes(self.genome, s.population, s.seed, s.num_heuristics, extra)
             problem = self.genome.problem()
+            self.fitter = CorrectionFitter(self.evaluator)
         else:
             extra = dynamic_schedules(self.evaluator, self.genome, s.dynamic_seeds) \
                 if saved is None and s.dynamic_seeds else []
@@ -319,10 +323,10 @@ class _Search:
         todo = list(dict.fromkeys(k for k in keys if k not in self.archive))
 
         def evaluate(key: str) -> dict[str, Any]:
-            result = self.evaluate(self.evaluator, key)
+            result, maps = self.evaluate(self.evaluator, key, with_maps=True)
             if callback is not None:
                 callback({"event": "candidate", "generation": generation, "index": todo.index(key)})
-            return {**result.to_dict(), "process": state.process_index}
+            return {**result.to_dict(), "process": state.process_index, **({"correction": maps} if maps else {})}
 
         with _bar(total=len(todo), desc=f"{what} {generation}", unit="cand", leave=False, show=self.show) as inner:
             results = map_tasks(evaluate, todo, state, inner)
@@ -347,11 +351,19 @@ class _Search:
     def entry(self, key: str) -> dict[str, Any]:
         return _entry(self.genome, key, self.archive[key], self.reuse, self.base)
 
-    def evaluate(self, evaluator: CandidateEvaluator, key: str) -> Evaluation:
-        """The evaluation of the genome ``key`` by ``evaluator`` (the search's, or a validation variant)."""
+    def evaluate(self, evaluator: CandidateEvaluator, key: str, with_maps: bool = False) -> Any:
+        """The evaluation of the genome ``key`` by ``evaluator`` (the search's, or a validation variant);
+        with ``with_maps``, ``(evaluation, fitted correction maps or None)``."""
+        maps = None
         if _joint(self.genome):
-            return evaluator.evaluate_config(self.genome.decode(str_to_genes(key), self.base))
-        return evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+            config = self.genome.decode(str_to_genes(key), self.base)
+            saved = self.archive.get(key, {}).get("correction")
+            config = with_correction(config, saved) if saved else self.fitter(config)
+            maps = correction_maps(config)
+            result = evaluator.evaluate_config(config)
+        else:
+            result = evaluator.evaluate(self.genome.decode(str_to_bits(key)))
+        return (result, maps) if with_maps else result
 
     def _latency_model(self) -> Any:
         """The latency model pricing the candidates (:func:`.joint.search_latency_model`)."""

@@ -57,6 +57,10 @@ class SearchSettings(RunSettings):
             rule ``{"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 20}``); ``()`` for none.
         dp_seeds: this many DP schedules (least accumulated reuse error under a compute budget,
             :mod:`.dp_seeds`) seed the initial population; 0 (default) for none.
+        seed_configs: configs that seed a joint search's initial population (first, after "full"): a
+            mapping name -> :class:`~diffusion_accel.AccelerationConfig` (or its dict), or a sequence of
+            configs (named ``seed-<i>``); each must be expressible by the genome (e.g. a cache-only
+            frontier with W8A8 applied). ``()`` (default) for none; joint spaces only.
         reuse: :attr:`StaticCacheConfig.reuse` of every candidate (and of the saved configs):
             ``"auto"`` (default) is ``"block_residual"`` when every block of the denoiser declares
             its streams (all covered transformers), else ``"outputs"`` (UNets); or one choice of
@@ -94,6 +98,7 @@ class SearchSettings(RunSettings):
     num_heuristics: int | None = None
     dynamic_seeds: Sequence[Any] = DYNAMIC_SEED_THRESHOLDS
     dp_seeds: int = 0
+    seed_configs: Any = ()
     reuse: Any = "auto"
     granularity: str = "component"
     validation_prompts: int = 0
@@ -112,6 +117,7 @@ class SearchSettings(RunSettings):
         object.__setattr__(self, "pick_speedups", tuple(self.pick_speedups))
         object.__setattr__(self, "space", parse_space(self.space))
         object.__setattr__(self, "reuse", parse_reuse(self.reuse))
+        object.__setattr__(self, "seed_configs", _named_configs(self.seed_configs))
         if self.cost is None:
             object.__setattr__(self, "cost", "macs" if self.space == ("cache",) else "latency_model")
         super().__post_init__()
@@ -131,6 +137,9 @@ class SearchSettings(RunSettings):
             raise ValueError(f"dp_seeds seeds cache schedules; with space={','.join(self.space)!r} use "
                              "dp_seeds=0 (--dp-seeds 0) or --space cache.")
         joint = self.space != ("cache",) or isinstance(self.reuse, tuple)
+        if self.seed_configs and not joint:
+            raise ValueError("seed_configs seed a joint search's integer genome; with space='cache' and a single "
+                             "reuse choice use space='cache,quant' (--space cache,quant) or drop seed_configs.")
         if joint and self.dynamic_seeds and self.dynamic_seeds != tuple(DYNAMIC_SEED_THRESHOLDS):
             raise ValueError(f"dynamic_seeds seed binary cache schedules, which a joint search (space="
                              f"{','.join(self.space)!r}, or several reuse choices) does not use; drop dynamic_seeds "
@@ -161,3 +170,25 @@ class SearchSettings(RunSettings):
         check_int("num_steps", steps, 2, "step 0 always computes, so a search needs 2 steps or more")
         kwargs["num_inference_steps"] = steps
         return kwargs
+
+
+def _named_configs(value: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``seed_configs`` as ``((name, config dict), ...)`` (checked: each is a valid AccelerationConfig)."""
+    from ..config import AccelerationConfig
+
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        pairs = [(f"seed-{i}", v) for i, v in enumerate(value)]
+    else:
+        raise ValueError(f"seed_configs must be a mapping name -> config or a sequence of configs, got "
+                         f"{type(value).__name__}.")
+    out = []
+    for name, config in pairs:
+        if isinstance(config, dict):
+            config = AccelerationConfig.from_dict(config)
+        if not isinstance(config, AccelerationConfig):
+            raise ValueError(f"seed_configs[{name!r}] must be an AccelerationConfig or its dict, got "
+                             f"{type(config).__name__}.")
+        out.append((str(name), config.to_dict()))
+    return tuple(out)

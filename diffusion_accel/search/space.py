@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..caching.schedule import resolve_denoiser
+from ..caching.correction import CorrectedCacheConfig, static_part
 from ..caching.static import StaticCacheConfig
 from ..models import get_model_adapter
 from ..quant import QuantConfig, QuantPlan
@@ -66,14 +67,15 @@ ATTENTION_DENSITIES = (0.5, 0.25, 0.125)
 @dataclass(frozen=True)
 class SpaceContext:
     """What a space needs to lay out its genes: the pipeline, the schedules' step count, the cache
-    genome's granularity and reuse choice (or a tuple of choices: a reuse gene, :mod:`.reuse`), and the
-    attention methods to choose from."""
+    genome's granularity and reuse choice (or a tuple of choices: a reuse gene, :mod:`.reuse`), the
+    attention methods to choose from, and whether the cache space has an error-correction gene."""
 
     pipe: Any
     num_steps: int
     granularity: str = "component"
     reuse: str | tuple[str, ...] = "outputs"
     attention_methods: tuple[str, ...] = ("block_sparse",)
+    correction: bool = False
 
 
 class SpacePart:
@@ -116,7 +118,11 @@ class SpacePart:
 class CacheSpace(SpacePart):
     """The free bits of a cache schedule (see :class:`~.problem.ScheduleGenome`); 1 = compute. When
     ``ctx.reuse`` holds several choices (:mod:`.reuse`), one last gene picks the candidate's reuse mode
-    (and forecast order): its value indexes the choices."""
+    (and forecast order): its value indexes the choices. With ``ctx.correction`` (a joint search with
+    quantization or sparse attention) one more, last, gene switches the trajectory error correction
+    (:mod:`diffusion_accel.caching.step_correction`): 1 decodes to a
+    :class:`~diffusion_accel.caching.CorrectedCacheConfig` without maps, which the search fits on its
+    calibration prompts before scoring the candidate."""
 
     name = field = "cache"
 
@@ -125,48 +131,57 @@ class CacheSpace(SpacePart):
         self.reuse = ctx.reuse
         self.choices = reuse_choices(ctx.reuse)
         self.model = ctx.pipe
+        self.correction = bool(ctx.correction)
         gene = (len(self.choices),) if len(self.choices) > 1 else ()
-        self.cardinalities = (2,) * self.genome.num_bits + gene
+        self.cardinalities = (2,) * self.genome.num_bits + gene + ((2,) if self.correction else ())
 
     @property
     def off(self) -> np.ndarray:
         return np.concatenate([np.ones(self.genome.num_bits, dtype=np.int64),
                                np.zeros(len(self.cardinalities) - self.genome.num_bits, dtype=np.int64)])
 
-    def decode(self, genes: Any, name: str = "searched") -> StaticCacheConfig:
+    def decode(self, genes: Any, name: str = "searched") -> StaticCacheConfig | CorrectedCacheConfig:
         genes = self._genes(genes)
         bits = self.genome.num_bits
         choice = self.choices[genes[bits]] if len(self.choices) > 1 else self.choices[0]
-        return StaticCacheConfig(self.genome.decode(genes[:bits].astype(bool), name=name), **reuse_kwargs(choice))
+        cache = StaticCacheConfig(self.genome.decode(genes[:bits].astype(bool), name=name), **reuse_kwargs(choice))
+        return CorrectedCacheConfig(cache) if self.correction and genes[-1] else cache
 
     def encode(self, config: Any) -> np.ndarray:
         if config is None:
             return self.off
-        if not isinstance(config, StaticCacheConfig):
+        corrected = isinstance(config, CorrectedCacheConfig)
+        if corrected and not self.correction:
+            raise ValueError("This cache space has no error-correction gene; encode the StaticCacheConfig inside "
+                             "the CorrectedCacheConfig (config.cache).")
+        if static_part(config) is None:
             raise ValueError(f"The cache space encodes a StaticCacheConfig, got {type(config).__name__}.")
+        config = static_part(config)
         bits = self.genome.encode(config.schedule).astype(np.int64)
-        if len(self.choices) == 1:
-            return bits
-        choice = reuse_token(config)
-        if choice not in self.choices:
-            raise ValueError(f"The cache space's reuse gene chooses among {list(self.choices)}, got reuse="
-                             f"{config.reuse!r}, forecast_order={config.forecast_order}.")
-        return np.append(bits, self.choices.index(choice))
+        if len(self.choices) > 1:
+            choice = reuse_token(config)
+            if choice not in self.choices:
+                raise ValueError(f"The cache space's reuse gene chooses among {list(self.choices)}, got reuse="
+                                 f"{config.reuse!r}, forecast_order={config.forecast_order}.")
+            bits = np.append(bits, self.choices.index(choice))
+        return np.append(bits, int(corrected)) if self.correction else bits
 
     def signature(self) -> dict[str, Any]:
-        return {**self.genome.signature(), "reuse": self.reuse if len(self.choices) == 1 else list(self.choices)}
+        out = {**self.genome.signature(), "reuse": self.reuse if len(self.choices) == 1 else list(self.choices)}
+        return {**out, "correction": "trajectory"} if self.correction else out
 
     def seeds(self) -> list[tuple[str, np.ndarray]]:
         """The heuristic schedules; with a reuse gene, each schedule with every choice in turn."""
         out = []
+        tail = [0] if self.correction else []
         for s in heuristic_schedules(self.model, self.genome.num_steps):
             if s.compute.all():
                 continue
             bits = self.genome.encode(s, project=True).astype(np.int64)
             if len(self.choices) == 1:
-                out.append((s.name, bits))
+                out.append((s.name, np.append(bits, tail).astype(np.int64)))
             else:
-                out += [(f"{s.name}-{c}", np.append(bits, i)) for i, c in enumerate(self.choices)]
+                out += [(f"{s.name}-{c}", np.append(bits, [i, *tail]).astype(np.int64)) for i, c in enumerate(self.choices)]
         return out
 
 

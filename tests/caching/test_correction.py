@@ -52,7 +52,7 @@ def test_correction_lowers_the_cache_plus_quant_error_on_held_out_prompts():
     steps = KWARGS["num_inference_steps"]
     config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, steps, 3)),
                                 quant=QuantConfig(weight_bits=4, act_bits=8, group_size=16))
-    corrected = calibrate_error_correction(pipe, CALIBRATION, config, **KWARGS)
+    corrected = calibrate_error_correction(pipe, CALIBRATION, config, method="block_residual", **KWARGS)
     assert diffusion_accel.api.acceleration_state(pipe) is None  # the pipeline got its own state back
     assert isinstance(corrected.cache, CorrectedCacheConfig) and corrected.cache.reused_scale
     assert corrected.cache.computed_scale  # the quantization error is corrected too (decoupled)
@@ -74,7 +74,7 @@ def test_full_compute_without_quant_is_bit_identical():
     pipe = tiny_pipeline("pixart-alpha")
     reference = latents(pipe, HELD_OUT)
     config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.full(pipe, KWARGS["num_inference_steps"])))
-    corrected = calibrate_error_correction(pipe, CALIBRATION[:2], config, **KWARGS)
+    corrected = calibrate_error_correction(pipe, CALIBRATION[:2], config, method="block_residual", **KWARGS)
     assert corrected.cache == CorrectedCacheConfig(config.cache)  # nothing differed: identity everywhere
     diffusion_accel.apply(pipe, corrected)
     assert acceleration_report(pipe)["corrected_blocks"] == 0

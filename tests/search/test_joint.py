@@ -11,6 +11,7 @@ import torch
 
 from diffusion_accel import AccelerationConfig, apply, remove
 from diffusion_accel.api import acceleration_state
+from diffusion_accel.caching import CorrectedCacheConfig
 from diffusion_accel.quant import QuantConfig
 from diffusion_accel.search import SearchSettings, load_frontier, pick, search_schedule
 from diffusion_accel.search.genome import JointGenome
@@ -59,8 +60,9 @@ def test_default_space_gives_the_frontier_of_the_cache_only_search(pixart, tiny_
 def test_joint_genome_round_trips(pixart):
     genome = JointGenome.build(pixart, ("cache", "quant", "attention"), num_steps=4)
     assert genome.spaces == ("cache", "quant", "attention")
-    # 3 steps x 2 blocks x 3 components; 2 blocks + rest bits and the activation mode; density + 2 blocks
-    assert genome.cardinalities.tolist() == [2] * 18 + [3, 3, 3, 2] + [3, 2, 2]
+    # 3 steps x 2 blocks x 3 components + the correction gene; 2 blocks + rest bits and the activation
+    # mode; density + 2 blocks
+    assert genome.cardinalities.tolist() == [2] * 18 + [2] + [3, 3, 3, 2] + [3, 2, 2]
     rng = np.random.default_rng(0)
     for _ in range(40):
         genes = np.floor(rng.random(genome.num_bits) * genome.cardinalities).astype(int)
@@ -71,13 +73,18 @@ def test_joint_genome_round_trips(pixart):
         assert (genome.canonical(canonical) == canonical).all()
     full = genome.decode(genome.off)
     assert full.quant is None and full.attention is None and full.cache.schedule.compute.all()
-    w8 = genome.decode(np.r_[np.ones(18), [1, 1, 1, 0], [0, 0, 0]])
+    w8 = genome.decode(np.r_[np.ones(18), [0], [1, 1, 1, 0], [0, 0, 0]])
     assert (w8.quant.weight_bits, w8.quant.act_bits, w8.quant.plan) == (8, 8, None)
-    mixed = genome.decode(np.r_[np.ones(18), [2, 0, 1, 1], [1, 1, 0]])
+    mixed = genome.decode(np.r_[np.ones(18), [0], [2, 0, 1, 1], [1, 1, 0]])
     plan = mixed.quant.plan
     assert plan.bits_for("transformer_blocks.0.attn1.to_q") == 4 and plan.bits_for("transformer_blocks.1.ff.net.2") is None
     assert plan.bits_for("proj_out") == 8 and mixed.quant.act_bits is None
     assert mixed.attention == SparseAttentionConfig(density=0.25, blocks=(0,))
+    corrected = genome.decode(np.r_[np.ones(18), [1], [1, 1, 1, 0], [0, 0, 0]])
+    assert corrected.cache == CorrectedCacheConfig(full.cache) and not corrected.cache.fitted
+    assert genome.encode(corrected)[18] == 1
+    # the cache space alone (today's search) has no correction gene
+    assert JointGenome.build(pixart, ("cache",), num_steps=4).num_bits == 18
 
 
 def test_frontier_points_are_configs_that_apply(pixart, tiny_call, tmp_path, one_thread, latency):

@@ -117,7 +117,7 @@ def test_the_reuse_gene_joins_a_joint_genome(pixart):
     assert genome.num_bits == plain.num_bits + 1
     cache_genes = len(genome.part("cache").cardinalities)
     genes = genome.off.copy()
-    genes[cache_genes - 1] = 2
+    genes[genome.part("cache").genome.num_bits] = 2  # the reuse gene follows the schedule bits
     genes[cache_genes] = 1  # the first quant gene: 8 bits
     config = genome.decode(genes)
     assert (config.cache.reuse, config.cache.forecast_order) == ("forecast", 2) and config.quant is not None

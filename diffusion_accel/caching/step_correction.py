@@ -1,0 +1,208 @@
+"""Per-step, per-channel correction of the denoiser's data prediction (the trajectory half of CacheQuant's
+decoupled error correction).
+
+A cached and quantized denoiser drifts from the full-compute, full-precision trajectory: its error at a
+step is its own (reused features, rounded weights) plus the drift of its input. This module corrects the
+**data prediction** of every denoiser call (``x0 = (x - sigma * eps) / alpha`` for epsilon prediction,
+``x0 = alpha * x - sigma * v`` for v-prediction; ``alpha, sigma`` from the scheduler's
+``alphas_cumprod`` at the call's timestep) by a per-step, per-latent-channel affine map
+``x0 -> scale * x0 + shift`` (fitted: the shift alone, ``scale = 1``; a fitted scale followed the few
+calibration images and lowered held-out PSNR on the bundled model, docs/caching.md), and hands the pipeline the prediction that gives the corrected ``x0``
+from the same input. Correcting ``x0`` and not the raw output keeps the sampler's own pull-back: the
+update of a drifted latent with the reference ``x0`` shrinks the drift (the raw noise prediction depends
+on the latent itself, so forcing it to the reference's would undo that).
+
+* :class:`StepFitter` fits the maps **sequentially** in one accelerated run: at step ``t`` it fits
+  ``reference x0[t] ~ x0 + shift`` per channel (least squares: the mean difference) (the reference recorded by :class:`X0Recorder` on
+  the full-compute, full-precision run with the same inputs and seeds), applies it at once, and the run
+  continues from the corrected latents, so step ``t + 1`` is fitted with the corrections of the earlier
+  steps in place: the maps correct the accumulated cache + quantization error, not a local one.
+* :func:`install_step_correction` applies fitted maps (a forward hook on the denoiser).
+
+Maps are fitted on the first denoiser call of each step (pipelines that batch both guidance branches
+make one call per step) and applied to every call of that step. A step whose accelerated ``x0`` equals
+the reference exactly gets the identity ``()`` and is left untouched (bit-identical outputs).
+
+Example:
+    >>> import torch
+    >>> from diffusion_accel.testing import tiny_pipeline
+    >>> pipe = tiny_pipeline("pixart-alpha")
+    >>> x, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    >>> pred = DataPrediction.of(pipe.scheduler, torch.tensor([500, 500]), x)
+    >>> torch.allclose(pred.output(x, pred.x0(x, eps)).float(), eps, atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..hooks import Denoiser
+from ..models.base import forward_argument
+from .correction import ChannelFit
+
+__all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction"]
+
+#: scheduler ``prediction_type`` values whose data prediction this module can form.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_step_correction(scheduler: Any) -> None:
+    """Raise ``ValueError`` unless ``scheduler`` gives the data prediction (``alphas_cumprod`` and an
+    epsilon or v prediction type)."""
+    kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+    if kind not in PREDICTION_TYPES or getattr(scheduler, "alphas_cumprod", None) is None:
+        raise ValueError(f"The step correction corrects the data prediction, which needs a scheduler with "
+                         f"alphas_cumprod and prediction_type in {list(PREDICTION_TYPES)}; "
+                         f"{type(scheduler).__name__} has prediction_type={kind!r}. Use "
+                         "calibrate_error_correction(..., method='block_residual') for this pipeline.")
+
+
+@dataclass(frozen=True)
+class DataPrediction:
+    """``alpha``, ``sigma`` (shape ``(B, 1, ...)``, float64) of one denoiser call and the prediction type."""
+
+    kind: str
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+
+    @classmethod
+    def of(cls, scheduler: Any, timestep: Any, sample: torch.Tensor) -> DataPrediction:
+        check_step_correction(scheduler)
+        t = torch.as_tensor(timestep).reshape(-1).long().cpu()
+        t = t.expand(sample.shape[0]) if t.numel() == 1 else t
+        acp = scheduler.alphas_cumprod.double().cpu()[t.clamp(0, len(scheduler.alphas_cumprod) - 1)]
+        shape = (-1,) + (1,) * (sample.dim() - 1)
+        alpha, sigma = acp.sqrt().reshape(shape), (1 - acp).sqrt().reshape(shape)
+        return cls(scheduler.config.prediction_type, alpha.to(sample.device), sigma.to(sample.device))
+
+    def x0(self, sample: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        x, p = sample.double(), prediction.double()
+        return (x - self.sigma * p) / self.alpha if self.kind == "epsilon" else self.alpha * x - self.sigma * p
+
+    def output(self, sample: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The prediction that gives ``x0`` from ``sample`` (float64)."""
+        x = sample.double()
+        return (x - self.alpha * x0) / self.sigma if self.kind == "epsilon" else (self.alpha * x - x0) / self.sigma
+
+
+def _call_tensors(denoiser: Denoiser, module, args, kwargs, output) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(sample, prediction, timestep)`` of a denoiser call: its latent input, the first
+    ``sample.shape[1]`` channels of its output (a learned variance is left out), the timestep."""
+    sample = forward_argument(module, "hidden_states", args, kwargs)
+    if sample is None:
+        sample = args[0]
+    timestep = forward_argument(module, denoiser.adapter.timestep_arg, args, kwargs)
+    return sample, _prediction(output)[:, :sample.shape[1]], timestep
+
+
+def _prediction(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output["sample"]
+
+
+def _replace(output: Any, prediction: torch.Tensor) -> Any:
+    full = _prediction(output)
+    if prediction.shape[1] != full.shape[1]:
+        prediction = torch.cat([prediction, full[:, prediction.shape[1]:]], dim=1)
+    if isinstance(output, torch.Tensor):
+        return prediction
+    if isinstance(output, tuple):
+        return (prediction, *output[1:])
+    output["sample"] = prediction
+    return output
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1)
+
+
+def _corrected(pred: DataPrediction, sample: torch.Tensor, prediction: torch.Tensor,
+               scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (sample.dim() - 2)
+    x0 = pred.x0(sample, prediction) * scale.reshape(shape) + shift.reshape(shape)
+    return pred.output(sample, x0).to(prediction.dtype)
+
+
+class X0Recorder:
+    """Forward hook keeping the data prediction of the first call of every step (float64); ``close()``."""
+
+    def __init__(self, denoiser: Denoiser, scheduler: Any) -> None:
+        check_step_correction(scheduler)
+        self.x0: dict[int, torch.Tensor] = {}
+
+        def hook(module, args, kwargs, output):
+            call = denoiser.tracker.current
+            if call is not None and call.call_in_step == 0:
+                sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
+                self.x0[call.step] = DataPrediction.of(scheduler, timestep, sample).x0(sample, prediction).detach()
+
+        self._handle = denoiser.module.register_forward_hook(hook, with_kwargs=True)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class StepFitter:
+    """Fits and applies the per-step maps during one accelerated run (see the module doc); ``tables()``
+    gives ``(scale, shift)``: per step, one float per channel, ``()`` for the identity."""
+
+    def __init__(self, denoiser: Denoiser, scheduler: Any, reference: dict[int, torch.Tensor], num_steps: int) -> None:
+        check_step_correction(scheduler)
+        self.fits: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self.num_steps = num_steps
+
+        def hook(module, args, kwargs, output):
+            call = denoiser.tracker.current
+            if call is None or call.step not in reference:
+                return output
+            sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
+            pred = DataPrediction.of(scheduler, timestep, sample)
+            if call.step not in self.fits:
+                fit = ChannelFit()
+                fit.add(_channels_last(pred.x0(sample, prediction)), _channels_last(reference[call.step]))
+                self.fits[call.step] = fit.solve_shift()
+            scale, shift = self.fits[call.step]
+            if not scale:
+                return output
+            fixed = _corrected(pred, sample, prediction, torch.tensor(scale, dtype=torch.float64, device=sample.device),
+                               torch.tensor(shift, dtype=torch.float64, device=sample.device))
+            return _replace(output, fixed)
+
+        self._handle = denoiser.module.register_forward_hook(hook, with_kwargs=True)
+
+    def tables(self) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+        pairs = [self.fits.get(step, ((), ())) for step in range(self.num_steps)]
+        if all(not scale for scale, _ in pairs):
+            return (), ()
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def install_step_correction(denoiser: Denoiser, scheduler: Any, scale: tuple, shift: tuple) -> Any:
+    """Forward hook applying fitted per-step maps on ``denoiser`` (returns the handle; ``.remove()``)."""
+    check_step_correction(scheduler)
+    maps = [None if not s else (torch.tensor(s, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+            for s, b in zip(scale, shift)]
+
+    def hook(module, args, kwargs, output):
+        call = denoiser.tracker.current
+        if call is None:
+            return output
+        pair = maps[min(call.step, len(maps) - 1)]
+        if pair is None:
+            return output
+        sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
+        pred = DataPrediction.of(scheduler, timestep, sample)
+        s, b = (t.to(sample.device) for t in pair)
+        return _replace(output, _corrected(pred, sample, prediction, s, b))
+
+    return denoiser.module.register_forward_hook(hook, with_kwargs=True)
