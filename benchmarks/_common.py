@@ -110,3 +110,29 @@ def emit_json(result, out: str | None = None, *, indent: int = 1, default: Calla
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
     return text
+
+
+def merge_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` rows whose ``name`` is not in ``new``, then ``new`` (a re-run row replaces its old one).
+
+    >>> merge_rows([{"name": "a", "v": 1}, {"name": "b", "v": 1}], [{"name": "a", "v": 2}])
+    [{'name': 'b', 'v': 1}, {'name': 'a', 'v': 2}]
+    """
+    names = {row["name"] for row in new}
+    return [row for row in earlier if row["name"] not in names] + list(new)
+
+
+def read_results(path: str, default=None):
+    """The JSON results file at ``path``, or ``default`` when it does not exist yet."""
+    if not os.path.exists(path):
+        return default
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_results(path: str, result) -> None:
+    """Write ``result`` as indented JSON to ``path`` (folders created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=1)
+        fh.write("\n")

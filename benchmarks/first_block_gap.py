@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from _common import merge_rows, read_results, write_results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "first_block_gap.json")
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
@@ -122,16 +124,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = run(args)
     result["seconds"] = round(time.perf_counter() - started)
-    if args.only and os.path.exists(RESULTS):  # a subset: merged into the earlier rows (same name: replaced)
-        with open(RESULTS, encoding="utf-8") as fh:
-            earlier = json.load(fh)
-        names = {row["name"] for row in result["rows"]}
-        result["rows"] = [r for r in earlier["rows"] if r["name"] not in names] + result["rows"]
+    earlier = read_results(RESULTS) if args.only else None
+    if earlier is not None:  # a subset: merged into the earlier rows (same name: replaced)
+        result["rows"] = merge_rows(earlier["rows"], result["rows"])
         result["seconds"] = [earlier["seconds"], result["seconds"]]
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
-        fh.write("\n")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from _common import merge_rows, read_results, write_results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "low_speedup_dynamic.json")
 
@@ -179,20 +181,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = run(args)
-    saved = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS, encoding="utf-8") as fh:
-            saved = json.load(fh)
+    saved = read_results(RESULTS, {})
     key = f"{args.split}-{args.prompts}"
-    earlier = saved.get(key, {}).get("rows", [])
-    names = {row["name"] for row in result["rows"]}
-    result["rows"] = [r for r in earlier if r["name"] not in names] + result["rows"]
+    result["rows"] = merge_rows(saved.get(key, {}).get("rows", []), result["rows"])
     result["seconds"] = round(time.perf_counter() - started)
     saved[key] = result
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w", encoding="utf-8") as fh:
-        json.dump(saved, fh, indent=1)
-        fh.write("\n")
+    write_results(RESULTS, saved)
     return 0
 
 
