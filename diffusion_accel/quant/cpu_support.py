@@ -69,13 +69,18 @@ _CPU_KIND = _detect_cpu_kind()
 
 
 def _worst_case_operands(level: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Int8 activations ``(8, 64)`` and weights ``(16, 64)``: extremes first, then a random mix."""
+    """Int8 activations ``(8, 64)`` and weights ``(16, 64)``: extremes first, then a random mix.
+
+    Activations span the whole int8 range; weights ``[-level, level]``, and ``-128`` too at level 127
+    (full 8-bit weights use ``[-128, 127]``, see :func:`~.quantizers.quantize_weight_per_channel`).
+    """
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
-    w = torch.randint(-level, level + 1, (16, 64), dtype=torch.int8, generator=g)
-    x[0], x[1] = 127, -127
-    w[0], w[1] = level, -level
-    w[2, ::2], w[2, 1::2] = level, -level
+    low = -128 if level == 127 else -level
+    x = torch.randint(-128, 128, (8, 64), dtype=torch.int8, generator=g)
+    w = torch.randint(low, level + 1, (16, 64), dtype=torch.int8, generator=g)
+    x[0], x[1] = 127, -128
+    w[0], w[1] = level, low
+    w[2, ::2], w[2, 1::2] = level, low
     return x, w
 
 
