@@ -3,7 +3,8 @@
 Three CPU int8 GEMMs exist in PyTorch, and each is right or fast only on some CPUs:
 
 * oneDNN's ``qlinear_pointwise`` (``backend="onednn"``): fast with AMX tiles; ~60x slower than an
-  fp32 ``F.linear`` on an AMD EPYC with AVX-512 VNNI but no AMX; **wrong** on an AVX2-only AMD EPYC
+  fp32 ``F.linear`` on an AMD EPYC with AVX-512 VNNI but no AMX with int8 activations (a reference
+  path; uint8 activations run its VNNI kernel at ``torch._int_mm``'s speed); **wrong** on an AVX2-only AMD EPYC
   (relative error 0.29: its kernel without VNNI does not compute exact int8 products).
 * ``torch._int_mm`` (``backend="int_mm"``): exact; fast with AVX-512 VNNI, ~24x slower than fp32
   without it.
@@ -14,7 +15,7 @@ Three CPU int8 GEMMs exist in PyTorch, and each is right or fast only on some CP
 Facts come from the CPU's features (``torch.cpu._is_amx_tile_supported()``,
 ``torch.cpu._is_vnni_supported()``, ``torch.cpu._is_avx512_supported()``,
 ``torch.backends.cpu.get_cpu_capability()``) and from a tiny self-check GEMM per kernel against exact
-integer arithmetic, with the worst-case operands (all ``±127``) that expose saturation. Each check runs
+integer arithmetic, with the worst-case operands (``127``, ``-128``) that expose saturation. Each check runs
 once per process (cached: it describes the hardware and the PyTorch build, not any pipeline).
 
 Example:
@@ -69,13 +70,18 @@ _CPU_KIND = _detect_cpu_kind()
 
 
 def _worst_case_operands(level: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Int8 activations ``(8, 64)`` and weights ``(16, 64)``: extremes first, then a random mix."""
+    """Int8 activations ``(8, 64)`` and weights ``(16, 64)``: extremes first, then a random mix.
+
+    Activations span the whole int8 range; weights ``[-level, level]``, and ``-128`` too at level 127
+    (full 8-bit weights use ``[-128, 127]``, see :func:`~.quantizers.quantize_weight_per_channel`).
+    """
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
-    w = torch.randint(-level, level + 1, (16, 64), dtype=torch.int8, generator=g)
-    x[0], x[1] = 127, -127
-    w[0], w[1] = level, -level
-    w[2, ::2], w[2, 1::2] = level, -level
+    low = -128 if level == 127 else -level
+    x = torch.randint(-128, 128, (8, 64), dtype=torch.int8, generator=g)
+    w = torch.randint(low, level + 1, (16, 64), dtype=torch.int8, generator=g)
+    x[0], x[1] = 127, -128
+    w[0], w[1] = level, low
+    w[2, ::2], w[2, 1::2] = level, low
     return x, w
 
 

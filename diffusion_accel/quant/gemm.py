@@ -39,7 +39,13 @@ here and is not known to be slow here. Why (torch 2.13.0, ratios against an fp32
   one thread) at 2048 tokens, 1152 -> 1152 / 1152 -> 4608 / 4608 -> 1152: fbgemm 5.3x / 3.7x / 5.6x
   faster than fp32, ``torch._int_mm`` 3.9x / 2.7x / 6.2x (its int32 output is one more (M, N)
   temporary); same integers, same SQNR (fbgemm's self-check is exact with weights up to 127 here).
-  ``qlinear_pointwise`` ~60x *slower* than fp32. Inside a ``torch.compile``d model the order flips:
+  ``qlinear_pointwise`` ~60x *slower* than fp32 with int8 (``s8``) activations, as this backend passes
+  them: oneDNN has no VNNI kernel for ``s8 x s8`` and takes a reference path (1152 -> 1152: 46 s per
+  call). With ``uint8`` activations (``q + 128``, zero point 128) it runs its VNNI kernel, but only at
+  ``_int_mm``'s speed (bare GEMM, fp32 output with the weight scale applied: 5.7 / 42.9 / 23.5 ms vs
+  ``_int_mm`` 5.9 / 39.0 / 24.0 ms; ``_int_mm`` into a reused output 5.8 / 23.3 / 23.1 ms), so it is no
+  backend here: ``_int_mm`` in the compiled DiT already runs at ~95 % of the best int8 rate any
+  kernel reached on this CPU. Inside a ``torch.compile``d model the order flips:
   a whole compiled ``int_mm`` layer (quantize and rescale fused by inductor) took 8.2 / 62 / 28 ms
   against 10.0 / 69 / 32 ms for fbgemm with compiled quantize / rescale steps (fp32: 51 / 221 /
   205 ms); the bare GEMMs: ``_int_mm`` 5.5 / 39 / 22 ms, fbgemm's linear (its input quantization
@@ -287,8 +293,8 @@ def _onednn_slow(device: torch.device) -> str | None:
     kind = cpu_support.cpu_kind()
     if kind == "amx":
         return None
-    return (f"oneDNN's int8 linear has no fast kernel without AMX tiles (this CPU: {kind}); on an AMD EPYC "
-            "with AVX-512 VNNI it ran ~60x slower than fp32")
+    return (f"oneDNN's int8 linear has no fast kernel for int8 activations without AMX tiles (this CPU: "
+            f"{kind}); on an AMD EPYC with AVX-512 VNNI it ran ~60x slower than fp32")
 
 
 @dataclass(frozen=True)

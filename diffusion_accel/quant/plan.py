@@ -72,6 +72,11 @@ class QuantPlan:
             raise ValueError(f"A quantization plan must be a mapping name -> bits; got {type(mapping).__name__}.")
         return cls(tuple((str(k), v) for k, v in mapping.items()), default)
 
+    def names(self, name: str) -> bool:
+        """Whether a rule (exact name or pattern) covers ``name`` (else the default applies)."""
+        return any(key == name if not key.startswith(_PATTERN_PREFIX)
+                   else re.fullmatch(key[len(_PATTERN_PREFIX):], name) is not None for key, _ in self.rules)
+
     def bits_for(self, name: str) -> int | None:
         """Resolved bits of one module name (exact, then first matching pattern, then default)."""
         exact = dict(self.rules)

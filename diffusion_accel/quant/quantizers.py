@@ -3,7 +3,10 @@
 
 Integer formats
 ---------------
-* **8-bit weights**: ``w ≈ q * channel_scale[:, None]`` with ``q`` in ``[-127, 127]``.
+* **8-bit weights**: ``w ≈ q * channel_scale[:, None]`` with ``q`` in ``[-128, 127]``; each
+  channel's scale is the one of ``absmax / 127``, ``absmax / 127.5`` (torchao's symmetric int8),
+  ``absmax / 128`` with the smallest squared error on that channel (a reduced ``level`` for kernels
+  exact only with 7-bit weights: ``absmax / level``, ``q`` in ``[-level, level]``).
 * **4-bit weights, group-wise** (two-level, exact in an int8 GEMM): ``w ≈ q4 * z * channel_scale``
   where ``q4`` is in ``[-8, 7]`` (stored two per byte), ``z`` is a small integer **group scale** in
   ``[1, 15]`` shared by ``group_size`` consecutive input channels, and ``channel_scale`` is one
@@ -34,6 +37,7 @@ __all__ = [
     "qmax",
     "GROUP_SCALE_MAX",
     "quantize_weight_per_channel",
+    "W8_SCALE_DIVISORS",
     "quantize_weight_groupwise",
     "groupwise_int8_weight",
     "dequantize_groupwise",
@@ -49,6 +53,8 @@ VALID_BITS = (4, 8)
 #: Largest integer group scale of the 4-bit format (``8 * 15 = 120`` fits int8).
 GROUP_SCALE_MAX = 15
 _EPS = 1e-12
+#: 8-bit weight scale candidates ``absmax / d`` (first wins ties); integers in ``[-128, 127]``.
+W8_SCALE_DIVISORS = (127.0, 127.5, 128.0)
 
 
 def check_bits(bits, what: str = "bits", allow_none: bool = True) -> int | None:
@@ -77,16 +83,34 @@ def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8, level: int | Non
             only with 7-bit weights).
 
     Returns:
-        ``q`` int8 ``(N, K)`` and ``scale`` float32 ``(N,)`` with ``w ≈ q * scale[:, None]``.
+        ``q`` int8 ``(N, K)`` and ``scale`` float32 ``(N,)`` with ``w ≈ q * scale[:, None]``. With the
+        full 8-bit level, ``q`` is in ``[-128, 127]`` and each channel takes the scale of
+        :data:`W8_SCALE_DIVISORS` with the smallest squared error (never worse, channel by channel,
+        than ``absmax / 127`` or than torchao's ``absmax / 127.5``); otherwise ``q`` is in
+        ``[-level, level]`` with ``scale = absmax / level``.
     """
     _check_matrix(w, "w")
     level = qmax(bits) if level is None else int(level)
     if not 1 <= level <= qmax(bits):
         raise ValueError(f"level must be in [1, {qmax(bits)}] for {bits}-bit weights; got {level}.")
     w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(_EPS) / level
-    q = torch.round(w / scale[:, None]).clamp_(-level, level).to(torch.int8)
-    return q, scale
+    absmax = w.abs().amax(dim=1).clamp_min(_EPS)
+    if bits != 8 or level != qmax(8):
+        scale = absmax / level
+        return torch.round(w / scale[:, None]).clamp_(-level, level).to(torch.int8), scale
+    best_q, best_scale, best_err = None, None, None
+    for divisor in W8_SCALE_DIVISORS:
+        scale = absmax / divisor
+        q = torch.round(w / scale[:, None]).clamp_(-level - 1, level)
+        err = (q * scale[:, None] - w).square_().sum(dim=1)
+        if best_q is None:
+            best_q, best_scale, best_err = q, scale, err
+            continue
+        better = err < best_err
+        best_q = torch.where(better[:, None], q, best_q)
+        best_scale = torch.where(better, scale, best_scale)
+        best_err = torch.minimum(err, best_err)
+    return best_q.to(torch.int8), best_scale
 
 
 def quantize_weight_groupwise(

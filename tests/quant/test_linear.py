@@ -61,6 +61,29 @@ def test_integer_accumulation_is_exact(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_full_int8_range_is_exact(backend):
+    # 8-bit weights now use [-128, 127] (see quantize_weight_per_channel): every backend that auto can
+    # pick must multiply -128 weights and activations exactly (regression: its self-check saw only ±127)
+    _, layer = _layer(k=256, n=32, backend=backend)
+    layer.weight_scale.fill_(1.0)
+    layer.bias.zero_()
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-128, 128, (32, 256), dtype=torch.int8, generator=g)
+    w[0], w[1, ::2], w[1, 1::2] = -128, -128, 127
+    layer.qweight.copy_(w)
+    xq = torch.randint(-128, 128, (9, 256), dtype=torch.int8, generator=g)
+    xq[0], xq[1] = -128, 127
+    y = run_gemm(layer, xq, torch.ones(9, 1), torch.float32)
+    exact = (xq.long() @ w.long().t()).double()
+    assert float((y.double() - exact).abs().max()) <= float(exact.abs().max()) * 2 ** -23
+
+
+def test_quantized_weights_use_minus_128():
+    _, layer = _layer(k=1152, n=256, backend="fake")
+    assert int(layer.int_weight().min()) == -128 and int(layer.int_weight().max()) <= 127
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_static_activation_path_equals_fake(backend):
     lin = torch.nn.Linear(64, 32)
     kw = dict(act_mode="static", act_scale=torch.tensor([0.02, 0.05]), smooth=torch.rand(64) + 0.5)
