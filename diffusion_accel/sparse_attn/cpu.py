@@ -73,9 +73,12 @@ def attention_with_lse(q, k, v, mask=None, scale=None):
     """4-D attention returning ``(out, lse)``; lse fp32 ``(B, H, Sq)``.
 
     ``mask`` is bool, broadcastable to ``(B, H, Sq, Sk)``, ``True`` = attend. Uses the CPU flash
-    kernel when available, otherwise plain fp32 maths (exact, not memory-efficient).
+    kernel unless autograd must record the call (an input requires grad), otherwise plain fp32
+    maths (exact, not memory-efficient). Grad mode alone does not count: a caller outside
+    ``torch.no_grad()`` with plain tensors gets the fast kernel (it got plain maths, ~3x slower).
     """
-    if q.device.type == "cpu" and not torch.is_grad_enabled():
+    needs_graph = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if q.device.type == "cpu" and not needs_graph:
         float_mask = None
         if mask is not None:
             float_mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))

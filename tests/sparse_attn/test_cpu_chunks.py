@@ -72,3 +72,20 @@ def test_default_key_parts_follow_the_cpu_cache_budget(monkeypatch):
     assert rel_err(out, block_sparse_attention_reference(q, k, v, bm, 32, 16)) <= 1e-5
     whole = block_sparse_attention_torch(q, k, v, bm, 32, 16, kv_split=1 << 20)
     assert rel_err(out, whole) <= 1e-6
+
+
+def test_grad_mode_alone_keeps_the_flash_kernel_for_split_rows():
+    """Outside ``torch.no_grad()`` with plain tensors the split rows' log-sum-exp parts take the same
+    kernel as under no_grad (bit-identical output); inputs that require grad still get a graph."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 512, 64) for _ in range(3))
+    block_map = torch.ones(1, 2, 2, 8, dtype=torch.bool)
+    with torch.no_grad():
+        expected = block_sparse_attention_torch(q, k, v, block_map, 256, 64, kv_split=128)
+    assert torch.is_grad_enabled()
+    got = block_sparse_attention_torch(q, k, v, block_map, 256, 64, kv_split=128)
+    assert torch.equal(got, expected)
+    qg = q.clone().requires_grad_(True)
+    out = block_sparse_attention_torch(qg, k, v, block_map, 256, 64)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=1e-5)
