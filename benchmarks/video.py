@@ -436,17 +436,14 @@ def _prefixes(only: str) -> list[str]:
     return [p.strip() for p in only.split(",") if p.strip()]
 
 
-def drop_searched_rows(results: dict[str, Any], path: str) -> None:
-    """Remove the rows of an earlier search from ``results`` and ``path`` (before a ``--merge`` that re-runs the
-    search: its frontier may have other points, which must not mix with the old ones)."""
+def drop_searched_rows(results: dict[str, Any]) -> bool:
+    """Remove the rows of an earlier search from ``results`` in memory (before a ``--merge`` that re-runs the
+    search: its frontier may have other points, which must not mix with the old ones). ``--out`` itself is only
+    rewritten when the run ends, so a run that fails keeps the old rows. Returns whether any row was dropped."""
     methods = results["caching"]["methods"]
     kept = [m for m in methods if not m.get("settings", {}).get("searched")]
-    if len(kept) == len(methods):
-        return
     results["caching"]["methods"] = kept
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2, default=float)
-        fh.write("\n")
+    return len(kept) < len(methods)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,21 +491,30 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from ['caching', 'techniques']")
     results: dict[str, Any] = {"model": model.name, "prompts": len(prompts), "steps": args.steps}
+    merge_base = args.out
     if args.merge:
         with open(args.out, encoding="utf-8") as fh:
             results = json.load(fh)
         if "caching" in results and overlaps(_prefixes(args.caching_only), "ours searched ") and not args.no_extras:
-            drop_searched_rows(results, args.out)  # a new search replaces the old searched frontier as a whole
+            if drop_searched_rows(results):  # a new search replaces the old searched frontier as a whole
+                merge_base = args.out + ".merge-base.json"  # what peers_caching's merge reads; --out stays intact
+                with open(merge_base, "w", encoding="utf-8") as fh:
+                    json.dump(results, fh, indent=2, default=float)
     started = time.perf_counter()
     sys.path.insert(0, HERE)
     if "caching" in parts:
         import peers_caching
 
         caching_args = caching_namespace(args, model.name)
+        caching_args.out = merge_base
         record: dict[str, Any] = {}
-        part = peers_caching.run(caching_args, None if args.no_extras else caching_extra(args, record),
-                                 plot_prefix="video_caching",
-                                 title="Bundled Wan video model")
+        try:
+            part = peers_caching.run(caching_args, None if args.no_extras else caching_extra(args, record),
+                                     plot_prefix="video_caching",
+                                     title="Bundled Wan video model")
+        finally:
+            if merge_base != args.out:
+                os.remove(merge_base)
         part.update(record)
         if args.merge:  # keep what this run did not redo (the search, the calibration record, notes)
             part = {**results["caching"], **part,

@@ -3,6 +3,8 @@
 import os
 import re
 
+import pytest
+
 from benchmark_scripts import BENCHMARKS, load_benchmark
 
 
@@ -120,16 +122,38 @@ def test_the_searched_frontier_tries_firstblockcaches_rule_and_teacache_with_bot
     assert {"threshold": 0.1, "compare_to": "last_computed", "max_consecutive_skips": 20} in seeds
 
 
-def test_a_merge_that_reruns_the_search_drops_the_old_searched_rows(tmp_path):
+def test_a_merge_that_reruns_the_search_drops_the_old_searched_rows():
+    video = load_benchmark("video")
+    results = {"caching": {"methods": [{"name": "full compute", "settings": {}},
+                                       {"name": "ours searched 1.33x", "settings": {"searched": True}},
+                                       {"name": "ours fora-2-res", "settings": {"policy": "fora-2"}}]}}
+    assert video.drop_searched_rows(results)
+    assert [m["name"] for m in results["caching"]["methods"]] == ["full compute", "ours fora-2-res"]
+    assert not video.drop_searched_rows(results)  # nothing left to drop
+
+
+def test_a_failed_merge_that_reruns_the_search_keeps_the_results_file(tmp_path, monkeypatch):
+    """The old searched rows are dropped for the merge only; --out is untouched when the run fails
+    (it lost them when the merge refused a different baseline after the search)."""
     import json
 
     video = load_benchmark("video")
     path = tmp_path / "video.json"
-    results = {"caching": {"methods": [{"name": "full compute", "settings": {}},
-                                       {"name": "ours searched 1.33x", "settings": {"searched": True}},
-                                       {"name": "ours fora-2-res", "settings": {"policy": "fora-2"}}]}}
+    results = {"model": "benchmark-video", "caching": {"methods": [
+        {"name": "full compute", "settings": {}},
+        {"name": "ours searched 1.33x", "settings": {"searched": True}}]}}
     path.write_text(json.dumps(results))
-    video.drop_searched_rows(results, str(path))
-    names = ["full compute", "ours fora-2-res"]
-    assert [m["name"] for m in results["caching"]["methods"]] == names
-    assert [m["name"] for m in json.loads(path.read_text())["caching"]["methods"]] == names
+    seen = {}
+
+    def refuse(args, extra=None, **kwargs):
+        seen["merge_base"] = json.loads(open(args.out, encoding="utf-8").read())
+        raise ValueError("--caching-merge: the full-compute output differs")
+
+    import peers_caching  # benchmarks/ is on sys.path once load_benchmark ran
+
+    monkeypatch.setattr(peers_caching, "run", refuse)
+    with pytest.raises(ValueError, match="differs"):
+        video.main(["--parts", "caching", "--merge", "--caching-only", "ours searched", "--out", str(path)])
+    assert [m["name"] for m in seen["merge_base"]["caching"]["methods"]] == ["full compute"]
+    assert json.loads(path.read_text()) == results
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.json"]
