@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.03, 0.05, 0.1, 0.2, 0.35])
     parser.add_argument("--magcache-skips", type=int, nargs="*", default=[6, 9, 12],
                         help="MagCache thresholds are set to skip this many of the steps")
-    parser.add_argument("--search-prompts", type=int, default=8, help="training captions the search scores on")
+    parser.add_argument("--search-prompts", type=int, default=16, help="training captions the search scores on (16: with 8 the gentle end ranked wrong, README)")
     parser.add_argument("--search-population", type=int, default=16)
     parser.add_argument("--search-generations", type=int, default=2)
     parser.add_argument("--search-refine-rounds", type=int, default=2)
