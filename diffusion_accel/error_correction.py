@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +52,7 @@ __all__ = ["METHODS", "TrajectoryReference", "calibrate_error_correction", "reco
 METHODS = ("trajectory", "block_residual")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TrajectoryReference:
     """The reference data prediction per step (``x0[step]``, float64) of one call with ``call`` arguments
     and one generator per item (``seeds``): what ``method="trajectory"`` fits against."""
@@ -80,9 +79,8 @@ def record_reference(pipe: Any, prompts: Sequence[Any], *, seed: int = 0, seeds:
         remove(pipe)
         if base is not None:
             apply(pipe, base)
-        recorders: list[X0Recorder] = []
-        _run_with(pipe, reference, lambda d: recorders.append(X0Recorder(d, pipe.scheduler)) or recorders[-1])
-        reference.x0.update(recorders[0].x0)
+        recorder = _run_with(pipe, reference, lambda d: X0Recorder(d, pipe.scheduler))
+        reference.x0.update(recorder.x0)
     return reference
 
 
@@ -117,15 +115,9 @@ def calibrate_error_correction(pipe: Any, prompts: Sequence[Any] | None, config:
     with acceleration_restored(pipe):
         remove(pipe)
         apply(pipe, config)
-        fitters: list[StepFitter] = []
-
-        def fitter(d):
-            fitters.append(StepFitter(d, pipe.scheduler, reference.x0, steps))
-            return fitters[-1]
-
-        _run_with(pipe, reference, fitter)
+        fitter = _run_with(pipe, reference, lambda d: StepFitter(d, pipe.scheduler, reference.x0, steps))
         remove(pipe)
-    scale, shift = fitters[0].tables()
+    scale, shift = fitter.tables()
     return dataclasses.replace(config, cache=CorrectedCacheConfig(cache, step_scale=scale, step_shift=shift))
 
 
@@ -139,9 +131,9 @@ def _static_cache(config: Any) -> StaticCacheConfig:
     return cache
 
 
-def _run_with(pipe: Any, reference: TrajectoryReference, make_hook) -> None:
-    """One call of ``reference.call`` with a hook object ``make_hook(denoiser)`` (closed afterwards) on the
-    pipeline's main denoiser."""
+def _run_with(pipe: Any, reference: TrajectoryReference, make_hook):
+    """One call of ``reference.call`` with a hook object ``make_hook(denoiser)`` on the pipeline's main
+    denoiser; returns that object, closed (what it recorded or fitted stays readable)."""
     model = resolve_denoiser(pipe)
     denoisers, attached = tracked_denoisers(pipe)
     hook = make_hook(next(d for d in denoisers if d.module is model))
@@ -152,6 +144,7 @@ def _run_with(pipe: Any, reference: TrajectoryReference, make_hook) -> None:
         hook.close()
         for module in attached:
             remove_hook(module, TRACKER_HOOK)
+    return hook
 
 
 def _block_residual(pipe: Any, prompts: Sequence[Any], config: AccelerationConfig, batch_size: int, seed: int,
