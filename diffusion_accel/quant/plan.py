@@ -72,20 +72,24 @@ class QuantPlan:
             raise ValueError(f"A quantization plan must be a mapping name -> bits; got {type(mapping).__name__}.")
         return cls(tuple((str(k), v) for k, v in mapping.items()), default)
 
+    def _rule(self, name: str) -> tuple[str, int | None] | None:
+        """The rule deciding ``name`` (its exact name, then the first matching pattern), or ``None``."""
+        exact = dict(self.rules)
+        if name in exact and not name.startswith(_PATTERN_PREFIX):
+            return name, exact[name]
+        for key, bits in self.rules:
+            if key.startswith(_PATTERN_PREFIX) and re.fullmatch(key[len(_PATTERN_PREFIX):], name):
+                return key, bits
+        return None
+
     def names(self, name: str) -> bool:
         """Whether a rule (exact name or pattern) covers ``name`` (else the default applies)."""
-        return any(key == name if not key.startswith(_PATTERN_PREFIX)
-                   else re.fullmatch(key[len(_PATTERN_PREFIX):], name) is not None for key, _ in self.rules)
+        return self._rule(name) is not None
 
     def bits_for(self, name: str) -> int | None:
         """Resolved bits of one module name (exact, then first matching pattern, then default)."""
-        exact = dict(self.rules)
-        if name in exact and not name.startswith(_PATTERN_PREFIX):
-            return exact[name]
-        for key, bits in self.rules:
-            if key.startswith(_PATTERN_PREFIX) and re.fullmatch(key[len(_PATTERN_PREFIX):], name):
-                return bits
-        return self.default
+        rule = self._rule(name)
+        return self.default if rule is None else rule[1]
 
     def resolve(self, names: Iterable[str]) -> dict[str, int | None]:
         """Bits for every name; raises if a rule matches none of ``names``.
