@@ -35,7 +35,7 @@ RESULTS = os.path.join(HERE, "results", "first_block_gap.json")
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 
-def _steps_computed(pipe) -> list[int]:
+def steps_computed(pipe) -> list[int]:
     """Record, per denoiser call, whether the last block's first projection ran (filled during the call)."""
     computed: list[int] = []
     blocks = pipe.transformer.transformer_blocks
@@ -80,13 +80,30 @@ def methods(steps: int, thresholds=THRESHOLDS) -> list[tuple[str, dict, object]]
     return out
 
 
+def measure_row(b, bench, pipe, name: str, settings: dict, reference: tuple | None) -> tuple[dict, tuple]:
+    """One call of ``pipe`` on the bench's prompts: ``(row, reference)``. ``reference=None`` makes this
+    call the baseline (its images and block computations; ``psnr_db`` None); later rows are scored
+    against it (also used by ``low_speedup_dynamic.py``)."""
+    from diffusion_accel.cost.blocks import BlockComputeCounter
+    from diffusion_accel.eval.metrics import psnr
+
+    computed = steps_computed(pipe)
+    with BlockComputeCounter(pipe) as counter:
+        images = bench.images_of(b.call(pipe))
+    baseline = reference is None
+    if baseline:
+        reference = (images, counter.total)
+    row = {"name": name, "settings": settings,
+           "compute_ratio": round(BlockComputeCounter.ratio(reference[1], counter.total), 4),
+           "psnr_db": None if baseline else round(psnr(images, reference[0]), 3),
+           "steps_computed": [i for i, c in enumerate(computed) if c]}
+    return row, reference
+
+
 def run(args) -> dict:
     sys.path.insert(0, HERE)
     import caching as bench
     import peers_caching as peers
-
-    from diffusion_accel.cost.blocks import BlockComputeCounter
-    from diffusion_accel.eval.metrics import psnr
 
     torch.set_num_threads(args.threads)
     ns = argparse.Namespace(caching_model="benchmark", caching_prompts=args.prompts, caching_steps=args.steps,
@@ -98,15 +115,7 @@ def run(args) -> dict:
             continue
         pipe = b.fresh()
         attach(pipe)
-        computed = _steps_computed(pipe)
-        with BlockComputeCounter(pipe) as counter:
-            images = bench.images_of(b.call(pipe))
-        if reference is None:
-            reference = (images, counter.total)
-        row = {"name": name, "settings": settings,
-               "compute_ratio": round(BlockComputeCounter.ratio(reference[1], counter.total), 4),
-               "psnr_db": round(psnr(images, reference[0]), 3) if name != "full compute" else None,
-               "steps_computed": [i for i, c in enumerate(computed) if c]}
+        row, reference = measure_row(b, bench, pipe, name, settings, reference)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {"benchmark": "first-block-gap", "prompts": args.prompts, "steps": args.steps,

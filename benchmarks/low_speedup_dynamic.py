@@ -115,26 +115,14 @@ def _static_attach(pipe, steps: int, name: str):
                                                       reuse=reuse))
 
 
-def _steps_computed(pipe) -> list[int]:
-    computed: list[int] = []
-    pipe.transformer.register_forward_pre_hook(lambda m, a: computed.append(0))
-
-    def ran(module, args, output):
-        computed[-1] = 1
-
-    pipe.transformer.transformer_blocks[-1].attn1.to_q.register_forward_hook(ran)
-    return computed
-
-
 def run(args) -> dict:
     sys.path.insert(0, HERE)
     import caching as bench
     import peers_caching as peers
+    from first_block_gap import measure_row
 
     from diffusion_accel import AccelerationConfig
     from diffusion_accel.caching import DynamicCacheConfig
-    from diffusion_accel.cost.blocks import BlockComputeCounter
-    from diffusion_accel.eval.metrics import psnr
 
     torch.set_num_threads(args.threads)
     ns = argparse.Namespace(caching_model="benchmark", caching_prompts=0, caching_steps=args.steps,
@@ -157,15 +145,7 @@ def run(args) -> dict:
         elif kw:
             extra = {"teacache_coefficients": coefficients} if kw.get("policy") == "teacache" else {}
             bench.ours(AccelerationConfig(cache=DynamicCacheConfig(**kw, **extra)))(pipe)
-        computed = _steps_computed(pipe)
-        with BlockComputeCounter(pipe) as counter:
-            images = bench.images_of(b.call(pipe))
-        if reference is None:
-            reference = (images, counter.total)
-        row = {"name": name, "settings": kw,
-               "compute_ratio": round(BlockComputeCounter.ratio(reference[1], counter.total), 4),
-               "psnr_db": round(psnr(images, reference[0]), 3) if kw else None,
-               "steps_computed": [i for i, c in enumerate(computed) if c]}
+        row, reference = measure_row(b, bench, pipe, name, kw, reference)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("name", "compute_ratio", "psnr_db")}), flush=True)
     return {"split": args.split, "prompts": len(b.prompts), "steps": args.steps, "rows": rows}
