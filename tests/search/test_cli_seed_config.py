@@ -30,7 +30,8 @@ def test_bad_seed_configs_are_one_clear_error_before_any_work(prompt_file, tmp_p
     cases = [(["--space", "cache,quant", "--seed-config", str(tmp_path / "missing.json")],
               "--seed-config: Cannot read acceleration config file"),
              (["--space", "cache,quant", "--seed-config", str(prompt_file)], "is not valid JSON"),
-             (["--space", "cache,quant", "--seed-config", str(tmp_path / "prompts.json")], "entry 0: expected an object"),
+             (["--space", "cache,quant", "--seed-config", str(tmp_path / "prompts.json")],
+              "entry 0: expected an object"),
              (["--seed-config", str(tmp_path / "ok.json")], "drop seed_configs (--seed-config)")]
     for extra, message in cases:
         assert main(cli_args(prompt_file, tmp_path / "out", *extra)) == 2, extra
