@@ -44,17 +44,24 @@ from ..hooks import Denoiser
 from ..models.base import forward_argument
 from .correction import ChannelFit
 
-__all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction"]
+__all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction",
+           "supports_step_correction"]
 
 #: scheduler ``prediction_type`` values whose data prediction this module can form.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def check_step_correction(scheduler: Any) -> None:
-    """Raise ``ValueError`` unless ``scheduler`` gives the data prediction (``alphas_cumprod`` and an
-    epsilon or v prediction type)."""
+def supports_step_correction(scheduler: Any) -> bool:
+    """Whether ``scheduler`` gives the data prediction (``alphas_cumprod`` and an epsilon or v prediction
+    type); flow-matching schedulers (SD3, Flux, Wan) do not."""
     kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
-    if kind not in PREDICTION_TYPES or getattr(scheduler, "alphas_cumprod", None) is None:
+    return kind in PREDICTION_TYPES and getattr(scheduler, "alphas_cumprod", None) is not None
+
+
+def check_step_correction(scheduler: Any) -> None:
+    """Raise ``ValueError`` unless :func:`supports_step_correction`."""
+    if not supports_step_correction(scheduler):
+        kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
         raise ValueError(f"The step correction corrects the data prediction, which needs a scheduler with "
                          f"alphas_cumprod and prediction_type in {list(PREDICTION_TYPES)}; "
                          f"{type(scheduler).__name__} has prediction_type={kind!r}. Use "
