@@ -27,6 +27,7 @@ with ``--resume`` (the searches load from their checkpoints).
 
     python benchmarks/joint_search.py                  # bundled model (~15 min on a 2-core CPU)
     python benchmarks/joint_search.py --model tiny:pixart-alpha --quick   # plumbing check
+    python benchmarks/joint_search.py --model benchmark-video --quick --json ''   # the bundled video model
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ import torch
 from _common import argument_parser, emit_json, set_threads
 
 from diffusion_accel import AccelerationConfig
+from diffusion_accel.assets.bundled import BUNDLED_MODELS
 from diffusion_accel.caching import CorrectedCacheConfig
+from diffusion_accel.caching.step_correction import supports_step_correction
 from diffusion_accel.cost.latency import LatencyModel, calibrate_latency_model
 from diffusion_accel.eval.generate import make_items
 from diffusion_accel.eval.prompts import load_prompts
@@ -65,6 +68,12 @@ def log(*args: Any) -> None:
     print(f"[{time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
 
 
+def prompt_set(model: str, split: str) -> str:
+    """``<bundled model>:<split>``: a bundled model's own captions (``benchmark-video:train`` for the video
+    model), the image model's for any other model."""
+    return f"{model if model in BUNDLED_MODELS else 'benchmark'}:{split}"
+
+
 def run_searches(args: argparse.Namespace, pipe: Any, call: dict[str, Any], latency: Any, out: str) -> dict[str, Any]:
     """The cache-only search, then the joint search seeded with its frontier (spread to ``--max-points``)
     with W8A8, each as is and with the trajectory error correction; same calibration prompts and seeds."""
@@ -73,14 +82,16 @@ def run_searches(args: argparse.Namespace, pipe: Any, call: dict[str, Any], late
                   dynamic_seeds=(), granularity=args.granularity, resume=args.resume, quality=args.quality)
     results = {}
     start = time.perf_counter()
-    results["cache"] = search_schedule(pipe, "benchmark:train", out=os.path.join(out, "cache"), space="cache",
-                                       population=args.cache_population, **common)
+    results["cache"] = search_schedule(pipe, prompt_set(args.model, "train"), out=os.path.join(out, "cache"),
+                                       space="cache", population=args.cache_population, **common)
     log(f"cache search: {len(results['cache'].frontier)} frontier points of {results['cache'].evaluations} "
         f"evaluated in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
-    results["joint"] = search_schedule(pipe, "benchmark:train", out=os.path.join(out, "joint"),
+    results["joint"] = search_schedule(pipe, prompt_set(args.model, "train"), out=os.path.join(out, "joint"),
                                        space="cache,quant,attention", population=args.population,
-                                       latency_model=latency, seed_configs=seed_configs(results["cache"], args),
+                                       latency_model=latency,
+                                       seed_configs=seed_configs(results["cache"], args,
+                                                                 supports_step_correction(pipe.scheduler)),
                                        **common)
     log(f"joint search: {len(results['joint'].frontier)} frontier points of {results['joint'].evaluations} "
         f"evaluated in {time.perf_counter() - start:.0f} s")
@@ -98,13 +109,16 @@ def with_w8a8(entry: dict[str, Any], corrected: bool = False) -> AccelerationCon
     return dataclasses.replace(config, cache=CorrectedCacheConfig(config.cache)) if corrected else config
 
 
-def seed_configs(cache_result: Any, args: argparse.Namespace) -> dict[str, AccelerationConfig]:
+def seed_configs(cache_result: Any, args: argparse.Namespace,
+                 corrected: bool = True) -> dict[str, AccelerationConfig]:
     """Generation 0 of the joint search: every baseline point (cache-only frontier + W8A8), as is and
-    with the error-correction gene on (fitted by the search)."""
+    (``corrected``: the pipeline's scheduler allows the error-correction gene) with the gene on (fitted by
+    the search)."""
     out = {}
     for entry in baseline_entries(cache_result, args):
         out[f"{entry['name']}+w8a8"] = with_w8a8(entry)
-        out[f"{entry['name']}+w8a8+corr"] = with_w8a8(entry, corrected=True)
+        if corrected:
+            out[f"{entry['name']}+w8a8+corr"] = with_w8a8(entry, corrected=True)
     return out
 
 
@@ -201,8 +215,8 @@ def dominance(records: list[dict[str, Any]], baseline: str, noise_floor: float) 
             "strictly_dominated": sum(r["strict_dominated"] for r in rows), "of": len(rows)}
 
 
-def plot(records: list[dict[str, Any]], path: str) -> None:
-    with png_plot(path, title="joint search vs caching then W8A8 (bundled model)",
+def plot(records: list[dict[str, Any]], path: str, model: str = "benchmark") -> None:
+    with png_plot(path, title=f"joint search vs caching then W8A8 ({model})",
                   xlabel="measured denoiser speed-up (interleaved runs)",
                   ylabel="held-out PSNR vs full precision (dB, capped at 60)") as ax:
         for series, style in (("joint", "-o"), ("cache-only + W8A8", "-s"), ("cache-only", "--^")):
@@ -232,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"searches": {n: {"evaluations": r.evaluations, "frontier_size": len(r.frontier)}
                              for n, r in results.items()}}
     chosen = points(results, args)
-    prompts = load_prompts("benchmark:heldout", num=args.heldout_prompts, seed=args.seed + 1)
+    prompts = load_prompts(prompt_set(args.model, "heldout"), num=args.heldout_prompts, seed=args.seed + 1)
     items = make_items(prompts, seed=args.seed + 1000)
     ev = CandidateEvaluator(pipe, items, call, quality="psnr", batch_size=args.heldout_prompts)
     ev.prepare()
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     emit_json(result, args.json)
     if args.json:
-        plot(result["points"], os.path.splitext(args.json)[0] + ".png")
+        plot(result["points"], os.path.splitext(args.json)[0] + ".png", args.model)
     return 0
 
 

@@ -44,17 +44,24 @@ from ..hooks import Denoiser
 from ..models.base import forward_argument
 from .correction import ChannelFit
 
-__all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction"]
+__all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction",
+           "supports_step_correction"]
 
 #: scheduler ``prediction_type`` values whose data prediction this module can form.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def check_step_correction(scheduler: Any) -> None:
-    """Raise ``ValueError`` unless ``scheduler`` gives the data prediction (``alphas_cumprod`` and an
-    epsilon or v prediction type)."""
+def supports_step_correction(scheduler: Any) -> bool:
+    """Whether ``scheduler`` gives the data prediction (``alphas_cumprod`` and an epsilon or v prediction
+    type); flow-matching schedulers (SD3, Flux, Wan) do not."""
     kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
-    if kind not in PREDICTION_TYPES or getattr(scheduler, "alphas_cumprod", None) is None:
+    return kind in PREDICTION_TYPES and getattr(scheduler, "alphas_cumprod", None) is not None
+
+
+def check_step_correction(scheduler: Any) -> None:
+    """Raise ``ValueError`` unless :func:`supports_step_correction`."""
+    if not supports_step_correction(scheduler):
+        kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
         raise ValueError(f"The step correction corrects the data prediction, which needs a scheduler with "
                          f"alphas_cumprod and prediction_type in {list(PREDICTION_TYPES)}; "
                          f"{type(scheduler).__name__} has prediction_type={kind!r}. Use "
@@ -89,14 +96,16 @@ class DataPrediction:
         return (x - self.alpha * x0) / self.sigma if self.kind == "epsilon" else (self.alpha * x - x0) / self.sigma
 
 
-def _call_tensors(denoiser: Denoiser, module, args, kwargs, output) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """``(sample, prediction, timestep)`` of a denoiser call: its latent input, the first
-    ``sample.shape[1]`` channels of its output (a learned variance is left out), the timestep."""
+def _call_tensors(denoiser: Denoiser, scheduler: Any, module, args, kwargs, output
+                  ) -> tuple[torch.Tensor, torch.Tensor, DataPrediction]:
+    """``(sample, prediction, data prediction)`` of a denoiser call: its latent input, the first
+    ``sample.shape[1]`` channels of its output (a learned variance is left out), and the
+    :class:`DataPrediction` at its timestep."""
     sample = forward_argument(module, "hidden_states", args, kwargs)
     if sample is None:
         sample = args[0]
     timestep = forward_argument(module, denoiser.adapter.timestep_arg, args, kwargs)
-    return sample, _prediction(output)[:, :sample.shape[1]], timestep
+    return sample, _prediction(output)[:, :sample.shape[1]], DataPrediction.of(scheduler, timestep, sample)
 
 
 def _prediction(output: Any) -> torch.Tensor:
@@ -123,11 +132,14 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1)
 
 
-def _corrected(pred: DataPrediction, sample: torch.Tensor, prediction: torch.Tensor,
-               scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def _corrected(output: Any, sample: torch.Tensor, prediction: torch.Tensor, pred: DataPrediction,
+               scale: tuple[float, ...], shift: tuple[float, ...]) -> Any:
+    """``output`` with its prediction replaced by the one whose data prediction is ``scale * x0 + shift``
+    (per channel, in float64): what the fitting run and the installed maps both return."""
     shape = (1, -1) + (1,) * (sample.dim() - 2)
-    x0 = pred.x0(sample, prediction) * scale.reshape(shape) + shift.reshape(shape)
-    return pred.output(sample, x0).to(prediction.dtype)
+    scale, shift = (torch.tensor(v, dtype=torch.float64, device=sample.device).reshape(shape) for v in (scale, shift))
+    x0 = pred.x0(sample, prediction) * scale + shift
+    return _replace(output, pred.output(sample, x0).to(prediction.dtype))
 
 
 class X0Recorder:
@@ -140,8 +152,8 @@ class X0Recorder:
         def hook(module, args, kwargs, output):
             call = denoiser.tracker.current
             if call is not None and call.call_in_step == 0:
-                sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
-                self.x0[call.step] = DataPrediction.of(scheduler, timestep, sample).x0(sample, prediction).detach()
+                sample, prediction, pred = _call_tensors(denoiser, scheduler, module, args, kwargs, output)
+                self.x0[call.step] = pred.x0(sample, prediction).detach()
 
         self._handle = denoiser.module.register_forward_hook(hook, with_kwargs=True)
 
@@ -162,18 +174,13 @@ class StepFitter:
             call = denoiser.tracker.current
             if call is None or call.step not in reference:
                 return output
-            sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
-            pred = DataPrediction.of(scheduler, timestep, sample)
+            sample, prediction, pred = _call_tensors(denoiser, scheduler, module, args, kwargs, output)
             if call.step not in self.fits:
                 fit = ChannelFit()
                 fit.add(_channels_last(pred.x0(sample, prediction)), _channels_last(reference[call.step]))
                 self.fits[call.step] = fit.solve_shift()
             scale, shift = self.fits[call.step]
-            if not scale:
-                return output
-            fixed = _corrected(pred, sample, prediction, torch.tensor(scale, dtype=torch.float64, device=sample.device),
-                               torch.tensor(shift, dtype=torch.float64, device=sample.device))
-            return _replace(output, fixed)
+            return _corrected(output, sample, prediction, pred, scale, shift) if scale else output
 
         self._handle = denoiser.module.register_forward_hook(hook, with_kwargs=True)
 
@@ -190,19 +197,15 @@ class StepFitter:
 def install_step_correction(denoiser: Denoiser, scheduler: Any, scale: tuple, shift: tuple) -> Any:
     """Forward hook applying fitted per-step maps on ``denoiser`` (returns the handle; ``.remove()``)."""
     check_step_correction(scheduler)
-    maps = [None if not s else (torch.tensor(s, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
-            for s, b in zip(scale, shift)]
+    maps = list(zip(scale, shift))
 
     def hook(module, args, kwargs, output):
         call = denoiser.tracker.current
         if call is None:
             return output
-        pair = maps[min(call.step, len(maps) - 1)]
-        if pair is None:
+        s, b = maps[min(call.step, len(maps) - 1)]
+        if not s:
             return output
-        sample, prediction, timestep = _call_tensors(denoiser, module, args, kwargs, output)
-        pred = DataPrediction.of(scheduler, timestep, sample)
-        s, b = (t.to(sample.device) for t in pair)
-        return _replace(output, _corrected(pred, sample, prediction, s, b))
+        return _corrected(output, *_call_tensors(denoiser, scheduler, module, args, kwargs, output), s, b)
 
     return denoiser.module.register_forward_hook(hook, with_kwargs=True)

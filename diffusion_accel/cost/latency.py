@@ -13,7 +13,8 @@ and a block-sparse attention run at their own speeds, which depend on the shapes
    The whole step-0 call is also timed with every linear in each quantized mode, interleaved with
    the float call (**in situ**): at small widths isolated op timings mislead (on the bundled model
    every isolated int8 linear was slower than float, yet W8A8 made the pipeline 1.3x faster).
-3. **Prediction.** A site costs its op's measured seconds in the mode a config gives it; a linear in a
+3. **Prediction.** A site costs its op's measured seconds in the mode a config gives it (a linear's bits
+   are those ``apply`` gives it: :func:`~diffusion_accel.quant.technique.layer_bits`); a linear in a
    quantized mode costs its float time plus its share (by float time) of that mode's in-situ call
    difference. What the
    ops do not cover (norms, element-wise work, cross-attention, launches) is the measured call time
@@ -54,6 +55,7 @@ from ..caching.correction import static_part
 from ..caching.schedule import CacheSchedule
 from ..config import AccelerationConfig
 from ..models import get_model_adapter
+from ..quant.technique import layer_bits
 from .macs import _capture_first_step, profile_macs
 
 __all__ = ["ATTENTION_OPS", "LINEAR_MODES", "LatencyModel", "calibrate_latency_model", "linear_mode"]
@@ -186,7 +188,7 @@ class LatencyModel:
         act = None if config.quant is None else config.quant.act_bits
         float_total = self._float_linear_seconds()
         for call, name, block, comp, rows, n_in, n_out in self.linears:
-            mode = "float" if plan is None else linear_mode(plan.bits_for(name), act)
+            mode = "float" if plan is None else linear_mode(layer_bits(plan, name), act)
             times = self.linear_seconds[_shape_key((rows, n_in, n_out))]
             if mode != "float" and mode in self.in_situ:
                 share = times["float"] / float_total[call]

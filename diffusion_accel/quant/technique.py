@@ -33,7 +33,7 @@ from .replace import OriginalStore, linear_names, quantize_linears, restore_line
 from .runtime import QuantRuntime, TimestepRangeHook
 from .text_encoder import TEXT_ENCODER_COMPONENTS, quantize_text_encoder, restore_text_encoder
 
-__all__ = ["apply_quant", "quantize_denoiser", "resolve_plan", "FLOAT_BY_DEFAULT"]
+__all__ = ["apply_quant", "quantize_denoiser", "resolve_plan", "layer_bits", "FLOAT_BY_DEFAULT"]
 
 _RANGE_HOOK = "quant_timestep_range"
 
@@ -46,7 +46,17 @@ _RANGE_HOOK = "quant_timestep_range"
 FLOAT_BY_DEFAULT = ("proj_out",)
 
 
-def _bits(plan, name: str) -> int | None:
+def layer_bits(plan, name: str) -> int | None:
+    """The weight bits ``apply`` gives the denoiser linear ``name`` under ``plan`` (a
+    :class:`~diffusion_accel.quant.QuantPlan`; ``None`` = full precision): the plan's bits, except that
+    :data:`FLOAT_BY_DEFAULT` layers stay in full precision unless a plan rule names them. The one
+    lookup of that decision (the latency model prices with it too).
+
+    >>> from diffusion_accel.quant import QuantPlan
+    >>> named = QuantPlan.from_mapping({"proj_out": 8}, default=8)
+    >>> layer_bits(QuantPlan(default=8), "proj_out"), layer_bits(named, "proj_out"), layer_bits(named, "x")
+    (None, 8, 8)
+    """
     if name in FLOAT_BY_DEFAULT and not plan.names(name):
         return None
     return plan.bits_for(name)
@@ -58,7 +68,7 @@ def resolve_plan(config: QuantConfig, denoisers: list[Denoiser]) -> dict[str, di
     plan = config.resolved_plan()
     names = {d.name: linear_names(d.module) for d in denoisers}
     plan.check_matches([n for ns in names.values() for n in ns])
-    return {d: {n: _bits(plan, n) for n in ns} for d, ns in names.items()}
+    return {d: {n: layer_bits(plan, n) for n in ns} for d, ns in names.items()}
 
 
 @register_technique(QuantConfig)

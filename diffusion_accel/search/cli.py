@@ -6,6 +6,7 @@ Examples:
     diffusion-accel search ... --out search-out --resume          # continue after a kill
     accelerate launch --multi_gpu --num_processes 2 -m diffusion_accel.cli search ...  # 2 processes
     diffusion-accel search --pick-from search-out/frontier.json --pick-speedup 2.5 --pick-out fast.json
+    diffusion-accel search ... --space cache,quant --seed-config cache-w8a8.json --out joint-out  # seeded joint search
 
 Writes ``checkpoint.json``, ``frontier.json``, ``plots/generation-<g>.png``, ``picked-<x>x.json``
 and ``generalisation.json`` to ``--out`` (see ``docs/search.md``).
@@ -71,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dp-seeds", type=int, default=0, metavar="N",
                         help="seed the search with N DP schedules (least accumulated reuse error at compute "
                         "budgets spread over 0.3-0.8; default 0)")
+    parser.add_argument("--seed-config", action="append", default=[], metavar="CFG.json",
+                        help="seed a joint search (--space with quant or attention, or several --reuse choices) "
+                        "with this AccelerationConfig file (AccelerationConfig.save, a picked-<x>x.json) or every "
+                        "entry of a search frontier.json, scored in generation 0 right after full compute "
+                        "(repeatable; named after the file stem, or the frontier entry's name)")
     parser.add_argument("--reuse", default="auto", metavar="MODES",
                         help=f"{', '.join(REUSE_CHOICES)}, forecast1 (= forecast) or forecast2: how reused "
                         "components contribute (StaticCacheConfig.reuse; default auto: block "
@@ -121,6 +127,21 @@ def _resolution(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _seed_configs(paths: list[str]) -> dict:
+    """The ``--seed-config`` files as ``{name: AccelerationConfig}``, read as ``eval --config`` reads them
+    (:func:`~diffusion_accel.eval.sweep.load_configs`: a config file is named after its stem, a frontier
+    file gives every entry under its name; names made unique)."""
+    if not paths:
+        return {}
+    from ..eval.sweep import load_configs
+
+    try:
+        return dict(load_configs(paths))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--seed-config: {str(exc).rstrip('.')}; pass a JSON AccelerationConfig file (AccelerationConfig.save, "
+                         "search --pick-out, picked-<x>x.json) or a search frontier.json.") from exc
+
+
 def _pick_only(args: argparse.Namespace) -> int:
     from .frontier import pick, pick_entry
 
@@ -154,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         call_kwargs = {**search_call_kwargs(args.model), **call_kwargs}
     operators = Operators(args.crossover, args.crossover_prob, args.mutation_prob, args.bit_flip_prob)
     extra = {} if args.dynamic_seeds is None else {"dynamic_seeds": tuple(args.dynamic_seeds)}
+    seed_configs = _seed_configs(args.seed_config)
     result = search_schedule(
         args.model, args.prompts, out=args.out, num_steps=args.steps, population=args.population,
         generations=args.generations, seed=args.seed, quality=args.quality, cost=args.cost,
@@ -165,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, reuse=args.reuse, granularity=args.granularity,
         validation_prompts=args.validation_prompts, validate_top=args.validate_top,
         refine_rounds=args.refine_rounds, dp_seeds=args.dp_seeds, space=args.space, latency_model=args.latency_model,
-        latency_repeats=args.latency_repeats, option_names=OPTION_NAMES, **extra,
+        latency_repeats=args.latency_repeats, seed_configs=seed_configs, option_names=OPTION_NAMES, **extra,
     )
     from accelerate import PartialState
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..caching.step_correction import supports_step_correction
 from ..config import AccelerationConfig
 from .problem import GeneProblem
 from .space import SPACES, SpaceContext, SpacePart
@@ -45,8 +46,10 @@ class JointGenome:
               reuse: str | tuple[str, ...] = "outputs", attention_methods: tuple[str, ...] = ("block_sparse",)) -> JointGenome:
         """The genome of ``spaces`` (names of :data:`~.space.SPACES`, in that order) for ``pipe``; ``reuse``:
         one choice of :mod:`.reuse`, or a tuple of several (the cache space's reuse gene). With the cache
-        and another space, the cache space has an error-correction gene (:class:`~.space.CacheSpace`)."""
-        correction = "cache" in spaces and len(spaces) > 1
+        and another space, the cache space has an error-correction gene (:class:`~.space.CacheSpace`) when
+        the pipeline's scheduler gives the data prediction the correction fits (not flow matching)."""
+        correction = "cache" in spaces and len(spaces) > 1 and \
+            supports_step_correction(getattr(pipe, "scheduler", None))
         ctx = SpaceContext(pipe, num_steps, granularity, reuse, tuple(attention_methods), correction)
         return cls(tuple(SPACES[name](ctx) for name in spaces))
 

@@ -153,7 +153,8 @@ def search_schedule(model: Any = None, prompts: Any = None, *, settings: SearchS
     list of strings, or of per-item call arguments such as ``{"class_labels": 207}`` for DiT), ``out``
     (output folder: checkpoint, frontier, plots, picked configs; ``None`` writes nothing), ``num_steps``,
     ``population``, ``generations``, ``seed``, ``quality``, ``cost``, ``num_prompts``, ``num_images``,
-    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``dp_seeds``, ``reuse``,
+    ``batch_size``, ``call_kwargs``, ``operators``, ``num_heuristics``, ``dynamic_seeds``, ``dp_seeds``,
+    ``seed_configs`` (CLI ``--seed-config``), ``reuse``,
     ``granularity``, ``validation_prompts``, ``validate_top``, ``refine_rounds``, ``clip``,
     ``fid_reference``, ``pick_speedups``, ``generalise``, ``generalise_steps``,
     ``generalise_resolution``, ``resume``, ``device``, ``progress`` -- see the settings for each.

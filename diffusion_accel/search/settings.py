@@ -139,7 +139,8 @@ class SearchSettings(RunSettings):
         joint = self.space != ("cache",) or isinstance(self.reuse, tuple)
         if self.seed_configs and not joint:
             raise ValueError("seed_configs seed a joint search's integer genome; with space='cache' and a single "
-                             "reuse choice use space='cache,quant' (--space cache,quant) or drop seed_configs.")
+                             "reuse choice use space='cache,quant' (--space cache,quant) or drop seed_configs "
+                             "(--seed-config).")
         if joint and self.dynamic_seeds and self.dynamic_seeds != tuple(DYNAMIC_SEED_THRESHOLDS):
             raise ValueError(f"dynamic_seeds seed binary cache schedules, which a joint search (space="
                              f"{','.join(self.space)!r}, or several reuse choices) does not use; drop dynamic_seeds "

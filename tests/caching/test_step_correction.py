@@ -10,8 +10,9 @@ import torch
 import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, CorrectedCacheConfig, StaticCacheConfig
-from diffusion_accel.caching.step_correction import DataPrediction
+from diffusion_accel.caching.step_correction import DataPrediction, StepFitter
 from diffusion_accel.error_correction import calibrate_error_correction, record_reference
+from diffusion_accel.pipeline_state import tracked_denoisers
 from diffusion_accel.quant import QuantConfig
 from diffusion_accel.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -70,6 +71,32 @@ def test_reference_is_reusable_and_fits_are_deterministic():
     # an unfitted CorrectedCacheConfig (what a search gene decodes to) is fitted like its cache
     unfitted = dataclasses.replace(config, cache=CorrectedCacheConfig(config.cache))
     assert calibrate_error_correction(pipe, None, unfitted, reference=ref) == a
+
+
+def test_installed_maps_give_the_fitting_runs_latents():
+    """The fitting run corrects each step as soon as it fits it; the fitted maps installed by the
+    CorrectedCacheConfig correct the same way (one shared function): same inputs and seeds, same latents."""
+    pipe = tiny_pipeline("pixart-alpha")
+    config = AccelerationConfig(cache=StaticCacheConfig(CacheSchedule.fora(pipe.transformer, STEPS, 2)))
+    ref = record_reference(pipe, CALIBRATION[:2], seed=5, **KWARGS)
+    corrected = calibrate_error_correction(pipe, None, config, reference=ref)
+    assert corrected.cache.fitted
+
+    def run(config, fit=False):
+        diffusion_accel.apply(pipe, config)
+        (denoiser,) = [d for d in tracked_denoisers(pipe)[0] if d.module is pipe.transformer]
+        fitter = StepFitter(denoiser, pipe.scheduler, ref.x0, STEPS) if fit else None
+        with torch.no_grad():
+            out = pipe(**ref.call, generator=ref.generators()).images
+        if fitter is not None:
+            fitter.close()
+            assert fitter.tables() == (corrected.cache.step_scale, corrected.cache.step_shift)
+        diffusion_accel.remove(pipe)
+        return out
+
+    fitting = run(config, fit=True)
+    assert torch.equal(run(corrected), fitting)
+    assert not torch.equal(run(config), fitting)  # the maps do change the latents
 
 
 def test_zero_error_config_is_bit_identical():

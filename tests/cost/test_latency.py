@@ -9,7 +9,8 @@ import torch
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.caching import CacheSchedule, StaticCacheConfig
 from diffusion_accel.cost.latency import LINEAR_MODES, LatencyModel, calibrate_latency_model
-from diffusion_accel.quant import QuantConfig
+from diffusion_accel.quant import QuantConfig, QuantPlan
+from diffusion_accel.quant.technique import FLOAT_BY_DEFAULT
 from diffusion_accel.sparse_attn import SparseAttentionConfig
 from diffusion_accel.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -33,11 +34,18 @@ def test_every_op_has_a_positive_measured_cost(model):
     assert LatencyModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
 
 
+def every_linear_w8a8(**rules):
+    """W8A8 on every linear, the :data:`FLOAT_BY_DEFAULT` ones too (each named by a rule; ``rules`` override)."""
+    plan = QuantPlan.from_mapping({**{name: 8 for name in FLOAT_BY_DEFAULT}, **rules}, default=8)
+    return AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8, plan=plan))
+
+
 def test_int8_versus_float_is_ordered_as_its_own_measurements(model):
     """The whole step-0 call was timed with every linear in W8A8 and in float (interleaved): the model
-    predicts exactly that difference per step, so it orders W8A8 and float as its measurement does."""
+    predicts exactly that difference per step for W8A8 on every linear (``proj_out`` named by a rule:
+    :data:`FLOAT_BY_DEFAULT` keeps it float otherwise), so it orders W8A8 and float as its measurement does."""
     model, _ = model
-    w8a8 = AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8))
+    w8a8 = every_linear_w8a8()
     measured = sum(model.in_situ["w8a8"])
     predicted = model.seconds(w8a8) - model.seconds(None)
     assert np.sign(predicted) == np.sign(measured)
@@ -68,3 +76,22 @@ def test_an_unpriced_density_is_a_clear_error(model):
         model.seconds(AccelerationConfig(attention=SparseAttentionConfig(density=0.25)))
     with pytest.raises(ValueError, match="repeats"):
         calibrate_latency_model(None, {}, repeats=0)
+
+
+def test_w8a8_prices_proj_out_in_full_precision_as_quant_keeps_it(model):
+    """Regression: ``apply`` keeps ``proj_out`` in full precision under plain W8A8 (unless a plan rule names
+    it); the latency model priced it as int8. It now prices the layers ``apply`` quantizes."""
+    model, _ = model
+    assert "proj_out" in {r[1] for r in model.linears}
+    w8a8 = AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8))
+    # exact: the same mode at every site
+    assert model.seconds(w8a8) == model.seconds(every_linear_w8a8(proj_out=None))
+    assert model.seconds(w8a8) != model.seconds(every_linear_w8a8())
+    # proj_out priced float: its float-time share of the in-situ W8A8 difference is not charged
+    rows = [r for r in model.linears if r[1] == "proj_out"]
+    float_seconds = {c: sum(model.linear_seconds["x".join(map(str, r[4:7]))]["float"] for r in model.linears
+                            if r[0] == c) for c in range(len(model.call_seconds))}
+    share = sum(model.in_situ["w8a8"][r[0]] * model.linear_seconds["x".join(map(str, r[4:7]))]["float"]
+                / float_seconds[r[0]] for r in rows)
+    assert model.seconds(every_linear_w8a8()) - model.seconds(w8a8) == pytest.approx(share * model.num_steps,
+                                                                                     rel=1e-9)

@@ -87,6 +87,22 @@ def test_joint_genome_round_trips(pixart):
     assert JointGenome.build(pixart, ("cache",), num_steps=4).num_bits == 18
 
 
+def test_a_flow_matching_pipeline_gets_no_correction_gene(pixart):
+    """Regression: the trajectory correction fits the data prediction of epsilon / v schedulers; on a
+    flow-matching pipeline (SD3, Flux, Wan, the bundled video model) the joint search stopped with a
+    ValueError at its first candidate with the gene on. Such a genome has no correction gene."""
+    from diffusion_accel.testing import tiny_pipeline
+
+    wan = tiny_pipeline("wan")
+    genome = JointGenome.build(wan, ("cache", "quant"), num_steps=4)
+    cache = genome.part("cache")
+    assert not cache.correction and "correction" not in cache.signature()
+    assert len(cache.cardinalities) == cache.genome.num_bits
+    with pytest.raises(ValueError, match="no error-correction gene"):
+        genome.encode(AccelerationConfig(cache=CorrectedCacheConfig(genome.decode(genome.off).cache)))
+    assert JointGenome.build(pixart, ("cache", "quant"), num_steps=4).part("cache").correction
+
+
 def test_frontier_points_are_configs_that_apply(pixart, tiny_call, tmp_path, one_thread, latency):
     result = search(pixart, tiny_call, out=tmp_path / "out", latency_model=latency)
     document = json.loads((tmp_path / "out" / "frontier.json").read_text())
