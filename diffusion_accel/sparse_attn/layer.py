@@ -19,6 +19,8 @@ whether the call is dense, applies PARO reordering, and runs the configured meth
   (``paro_plan``): tokens reordered per head, the static block mask, the order undone; optional
   INT8 Q/K. While ``paro_recorder`` is set (``calibrate_paro``) the call is dense and its block
   attention mass is recorded instead.
+* ``int8``: dense attention with INT8 Q·Kᵀ (``int8_attention.py``); calls with fewer key tokens
+  than the device's measured crossover (:func:`~.int8_attention.int8_min_tokens`) run SDPA.
 
 Example:
     >>> import torch
@@ -47,6 +49,7 @@ from .defaults import resolve_block_shape
 from .masks import block_constraints, block_density, block_scores, select_blocks
 from .ops import run_block_sparse, sla_block_maps, sla_branches
 from .paro import calibrate_orders, head_permutation, permute_heads, unpermute_heads
+from .int8_attention import int8_attention, int8_attention_reference, int8_min_tokens
 from .int8_qk import int8_qk
 from .paro_plan import accumulate_block_mass
 from .vmoba import run_vmoba
@@ -329,6 +332,18 @@ def _vmoba(layer: SparseLayer, q, k, v, layout):
     return run_vmoba(q, k, v, blocks, block_map, backend=cfg.backend)
 
 
+def _int8(layer: SparseLayer, q, k, v, layout):
+    if layer.config.backend == "reference":
+        out = int8_attention_reference(q, k, v)
+    elif k.shape[2] < int8_min_tokens(q.device):
+        layer.stats["dense_calls"] += 1
+        return F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = int8_attention(q, k, v)
+    layer.stats["sparse_calls"] += 1
+    return out
+
+
 #: method name -> fn(layer, q, k, v, layout) -> out
 LAYER_METHODS: dict[str, Callable] = {
     "block_sparse": _block_sparse,
@@ -337,4 +352,5 @@ LAYER_METHODS: dict[str, Callable] = {
     "linear": _linear,
     "vmoba": _vmoba,
     "paro": _paro,
+    "int8": _int8,
 }
