@@ -103,3 +103,18 @@ def test_pipelines_stay_close_and_remove_restores(name, monkeypatch):
     assert sqnr_db(out, ref) > 20  # a whole (random-weight) denoising run, int8 scores in every layer
     diffusion_accel.remove(pipe)
     assert torch.equal(run(pipe, name), ref)
+
+
+@pytest.mark.parametrize("tokens", [16, 300])  # SDPA below the floor, int8 above
+def test_counting_calls_does_not_recompile_under_torch_compile(tokens):
+    """Dynamo guarded on the call counters (and on the step when no dense steps are set): a recompile per call."""
+    import torch._dynamo
+
+    layer = SparseLayer("attn1", 0, SparseAttentionConfig(method="int8"), head_dim=16)
+    torch._dynamo.reset()
+    attend = torch.compile(lambda q, k, v: layer.attend(q, k, v, TokenLayout()), backend="eager")
+    q, k, v = _qkv(Sq=tokens, Sk=tokens, D=16)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            attend(q, k, v)
+    assert layer.stats["dense_calls"] + layer.stats["sparse_calls"] == 3
