@@ -49,7 +49,8 @@ if HERE not in sys.path:
 from _common import cpu_name, interleaved_times  # noqa: E402
 
 MODELS = ("dit", "bundled")
-VARIANTS = ("fp32", "bf16", "ours-W8A8-eager", "ours-W8A8-compiled", "ours-W8A8-fullgraph", "ours-W4A8",
+VARIANTS = ("fp32", "bf16", "ours-W8A8-eager", "ours-W8A8-compiled", "ours-W8A8-fullgraph",
+            "ours-W8A8-int8attn-fullgraph", "ours-W4A8",
             "torchao-int8dyn-eager", "torchao-int8dyn-compiled", "torchao-int8wo", "quanto-W8A8")
 
 
@@ -108,11 +109,13 @@ def _to(inputs: dict, dtype: torch.dtype) -> dict:
 
 
 # --- variants: (model fp32, calibration inputs, model kind) -> (runnable module, inputs dtype) ---------
-def _ours(config_kwargs: dict, fullgraph: bool = False):
+def _ours(config_kwargs: dict, fullgraph: bool = False, int8_attention: bool = False):
     def build(model, inputs, kind):
         from diffusion_accel.hooks import Denoiser, StepTracker
         from diffusion_accel.models import get_model_adapter
         from diffusion_accel.quant import QuantConfig, quantize_denoiser
+        from diffusion_accel.sparse_attn import SparseAttentionConfig
+        from diffusion_accel.sparse_attn.technique import install_sparse_layers
 
         kw = dict(config_kwargs)
         if kw.get("weight_bits") == 4:
@@ -120,6 +123,8 @@ def _ours(config_kwargs: dict, fullgraph: bool = False):
         adapter = get_model_adapter(model)
         denoiser = Denoiser("transformer", model, adapter, StepTracker.attach(model, adapter))
         quantize_denoiser(denoiser, QuantConfig(**kw))
+        if int8_attention:  # self-attention scores from INT8 Q and K (SparseAttentionConfig(method="int8"))
+            install_sparse_layers(SparseAttentionConfig(method="int8"), [denoiser])
         return (torch.compile(model) if fullgraph else model), torch.float32
     return build
 
@@ -157,6 +162,8 @@ BUILD = {
     "ours-W8A8-eager": _ours(dict(weight_bits=8, act_bits=8, compile=False)),
     "ours-W8A8-compiled": _ours(dict(weight_bits=8, act_bits=8, compile=True)),
     "ours-W8A8-fullgraph": _ours(dict(weight_bits=8, act_bits=8, compile=False), fullgraph=True),
+    "ours-W8A8-int8attn-fullgraph": _ours(dict(weight_bits=8, act_bits=8, compile=False), fullgraph=True,
+                                          int8_attention=True),
     "ours-W4A8": _ours(dict(weight_bits=4, act_bits=8, compile=True)),
     "torchao-int8dyn-eager": _torchao("Int8DynamicActivationInt8WeightConfig", compiled=False),
     "torchao-int8dyn-compiled": _torchao("Int8DynamicActivationInt8WeightConfig", compiled=True),
@@ -274,7 +281,7 @@ def bench_model(kind: str, args, variants: list[str]) -> dict:
     if kind in args.quant_memory.split(","):
         from memory_child import measure
 
-        memory = {n: measure("peers_quant", n, spec) for n in variants if n != "ours-W8A8-fullgraph"}
+        memory = {n: measure("peers_quant", n, spec) for n in variants if not n.endswith("fullgraph")}
     result = {"variants": {}, "tokens": int(inputs["hidden_states"].shape[-1] * inputs["hidden_states"].shape[-2]
                                              // (4 if kind == "dit" else 1)),
               "batch": int(inputs["hidden_states"].shape[0])}
@@ -297,18 +304,32 @@ def bench_model(kind: str, args, variants: list[str]) -> dict:
         if name in memory:
             entry["process_memory"] = memory[name]
         result["variants"][name] = entry
-    ours = [n for n in variants if n.startswith("ours-W8A8")]
-    theirs = [n for n in variants if n.startswith("torchao-int8dyn")]
-    if ours and theirs:
-        best_ours = min(ours, key=lambda n: timing[n]["cpu"]["min_ms"])
-        best_theirs = min(theirs, key=lambda n: timing[n]["cpu"]["min_ms"])
-        result["ours_vs_torchao"] = {
-            "ours": best_ours, "torchao": best_theirs,
-            "speed_ratio_cpu": round(timing[best_theirs]["cpu"]["min_ms"] / timing[best_ours]["cpu"]["min_ms"], 3),
-            "speed_ratio_wall": round(timing[best_theirs]["wall"]["min_ms"] / timing[best_ours]["wall"]["min_ms"], 3),
-            "sqnr_db": [result["variants"][best_ours].get("output_sqnr_db_vs_fp32"),
-                        result["variants"][best_theirs].get("output_sqnr_db_vs_fp32")]}
+    result.update(comparisons(result, timing, variants))
     return result
+
+
+def comparisons(result: dict, timing: dict, variants: list[str]) -> dict:
+    """Fastest ours vs fastest torchao int8-dynamic: ``ours_vs_torchao`` (the same work: linear layers
+    only) and ``ours_int8_attention_vs_torchao`` (ours with the attention scores in int8 too)."""
+    theirs = [n for n in variants if n.startswith("torchao-int8dyn")]
+    groups = {"ours_vs_torchao": [n for n in variants if n.startswith("ours-W8A8") and "int8attn" not in n],
+              "ours_int8_attention_vs_torchao": [n for n in variants if n.startswith("ours-W8A8-int8attn")]}
+    out = {}
+    for key, ours in groups.items():
+        if ours and theirs:
+            out[key] = _versus(result, timing, min(ours, key=lambda n: timing[n]["cpu"]["min_ms"]),
+                               min(theirs, key=lambda n: timing[n]["cpu"]["min_ms"]))
+    return out
+
+
+def _versus(result: dict, timing: dict, ours: str, theirs: str) -> dict:
+    """Speed ratio (theirs' time / ours) on both clocks and both SQNRs (``[ours, theirs]``)."""
+    return {
+        "ours": ours, "torchao": theirs,
+        "speed_ratio_cpu": round(timing[theirs]["cpu"]["min_ms"] / timing[ours]["cpu"]["min_ms"], 3),
+        "speed_ratio_wall": round(timing[theirs]["wall"]["min_ms"] / timing[ours]["wall"]["min_ms"], 3),
+        "sqnr_db": [result["variants"][ours].get("output_sqnr_db_vs_fp32"),
+                    result["variants"][theirs].get("output_sqnr_db_vs_fp32")]}
 
 
 def run(args) -> dict:

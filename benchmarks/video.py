@@ -18,8 +18,8 @@ Parts (``--parts``, default all):
   and the searched points alone, against every diffusers and cache-dit point (margin >= BEAT_DB at
   the peer's compute along our interpolated frontier).
 * ``techniques``: quantization (W8A8, W4A8, mixed W4/W8 allocated from sensitivities measured on the
-  video model) and sparse attention (block-sparse at 50 % / 25 % density, SLA, linear, VMoBA) at the
-  model's token count, applied with :func:`diffusion_accel.apply`: PSNR per video, temporal error
+  video model), sparse attention (block-sparse at 50 % / 25 % density, SLA, linear, VMoBA) and INT8
+  attention (alone and with W8A8) at the model's token count, applied with :func:`diffusion_accel.apply`: PSNR per video, temporal error
   and flicker against the full-compute clips of the same seeds, denoiser MAC ratio.
 
 Results go to ``benchmarks/results/video.json``::
@@ -72,6 +72,9 @@ def technique_configs() -> dict[str, Any]:
         "vmoba 50%": sparse(method="vmoba", density=0.5),
         "vmoba 25%": sparse(method="vmoba", density=0.25),
         "linear": sparse(method="linear"),
+        "INT8 attention": sparse(method="int8"),
+        "W8A8 + INT8 attention": AccelerationConfig(quant=QuantConfig(weight_bits=8, act_bits=8),
+                                                    attention=SparseAttentionConfig(method="int8")),
     }
 
 

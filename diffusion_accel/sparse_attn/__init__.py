@@ -27,6 +27,7 @@ See ``docs/sparse_attn.md``.
 from .config import METHODS, SparseAttentionConfig
 from .finetune import FinetuneConfig, FinetuneResult, finetune_sparse, load_finetuned, save_finetuned
 from .linear import linear_attention
+from .int8_attention import int8_attention
 from .int8_qk import int8_qk
 from .ops import SparseAttentionOutput, block_sparse_attention, sla_attention
 from .paro_calibrate import calibrate_paro
@@ -47,6 +48,7 @@ __all__ = [
     "calibrate_paro",
     "finetune_sparse",
     "fit_sla_projections",
+    "int8_attention",
     "int8_qk",
     "linear_attention",
     "load_finetuned",

@@ -18,7 +18,7 @@ from .features import FEATURE_MAPS
 from .vmoba_blocks import PARTITION_KINDS
 from .vmoba_select import SCOPES
 
-__all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
+__all__ = ["BACKEND_NAMES", "METHODS", "NO_DENSITY_METHODS", "REORDERS", "SparseAttentionConfig"]
 
 #: ``block_sparse``: predicted block masks (SpargeAttn-style), optionally PARO-reordered.
 #: ``sla``: critical blocks exact + marginal blocks linear (+ zero-initialised projection).
@@ -28,7 +28,11 @@ __all__ = ["BACKEND_NAMES", "METHODS", "REORDERS", "SparseAttentionConfig"]
 #: selected per query block, per head or over all heads, by budget and/or score threshold.
 #: ``paro``: offline calibrated per-head token orders and static block masks (``calibrate_paro``),
 #: read from the safetensors file ``calibration``; optional INT8 Q/K (``int8_qk``).
-METHODS = ("block_sparse", "sla", "rettention", "linear", "vmoba", "paro")
+#: ``int8``: dense attention whose scores come from INT8 Q and K (SageAttention-style, per-token
+#: scales, K mean-smoothed; ``int8_attention.py``): quantized, not sparse — no density.
+METHODS = ("block_sparse", "sla", "rettention", "linear", "vmoba", "paro", "int8")
+#: methods that compute every key of a call they handle (no block density to report)
+NO_DENSITY_METHODS = ("linear", "int8")
 REORDERS = ("none", "paro")
 BACKEND_NAMES = ("auto", "torch", "triton", "reference")
 
@@ -80,6 +84,11 @@ class SparseAttentionConfig(TechniqueConfig):
             and static block masks); ``AccelerationConfig.save`` copies it beside the JSON.
         int8_qk: ``method="paro"``: compute the attention scores from INT8 Q and K (per-block
             scales, ``int8_qk.py``).
+
+    ``method="int8"`` computes every key (no density, blocks or reordering): it takes only the
+    layer and step choices (``blocks``, ``dense_blocks``, ``dense_steps``, ``dense_every``,
+    ``min_tokens``) and ``backend`` ``"auto"`` or ``"reference"`` (fp32 maths of the same rounding).
+    E.g. ``SparseAttentionConfig(method="int8")``.
     """
 
     field_name = "attention"
@@ -112,13 +121,15 @@ class SparseAttentionConfig(TechniqueConfig):
         if self.method not in METHODS:
             raise ValueError(f"SparseAttentionConfig.method must be one of {METHODS}; got {self.method!r}.")
         self._check_paro()
-        if self.density is None and self.topk is None and self.cdf_threshold is None:
+        if self.method == "int8":
+            self._check_int8()
+        elif self.density is None and self.topk is None and self.cdf_threshold is None:
             object.__setattr__(self, "density", 0.25)
         self._check_vmoba()
         if self.method == "vmoba" and self.cdf_threshold is not None and self.density is not None:
             check_selection(None, None, self.cdf_threshold)
             check_fraction("density", self.density)
-        else:
+        elif self.method != "int8":
             check_selection(self.density, self.topk, self.cdf_threshold)
         for name in ("block_q", "block_k"):
             if getattr(self, name) is not None:
@@ -179,6 +190,18 @@ class SparseAttentionConfig(TechniqueConfig):
                 raise ValueError(f"method='vmoba' does not use {name} ({why}); leave it None.")
         if self.reorder != "none":
             raise ValueError("method='vmoba' partitions the token grid itself; use reorder='none'.")
+
+    def _check_int8(self) -> None:
+        fields = SparseAttentionConfig.__dataclass_fields__
+        unused = [name for name in ("density", "topk", "cdf_threshold", "block_q", "block_k", "similarity_threshold",
+                                    "reorder", "skip_fraction", "feature_map")
+                  if getattr(self, name) != fields[name].default]
+        if unused:
+            raise ValueError(f"method='int8' computes every key with INT8 Q and K (no density, blocks or "
+                             f"reordering): remove {unused}.")
+        if self.backend not in ("auto", "reference"):
+            raise ValueError(f"method='int8' runs its own integer GEMM: backend must be 'auto' (or 'reference' "
+                             f"for fp32 maths of the same rounding); got {self.backend!r}.")
 
     def _check_paro(self) -> None:
         if self.method != "paro":

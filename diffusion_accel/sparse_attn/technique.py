@@ -26,7 +26,7 @@ import torch
 from ..hooks import add_hook, remove_hook
 from ..pipeline_state import acceleration_state
 from ..techniques import TechniqueHandle, register_technique
-from .config import SparseAttentionConfig
+from .config import NO_DENSITY_METHODS, SparseAttentionConfig
 from .context import DenoiserContextHook
 from .layer import SparseLayer
 from .paro_plan import attach_calibration
@@ -138,7 +138,7 @@ def install_sparse_layers(config: SparseAttentionConfig, denoisers) -> Technique
             "layers": len(layers),
             "sparse_calls": sparse,
             "dense_calls": sum(layer.stats["dense_calls"] for layer in layers),
-            "mean_density": (density / sparse) if sparse and config.method != "linear" else None,
+            "mean_density": (density / sparse) if sparse and config.method not in NO_DENSITY_METHODS else None,
         }
 
     handle = TechniqueHandle(remove=remove, report=report)
