@@ -7,7 +7,8 @@ bundled image model (seeds 0..n-1, one batched call per set), starting from the 
 or ``--start k=s1/s2/...``. The held-out prompts ``benchmarks/peers_caching.py`` reports are never
 scored here. Writes ``benchmarks/results/skip_search.json`` (per k: every set measured, the pick;
 after each measurement, so a stopped run keeps what it measured); ``peers_caching.py`` runs the
-picks as ``ours skip-search-<k>``.
+picks as ``ours skip-search-<k>``. A second run at the same k (say continued from the first one's pick
+with ``--start``) keeps the earlier runs under ``earlier_runs``.
 
     python benchmarks/skip_search.py --counts 13,14 --prompts 8 --max-evaluations 30
 """
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
+    args.run = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     sys.path.insert(0, HERE)
     import caching as bench
     import peers_caching as peers
@@ -101,6 +103,11 @@ def _save(args, count: int, measured: list[dict], found, started: float) -> None
     else:  # a stopped run: the best set so far
         best = max(measured, key=lambda r: r["train_psnr_db"])
         entry["pick"], entry["pick_train_psnr_db"] = best["skipped"], best["train_psnr_db"]
+    previous = saved["counts"].get(str(count))
+    entry["run"] = args.run
+    if previous is not None:  # an earlier run at this k (e.g. one continued from its pick) is kept, not replaced
+        earlier = previous.pop("earlier_runs", [])
+        entry["earlier_runs"] = earlier if previous.get("run") == entry["run"] else earlier + [previous]
     saved["counts"][str(count)] = entry
     write_results(args.out, saved)
 
