@@ -22,7 +22,7 @@ Example:
     >>> target = (1, 2, 3, 5)                                 # the best set of this toy score
     >>> found = search_skipped_steps(lambda s: -sum(abs(a - b) for a, b in zip(s, target)), 10, 4)
     >>> found.skipped, found.score
-    ((1, 2, 3, 5), 0)
+    ((1, 2, 3, 5), 0.0)
 """
 
 from __future__ import annotations
