@@ -12,8 +12,9 @@ first ``--caching-prompts`` held-out prompts (16), one seed per prompt:
   (``compare_to="last_computed"``, no cap on skips in a row) and TeaCache at more thresholds,
   uncapped and scored against the last computed step; and both rules with forecast reuse
   (``DynamicCacheConfig(reuse="forecast")``, ``forecast_until``, ``final_steps``, caps: ``FORECAST_DYNAMIC``,
-  picked on training captions by ``benchmarks/low_speedup_dynamic.py``), and that script's best 2.22x step
-  skip (``STATIC_PICKS``);
+  picked on training captions by ``benchmarks/low_speedup_dynamic.py``), that script's best 2.22x step
+  skip (``STATIC_PICKS``), and the step-skip sets ``benchmarks/skip_search.py`` found per number of skipped
+  steps by local search on training captions (``skip_search.json``: ``ours skip-search-<k>``);
 * **cache-dit 1.5.3** DBCache F1B0, F2B1 and F4B0 with residual-diff thresholds sweeping about
   1.3-4x compute, each with and without its TaylorSeer calibrator (order 1). ``max_warmup_steps=2``
   (its default 8 of 20 steps caps the speed-up), everything else its defaults;
@@ -136,6 +137,7 @@ def _ours(pipe: Any, steps: int) -> list[Method]:
     out += _ours_skips(pipe, steps, bench)
     out += _ours_forecast_dynamic(bench, steps)
     out += _ours_static_picks(pipe, steps, bench)
+    out += _ours_skip_search(pipe, steps, bench)
     return out
 
 
@@ -159,6 +161,36 @@ def _ours_static_picks(pipe, steps: int, bench) -> list[Method]:
         out.append(Method(f"ours {name}", "ours", {"policy": "step skip picked on 16 training captions",
                                                    "skipped_steps": list(skipped), "reuse": "block_residual"},
                           _ours_attach(bench.ours(config))))
+    return out
+
+
+def _ours_skip_search(pipe, steps: int, bench, path: str | None = None) -> list[Method]:
+    """The step-skip sets ``benchmarks/skip_search.py`` found by local search on training captions
+    (``path``, default its ``skip_search.json``), one per number of skipped steps: ``ours skip-search-<k>``
+    (none when the file is missing or searched another step count)."""
+    import json
+
+    from diffusion_accel import AccelerationConfig
+    from diffusion_accel.caching import StaticCacheConfig
+    from low_speedup_schedules import skip_schedule
+    from skip_search import RESULTS as SEARCHED
+
+    path = SEARCHED if path is None else path
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        found = json.load(fh)["counts"]
+    out = []
+    for k, entry in sorted(found.items(), key=lambda item: int(item[0])):
+        if entry["steps"] != steps:
+            continue
+        config = AccelerationConfig(cache=StaticCacheConfig(skip_schedule(pipe, steps, entry["pick"]),
+                                                            reuse="block_residual"))
+        settings = {"policy": f"step skip found by local search on {entry['prompts']} training captions "
+                              "(benchmarks/skip_search.py)", "skipped_steps": entry["pick"],
+                    "reuse": "block_residual", "train_psnr_db": entry["pick_train_psnr_db"],
+                    "sets_measured": len(entry["measured"])}
+        out.append(Method(f"ours skip-search-{k}", "ours", settings, _ours_attach(bench.ours(config))))
     return out
 
 

@@ -17,6 +17,8 @@ technique it searches for lives in :mod:`diffusion_accel.caching`, the MAC prici
 * Building blocks: :class:`ScheduleGenome` (schedule <-> bits), :class:`NsgaDriver` (pymoo
   NSGA-II in ask/tell steps with an exact saved state), :class:`CandidateEvaluator` (objectives),
   :data:`QUALITY_METRICS`, :func:`non_dominated`.
+* :func:`search_skipped_steps` -- which steps to skip at a target compute: a measured local search over
+  step-skip sets (hill-climbing on a caller's score, e.g. PSNR on calibration prompts).
 
 Command line: ``diffusion-accel search --model benchmark --prompts benchmark:train --steps 20
 --population 16 --generations 10 --out search-out [--resume] [--pick-speedup 2]``
@@ -38,6 +40,7 @@ from .nsga import NsgaDriver, Operators
 from .problem import ScheduleGenome
 from .runner import SearchResult, search_schedule
 from .settings import SearchSettings
+from .skip_steps import SkipSearchResult, search_skipped_steps, spread_skips
 from .space import SPACES, parse_space, register_space
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "ScheduleGenome",
     "SearchResult",
     "SearchSettings",
+    "SkipSearchResult",
     "load_frontier",
     "non_dominated",
     "parse_space",
@@ -59,4 +63,6 @@ __all__ = [
     "pick_entry",
     "quality_metric",
     "search_schedule",
+    "search_skipped_steps",
+    "spread_skips",
 ]

@@ -51,3 +51,30 @@ def test_static_picks_skip_distinct_steps_after_the_first():
     """STATIC_PICKS: 11 of 20 steps skipped (2.22x), never step 0 (it has nothing to reuse), no repeats."""
     for skipped in _peers_caching().STATIC_PICKS.values():
         assert len(set(skipped)) == len(skipped) == 11 and 0 < min(skipped) and max(skipped) < 20
+
+
+def test_skip_search_picks_become_our_methods_skipping_exactly_those_steps(tmp_path):
+    """skip_search.json's pick per k runs as 'ours skip-search-<k>': a block-residual step skip of
+    exactly the picked steps; entries of another step count and a missing file give no method."""
+    import json
+
+    import diffusion_accel
+    from diffusion_accel.pipeline_state import acceleration_state
+    from diffusion_accel.testing import tiny_pipeline
+
+    module = _peers_caching()
+    bench = load_benchmark("caching")
+    pipe = tiny_pipeline("pixart-alpha")
+    path = tmp_path / "skip_search.json"
+    entry = {"steps": 6, "prompts": 8, "pick": [1, 2, 4], "pick_train_psnr_db": 40.0, "measured": [{}, {}]}
+    path.write_text(json.dumps({"counts": {"3": entry, "2": {**entry, "steps": 20, "pick": [1, 2]}}}))
+    methods = module._ours_skip_search(pipe, 6, bench, str(path))
+    assert [(m.name, m.settings["skipped_steps"], m.settings["reuse"]) for m in methods] == [
+        ("ours skip-search-3", [1, 2, 4], "block_residual")]
+    methods[0].attach(pipe)
+    cache = acceleration_state(pipe).config.cache
+    diffusion_accel.remove(pipe)
+    computed = cache.schedule.compute.all(axis=(1, 2))  # (step, block, component) -> whole steps computed
+    assert cache.reuse == "block_residual" and [s for s in range(6) if not computed[s]] == [1, 2, 4]
+    assert not cache.schedule.compute[[1, 2, 4]].any()
+    assert module._ours_skip_search(pipe, 6, bench, str(tmp_path / "missing.json")) == []
