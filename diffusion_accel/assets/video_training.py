@@ -130,6 +130,8 @@ class FlowSettings:
     logit_normal_std: float = 1.0
     checkpoint_every_s: float = 180.0
     seed: int = 0
+    #: wall-clock ``time.time()`` at which this session stops whatever the budget left (infinity: never)
+    stop_at: float = float("inf")
 
 
 def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, token_mask, caption_index,
@@ -138,7 +140,7 @@ def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, 
                                                    token_mask, caption_index, empty_ids, empty_mask,
                                                    settings.caption_dropout)
     t = torch.sigmoid(torch.randn(settings.batch_size, generator=generator) * settings.logit_normal_std)
-    return x0, weight, ids, mask, noise, t
+    return x0.float(), weight, ids, mask, noise, t
 
 
 def _load_state(path: str, transformer, text_encoder, optimiser, emas, generator) -> dict:
@@ -184,7 +186,8 @@ def train_flow_matching(transformer, text_encoder, latents, weights, token_ids, 
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     session_start, last_save = time.time(), time.time()
     base = progress["elapsed"]
-    while progress["step"] < settings.max_steps and progress["elapsed"] < settings.seconds:
+    while (progress["step"] < settings.max_steps and progress["elapsed"] < settings.seconds
+           and time.time() < settings.stop_at):
         step = progress["step"]
         warm_up(optimiser, (settings.lr, settings.text_lr), step, settings.warmup)
         x0, weight, ids, mask, noise, t = _flow_batch(generator, settings, latents, weights, token_ids, token_mask,
