@@ -58,8 +58,9 @@ NOTES_MARKER = "<!-- notes: kept by --eval-only -->"
 #: named recipes: the option defaults each sets (flags given on the command line still win).
 #: ``single-run-90``: data + VAE + flow + evaluation in one session of at most 90 min on 2 cores.
 PRESETS = {
-    "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=12.0, vae_steps=10**9,
-                          vae_batch_size=8, vae_clip_frames=9, minutes=70.0, wall_minutes=90.0),
+    "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=15.0, vae_steps=10**9,
+                          vae_batch_size=4, vae_clip_frames=5, vae_lr=2e-3, vae_lr_decay=0.4,
+                          vae_full_clip_share=0.5, minutes=70.0, wall_minutes=90.0),
 }
 
 
@@ -80,6 +81,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vae-train-clips", type=int, default=3000,
                         help="the VAE trains on the first this many train clips (memory: ~0.4 MB each)")
     parser.add_argument("--vae-minutes", type=float, default=8.0)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-full-clip-share", type=float, default=0.0,
+                        help="the last share of the VAE budget trains on whole clips instead of "
+                             "--vae-clip-frames windows (its learning rate decays there)")
+    parser.add_argument("--vae-lr-decay", type=float, default=0.0,
+                        help="share of the VAE budget over which its learning rate decays at the end (0: constant)")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch-size", type=int, default=4)
     parser.add_argument("--vae-clip-frames", type=int, default=5, help="frames per VAE training window (1 + 4k)")
@@ -153,28 +160,54 @@ def vae_phase(args, arch: VideoArchitecture, train, heldout, log: Log) -> tuple:
     else:
         torch.manual_seed(args.seed)
         vae = arch.build_vae()
-    remaining = args.vae_minutes * 60 - progress["seconds"]
-    if remaining > 0 and progress["steps"] < args.vae_steps:
-        t0 = time.time()
-        subset = slice(0, args.vae_train_clips)
-        vae, done = train_video_vae(vae, to_model_input(train.videos[subset]), torch.from_numpy(train.alpha[subset]),
-                                    steps=args.vae_steps - progress["steps"], seconds=remaining,
-                                    batch_size=args.vae_batch_size, clip_frames=args.vae_clip_frames,
-                                    seed=args.seed + progress["steps"], log=log)
-        progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
-        vae.save_pretrained(folder)
-        (folder / "progress.json").write_text(json.dumps(progress))
+    vae, progress = _train_vae_stages(args, vae, train, progress, folder, log)
     steps = progress["steps"]
-    sample = heldout.videos[:16]
+    sample = heldout.videos[:48]
     with torch.no_grad():
         recon = to_uint8(vae.decode(encode_video_latents(vae, to_model_input(sample))).sample)
-    judged = judge_clips(recon, heldout.colours[:16], heldout.motions[:16], heldout.backgrounds[:16])
+    judged = judge_clips(recon, heldout.colours[:48], heldout.motions[:48], heldout.backgrounds[:48])
     metrics = {"steps": steps, "heldout_mse": float(((recon / 127.5 - sample / 127.5) ** 2).mean()),
                "reconstruction_colour_accuracy": judged["colour_accuracy"],
                "reconstruction_motion_accuracy": judged["motion_accuracy"], "seconds": round(progress["seconds"], 1)}
     log(f"vae check: {metrics}")
     save_grid(args.work / "vae_reconstructions.png", [row for pair in zip(sample[:4], recon[:4]) for row in pair])
     return vae, metrics
+
+
+def vae_stages(args) -> list[tuple[float, int, float]]:
+    """``(ends at budget second, window frames, lr decay share)`` per VAE training stage.
+
+    With ``--vae-full-clip-share`` > 0: ``--vae-clip-frames`` windows (cheap steps) until the last
+    share of ``--vae-minutes``, then whole clips with the learning-rate decay (a decoder trained only
+    on 5-frame windows drifts on the later chunks of a 9-frame clip: grey backgrounds, lost colours).
+    """
+    budget, share = args.vae_minutes * 60, args.vae_full_clip_share
+    if share <= 0:
+        return [(budget, args.vae_clip_frames, args.vae_lr_decay)]
+    return [(budget * (1 - share), args.vae_clip_frames, 0.0),
+            (budget, VIDEO_RECIPE.num_frames, min(1.0, args.vae_lr_decay / share))]
+
+
+def _train_vae_stages(args, vae, train, progress: dict, folder: Path, log: Log) -> tuple:
+    """Run what is left of :func:`vae_stages`; save the VAE and its progress after each stage."""
+    videos = alpha = None
+    for end, frames, decay in vae_stages(args):
+        remaining = end - progress["seconds"]
+        if remaining <= 0 or progress["steps"] >= args.vae_steps:
+            continue
+        if videos is None:
+            subset = slice(0, args.vae_train_clips)
+            videos, alpha = to_model_input(train.videos[subset]), torch.from_numpy(train.alpha[subset])
+        t0 = time.time()
+        vae, done = train_video_vae(vae, videos, alpha, steps=args.vae_steps - progress["steps"], seconds=remaining,
+                                    batch_size=args.vae_batch_size, clip_frames=frames,
+                                    seed=args.seed + progress["steps"], log=log, lr=args.vae_lr,
+                                    lr_decay_share=decay)
+        progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
+        vae.save_pretrained(folder)
+        (folder / "progress.json").write_text(json.dumps(progress))
+        log(f"vae stage ({frames}-frame windows) done: {progress}")
+    return vae, progress
 
 
 def _vae_progress(folder: Path) -> dict:
@@ -354,7 +387,9 @@ def main() -> None:
                  "caption_dropout": FlowSettings.caption_dropout},
         "parameters": {name: sum(p.numel() for p in module.parameters())
                        for name, module in (("vae", vae), ("transformer", transformer), ("text_encoder", text_encoder))},
-        "vae_batch_size": args.vae_batch_size, "vae_clip_frames": args.vae_clip_frames, "threads": args.threads, "torch": torch.__version__,
+        "vae_batch_size": args.vae_batch_size, "vae_clip_frames": args.vae_clip_frames, "vae_lr": args.vae_lr,
+        "vae_lr_decay": args.vae_lr_decay,
+        "vae_full_clip_share": args.vae_full_clip_share, "threads": args.threads, "torch": torch.__version__,
         "command": " ".join(sys.argv[1:]), "preset": args.preset,
     }
     if not args.skip_eval:
@@ -405,7 +440,9 @@ def model_card(summary: dict) -> str:
         f"- `UMT5EncoderModel`: d_model {arch['text_width']}, {arch['text_layers']} layers, offline word-level tokenizer.",
         f"- `FlowMatchEulerDiscreteScheduler` (shift {arch['shift']}). Parameters: {summary['parameters']}.",
         "", "## Training", "",
-        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, {summary['vae_clip_frames']}-frame windows, posterior mean, foreground-weighted MSE on the unclamped decoder output), {vae['seconds']} s; "
+        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, {summary['vae_clip_frames']}-frame windows"
+        f"{_vae_schedule(summary)}, posterior mean, foreground-weighted MSE on the unclamped decoder output), "
+        f"{vae['seconds']} s; "
         f"held-out MSE {vae['heldout_mse']:.4f}; judges on its reconstructions: colour "
         f"{vae['reconstruction_colour_accuracy']:.0%}, motion {vae['reconstruction_motion_accuracy']:.0%}.",
         f"- Flow matching (x_t = (1-t) x0 + t eps, target eps - x0, t logit-normal), transformer + text encoder "
@@ -421,6 +458,15 @@ def model_card(summary: dict) -> str:
         "| captions | clips | colour correct | motion correct |", "|---|---|---|---|", *rows, "",
         *_sweep_table(evaluation.get("sampling_sweep", [])),
     ])
+
+
+def _vae_schedule(summary: dict) -> str:
+    """The card's words for the VAE's whole-clip stage and learning rate (empty for the bundled recipe)."""
+    share, decay = summary.get("vae_full_clip_share", 0.0), summary.get("vae_lr_decay", 0.0)
+    words = f", the last {share:.0%} of the time on whole clips" if share else ""
+    if "vae_lr" in summary and (share or decay or summary["vae_lr"] != 1e-3):
+        words += f", lr {summary['vae_lr']:g}" + (f" decaying over the last {decay:.0%}" if decay else "")
+    return words
 
 
 def _sweep_table(sweep: list[dict]) -> list[str]:

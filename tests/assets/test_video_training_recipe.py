@@ -93,3 +93,23 @@ def test_the_bank_is_encoded_a_chunk_at_a_time_like_all_at_once(script):
         whole = encode_video_latents(vae, script.to_model_input(videos))
     assert chunked.shape == (5, 8, 5, 16, 16)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_vae_stages_end_on_whole_clips_with_the_decay(script, monkeypatch):
+    args = parse(script, monkeypatch, "--vae-minutes", "10", "--vae-clip-frames", "5", "--vae-lr-decay", "0.4")
+    assert script.vae_stages(args) == [(600.0, 5, 0.4)]  # the bundled recipe: one stage
+    args = parse(script, monkeypatch, "--vae-minutes", "10", "--vae-clip-frames", "5", "--vae-lr-decay", "0.4",
+                 "--vae-full-clip-share", "0.5")
+    (end1, frames1, decay1), (end2, frames2, decay2) = script.vae_stages(args)
+    assert (end1, frames1, decay1) == (300.0, 5, 0.0)
+    assert (end2, frames2) == (600.0, 9) and decay2 == pytest.approx(0.8)
+
+
+def test_decayed_lr_holds_then_falls_to_five_percent():
+    from diffusion_accel.assets.video_training import decayed_lr
+
+    assert decayed_lr(2.0, 99, 100, 0.0, float("inf"), 0.0) == 2.0
+    assert decayed_lr(2.0, 10, 100, 0.0, float("inf"), 0.5) == 2.0
+    assert decayed_lr(2.0, 80, 100, 0.0, float("inf"), 0.5) == pytest.approx(0.8)
+    assert decayed_lr(2.0, 0, 100, 75.0, 100.0, 0.5) == pytest.approx(1.0)  # the time budget runs out first
+    assert decayed_lr(2.0, 0, 100, 100.0, 100.0, 0.5) == pytest.approx(0.1)
