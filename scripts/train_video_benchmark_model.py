@@ -58,9 +58,9 @@ NOTES_MARKER = "<!-- notes: kept by --eval-only -->"
 #: named recipes: the option defaults each sets (flags given on the command line still win).
 #: ``single-run-90``: data + VAE + flow + evaluation in one session of at most 90 min on 2 cores.
 PRESETS = {
-    "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=15.0, vae_steps=10**9,
-                          vae_batch_size=4, vae_clip_frames=5, vae_lr=2e-3, vae_lr_decay=0.4,
-                          vae_full_clip_share=0.5, minutes=70.0, wall_minutes=90.0),
+    "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=20.0, vae_steps=10**9,
+                          vae_batch_size=4, vae_clip_frames=5, vae_lr=2e-3, vae_lr_decay=0.5,
+                          vae_full_clip_share=0.5, minutes=66.0, wall_minutes=90.0),
 }
 
 
