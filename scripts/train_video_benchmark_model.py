@@ -55,6 +55,13 @@ ASSETS = REPO / "diffusion_accel" / "assets"
 GENERATION = dict(BENCHMARK_VIDEO_GENERATION_KWARGS)
 #: the model card's hand-written notes follow this line; ``--eval-only`` keeps them
 NOTES_MARKER = "<!-- notes: kept by --eval-only -->"
+#: named recipes: the option defaults each sets (flags given on the command line still win).
+#: ``single-run-90``: data + VAE + flow + evaluation in one session of at most 90 min on 2 cores.
+PRESETS = {
+    "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=20.0, vae_steps=10**9,
+                          vae_batch_size=4, vae_clip_frames=5, vae_lr=2e-3, vae_lr_decay=0.5,
+                          vae_full_clip_share=0.5, minutes=66.0, wall_minutes=90.0),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,17 +69,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ASSETS, help="assets folder to write (default: the package's)")
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "video_training",
                         help="log, checkpoints and previews (keep it outside git)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a named recipe (sets the defaults of the options it names; see PRESETS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-clips", type=int, default=1500, help="clips in the latent bank (encoding is slow)")
     parser.add_argument("--heldout-clips", type=int, default=200, help="held-out prompts exported")
     parser.add_argument("--train-sample", type=int, default=200, help="train prompts exported")
+    parser.add_argument("--latent-channels", type=int, default=VideoArchitecture.latent_channels,
+                        help="the VAE's z_dim (the transformer's in/out channels)")
+    parser.add_argument("--vae-train-clips", type=int, default=3000,
+                        help="the VAE trains on the first this many train clips (memory: ~0.4 MB each)")
     parser.add_argument("--vae-minutes", type=float, default=8.0)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-full-clip-share", type=float, default=0.0,
+                        help="the last share of the VAE budget trains on whole clips instead of "
+                             "--vae-clip-frames windows (its learning rate decays there)")
+    parser.add_argument("--vae-lr-decay", type=float, default=0.0,
+                        help="share of the VAE budget over which its learning rate decays at the end (0: constant)")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch-size", type=int, default=4)
     parser.add_argument("--vae-clip-frames", type=int, default=5, help="frames per VAE training window (1 + 4k)")
     parser.add_argument("--minutes", type=float, default=50.0, help="total flow-matching budget (all sessions)")
     parser.add_argument("--steps", type=int, default=10**9, help="stop flow matching after this many steps")
+    parser.add_argument("--wall-minutes", type=float, default=None,
+                        help="this session's wall-clock budget: flow matching stops early enough to leave "
+                             "--eval-reserve-minutes for saving and evaluation")
+    parser.add_argument("--eval-reserve-minutes", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--foreground-boost", type=float, default=3.0)
@@ -88,6 +111,9 @@ def parse_args() -> argparse.Namespace:
                         help="with --eval-only: sampling step counts swept with each guidance scale "
                              "(default: the generation kwargs' only)")
     parser.add_argument("--tiny", action="store_true", help="tiny budgets: end-to-end smoke run in < 2 min")
+    preset = parser.parse_known_args()[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args()
     if args.tiny:
         args.train_clips, args.heldout_clips, args.train_sample = 48, 8, 8
@@ -134,27 +160,54 @@ def vae_phase(args, arch: VideoArchitecture, train, heldout, log: Log) -> tuple:
     else:
         torch.manual_seed(args.seed)
         vae = arch.build_vae()
-    remaining = args.vae_minutes * 60 - progress["seconds"]
-    if remaining > 0 and progress["steps"] < args.vae_steps:
-        t0 = time.time()
-        vae, done = train_video_vae(vae, to_model_input(train.videos), torch.from_numpy(train.alpha),
-                                    steps=args.vae_steps - progress["steps"], seconds=remaining,
-                                    batch_size=args.vae_batch_size, clip_frames=args.vae_clip_frames,
-                                    seed=args.seed + progress["steps"], log=log)
-        progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
-        vae.save_pretrained(folder)
-        (folder / "progress.json").write_text(json.dumps(progress))
+    vae, progress = _train_vae_stages(args, vae, train, progress, folder, log)
     steps = progress["steps"]
-    sample = heldout.videos[:16]
+    sample = heldout.videos[:48]
     with torch.no_grad():
         recon = to_uint8(vae.decode(encode_video_latents(vae, to_model_input(sample))).sample)
-    judged = judge_clips(recon, heldout.colours[:16], heldout.motions[:16], heldout.backgrounds[:16])
+    judged = judge_clips(recon, heldout.colours[:48], heldout.motions[:48], heldout.backgrounds[:48])
     metrics = {"steps": steps, "heldout_mse": float(((recon / 127.5 - sample / 127.5) ** 2).mean()),
                "reconstruction_colour_accuracy": judged["colour_accuracy"],
                "reconstruction_motion_accuracy": judged["motion_accuracy"], "seconds": round(progress["seconds"], 1)}
     log(f"vae check: {metrics}")
     save_grid(args.work / "vae_reconstructions.png", [row for pair in zip(sample[:4], recon[:4]) for row in pair])
     return vae, metrics
+
+
+def vae_stages(args) -> list[tuple[float, int, float]]:
+    """``(ends at budget second, window frames, lr decay share)`` per VAE training stage.
+
+    With ``--vae-full-clip-share`` > 0: ``--vae-clip-frames`` windows (cheap steps) until the last
+    share of ``--vae-minutes``, then whole clips with the learning-rate decay (a decoder trained only
+    on 5-frame windows drifts on the later chunks of a 9-frame clip: grey backgrounds, lost colours).
+    """
+    budget, share = args.vae_minutes * 60, args.vae_full_clip_share
+    if share <= 0:
+        return [(budget, args.vae_clip_frames, args.vae_lr_decay)]
+    return [(budget * (1 - share), args.vae_clip_frames, 0.0),
+            (budget, VIDEO_RECIPE.num_frames, min(1.0, args.vae_lr_decay / share))]
+
+
+def _train_vae_stages(args, vae, train, progress: dict, folder: Path, log: Log) -> tuple:
+    """Run what is left of :func:`vae_stages`; save the VAE and its progress after each stage."""
+    videos = alpha = None
+    for end, frames, decay in vae_stages(args):
+        remaining = end - progress["seconds"]
+        if remaining <= 0 or progress["steps"] >= args.vae_steps:
+            continue
+        if videos is None:
+            subset = slice(0, args.vae_train_clips)
+            videos, alpha = to_model_input(train.videos[subset]), torch.from_numpy(train.alpha[subset])
+        t0 = time.time()
+        vae, done = train_video_vae(vae, videos, alpha, steps=args.vae_steps - progress["steps"], seconds=remaining,
+                                    batch_size=args.vae_batch_size, clip_frames=frames,
+                                    seed=args.seed + progress["steps"], log=log, lr=args.vae_lr,
+                                    lr_decay_share=decay)
+        progress = {"steps": progress["steps"] + done, "seconds": progress["seconds"] + time.time() - t0}
+        vae.save_pretrained(folder)
+        (folder / "progress.json").write_text(json.dumps(progress))
+        log(f"vae stage ({frames}-frame windows) done: {progress}")
+    return vae, progress
 
 
 def _vae_progress(folder: Path) -> dict:
@@ -166,6 +219,13 @@ def _vae_progress(folder: Path) -> dict:
     return {"steps": 0, "seconds": 0.0}
 
 
+def encode_clips(vae, videos_uint8: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """Posterior means of uint8 clips ``(N, F, H, W, 3)``, converted to model input a chunk at a time."""
+    with torch.no_grad():
+        return torch.cat([encode_video_latents(vae, to_model_input(videos_uint8[i : i + chunk]))
+                          for i in range(0, len(videos_uint8), chunk)])
+
+
 def latent_phase(args, arch: VideoArchitecture, vae, vae_steps: int, train, log: Log) -> tuple:
     """Encode (or reload) the normalised latent bank; sets the VAE's ``latents_mean``/``latents_std``."""
     path = args.work / "latents.pt"
@@ -174,7 +234,9 @@ def latent_phase(args, arch: VideoArchitecture, vae, vae_steps: int, train, log:
         if (args.work / "flow.pt").exists():
             (args.work / "flow.pt").rename(args.work / f"flow-vae{bank.get('vae_steps', 'old')}.pt")
             log("the VAE changed: flow checkpoint set aside, flow matching restarts on the new latents")
-        raw = encode_video_latents(vae, to_model_input(train.videos))
+        t0 = time.time()
+        raw = encode_clips(vae, train.videos)
+        log(f"encoded {len(raw)} clips in {time.time() - t0:.0f}s")
         mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
         bank = {"latents": (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1),
                 "mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std],
@@ -196,11 +258,20 @@ def flow_phase(args, arch: VideoArchitecture, tokenizer, latents, weights, train
     torch.manual_seed(args.seed)
     transformer, text_encoder = arch.build_transformer(), arch.build_text_encoder(len(tokenizer))
     settings = FlowSettings(seconds=args.minutes * 60, max_steps=args.steps, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, checkpoint_every_s=30 if args.tiny else 180)
+                            lr=args.lr, seed=args.seed, checkpoint_every_s=30 if args.tiny else 180,
+                            stop_at=session_deadline(args, log))
     log(f"flow: {len(unique)} distinct captions, {sum(p.numel() for p in transformer.parameters())} transformer "
         f"parameters, {settings}")
     return train_flow_matching(transformer, text_encoder, latents, weights, token_ids, token_mask, caption_index,
                                empty_ids[0], empty_mask[0], settings, checkpoint=str(args.work / "flow.pt"), log=log)
+
+
+def session_deadline(args, log: Log) -> float:
+    """``time.time()`` at which flow matching must stop so that this session ends within ``--wall-minutes``
+    (saving and evaluation get ``--eval-reserve-minutes``); infinity without ``--wall-minutes``."""
+    if args.wall_minutes is None:
+        return float("inf")
+    return log.start + (args.wall_minutes - args.eval_reserve_minutes) * 60
 
 
 def generate(pipeline, prompts: list[str], seed: int = 0, generation: dict | None = None) -> np.ndarray:
@@ -279,7 +350,7 @@ def evaluate_only(args, splits: dict, log: Log) -> None:
 def main() -> None:
     args = parse_args()
     log = start_run(args)
-    arch = VideoArchitecture()
+    arch = VideoArchitecture(latent_channels=args.latent_channels)
     log(f"start: {vars(args)}; architecture {arch.as_dict()}")
     t0 = time.time()
     scans = load_digit_scans()
@@ -316,7 +387,10 @@ def main() -> None:
                  "caption_dropout": FlowSettings.caption_dropout},
         "parameters": {name: sum(p.numel() for p in module.parameters())
                        for name, module in (("vae", vae), ("transformer", transformer), ("text_encoder", text_encoder))},
-        "vae_batch_size": args.vae_batch_size, "vae_clip_frames": args.vae_clip_frames, "threads": args.threads, "torch": torch.__version__,
+        "vae_batch_size": args.vae_batch_size, "vae_clip_frames": args.vae_clip_frames, "vae_lr": args.vae_lr,
+        "vae_lr_decay": args.vae_lr_decay,
+        "vae_full_clip_share": args.vae_full_clip_share, "threads": args.threads, "torch": torch.__version__,
+        "command": " ".join(sys.argv[1:]), "preset": args.preset,
     }
     if not args.skip_eval:
         summary["evaluation"] = evaluate(args, model_dir, splits, log)
@@ -341,6 +415,7 @@ def model_card(summary: dict) -> str:
     rows = [f"| {split} | {e['clips']} | {e['colour_accuracy']:.1%} | {e['motion_accuracy']:.1%} |"
             for split, e in evaluation.items() if isinstance(e, dict) and "clips" in e]
     vae, flow, arch = summary["vae"], summary["flow"], summary["architecture"]
+    latent_shape = VideoArchitecture(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}).latent_shape
     return "\n".join([
         "# Benchmark video model (diffusers Wan format)", "",
         "A tiny text-to-video `WanPipeline` trained from scratch on CPU on synthetic clips, bundled so",
@@ -358,18 +433,24 @@ def model_card(summary: dict) -> str:
         "", "## Model", "",
         f"- `AutoencoderKLWan` (base_dim {arch['vae_base_dim']}, z_dim {arch['latent_channels']}, dim_mult "
         f"{list(arch['vae_dim_mult'])}, temporal downsample {arch['temporal_downsample']}): 9x32x32 -> latents "
-        "(4, 5, 16, 16); temporal compression 2 because `WanPipeline` requires (num_frames - 1) % factor == 0.",
+        f"{latent_shape}; temporal compression 2 because `WanPipeline` requires (num_frames - 1) % factor == 0.",
         f"- `WanTransformer3DModel`: {arch['transformer_layers']} layers, {arch['transformer_heads']} heads x "
-        f"{arch['transformer_head_dim']}, ffn {arch['transformer_ffn']}, patch (1, 2, 2) -> 320 tokens.",
+        f"{arch['transformer_head_dim']}, ffn {arch['transformer_ffn']}, patch (1, 2, 2) -> "
+        f"{latent_shape[1] * (latent_shape[2] // 2) * (latent_shape[3] // 2)} tokens.",
         f"- `UMT5EncoderModel`: d_model {arch['text_width']}, {arch['text_layers']} layers, offline word-level tokenizer.",
         f"- `FlowMatchEulerDiscreteScheduler` (shift {arch['shift']}). Parameters: {summary['parameters']}.",
         "", "## Training", "",
-        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, {summary['vae_clip_frames']}-frame windows, posterior mean, foreground-weighted MSE on the unclamped decoder output), {vae['seconds']} s; "
+        f"- VAE: {vae['steps']} steps (batch {summary['vae_batch_size']}, {summary['vae_clip_frames']}-frame windows"
+        f"{_vae_schedule(summary)}, posterior mean, foreground-weighted MSE on the unclamped decoder output), "
+        f"{vae['seconds']} s; "
         f"held-out MSE {vae['heldout_mse']:.4f}; judges on its reconstructions: colour "
         f"{vae['reconstruction_colour_accuracy']:.0%}, motion {vae['reconstruction_motion_accuracy']:.0%}.",
         f"- Flow matching (x_t = (1-t) x0 + t eps, target eps - x0, t logit-normal), transformer + text encoder "
         f"jointly: {flow['steps']} steps, batch {flow['batch_size']}, lr {flow['lr']}, EMA {flow['ema_decay']}, "
         f"{flow['caption_dropout']:.0%} empty captions, {flow['seconds'] / 60:.1f} min on {summary['threads']} CPU threads.",
+        *([f"- One session: `python scripts/train_video_benchmark_model.py {summary['command']}`, "
+           f"{summary['wall_minutes_last_session']} min wall in total (data, VAE, encoding, flow, evaluation)."]
+          if summary.get("command") is not None and "wall_minutes_last_session" in summary else []),
         "", "## Evaluation", "",
         f"Generation: `{summary.get('evaluation', {}).get('generation_kwargs', GENERATION)}`; judges in",
         "`diffusion_accel/assets/video_judges.py` (colour: the named colour dominates the foreground; motion: slope of",
@@ -377,6 +458,15 @@ def model_card(summary: dict) -> str:
         "| captions | clips | colour correct | motion correct |", "|---|---|---|---|", *rows, "",
         *_sweep_table(evaluation.get("sampling_sweep", [])),
     ])
+
+
+def _vae_schedule(summary: dict) -> str:
+    """The card's words for the VAE's whole-clip stage and learning rate (empty for the bundled recipe)."""
+    share, decay = summary.get("vae_full_clip_share", 0.0), summary.get("vae_lr_decay", 0.0)
+    words = f", the last {share:.0%} of the time on whole clips" if share else ""
+    if "vae_lr" in summary and (share or decay or summary["vae_lr"] != 1e-3):
+        words += f", lr {summary['vae_lr']:g}" + (f" decaying over the last {decay:.0%}" if decay else "")
+    return words
 
 
 def _sweep_table(sweep: list[dict]) -> list[str]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .training import (ExponentialMovingAverage, _log, captioned_batch, clipped_step, encode_latents,
                        foreground_pixel_weights, joint_optimiser, vae_training_loop, warm_up)
 
-__all__ = ["latent_weights", "decode_unclamped", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
+__all__ = ["latent_weights", "decode_unclamped", "decayed_lr", "train_video_vae", "encode_video_latents", "text_embeddings", "FlowSettings",
            "train_flow_matching"]
 
 Logger = Callable[[str], None]
@@ -70,10 +70,25 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
+def decayed_lr(lr: float, step: int, steps: int, elapsed: float, seconds: float, decay_share: float) -> float:
+    """``lr`` held, then decayed linearly to 5 % of it over the last ``decay_share`` of the budget
+    (``steps`` or ``seconds``, whichever runs out first); ``decay_share`` 0: constant.
+
+    >>> decayed_lr(1.0, 0, 100, 0.0, float("inf"), 0.5), decayed_lr(1.0, 75, 100, 0.0, float("inf"), 0.5)
+    (1.0, 0.5)
+    """
+    if decay_share <= 0:
+        return lr
+    left = (steps - step) / steps
+    if seconds != float("inf"):
+        left = min(left, (seconds - elapsed) / seconds)
+    return lr * max(0.05, min(1.0, left / decay_share))
+
+
 def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, seconds: float = float("inf"),
                     batch_size: int = 4, clip_frames: int | None = None, lr: float = 1e-3,
                     foreground_boost: float = 9.0, kl_weight: float = 1e-6, seed: int = 0,
-                    log: Logger | None = None, deterministic: bool = True):
+                    log: Logger | None = None, deterministic: bool = True, lr_decay_share: float = 0.0):
     """Train a Wan VAE to reconstruct random ``clip_frames``-long windows of ``videos`` (default: whole clips).
 
     ``clip_frames`` must be 1 + 4k (the Wan encoder reads a first frame, then chunks of 4).
@@ -81,7 +96,8 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
     ``1 + foreground_boost``. The loss is on the unclamped decoder output
     (:func:`decode_unclamped`). ``deterministic``: decode the posterior mean (a plain
     autoencoder; the sampling noise of an untrained posterior hid the digits for hundreds of
-    steps) instead of a sample. Returns ``(vae, steps_done)``.
+    steps) instead of a sample. ``lr_decay_share``: the last share of the budget decays the learning
+    rate (:func:`decayed_lr`; a constant rate left black backgrounds grey). Returns ``(vae, steps_done)``.
     """
     clip_frames = videos.shape[2] if clip_frames is None else clip_frames
     if (clip_frames - 1) % 4 or clip_frames > videos.shape[2]:
@@ -90,8 +106,10 @@ def train_video_vae(vae, videos: torch.Tensor, alpha: torch.Tensor, steps: int, 
     dilated = F.max_pool3d(alpha[:, None].float(), (1, 3, 3), stride=1, padding=(0, 1, 1))
     weights = foreground_pixel_weights(dilated, foreground_boost)
 
+    start = time.time()
+
     def batch_losses(step: int, optimiser) -> tuple[torch.Tensor, torch.Tensor]:
-        warm_up(optimiser, [lr], step, 20)
+        warm_up(optimiser, [decayed_lr(lr, step, steps, time.time() - start, seconds, lr_decay_share)], step, 20)
         index = torch.randint(len(videos), (batch_size,), generator=generator)
         offset = int(torch.randint(videos.shape[2] - clip_frames + 1, (1,), generator=generator))
         window = slice(offset, offset + clip_frames)
@@ -130,6 +148,8 @@ class FlowSettings:
     logit_normal_std: float = 1.0
     checkpoint_every_s: float = 180.0
     seed: int = 0
+    #: wall-clock ``time.time()`` at which this session stops whatever the budget left (infinity: never)
+    stop_at: float = float("inf")
 
 
 def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, token_mask, caption_index,
@@ -138,7 +158,7 @@ def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, 
                                                    token_mask, caption_index, empty_ids, empty_mask,
                                                    settings.caption_dropout)
     t = torch.sigmoid(torch.randn(settings.batch_size, generator=generator) * settings.logit_normal_std)
-    return x0, weight, ids, mask, noise, t
+    return x0.float(), weight, ids, mask, noise, t
 
 
 def _load_state(path: str, transformer, text_encoder, optimiser, emas, generator) -> dict:
@@ -184,7 +204,8 @@ def train_flow_matching(transformer, text_encoder, latents, weights, token_ids, 
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     session_start, last_save = time.time(), time.time()
     base = progress["elapsed"]
-    while progress["step"] < settings.max_steps and progress["elapsed"] < settings.seconds:
+    while (progress["step"] < settings.max_steps and progress["elapsed"] < settings.seconds
+           and time.time() < settings.stop_at):
         step = progress["step"]
         warm_up(optimiser, (settings.lr, settings.text_lr), step, settings.warmup)
         x0, weight, ids, mask, noise, t = _flow_batch(generator, settings, latents, weights, token_ids, token_mask,
