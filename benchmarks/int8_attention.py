@@ -28,7 +28,8 @@ from _common import argument_parser, cpu_name, interleaved_times, set_threads, w
 
 def measure(seq: int, args) -> dict:
     from diffusion_accel.sparse_attn import int8_attention
-    from diffusion_accel.sparse_attn.int8_attention import pv_dtype, sqnr_db
+    from diffusion_accel.quant.quantizers import sqnr_db
+    from diffusion_accel.sparse_attn.int8_attention import pv_dtype
 
     g = torch.Generator().manual_seed(seq)
     shape = (args.batch, args.heads, seq, args.head_dim)
@@ -36,7 +37,7 @@ def measure(seq: int, args) -> dict:
     k, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     fns = {"sdpa_fp32": lambda: F.scaled_dot_product_attention(q, k, v), "int8": lambda: int8_attention(q, k, v)}
     with torch.no_grad():
-        error = sqnr_db(int8_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        error = sqnr_db(F.scaled_dot_product_attention(q, k, v), int8_attention(q, k, v))
         times = interleaved_times(fns, args.repeats, warmup=1)
     best = {name: min(t["cpu"]) for name, t in times.items()}
     return {"seq": seq, "sdpa_ms": round(best["sdpa_fp32"] * 1e3, 2), "int8_ms": round(best["int8"] * 1e3, 2),

@@ -10,7 +10,8 @@ import diffusion_accel
 from diffusion_accel import AccelerationConfig
 from diffusion_accel.api import acceleration_state
 from diffusion_accel.sparse_attn import SparseAttentionConfig, int8_attention, sparse_layers
-from diffusion_accel.sparse_attn.int8_attention import int8_attention_reference, quantize_tokens, sqnr_db
+from diffusion_accel.quant.quantizers import sqnr_db
+from diffusion_accel.sparse_attn.int8_attention import int8_attention_reference, quantize_tokens
 from diffusion_accel.sparse_attn.layer import SparseLayer, TokenLayout
 from diffusion_accel.testing import TINY_PIPELINES, tiny_pipeline
 
@@ -33,8 +34,8 @@ def test_op_matches_reference_and_is_close_to_exact(shape):
         out, ref = int8_attention(q, k, v), int8_attention_reference(q, k, v)
     exact = F.scaled_dot_product_attention(q, k, v)
     assert out.shape == exact.shape and out.dtype == q.dtype
-    assert sqnr_db(out, ref) > 40  # only the P·V dtype (bf16 where fast) differs from the reference
-    assert sqnr_db(ref, exact) > 30  # int8 rounding of q and k (measured ~36 dB at these scores)
+    assert sqnr_db(ref, out) > 40  # only the P·V dtype (bf16 where fast) differs from the reference
+    assert sqnr_db(exact, ref) > 30  # int8 rounding of q and k (measured ~36 dB at these scores)
 
 
 def test_reference_scores_ignore_a_constant_key_offset():
@@ -100,7 +101,7 @@ def test_pipelines_stay_close_and_remove_restores(name, monkeypatch):
     out = run(pipe, name)
     report = acceleration_state(pipe).report()["attention"]
     assert report["sparse_calls"] > 0 and report["mean_density"] is None
-    assert sqnr_db(out, ref) > 20  # a whole (random-weight) denoising run, int8 scores in every layer
+    assert sqnr_db(ref, out) > 20  # a whole (random-weight) denoising run, int8 scores in every layer
     diffusion_accel.remove(pipe)
     assert torch.equal(run(pipe, name), ref)
 
