@@ -60,7 +60,7 @@ NOTES_MARKER = "<!-- notes: kept by --eval-only -->"
 PRESETS = {
     "single-run-90": dict(latent_channels=16, train_clips=8000, vae_minutes=20.0, vae_steps=10**9,
                           vae_batch_size=4, vae_clip_frames=5, vae_lr=2e-3, vae_lr_decay=0.5,
-                          vae_full_clip_share=0.5, minutes=66.0, wall_minutes=90.0),
+                          vae_full_clip_share=0.5, minutes=66.0, wall_minutes=90.0, shift=3.0),
 }
 
 
@@ -78,6 +78,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-sample", type=int, default=200, help="train prompts exported")
     parser.add_argument("--latent-channels", type=int, default=VideoArchitecture.latent_channels,
                         help="the VAE's z_dim (the transformer's in/out channels)")
+    parser.add_argument("--shift", type=float, default=VideoArchitecture.shift,
+                        help="noise-level shift: training t and the saved scheduler's shift (1.0 = none)")
     parser.add_argument("--vae-train-clips", type=int, default=3000,
                         help="the VAE trains on the first this many train clips (memory: ~0.4 MB each)")
     parser.add_argument("--vae-minutes", type=float, default=8.0)
@@ -258,7 +260,7 @@ def flow_phase(args, arch: VideoArchitecture, tokenizer, latents, weights, train
     torch.manual_seed(args.seed)
     transformer, text_encoder = arch.build_transformer(), arch.build_text_encoder(len(tokenizer))
     settings = FlowSettings(seconds=args.minutes * 60, max_steps=args.steps, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed, checkpoint_every_s=30 if args.tiny else 180,
+                            lr=args.lr, seed=args.seed, timestep_shift=arch.shift, checkpoint_every_s=30 if args.tiny else 180,
                             stop_at=session_deadline(args, log))
     log(f"flow: {len(unique)} distinct captions, {sum(p.numel() for p in transformer.parameters())} transformer "
         f"parameters, {settings}")
@@ -350,7 +352,7 @@ def evaluate_only(args, splits: dict, log: Log) -> None:
 def main() -> None:
     args = parse_args()
     log = start_run(args)
-    arch = VideoArchitecture(latent_channels=args.latent_channels)
+    arch = VideoArchitecture(latent_channels=args.latent_channels, shift=args.shift)
     log(f"start: {vars(args)}; architecture {arch.as_dict()}")
     t0 = time.time()
     scans = load_digit_scans()
@@ -382,7 +384,8 @@ def main() -> None:
                  "vocabulary": video_caption_vocabulary(), "seconds": round(data_seconds, 1)},
         "vae": vae_metrics,
         "flow": {"steps": steps, "seconds": round(flow_seconds, 1), "batch_size": args.batch_size, "lr": args.lr,
-                 "foreground_boost": args.foreground_boost, "timestep_sampling": "logit-normal sigmoid(N(0,1))",
+                 "foreground_boost": args.foreground_boost,
+                 "timestep_sampling": f"logit-normal sigmoid(N(0,1)), shifted by {arch.shift}",
                  "text_lr": FlowSettings.text_lr, "ema_decay": FlowSettings.ema_decay,
                  "caption_dropout": FlowSettings.caption_dropout},
         "parameters": {name: sum(p.numel() for p in module.parameters())

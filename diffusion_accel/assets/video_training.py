@@ -146,10 +146,28 @@ class FlowSettings:
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
     logit_normal_std: float = 1.0
+    #: training noise levels t are mapped by :func:`shift_noise_levels` with this shift; use the same value as
+    #: the pipeline's ``FlowMatchEulerDiscreteScheduler(shift=...)`` so sampling visits the levels trained on
+    timestep_shift: float = 1.0
     checkpoint_every_s: float = 180.0
     seed: int = 0
     #: wall-clock ``time.time()`` at which this session stops whatever the budget left (infinity: never)
     stop_at: float = float("inf")
+
+
+def shift_noise_levels(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Map noise levels ``t`` in [0, 1] towards pure noise: ``shift * t / (1 + (shift - 1) * t)``.
+
+    The map ``FlowMatchEulerDiscreteScheduler(shift=shift)`` applies to its sigmas; ``shift > 1`` spends
+    more training (and sampling) on high noise, where a clip's layout and motion are decided (SD3's
+    argument for larger latents). ``shift=1`` is the identity.
+
+    >>> shift_noise_levels(torch.tensor([0.0, 0.5, 1.0]), 3.0)
+    tensor([0.0000, 0.7500, 1.0000])
+    """
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0 (1.0 = no shift), got {shift}")
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, token_mask, caption_index,
@@ -158,6 +176,7 @@ def _flow_batch(generator, settings: FlowSettings, latents, weights, token_ids, 
                                                    token_mask, caption_index, empty_ids, empty_mask,
                                                    settings.caption_dropout)
     t = torch.sigmoid(torch.randn(settings.batch_size, generator=generator) * settings.logit_normal_std)
+    t = shift_noise_levels(t, settings.timestep_shift)
     return x0.float(), weight, ids, mask, noise, t
 
 

@@ -113,3 +113,36 @@ def test_decayed_lr_holds_then_falls_to_five_percent():
     assert decayed_lr(2.0, 80, 100, 0.0, float("inf"), 0.5) == pytest.approx(0.8)
     assert decayed_lr(2.0, 0, 100, 75.0, 100.0, 0.5) == pytest.approx(1.0)  # the time budget runs out first
     assert decayed_lr(2.0, 0, 100, 100.0, 100.0, 0.5) == pytest.approx(0.1)
+
+
+def test_training_noise_levels_are_shifted_like_the_schedulers_sigmas():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusion_accel.assets.video_training import shift_noise_levels
+
+    levels = torch.linspace(0.0, 1.0, 11)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    unshifted = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    torch.testing.assert_close(shift_noise_levels(unshifted.sigmas, 3.0), scheduler.sigmas, atol=1e-6, rtol=1e-6)
+    assert torch.equal(shift_noise_levels(levels, 1.0), levels)
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        shift_noise_levels(levels, 0.0)
+
+
+def test_the_flow_batch_draws_shifted_noise_levels():
+    from diffusion_accel.assets.video_training import FlowSettings, _flow_batch, shift_noise_levels
+
+    latents, weights = torch.randn(8, 4, 5, 16, 16), torch.ones(8, 1, 5, 16, 16)
+    ids, mask = torch.ones(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)
+    args = (latents, weights, ids, mask, torch.arange(8) % 2, torch.zeros(6, dtype=torch.long),
+            torch.zeros(6, dtype=torch.long))
+    draws = {shift: _flow_batch(torch.Generator().manual_seed(0), FlowSettings(seconds=1.0, batch_size=64,
+                                                                                timestep_shift=shift), *args)[-1]
+             for shift in (1.0, 3.0)}
+    torch.testing.assert_close(draws[3.0], shift_noise_levels(draws[1.0], 3.0))
+    assert draws[3.0].median() > 0.7 > 0.55 > draws[1.0].median()
+
+
+def test_the_shift_flag_reaches_the_architecture_and_the_preset_shifts(script, monkeypatch):
+    assert parse(script, monkeypatch).shift == 1.0  # the bundled model's scheduler
+    assert parse(script, monkeypatch, "--preset", "single-run-90").shift == 3.0
