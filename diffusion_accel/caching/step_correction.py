@@ -19,6 +19,13 @@ on the latent itself, so forcing it to the reference's would undo that).
   steps in place: the maps correct the accumulated cache + quantization error, not a local one.
 * :func:`install_step_correction` applies fitted maps (a forward hook on the denoiser).
 
+Flow matching (SD3, Flux, Wan: ``x_t = (1 - sigma) x0 + sigma * noise``, the model predicts the velocity
+``v = noise - x0``) is the third prediction form: ``x0 = x - sigma * v``, with ``sigma`` the scheduler's
+sigma at its current step (``scheduler.sigmas[step_index]``): ``FlowMatchEulerDiscreteScheduler`` and the
+multistep solvers with ``prediction_type="flow_prediction"`` (``UniPCMultistepScheduler`` with flow sigmas,
+Wan's). Solvers that call the model more than once per step at different sigmas (Heun) are not supported.
+Packed latents ``(B, tokens, features)`` (Flux) are corrected per feature (the last axis).
+
 Maps are fitted on the first denoiser call of each step (pipelines that batch both guidance branches
 make one call per step) and applied to every call of that step. A step whose accelerated ``x0`` equals
 the reference exactly gets the identity ``()`` and is left untouched (bit-identical outputs).
@@ -47,15 +54,28 @@ from .correction import ChannelFit
 __all__ = ["DataPrediction", "StepFitter", "X0Recorder", "install_step_correction", "check_step_correction",
            "supports_step_correction"]
 
-#: scheduler ``prediction_type`` values whose data prediction this module can form.
+#: scheduler ``prediction_type`` values whose data prediction this module can form from ``alphas_cumprod``.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: flow-matching schedulers (one model call per step, velocity prediction) by class name; multistep solvers
+#: say ``prediction_type="flow_prediction"`` instead.
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+FLOW_PREDICTION = "flow_prediction"
+
+
+def prediction_kind(scheduler: Any) -> str | None:
+    """``"epsilon"``, ``"v_prediction"`` or ``"flow"``: the prediction form of ``scheduler`` this module can
+    turn into a data prediction, or ``None`` when it cannot."""
+    kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+    if kind in PREDICTION_TYPES and getattr(scheduler, "alphas_cumprod", None) is not None:
+        return kind
+    flow = kind == FLOW_PREDICTION or type(scheduler).__name__ in FLOW_SCHEDULERS
+    return "flow" if flow and getattr(scheduler, "sigmas", None) is not None else None
 
 
 def supports_step_correction(scheduler: Any) -> bool:
-    """Whether ``scheduler`` gives the data prediction (``alphas_cumprod`` and an epsilon or v prediction
-    type); flow-matching schedulers (SD3, Flux, Wan) do not."""
-    kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
-    return kind in PREDICTION_TYPES and getattr(scheduler, "alphas_cumprod", None) is not None
+    """Whether ``scheduler`` gives the data prediction: epsilon or v prediction with ``alphas_cumprod``, or
+    flow matching with one model call per step (:data:`FLOW_SCHEDULERS`, ``prediction_type="flow_prediction"``)."""
+    return prediction_kind(scheduler) is not None
 
 
 def check_step_correction(scheduler: Any) -> None:
@@ -63,14 +83,24 @@ def check_step_correction(scheduler: Any) -> None:
     if not supports_step_correction(scheduler):
         kind = getattr(getattr(scheduler, "config", None), "prediction_type", None)
         raise ValueError(f"The step correction corrects the data prediction, which needs a scheduler with "
-                         f"alphas_cumprod and prediction_type in {list(PREDICTION_TYPES)}; "
+                         f"alphas_cumprod and prediction_type in {list(PREDICTION_TYPES)}, or a flow-matching "
+                         f"scheduler ({', '.join(FLOW_SCHEDULERS)} or prediction_type={FLOW_PREDICTION!r}); "
                          f"{type(scheduler).__name__} has prediction_type={kind!r}. Use "
                          "calibrate_error_correction(..., method='block_residual') for this pipeline.")
 
 
+def _current_sigma(scheduler: Any) -> float:
+    """The sigma of the step the scheduler is at (its first step before ``step()`` has run)."""
+    index = getattr(scheduler, "step_index", None)
+    if index is None:
+        index = getattr(scheduler, "begin_index", None) or 0
+    return float(scheduler.sigmas[index])
+
+
 @dataclass(frozen=True)
 class DataPrediction:
-    """``alpha``, ``sigma`` (shape ``(B, 1, ...)``, float64) of one denoiser call and the prediction type."""
+    """``alpha``, ``sigma`` (shape ``(B, 1, ...)``, float64) of one denoiser call and the prediction type
+    (flow matching: ``alpha = 1 - sigma``)."""
 
     kind: str
     alpha: torch.Tensor
@@ -79,20 +109,27 @@ class DataPrediction:
     @classmethod
     def of(cls, scheduler: Any, timestep: Any, sample: torch.Tensor) -> DataPrediction:
         check_step_correction(scheduler)
+        shape = (-1,) + (1,) * (sample.dim() - 1)
+        if prediction_kind(scheduler) == "flow":
+            sigma = torch.full((sample.shape[0],), _current_sigma(scheduler), dtype=torch.float64).reshape(shape)
+            return cls("flow", (1 - sigma).to(sample.device), sigma.to(sample.device))
         t = torch.as_tensor(timestep).reshape(-1).long().cpu()
         t = t.expand(sample.shape[0]) if t.numel() == 1 else t
         acp = scheduler.alphas_cumprod.double().cpu()[t.clamp(0, len(scheduler.alphas_cumprod) - 1)]
-        shape = (-1,) + (1,) * (sample.dim() - 1)
         alpha, sigma = acp.sqrt().reshape(shape), (1 - acp).sqrt().reshape(shape)
         return cls(scheduler.config.prediction_type, alpha.to(sample.device), sigma.to(sample.device))
 
     def x0(self, sample: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         x, p = sample.double(), prediction.double()
+        if self.kind == "flow":
+            return x - self.sigma * p
         return (x - self.sigma * p) / self.alpha if self.kind == "epsilon" else self.alpha * x - self.sigma * p
 
     def output(self, sample: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """The prediction that gives ``x0`` from ``sample`` (float64)."""
         x = sample.double()
+        if self.kind == "flow":
+            return (x - x0) / self.sigma
         return (x - self.alpha * x0) / self.sigma if self.kind == "epsilon" else (self.alpha * x - x0) / self.sigma
 
 
@@ -128,15 +165,21 @@ def _replace(output: Any, prediction: torch.Tensor) -> Any:
     return output
 
 
+def _channel_axis(x: torch.Tensor) -> int:
+    """Axis of the latent channels: 1 (``(B, C, ...)``), or the last for packed ``(B, tokens, features)``."""
+    return -1 if x.dim() == 3 else 1
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(1, -1)
+    return x.movedim(_channel_axis(x), -1)
 
 
 def _corrected(output: Any, sample: torch.Tensor, prediction: torch.Tensor, pred: DataPrediction,
                scale: tuple[float, ...], shift: tuple[float, ...]) -> Any:
     """``output`` with its prediction replaced by the one whose data prediction is ``scale * x0 + shift``
     (per channel, in float64): what the fitting run and the installed maps both return."""
-    shape = (1, -1) + (1,) * (sample.dim() - 2)
+    shape = [1] * sample.dim()
+    shape[_channel_axis(sample)] = -1
     scale, shift = (torch.tensor(v, dtype=torch.float64, device=sample.device).reshape(shape) for v in (scale, shift))
     x0 = pred.x0(sample, prediction) * scale + shift
     return _replace(output, pred.output(sample, x0).to(prediction.dtype))

@@ -47,7 +47,8 @@ class JointGenome:
         """The genome of ``spaces`` (names of :data:`~.space.SPACES`, in that order) for ``pipe``; ``reuse``:
         one choice of :mod:`.reuse`, or a tuple of several (the cache space's reuse gene). With the cache
         and another space, the cache space has an error-correction gene (:class:`~.space.CacheSpace`) when
-        the pipeline's scheduler gives the data prediction the correction fits (not flow matching)."""
+        the pipeline's scheduler gives the data prediction the correction fits (epsilon, v or flow matching with
+        one model call per step: :func:`~diffusion_accel.caching.step_correction.supports_step_correction`)."""
         correction = "cache" in spaces and len(spaces) > 1 and \
             supports_step_correction(getattr(pipe, "scheduler", None))
         ctx = SpaceContext(pipe, num_steps, granularity, reuse, tuple(attention_methods), correction)

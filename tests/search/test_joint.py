@@ -87,13 +87,16 @@ def test_joint_genome_round_trips(pixart):
     assert JointGenome.build(pixart, ("cache",), num_steps=4).num_bits == 18
 
 
-def test_a_flow_matching_pipeline_gets_no_correction_gene(pixart):
-    """Regression: the trajectory correction fits the data prediction of epsilon / v schedulers; on a
-    flow-matching pipeline (SD3, Flux, Wan, the bundled video model) the joint search stopped with a
-    ValueError at its first candidate with the gene on. Such a genome has no correction gene."""
+def test_a_scheduler_without_a_data_prediction_gets_no_correction_gene(pixart):
+    """Regression: the trajectory correction fits the data prediction; on a pipeline whose scheduler does not
+    give one (here Heun flow matching: two model calls per step at different sigmas) the joint search stopped
+    with a ValueError at its first candidate with the gene on. Such a genome has no correction gene."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
     from diffusion_accel.testing import tiny_pipeline
 
     wan = tiny_pipeline("wan")
+    wan.scheduler = FlowMatchHeunDiscreteScheduler()
     genome = JointGenome.build(wan, ("cache", "quant"), num_steps=4)
     cache = genome.part("cache")
     assert not cache.correction and "correction" not in cache.signature()
@@ -101,6 +104,14 @@ def test_a_flow_matching_pipeline_gets_no_correction_gene(pixart):
     with pytest.raises(ValueError, match="no error-correction gene"):
         genome.encode(AccelerationConfig(cache=CorrectedCacheConfig(genome.decode(genome.off).cache)))
     assert JointGenome.build(pixart, ("cache", "quant"), num_steps=4).part("cache").correction
+
+
+@pytest.mark.parametrize("family", ["wan", "sd3"])
+def test_a_flow_matching_pipeline_gets_the_correction_gene(family):
+    from diffusion_accel.testing import tiny_pipeline
+
+    genome = JointGenome.build(tiny_pipeline(family), ("cache", "quant"), num_steps=4)
+    assert genome.part("cache").correction
 
 
 def test_frontier_points_are_configs_that_apply(pixart, tiny_call, tmp_path, one_thread, latency):
